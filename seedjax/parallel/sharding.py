@@ -40,6 +40,10 @@ DEFAULT_RULES: dict[str, str] = {
     "conv_in": "",
     "conv_out": "fsdp",
     "conv_spatial": "",
+    # VAE activations: large images / videos are split along the sequence axis
+    "vae_frames": "",  # time axis of video activations (set to 'sequence' for temporal splits)
+    "vae_height": "sequence",
+    "vae_width": "",
 }
 
 _local = threading.local()
