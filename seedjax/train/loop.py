@@ -1,0 +1,255 @@
+"""THE training loop. Every stage (pretrain, vae, sft, rlhf, distill_*) runs through here.
+
+Read top to bottom: config and logging, mesh, data, model and optimizer, restore,
+compiled step, loop, final checkpoint. A stage module supplies only `init` and
+`train_step` (plus optional `sample`, `evaluate`, `flops_per_example`,
+`load_pretrained`); see docs/internals.md.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import signal
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+import data_pipelines
+from seedjax import config as config_lib
+from seedjax.parallel import mesh as mesh_lib
+from seedjax.parallel import sharding as sharding_lib
+from seedjax.train import checkpoint as ckpt_lib
+from seedjax.train import metrics as metrics_lib
+from seedjax.train import perf
+from seedjax.train.state import lr_schedule
+
+log = logging.getLogger("seedjax")
+
+
+class TrainingAborted(RuntimeError):
+    """A failure with a one-line cause (non-finite updates, replicated parameters...)."""
+
+
+def run(config, workdir: str, stop_at_step: int = 0) -> int:
+    """Train `config.stage` in `workdir`; resume if it holds a checkpoint. Returns an exit code."""
+    try:
+        return _run(config, workdir, stop_at_step)
+    except mesh_lib.MeshError as e:
+        print(f"seedjax: error: {e}", file=sys.stderr)
+        return 2
+    except TrainingAborted as e:
+        print(f"seedjax: training aborted: {e}", file=sys.stderr)
+        return 1
+
+
+def _run(config, workdir: str, stop_at_step: int) -> int:
+    # =====================================================================
+    # Config and logging
+    # =====================================================================
+    logging.basicConfig(level=logging.INFO, format=f"[p{jax.process_index()}] %(asctime)s %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr, force=True)
+    stage = importlib.import_module(f"seedjax.stages.{config.stage}")
+    total_steps = int(config.total_steps)
+
+    # =====================================================================
+    # Mesh (before anything is written: a bad mesh exits 2 with the workdir untouched)
+    # =====================================================================
+    mesh = mesh_lib.make_mesh(config.mesh)
+    mesh_lib.check_batch_divisible(config.batch_size, mesh)
+    rules = sharding_lib.rules_from_config(config.sharding.rules)
+    if jax.process_index() == 0:
+        config_lib.save_config(config, workdir)
+    log.info("stage %s | mesh %s | %d processes, %d devices (%s)", config.stage, dict(mesh.shape),
+             jax.process_count(), jax.device_count(), jax.devices()[0].device_kind)
+
+    with jax.set_mesh(mesh), sharding_lib.axis_rules(rules):
+        # =================================================================
+        # Data
+        # =================================================================
+        data_iter = data_pipelines.make_train_iterator(
+            config.data, global_batch_size=config.batch_size, seed=config.seed,
+            process_index=jax.process_index(), process_count=jax.process_count())
+        batch_spec = sharding_lib.logical_to_spec(("batch",), rules=rules, mesh=mesh)
+
+        def to_global(local_batch):
+            return {k: jax.make_array_from_process_local_data(
+                NamedSharding(mesh, P(*batch_spec, *([None] * (np.ndim(v) - 1)))), np.asarray(v))
+                for k, v in local_batch.items()}
+
+        # =================================================================
+        # Model and optimizer: abstract init -> shardings -> jitted, directly sharded init
+        # =================================================================
+        make_state = lambda: stage.init(config, nnx.Rngs(config.seed))
+        graphdef, abstract_state = nnx.split(nnx.eval_shape(make_state))
+        shardings = sharding_lib.state_shardings(abstract_state, mesh, rules)
+        perf.check_replicated_params(abstract_state, shardings, mesh, config.sharding.replicated_params)
+        init_state = jax.jit(lambda: nnx.split(make_state())[1], out_shardings=shardings)
+
+        # =================================================================
+        # Restore (same workdir: exact resume) or initialise (+ init_from parameters)
+        # =================================================================
+        checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
+        state, meta = checkpointer.restore_latest(abstract_state, shardings, data_iter)
+        if state is not None:
+            start_step = int(meta["step"])
+            log.info("resumed from %s at step %d", checkpointer.directory, start_step)
+        else:
+            start_step = 0
+            state = init_state()
+            if config.init_from:
+                state = _load_pretrained(stage, config, graphdef, state, shardings)
+
+        # =================================================================
+        # Compiled train step (donated state), compiled before step 1
+        # =================================================================
+        base_key = jax.random.key(config.seed)
+
+        def train_step(state, batch, step):
+            module = nnx.merge(graphdef, state)
+            metrics = stage.train_step(module, batch, jax.random.fold_in(base_key, step), config)
+            return nnx.state(module), metrics
+
+        jitted_step = jax.jit(train_step, out_shardings=(shardings, None), donate_argnums=0)
+        compiled = {}  # one executable per batch shape (resolution buckets)
+
+        def compiled_step(state, batch, step):
+            key = tuple(sorted((k, v.shape, str(v.dtype)) for k, v in batch.items()))
+            if key not in compiled:
+                t0 = time.perf_counter()
+                compiled[key] = jitted_step.lower(state, batch, step).compile()
+                perf.log_compiled(compiled[key], time.perf_counter() - t0, batch)
+            return compiled[key](state, batch, step)
+
+        sampler = _make_sampler(stage, config, graphdef)
+        flops_per_example = getattr(stage, "flops_per_example", lambda c: 0.0)(config)
+        peak = perf.peak_tflops_per_device(config.peak_tflops_per_device)
+        schedule = lr_schedule(config.optimizer, total_steps)
+
+        # =================================================================
+        # Loop
+        # =================================================================
+        writer = metrics_lib.MetricWriter(workdir, total_steps)
+        meter = metrics_lib.Throughput(start_step, total_steps)
+        preemption = _PreemptionFlag()
+        pending: list[dict] = []
+        step = start_step
+        meta_out = {"seed": int(config.seed), "stage": config.stage}
+        while step < total_steps:
+            batch = to_global(next(data_iter))
+            state, step_metrics = compiled_step(state, batch, jnp.asarray(step, jnp.int32))
+            step += 1
+            pending.append(step_metrics)
+
+            if step % config.log_every == 0 or step == total_steps:
+                scalars = _mean_metrics(pending)
+                pending = []
+                sps, eps, eta = meter.update(step, config.batch_size)
+                tflops = flops_per_example * eps / jax.device_count() / 1e12
+                scalars.update(lr=float(schedule(step - 1)), steps_per_sec=sps, examples_per_sec=eps,
+                               tflops_per_device=tflops, mfu=tflops / peak if peak else 0.0,
+                               **{f"data/{k}": v for k, v in _data_counters(data_iter).items()})
+                writer.write(step, scalars)
+                writer.progress(step, scalars, eta)
+                _check_finite(scalars, step, config)
+
+            if sampler and config.sample_every and (step % config.sample_every == 0 or step == total_steps):
+                path = writer.images(step, sampler(state, step))
+                if path:
+                    log.info("samples: %s", path)
+            if hasattr(stage, "evaluate") and config.eval_every and (
+                    step % config.eval_every == 0 or step == total_steps):
+                results = stage.evaluate(nnx.merge(graphdef, state), config, jax.random.fold_in(base_key, -step))
+                writer.write(step, {f"eval/{k}": v for k, v in results.items()})
+                log.info("eval at step %d: %s", step, _fmt(results))
+
+            stop = preemption.agreed() or step == stop_at_step
+            if step % config.checkpoint_every == 0 or step == total_steps or stop:
+                checkpointer.save(step, state, meta_out, data_iter, force=True)
+            if stop:
+                log.info("stopping at step %d (%s); the checkpoint is in %s", step,
+                         "SIGTERM" if preemption.raised else "--stop_at_step", checkpointer.directory)
+                break
+
+        # =================================================================
+        # Final checkpoint (wait for async saves to land)
+        # =================================================================
+        checkpointer.close()
+        writer.close()
+        if jax.process_index() == 0:
+            print(f"seedjax: done at step {step}; workdir {workdir}", file=sys.stderr)
+    return 0
+
+
+# ------------------------------------------------------------------------- helpers
+
+
+def _load_pretrained(stage, config, graphdef, state, shardings):
+    """`config.init_from`: parameters only, from another stage's workdir or step directory."""
+    source = ckpt_lib.load_state_tree(config.init_from)
+    module = nnx.merge(graphdef, state)
+    if hasattr(stage, "load_pretrained"):
+        stage.load_pretrained(module, source, config)
+    else:
+        if "model" not in source:
+            raise TrainingAborted(f"config.init_from={config.init_from}: the checkpoint has no 'model' entry "
+                                  f"(it has {sorted(source)}); this stage needs a load_pretrained hook")
+        nnx.update(module.model, source["model"])
+    log.info("initialised parameters from %s", config.init_from)
+    return jax.device_put(nnx.state(module), shardings)
+
+
+def _make_sampler(stage, config, graphdef):
+    if not hasattr(stage, "sample") or not config.sample_every:
+        return None
+    batch = data_pipelines.make_eval_batch(config.data, num=config.num_samples, seed=config.seed)
+    sample = jax.jit(lambda state, batch, rng: stage.sample(nnx.merge(graphdef, state), config, rng, batch))
+    key = jax.random.key(config.seed + 1)  # the same noise at every sample step: the grid shows progress
+    return lambda state, step: np.asarray(jax.device_get(sample(state, batch, key)))
+
+
+def _mean_metrics(pending: list[dict]) -> dict[str, float]:
+    host = jax.device_get(pending)
+    keys = host[0].keys()
+    return {k: float(np.mean([np.asarray(m[k], np.float64) for m in host])) for k in keys}
+
+
+def _data_counters(data_iter) -> dict:
+    counters = getattr(data_iter, "counters", None)
+    return dict(counters()) if counters else {}
+
+
+def _check_finite(scalars: dict, step: int, config) -> None:
+    streak = int(scalars.get("nonfinite_streak", 0))
+    if streak >= config.optimizer.max_nonfinite_steps:
+        raise TrainingAborted(
+            f"{streak} consecutive non-finite updates at step {step} (loss={scalars.get('loss')}); "
+            f"updates were skipped, the last checkpoint is intact; lower config.optimizer.lr or check the data")
+
+
+def _fmt(results: dict) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in results.items())
+
+
+class _PreemptionFlag:
+    """SIGTERM sets a flag; all processes agree on it each step so they stop together."""
+
+    def __init__(self):
+        self.raised = False
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self.raised = True
+
+    def agreed(self) -> bool:
+        if jax.process_count() == 1:
+            return self.raised
+        from jax.experimental import multihost_utils
+
+        flags = multihost_utils.process_allgather(np.asarray(int(self.raised), np.int32))
+        return bool(np.max(flags))

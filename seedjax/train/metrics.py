@@ -1,0 +1,114 @@
+"""Where numbers go: metrics.jsonl, TensorBoard, the console line, sample grids.
+
+Only process 0 writes; other processes get a writer that does nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+from PIL import Image
+
+
+class MetricWriter:
+    def __init__(self, workdir: str, total_steps: int, enabled: bool | None = None):
+        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self.total_steps = total_steps
+        self.workdir = workdir
+        self._tb = None
+        self._jsonl = None
+        if self.enabled:
+            os.makedirs(workdir, exist_ok=True)
+            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(os.path.join(workdir, "tb"), flush_secs=10)
+
+    def write(self, step: int, scalars: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        row = {"step": int(step), **{k: _plain(v) for k, v in scalars.items()}}
+        self._jsonl.write(json.dumps(row) + "\n")
+        for k, v in row.items():
+            if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
+                self._tb.add_scalar(k, v, step)
+
+    def progress(self, step: int, scalars: dict[str, float], eta_s: float | None) -> None:
+        if not self.enabled:
+            return
+        keys = ("loss", "lr", "grad_norm", "steps_per_sec", "mfu")
+        parts = [f"{k}={_fmt(scalars[k])}" for k in keys if k in scalars]
+        eta = f" eta {_duration(eta_s)}" if eta_s is not None else ""
+        print(f"[step {step}/{self.total_steps}] " + " ".join(parts) + eta, file=sys.stderr, flush=True)
+
+    def images(self, step: int, images: np.ndarray, name: str = "samples") -> str | None:
+        """Save a grid of images [N, H, W, C] in [-1, 1] to workdir/samples/step_<N>.png."""
+        if not self.enabled:
+            return None
+        grid = make_grid(images)
+        path = os.path.join(self.workdir, "samples", f"step_{step}.png")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        Image.fromarray(grid).save(path)
+        self._tb.add_image(name, grid, step, dataformats="HWC")
+        return path
+
+    def close(self) -> None:
+        if self.enabled:
+            self._jsonl.close()
+            self._tb.close()
+
+
+def make_grid(images: np.ndarray, cols: int | None = None, pad: int = 2) -> np.ndarray:
+    """[N, H, W, C] floats in [-1, 1] -> one uint8 RGB grid."""
+    images = np.asarray(images, np.float32)
+    if images.ndim != 4:
+        raise ValueError(f"make_grid expects [N, H, W, C], got shape {images.shape}")
+    n, h, w, c = images.shape
+    if c == 1:
+        images = np.repeat(images, 3, axis=-1)
+    images = np.clip((images + 1.0) * 127.5, 0, 255).astype(np.uint8)
+    cols = cols or int(math.ceil(math.sqrt(n)))
+    rows = int(math.ceil(n / cols))
+    grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, np.uint8)
+    for i in range(n):
+        r, k = divmod(i, cols)
+        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + k * (w + pad) : pad + k * (w + pad) + w] = images[i]
+    return grid
+
+
+class Throughput:
+    """Steps/sec and examples/sec between log steps, and the ETA."""
+
+    def __init__(self, start_step: int, total_steps: int):
+        self.total = total_steps
+        self._last_step, self._last_time = start_step, time.perf_counter()
+
+    def update(self, step: int, batch_size: int) -> tuple[float, float, float]:
+        now = time.perf_counter()
+        dt = max(now - self._last_time, 1e-9)
+        sps = (step - self._last_step) / dt
+        self._last_step, self._last_time = step, now
+        eta = (self.total - step) / sps if sps > 0 else float("nan")
+        return sps, sps * batch_size, eta
+
+
+def _plain(v):
+    v = np.asarray(v)
+    return v.item() if v.size == 1 else v.tolist()
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _duration(s: float) -> str:
+    if not math.isfinite(s):
+        return "?"
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"

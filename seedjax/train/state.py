@@ -1,0 +1,152 @@
+"""What every stage's train state is made of: optimizers, LR schedules, EMA, gradients.
+
+Stages build their state from these pieces so that clipping, the non-finite guard,
+gradient accumulation and EMA behave the same in pretraining, distillation and RLHF.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+
+# Never give up skipping non-finite updates inside the optimizer; the loop aborts the run
+# after `config.optimizer.max_nonfinite_steps` consecutive skips instead.
+_NEVER_APPLY_NONFINITE = 2**30
+
+
+def optimizer_config(**overrides) -> ml_collections.ConfigDict:
+    cfg = ml_collections.ConfigDict(
+        dict(
+            name="adamw",  # adamw | adam | sgd
+            lr=1e-4,
+            schedule="cosine",  # cosine | constant | linear
+            warmup_steps=0,
+            end_lr_factor=0.0,  # cosine/linear decay to lr * end_lr_factor
+            b1=0.9,
+            b2=0.999,
+            eps=1e-8,
+            weight_decay=0.0,
+            grad_clip=1.0,  # global-norm clipping; 0 disables
+            grad_accum_steps=1,  # micro-batches per optimizer step
+            max_nonfinite_steps=10,  # abort after this many consecutive skipped updates
+        )
+    )
+    cfg.update(overrides)
+    return cfg
+
+
+def lr_schedule(opt_cfg, total_steps: int) -> optax.Schedule:
+    decay_steps = max(int(total_steps) - int(opt_cfg.warmup_steps), 1)
+    end = opt_cfg.lr * opt_cfg.end_lr_factor
+    if opt_cfg.schedule == "constant":
+        main = optax.constant_schedule(opt_cfg.lr)
+    elif opt_cfg.schedule == "cosine":
+        main = optax.cosine_decay_schedule(opt_cfg.lr, decay_steps, alpha=opt_cfg.end_lr_factor)
+    elif opt_cfg.schedule == "linear":
+        main = optax.linear_schedule(opt_cfg.lr, end, decay_steps)
+    else:
+        raise ValueError(f"config.optimizer.schedule: unknown schedule {opt_cfg.schedule!r}")
+    if opt_cfg.warmup_steps <= 0:
+        return main
+    warmup = optax.linear_schedule(0.0, opt_cfg.lr, int(opt_cfg.warmup_steps))
+    return optax.join_schedules([warmup, main], [int(opt_cfg.warmup_steps)])
+
+
+def make_tx(opt_cfg, total_steps: int) -> optax.GradientTransformation:
+    schedule = lr_schedule(opt_cfg, total_steps)
+    if opt_cfg.name == "adamw":
+        base = optax.adamw(schedule, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps, weight_decay=opt_cfg.weight_decay)
+    elif opt_cfg.name == "adam":
+        base = optax.adam(schedule, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps)
+    elif opt_cfg.name == "sgd":
+        base = optax.sgd(schedule, momentum=opt_cfg.b1 or None)
+    else:
+        raise ValueError(f"config.optimizer.name: unknown optimizer {opt_cfg.name!r}")
+    parts = [optax.clip_by_global_norm(opt_cfg.grad_clip)] if opt_cfg.grad_clip > 0 else []
+    return optax.apply_if_finite(optax.chain(*parts, base), _NEVER_APPLY_NONFINITE)
+
+
+def make_optimizer(model: nnx.Module, opt_cfg, total_steps: int, wrt=nnx.Param) -> nnx.Optimizer:
+    return nnx.Optimizer(model, make_tx(opt_cfg, total_steps), wrt=wrt)
+
+
+def nonfinite_streak(optimizer: nnx.Optimizer) -> jax.Array:
+    """Consecutive skipped (non-finite) updates, from the optimizer's guard state."""
+    return optimizer.opt_state.notfinite_count[...]
+
+
+def total_nonfinite(optimizer: nnx.Optimizer) -> jax.Array:
+    return optimizer.opt_state.total_notfinite[...]
+
+
+# --------------------------------------------------------------------------- EMA
+
+
+class EmaParam(nnx.Variable):
+    """An exponential moving average of a parameter (not trained, not in optimizers)."""
+
+
+class EMA(nnx.Module):
+    """EMA of a model's parameters, stored as a graph-less copy of the nnx.Param tree."""
+
+    def __init__(self, model: nnx.Module, decay: float):
+        self.decay = decay
+        params = nnx.state(model, nnx.Param)
+        self.params = jax.tree.map(
+            lambda p: EmaParam(p[...], **p.get_metadata()),
+            params,
+            is_leaf=lambda x: isinstance(x, nnx.Variable),
+        )
+
+    def update(self, model: nnx.Module) -> None:
+        new = nnx.state(model, nnx.Param)
+
+        def one(ema_var, p):
+            ema_var[...] = self.decay * ema_var[...] + (1.0 - self.decay) * p[...]
+
+        jax.tree.map(one, self.params, new, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+    def copy_into(self, model: nnx.Module) -> None:
+        """Write the averaged values into `model`'s parameters (e.g. a sampling copy)."""
+        values = jax.tree.map(lambda v: v[...], self.params, is_leaf=lambda x: isinstance(x, nnx.Variable))
+        nnx.update(model, values)
+
+
+# --------------------------------------------------------------------------- gradients
+
+
+def value_and_grad(loss_fn, model: nnx.Module, batch: dict, accum_steps: int = 1, wrt=nnx.Param):
+    """(loss, aux), grads of `loss_fn(model, batch) -> (loss, aux)`, over `accum_steps` micro-batches.
+
+    Micro-batches are consecutive slices of the batch's leading axis, run in a `lax.scan`
+    so only one micro-batch's activations are alive at a time. The result equals the
+    full-batch gradient when the loss is a mean over examples (tested).
+    """
+    grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, wrt), has_aux=True)
+    if accum_steps <= 1:
+        return grad_fn(model, batch)
+
+    def split(x):
+        if x.shape[0] % accum_steps:
+            raise ValueError(f"batch axis {x.shape[0]} is not divisible by grad_accum_steps={accum_steps}")
+        return x.reshape(accum_steps, x.shape[0] // accum_steps, *x.shape[1:])
+
+    micro = jax.tree.map(split, batch)
+    graphdef, params, rest = nnx.split(model, wrt, ...)
+
+    def body(carry, mb):
+        grads_sum, loss_sum, aux_sum = carry
+        m = nnx.merge(graphdef, params, rest)
+        (loss, aux), grads = grad_fn(m, mb)
+        add = lambda a, b: jax.tree.map(jnp.add, a, b)
+        return (add(grads_sum, grads), loss_sum + loss, add(aux_sum, aux)), None
+
+    first = jax.tree.map(lambda x: x[0], micro)
+    (loss0, aux0), grads0 = jax.eval_shape(lambda: grad_fn(nnx.merge(graphdef, params, rest), first))
+    zeros = lambda t: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), t)
+    (grads, loss, aux), _ = jax.lax.scan(body, (zeros(grads0), jnp.zeros((), loss0.dtype), zeros(aux0)), micro)
+    scale = 1.0 / accum_steps
+    return (loss * scale, jax.tree.map(lambda a: a * scale, aux)), jax.tree.map(lambda g: g * scale, grads)
