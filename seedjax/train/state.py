@@ -95,11 +95,11 @@ class EMA(nnx.Module):
     def __init__(self, model: nnx.Module, decay: float):
         self.decay = decay
         params = nnx.state(model, nnx.Param)
-        self.params = jax.tree.map(
+        self.params = nnx.data(jax.tree.map(
             lambda p: EmaParam(p[...], **p.get_metadata()),
             params,
             is_leaf=lambda x: isinstance(x, nnx.Variable),
-        )
+        ))
 
     def update(self, model: nnx.Module) -> None:
         new = nnx.state(model, nnx.Param)
@@ -108,6 +108,12 @@ class EMA(nnx.Module):
             ema_var[...] = self.decay * ema_var[...] + (1.0 - self.decay) * p[...]
 
         jax.tree.map(one, self.params, new, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+    def load(self, values: dict) -> None:
+        """Set the averages from a pure dict of arrays shaped like the model's parameters."""
+        flat = dict(nnx.traversals.flatten_mapping(values))
+        for path, var in nnx.to_flat_state(self.params):
+            var[...] = flat[path]
 
     def copy_into(self, model: nnx.Module) -> None:
         """Write the averaged values into `model`'s parameters (e.g. a sampling copy)."""
@@ -123,11 +129,17 @@ def value_and_grad(loss_fn, model: nnx.Module, batch: dict, accum_steps: int = 1
 
     Micro-batches are consecutive slices of the batch's leading axis, run in a `lax.scan`
     so only one micro-batch's activations are alive at a time. The result equals the
-    full-batch gradient when the loss is a mean over examples (tested).
+    full-batch gradient when the loss is a mean over examples (tested). `loss_fn` must not
+    mutate the model (it runs on a functional copy).
     """
-    grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, wrt), has_aux=True)
+    graphdef, params, rest = nnx.split(model, wrt, ...)
+
+    def pure_loss(params, rest, mb):
+        return loss_fn(nnx.merge(graphdef, params, rest), mb)
+
+    grad_fn = jax.value_and_grad(pure_loss, has_aux=True)
     if accum_steps <= 1:
-        return grad_fn(model, batch)
+        return grad_fn(params, rest, batch)
 
     def split(x):
         if x.shape[0] % accum_steps:
@@ -135,18 +147,13 @@ def value_and_grad(loss_fn, model: nnx.Module, batch: dict, accum_steps: int = 1
         return x.reshape(accum_steps, x.shape[0] // accum_steps, *x.shape[1:])
 
     micro = jax.tree.map(split, batch)
-    graphdef, params, rest = nnx.split(model, wrt, ...)
+    add = lambda a, b: jax.tree.map(jnp.add, a, b)
 
     def body(carry, mb):
-        grads_sum, loss_sum, aux_sum = carry
-        m = nnx.merge(graphdef, params, rest)
-        (loss, aux), grads = grad_fn(m, mb)
-        add = lambda a, b: jax.tree.map(jnp.add, a, b)
-        return (add(grads_sum, grads), loss_sum + loss, add(aux_sum, aux)), None
+        (loss, aux), grads = grad_fn(params, rest, mb)
+        return add(carry, ((loss, aux), grads)), None
 
     first = jax.tree.map(lambda x: x[0], micro)
-    (loss0, aux0), grads0 = jax.eval_shape(lambda: grad_fn(nnx.merge(graphdef, params, rest), first))
-    zeros = lambda t: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), t)
-    (grads, loss, aux), _ = jax.lax.scan(body, (zeros(grads0), jnp.zeros((), loss0.dtype), zeros(aux0)), micro)
-    scale = 1.0 / accum_steps
-    return (loss * scale, jax.tree.map(lambda a: a * scale, aux)), jax.tree.map(lambda g: g * scale, grads)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(grad_fn, params, rest, first))
+    total, _ = jax.lax.scan(body, zeros, micro)
+    return jax.tree.map(lambda x: x / accum_steps, total)

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Create the environment if missing, install seedjax with its test extras, run the test suite.
+# Extra arguments go to pytest (e.g. `bash launch/test.sh tests/test_config.py -x`).
+source "$(dirname "$0")/env.sh" test
+set +e
+workers="${SEEDJAX_TEST_WORKERS:-2}"
+python -m pytest -n "$workers" --durations=25 "${@:-tests}"
+rc=$?
+if [ "$rc" -eq 5 ]; then
+  echo "seedjax: pytest collected no tests; that is a failure" >&2
+  exit 1
+fi
+exit "$rc"

@@ -1,0 +1,219 @@
+"""Flow-matching pretraining of the MMDiT with a jointly trained text encoder.
+
+The loss here (`flow_matching_loss`) is the one every velocity-trained stage reuses (SFT,
+the regulariser in RLHF, the teacher side of distillation).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from seedjax.diffusion import flow
+from seedjax.diffusion.sampling import EulerSampler
+from seedjax.models import mmdit, text, tokenizer
+from seedjax.train.state import EMA, make_optimizer, nonfinite_streak, total_nonfinite, value_and_grad
+
+
+def input_config(**overrides) -> ml_collections.ConfigDict:
+    """What the DiT denoises: pixels ('image') or cached VAE latents ('latent'), in patches."""
+    cfg = ml_collections.ConfigDict(dict(key="image", patch_size=4, vae_workdir=""))
+    cfg.update(overrides)
+    return cfg
+
+
+def sampling_config(**overrides) -> ml_collections.ConfigDict:
+    cfg = ml_collections.ConfigDict(dict(num_steps=30, guidance_scale=3.0, shift=1.0, use_ema=True))
+    cfg.update(overrides)
+    return cfg
+
+
+# --------------------------------------------------------------------------- model
+
+
+class DiffusionModel(nnx.Module):
+    """Text encoder + MMDiT: (x_t tokens, t, caption) -> velocity tokens."""
+
+    def __init__(self, config, rngs: nnx.Rngs):
+        self.text = text.TextEncoder(config.text, rngs=rngs)
+        self.dit = mmdit.MMDiT(config.model, rngs=rngs)
+
+    def condition(self, batch: dict) -> dict:
+        embeddings, mask, pooled = text.text_conditioning(self.text, batch)
+        return {"text_embeddings": embeddings, "pooled": pooled, "text_mask": mask}
+
+    def __call__(self, x, t, cond: dict, grid_hw, *, guidance=None, target_size=None, return_features=False):
+        return self.dit(x, t, cond["text_embeddings"], cond["pooled"], text_mask=cond["text_mask"],
+                        grid_hw=grid_hw, guidance=guidance, target_size=target_size,
+                        return_features=return_features)
+
+
+class PretrainState(nnx.Module):
+    def __init__(self, config, rngs: nnx.Rngs):
+        self.model = DiffusionModel(config, rngs)
+        self.repa = None
+        if config.repa.weight > 0:
+            from seedjax.models.repa import RepaHead
+
+            self.repa = RepaHead(config, rngs=rngs)
+        trainable = nnx.List([self.model, self.repa]) if self.repa is not None else self.model
+        self.optimizer = make_optimizer(trainable, config.optimizer, config.total_steps)
+        self.ema = EMA(self.model, config.ema_decay) if config.ema_decay > 0 else None
+
+
+def init(config, rngs: nnx.Rngs) -> PretrainState:
+    return PretrainState(config, rngs)
+
+
+# --------------------------------------------------------------------------- loss
+
+
+def tokens_of(batch: dict, config) -> tuple[jax.Array, tuple[int, int], tuple[int, int, int]]:
+    """The clean input as patch tokens, its token grid, and its (H, W, C)."""
+    x = batch[config.input.key]
+    _, h, w, c = x.shape
+    p = config.input.patch_size
+    return mmdit.patchify(x, p), (h // p, w // p), (h, w, c)
+
+
+def drop_captions(batch: dict, rng: jax.Array, p: float) -> dict:
+    """Replace a fraction `p` of captions by the empty caption (trains the unconditional branch)."""
+    if p <= 0 or "tokens" not in batch:
+        return batch
+    empty_tokens, empty_mask = (jnp.asarray(a[0]) for a in tokenizer.tokenize([""], batch["tokens"].shape[1]))
+    drop = jax.random.bernoulli(rng, p, (batch["tokens"].shape[0],))[:, None]
+    return dict(batch, tokens=jnp.where(drop, empty_tokens, batch["tokens"]),
+                text_mask=jnp.where(drop, empty_mask, batch["text_mask"]))
+
+
+def flow_matching_loss(model: DiffusionModel, batch: dict, rng: jax.Array, config, repa_head=None):
+    """Velocity MSE on x_t = (1 - t) x0 + t eps, with the defect mask and optional REPA.
+
+    Returns (loss, aux) with aux = {'fm_loss', 'repa_loss'}.
+    """
+    rng_drop, rng_t, rng_noise = jax.random.split(rng, 3)
+    batch = drop_captions(batch, rng_drop, config.diffusion.cfg_dropout)
+    x0, grid, _ = tokens_of(batch, config)
+    shift = flow.resolution_shift(x0.shape[1], config.diffusion)
+    t = flow.sample_t(rng_t, x0.shape[0], config.diffusion, shift)
+    noise = jax.random.normal(rng_noise, x0.shape, x0.dtype)
+    x_t = flow.interpolate(x0, noise, t)
+    weights = None
+    if "loss_mask" in batch and config.input.key == "image":
+        weights = flow.token_mask(batch["loss_mask"], config.input.patch_size)
+    elif "latent_loss_mask" in batch:
+        weights = flow.token_mask(batch["latent_loss_mask"], config.input.patch_size)
+    cond = model.condition(batch)
+    extra = model_extras(batch, config, x0.shape[0])
+    if repa_head is None:
+        v = model(x_t, t, cond, grid, **extra)
+        fm = flow.masked_mse(v, flow.velocity_target(x0, noise), weights)
+        return fm, {"fm_loss": fm, "repa_loss": jnp.zeros(())}
+    v, feats = model(x_t, t, cond, grid, return_features=True, **extra)
+    fm = flow.masked_mse(v, flow.velocity_target(x0, noise), weights)
+    rl = repa_head.loss(feats, batch, grid)
+    return fm + config.repa.weight * rl, {"fm_loss": fm, "repa_loss": rl}
+
+
+def model_extras(batch: dict, config, n: int) -> dict:
+    extra = {}
+    if config.model.size_embed:
+        extra["target_size"] = batch["target_size"] if "target_size" in batch else jnp.zeros((n, 2), jnp.int32)
+    if config.model.guidance_embed:
+        extra["guidance"] = batch.get("guidance", jnp.ones((n,), jnp.float32))
+    return extra
+
+
+# --------------------------------------------------------------------------- step
+
+
+def train_step(state: PretrainState, batch: dict, rng: jax.Array, config) -> dict:
+    if state.repa is None:
+        loss_fn = lambda model, b: flow_matching_loss(model, b, rng, config)
+        trainable = state.model
+    else:
+        loss_fn = lambda mods, b: flow_matching_loss(mods[0], b, rng, config, mods[1])
+        trainable = nnx.List([state.model, state.repa])
+    (loss, aux), grads = value_and_grad(loss_fn, trainable, batch, config.optimizer.grad_accum_steps)
+    state.optimizer.update(trainable, grads)
+    if state.ema is not None:
+        state.ema.update(state.model)
+    return {"loss": loss, **aux, "grad_norm": optax.global_norm(grads),
+            "nonfinite_streak": nonfinite_streak(state.optimizer),
+            "nonfinite_total": total_nonfinite(state.optimizer)}
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def sampling_model(state: PretrainState, config) -> DiffusionModel:
+    """The model to sample from: a copy holding the EMA parameters when configured."""
+    if state.ema is None or not config.sampling.use_ema:
+        return state.model
+    model = nnx.clone(state.model)
+    state.ema.copy_into(model)
+    return model
+
+
+def generate(model: DiffusionModel, config, rng: jax.Array, batch: dict, sampler: EulerSampler,
+             image_shape: tuple[int, int, int]) -> jax.Array:
+    """Sample images [N, H, W, C] in [-1, 1] for the captions in `batch` (pixel space)."""
+    h, w, c = image_shape
+    p = config.input.patch_size
+    n = batch["tokens"].shape[0] if "tokens" in batch else batch["text_embeddings"].shape[0]
+    grid = (h // p, w // p)
+    noise = jax.random.normal(rng, (n, grid[0] * grid[1], p * p * c), jnp.float32)
+    cond = model.condition(batch)
+    uncond = None
+    if sampler.guided:
+        empty = {k: v for k, v in batch.items() if k in ("tokens", "text_mask")}
+        uncond = model.condition(drop_captions(empty, rng, 1.0))
+    extra = model_extras(batch, config, n)
+
+    def velocity(x, t, c):
+        rep = x.shape[0] // n
+        ex = {k: jnp.concatenate([v] * rep) for k, v in extra.items()}
+        return model(x, t, c, grid, **ex)
+
+    x = sampler(velocity, noise, cond, uncond)
+    return mmdit.unpatchify(x, p, h, w, c)
+
+
+def image_shape(config) -> tuple[int, int, int]:
+    return (config.data.image_size, config.data.image_size, config.data.channels)
+
+
+def sample(state: PretrainState, config, rng: jax.Array, batch: dict) -> jax.Array:
+    s = config.sampling
+    sampler = EulerSampler.make(s.num_steps, s.shift, s.guidance_scale)
+    images = generate(sampling_model(state, config), config, rng, batch, sampler, image_shape(config))
+    return jnp.clip(images, -1.0, 1.0)
+
+
+def evaluate(state: PretrainState, config, rng: jax.Array) -> dict:
+    from seedjax.eval.samples import evaluate_generator
+
+    return evaluate_generator(lambda b, r: sample(state, config, r, b), config, rng)
+
+
+def flops_per_example(config) -> float:
+    h = config.data.image_size // config.input.patch_size
+    return mmdit.train_flops_per_example(config.model, h * h, config.data.max_text_len) + text.train_flops_per_example(
+        config.text, config.data.max_text_len)
+
+
+def load_pretrained(state: PretrainState, source: dict, config) -> None:
+    """init_from: the source's EMA parameters when it has them and `config.init_from_ema`, else its model."""
+    params = source.get("model")
+    if config.get("init_from_ema", False) and source.get("ema"):
+        params = source["ema"]["params"]
+    if params is None:
+        raise ValueError(f"config.init_from={config.init_from}: no 'model' parameters in that checkpoint "
+                         f"(it has {sorted(source)})")
+    nnx.update(state.model, params)
+    if state.ema is not None:
+        state.ema.load(params)
