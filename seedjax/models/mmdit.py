@@ -1,0 +1,418 @@
+"""MMDiT in the Seedream 3.0 / Flux shape.
+
+    image tokens --x_embedder--> img ┐                  ┌ single-stream blocks (one weight set,
+    text embeddings --context--> txt ┴ dual-stream ──────┤  parallel attention + MLP) ──> norm_out
+                                      blocks (separate    └ on [txt, img] ─────────────────> proj_out
+                                      img/txt weights,
+                                      joint attention)
+
+Conditioning `cond` = MLP(sinusoid(1000 t)) + MLP(pooled text) [+ MLP(sinusoid(1000 g))
+for guidance distillation] [+ zero-initialised MLP(sinusoid(target h, w)) size embedding]
+drives adaLN-Zero modulation in every block. Attention uses QK RMSNorm and multi-axis RoPE
+on the joint sequence [text, image]; by default the Seedream 3.0 cross-modality ids
+(`rope.seedream_position_ids`): image tokens on their 2D grid, text on a [1, T] grid whose
+columns continue after the image's.
+
+Parameters map one to one onto diffusers' `FluxTransformer2DModel` (see
+`seedjax/interop/flux.py`). Parameters are float32; `cfg.dtype` is the matmul compute
+dtype; the residual stream, norms, softmax, RoPE and the conditioning path stay float32.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import einops
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from seedjax.models import layers
+from seedjax.models.attention import TokenLayout, attention, get_backend
+from seedjax.models.rope import apply_rope, rope_frequencies, seedream_position_ids
+from seedjax.parallel.sharding import constrain
+
+TIMESTEP_CHANNELS = 256  # sinusoid width of every scalar embedder (Flux)
+TOKENS = ("batch", "seq", "act_embed")
+
+__all__ = [
+    "MMDiT",
+    "default_config",
+    "preset",
+    "patchify",
+    "unpatchify",
+    "seedream_position_ids",
+    "train_flops_per_example",
+]
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """MMDiT hyper-parameters ('small' size). Every value has a type; no None values."""
+    cfg = ml_collections.ConfigDict()
+    cfg.in_channels = 64  # channels of a (patchified) image token, e.g. 16 latent ch x 2 x 2
+    cfg.out_channels = 0  # 0 = same as in_channels
+    cfg.num_heads = 8
+    cfg.head_dim = 64  # hidden = num_heads * head_dim
+    cfg.depth_double = 6  # dual-stream blocks
+    cfg.depth_single = 12  # single-stream blocks
+    cfg.mlp_ratio = 4.0
+    cfg.text_dim = 512  # width of text_embeddings (diffusers: joint_attention_dim)
+    cfg.pooled_dim = 512  # width of pooled text (diffusers: pooled_projection_dim)
+    cfg.guidance_embed = False  # guidance-scale embedder (guidance-distilled models)
+    cfg.size_embed = False  # target-resolution embedder (Seedream mixed resolution)
+    cfg.axes_dims_rope = (8, 28, 28)  # must sum to head_dim
+    cfg.rope_theta = 10000.0
+    cfg.repa_layer = -1  # block whose image features `return_features` gives; -1 off
+    cfg.remat = False  # rematerialise each block in the backward pass
+    cfg.remat_policy = "nothing_saveable"  # a name in jax.checkpoint_policies
+    cfg.dtype = "float32"  # matmul compute dtype: 'float32' | 'bfloat16'
+    cfg.attention_backend = "dense"  # a name registered in seedjax.models.attention
+    return cfg
+
+
+_PRESETS = {
+    "tiny": dict(num_heads=4, head_dim=32, depth_double=2, depth_single=4, text_dim=128, pooled_dim=128,
+                 in_channels=16, axes_dims_rope=(8, 12, 12)),
+    "small": {},
+    "base": dict(num_heads=16, head_dim=64, depth_double=12, depth_single=24, text_dim=1024, pooled_dim=1024),
+    "flux_dev": dict(num_heads=24, head_dim=128, depth_double=19, depth_single=38, text_dim=4096, pooled_dim=768,
+                     axes_dims_rope=(16, 56, 56), guidance_embed=True),
+    "flux_schnell": dict(num_heads=24, head_dim=128, depth_double=19, depth_single=38, text_dim=4096,
+                         pooled_dim=768, axes_dims_rope=(16, 56, 56)),
+}
+
+
+def preset(name: str) -> ml_collections.ConfigDict:
+    """`default_config()` with a named size: 'tiny', 'small', 'base', 'flux_dev', 'flux_schnell'."""
+    if name not in _PRESETS:
+        raise ValueError(f"unknown MMDiT preset {name!r}; choose one of {sorted(_PRESETS)}")
+    cfg = default_config()
+    cfg.update(_PRESETS[name])
+    return cfg
+
+
+def validate_config(cfg: ml_collections.ConfigDict) -> None:
+    """Raise a one-line ValueError naming the first inconsistent MMDiT setting."""
+    if sum(cfg.axes_dims_rope) != cfg.head_dim or any(d % 2 for d in cfg.axes_dims_rope):
+        raise ValueError(f"axes_dims_rope {tuple(cfg.axes_dims_rope)} must be even and sum to head_dim {cfg.head_dim}")
+    num_blocks = cfg.depth_double + cfg.depth_single
+    if not -1 <= cfg.repa_layer < num_blocks:
+        raise ValueError(f"repa_layer {cfg.repa_layer} must be -1 (off) or a block index below {num_blocks}")
+    if not hasattr(jax.checkpoint_policies, cfg.remat_policy):
+        raise ValueError(f"remat_policy {cfg.remat_policy!r} is not in jax.checkpoint_policies")
+    layers.compute_dtype(cfg.dtype)
+    for key in ("in_channels", "num_heads", "head_dim", "text_dim", "pooled_dim"):
+        if cfg[key] <= 0:
+            raise ValueError(f"MMDiT config {key} must be positive, got {cfg[key]}")
+
+
+def patchify(images: jax.Array, p: int) -> jax.Array:
+    """[B, H, W, C] -> [B, (H/p)*(W/p), C*p*p], row-major tokens, channels (c, ph, pw) as Flux packs."""
+    _, h, w, _ = images.shape
+    if h % p or w % p:
+        raise ValueError(f"patchify: image height/width {h}x{w} (shape {images.shape}) not divisible by patch size {p}")
+    return einops.rearrange(images, "b (h ph) (w pw) c -> b (h w) (c ph pw)", ph=p, pw=p)
+
+
+def unpatchify(tokens: jax.Array, p: int, height: int, width: int, channels: int) -> jax.Array:
+    """Inverse of `patchify`: [B, (H/p)*(W/p), C*p*p] -> [B, H, W, C]."""
+    if height % p or width % p:
+        raise ValueError(f"unpatchify: height/width {height}x{width} not divisible by patch size {p}")
+    expected = ((height // p) * (width // p), channels * p * p)
+    if tuple(tokens.shape[1:]) != expected:
+        raise ValueError(f"unpatchify: tokens of shape {tokens.shape} do not make a {height}x{width}x{channels} image "
+                         f"with patch size {p} (expected [B, {expected[0]}, {expected[1]}])")
+    return einops.rearrange(tokens, "b (h w) (c ph pw) -> b (h ph) (w pw) c", h=height // p, ph=p, pw=p)
+
+
+def train_flops_per_example(cfg, num_image_tokens: int, num_text_tokens: int) -> float:
+    """Analytic FLOPs of one training example: 3 x forward (forward + 2x backward).
+
+    Counts every matmul (2 FLOPs per multiply-add) including the attention score and
+    value products; ignores norms, activations and remat recomputation (the MFU convention).
+    """
+    d = cfg.num_heads * cfg.head_dim
+    m = int(d * cfg.mlp_ratio)
+    n, t = num_image_tokens, num_text_tokens
+    seq = n + t
+    out = cfg.out_channels or cfg.in_channels
+    scalar_embedders = 1 + int(cfg.guidance_embed)
+    # Per-example multiply-adds: conditioning MLPs and block modulations.
+    per_example = (
+        scalar_embedders * (TIMESTEP_CHANNELS * d + d * d)
+        + cfg.pooled_dim * d + d * d
+        + int(cfg.size_embed) * (2 * TIMESTEP_CHANNELS * d + d * d)
+        + cfg.depth_double * 2 * 6 * d * d
+        + cfg.depth_single * 3 * d * d
+        + 2 * d * d
+    )
+    per_token = n * (cfg.in_channels * d + d * out) + t * cfg.text_dim * d
+    per_token += cfg.depth_double * seq * (4 * d * d + 2 * d * m)  # q, k, v, out + MLP, either stream
+    per_token += cfg.depth_single * seq * (3 * d * d + d * m + (d + m) * d)
+    attention_macs = (cfg.depth_double + cfg.depth_single) * 2 * seq * seq * d  # q k^T and p v
+    return 3.0 * 2.0 * float(per_example + per_token + attention_macs)
+
+
+class StreamWeights(nnx.Module):
+    """One modality's weights inside a dual-stream block (image or text)."""
+
+    def __init__(self, hidden: int, head_dim: int, mlp_hidden: int, *, rngs: nnx.Rngs, dtype):
+        self.head_dim = head_dim
+        self.modulation = layers.Modulation(hidden, hidden, 6, rngs=rngs)
+        self.q = layers.Linear(hidden, hidden, rngs=rngs, names=("embed", "heads"), dtype=dtype)
+        self.k = layers.Linear(hidden, hidden, rngs=rngs, names=("embed", "heads"), dtype=dtype)
+        self.v = layers.Linear(hidden, hidden, rngs=rngs, names=("embed", "heads"), dtype=dtype)
+        self.q_norm = layers.RMSNorm(head_dim, rngs=rngs, eps=1e-6)
+        self.k_norm = layers.RMSNorm(head_dim, rngs=rngs, eps=1e-6)
+        self.out = layers.Linear(hidden, hidden, rngs=rngs, names=("heads", "embed"), dtype=dtype)
+        self.norm = layers.LayerNorm(hidden, rngs=rngs, eps=1e-6)
+        self.mlp = layers.MLP(hidden, mlp_hidden, hidden, rngs=rngs, activation_name="gelu_tanh", dtype=dtype)
+
+
+def _heads_qkv(mod, h: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Project to q, k, v [B, L, H, Dh] with QK RMSNorm (shared by both block kinds)."""
+    split = lambda y: y.reshape(*y.shape[:-1], -1, mod.head_dim)
+    q, k, v = split(mod.q(h)), split(mod.k(h)), split(mod.v(h))
+    names = ("batch", "seq", "act_heads", None)
+    return constrain(mod.q_norm(q), names), constrain(mod.k_norm(k), names), constrain(v, names)
+
+
+class DoubleStreamBlock(nnx.Module):
+    """Separate image/text weights, one joint attention over [text, image] (Flux FluxTransformerBlock)."""
+
+    def __init__(self, hidden: int, head_dim: int, mlp_hidden: int, *, rngs: nnx.Rngs, dtype):
+        self.img = StreamWeights(hidden, head_dim, mlp_hidden, rngs=rngs, dtype=dtype)
+        self.txt = StreamWeights(hidden, head_dim, mlp_hidden, rngs=rngs, dtype=dtype)
+
+    def __call__(self, img, txt, cond, cos, sin, key_mask, attend):
+        img_mod, txt_mod = self.img.modulation(cond), self.txt.modulation(cond)
+        # Chunk order of Flux's AdaLayerNormZero: shift, scale, gate (attention), shift, scale, gate (MLP).
+        streams = []
+        for x, w, (shift, scale, _, _, _, _) in ((txt, self.txt, txt_mod), (img, self.img, img_mod)):
+            streams.append(_heads_qkv(w, layers.modulate(w.norm(x), shift, scale)))
+        q, k, v = (jnp.concatenate(parts, axis=1) for parts in zip(*streams))
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        out = attend(q, k, v, key_mask)
+        num_txt = txt.shape[1]
+        txt_attn = out[:, :num_txt].reshape(*txt.shape[:2], -1)
+        img_attn = out[:, num_txt:].reshape(*img.shape[:2], -1)
+
+        def residual(x, w, attn_out, mod):
+            _, _, gate, shift, scale, gate_mlp = mod
+            x = x + gate[:, None] * w.out(attn_out)
+            return x + gate_mlp[:, None] * w.mlp(layers.modulate(w.norm(x), shift, scale))
+
+        img = residual(img, self.img, img_attn, img_mod)
+        txt = residual(txt, self.txt, txt_attn, txt_mod)
+        return constrain(img, TOKENS), constrain(txt, TOKENS)
+
+
+class SingleStreamBlock(nnx.Module):
+    """One weight set over the joint sequence; attention and MLP in parallel (Flux FluxSingleTransformerBlock)."""
+
+    def __init__(self, hidden: int, head_dim: int, mlp_hidden: int, *, rngs: nnx.Rngs, dtype):
+        self.head_dim = head_dim
+        self.modulation = layers.Modulation(hidden, hidden, 3, rngs=rngs)
+        self.q = layers.Linear(hidden, hidden, rngs=rngs, names=("embed", "heads"), dtype=dtype)
+        self.k = layers.Linear(hidden, hidden, rngs=rngs, names=("embed", "heads"), dtype=dtype)
+        self.v = layers.Linear(hidden, hidden, rngs=rngs, names=("embed", "heads"), dtype=dtype)
+        self.q_norm = layers.RMSNorm(head_dim, rngs=rngs, eps=1e-6)
+        self.k_norm = layers.RMSNorm(head_dim, rngs=rngs, eps=1e-6)
+        self.mlp_in = layers.Linear(hidden, mlp_hidden, rngs=rngs, names=("embed", "mlp"), dtype=dtype)
+        self.out = layers.Linear(hidden + mlp_hidden, hidden, rngs=rngs, names=("mlp", "embed"), dtype=dtype)
+        self.norm = layers.LayerNorm(hidden, rngs=rngs, eps=1e-6)
+
+    def __call__(self, x, cond, cos, sin, key_mask, attend):
+        shift, scale, gate = self.modulation(cond)
+        h = layers.modulate(self.norm(x), shift, scale)
+        q, k, v = _heads_qkv(self, h)
+        attn = attend(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, key_mask).reshape(*x.shape[:2], -1)
+        mlp = jax.nn.gelu(self.mlp_in(h), approximate=True)
+        x = x + gate[:, None] * self.out(jnp.concatenate([attn, mlp], axis=-1))
+        return constrain(x, TOKENS)
+
+
+class MMDiT(nnx.Module):
+    """Flux-compatible MMDiT. See the module docstring and `__call__`."""
+
+    def __init__(self, cfg: ml_collections.ConfigDict, rngs: nnx.Rngs):
+        validate_config(cfg)
+        self.cfg = cfg
+        dtype = layers.compute_dtype(cfg.dtype)
+        hidden = cfg.num_heads * cfg.head_dim
+        mlp_hidden = int(hidden * cfg.mlp_ratio)
+        self.out_channels = cfg.out_channels or cfg.in_channels
+
+        def embedder(in_features, out_kernel_init=layers.DEFAULT_KERNEL_INIT):
+            return layers.MLP(in_features, hidden, hidden, rngs=rngs, activation_name="silu",
+                              names=("in_features", "embed", "embed"), out_kernel_init=out_kernel_init)
+
+        self.x_embedder = layers.Linear(cfg.in_channels, hidden, rngs=rngs, names=("in_features", "embed"), dtype=dtype)
+        self.context_embedder = layers.Linear(cfg.text_dim, hidden, rngs=rngs, names=("in_features", "embed"),
+                                              dtype=dtype)
+        self.time_embedder = embedder(TIMESTEP_CHANNELS)
+        self.pooled_embedder = embedder(cfg.pooled_dim)
+        self.guidance_embedder = embedder(TIMESTEP_CHANNELS) if cfg.guidance_embed else None
+        # Zero-initialised output: a model with a size embedding starts exactly like one without.
+        self.size_embedder = embedder(2 * TIMESTEP_CHANNELS, layers.ZEROS) if cfg.size_embed else None
+        self.double_blocks = nnx.List(
+            [DoubleStreamBlock(hidden, cfg.head_dim, mlp_hidden, rngs=rngs, dtype=dtype) for _ in range(cfg.depth_double)]
+        )
+        self.single_blocks = nnx.List(
+            [SingleStreamBlock(hidden, cfg.head_dim, mlp_hidden, rngs=rngs, dtype=dtype) for _ in range(cfg.depth_single)]
+        )
+        self.final_norm = layers.LayerNorm(hidden, rngs=rngs, eps=1e-6)
+        self.final_modulation = layers.Modulation(hidden, hidden, 2, rngs=rngs)  # (scale, shift), Flux's order
+        self.proj_out = layers.Linear(hidden, self.out_channels, rngs=rngs, names=("embed", "in_features"),
+                                      dtype=dtype, kernel_init=layers.ZEROS)
+
+    def __call__(
+        self,
+        x: jax.Array,
+        t: jax.Array,
+        text_embeddings: jax.Array,
+        pooled: jax.Array,
+        *,
+        text_mask: jax.Array | None = None,
+        grid_hw: tuple[int, int] | None = None,
+        img_ids: jax.Array | None = None,
+        txt_ids: jax.Array | None = None,
+        guidance: jax.Array | None = None,
+        target_size: jax.Array | None = None,
+        return_features: bool = False,
+        attention_kwargs: dict | None = None,
+    ):
+        """Predict the flow velocity of image tokens.
+
+        Args:
+          x: [B, N, in_channels] patchified image tokens (row-major on the token grid).
+          t: [B] (or scalar) flow time in [0, 1]; multiplied by 1000 inside, as Flux does.
+          text_embeddings: [B, T, text_dim]. pooled: [B, pooled_dim].
+          text_mask: [B, T] bool, False = padding; padded text keys are masked out of joint
+            attention. None = all valid.
+          grid_hw: (h, w) token grid of x (static ints); builds the default Seedream ids and
+            the attention layout. Needed unless both img_ids and txt_ids are given.
+          img_ids, txt_ids: [N, 3] / [T, 3] (or batched [B, ., 3]) RoPE position ids,
+            overriding the default ones (e.g. Flux's all-zero txt_ids).
+          guidance: [B] guidance scale (only with cfg.guidance_embed; multiplied by 1000 inside).
+          target_size: [B, 2] target (height, width) in pixels (only with cfg.size_embed).
+          return_features: also return [B, N, hidden] image-token features after block
+            cfg.repa_layer (double blocks first, then single blocks), for REPA.
+          attention_kwargs: extra keyword arguments for the attention backend (e.g. sparse plans).
+
+        Returns:
+          velocity [B, N, out_channels] float32, or (velocity, features) with return_features.
+        """
+        cfg = self.cfg
+        batch, num_img, channels = x.shape
+        num_txt = text_embeddings.shape[1]
+        if channels != cfg.in_channels:
+            raise ValueError(f"MMDiT: x has {channels} channels (shape {x.shape}), config in_channels is {cfg.in_channels}")
+        if text_embeddings.shape != (batch, num_txt, cfg.text_dim):
+            raise ValueError(f"MMDiT: text_embeddings shape {text_embeddings.shape}, expected [{batch}, T, {cfg.text_dim}]")
+        if pooled.shape != (batch, cfg.pooled_dim):
+            raise ValueError(f"MMDiT: pooled shape {pooled.shape}, expected [{batch}, {cfg.pooled_dim}]")
+        if text_mask is not None and text_mask.shape != (batch, num_txt):
+            raise ValueError(f"MMDiT: text_mask shape {text_mask.shape}, expected [{batch}, {num_txt}]")
+        if return_features and cfg.repa_layer < 0:
+            raise ValueError("MMDiT: return_features=True needs cfg.repa_layer >= 0")
+
+        cond = constrain(self._conditioning(t, pooled, guidance, target_size, batch), ("batch", "act_embed"))
+        cos, sin = self._rope_tables(num_img, num_txt, grid_hw, img_ids, txt_ids)
+        key_mask = None
+        if text_mask is not None:
+            key_mask = jnp.concatenate([text_mask.astype(bool), jnp.ones((batch, num_img), bool)], axis=1)
+        get_backend(cfg.attention_backend)  # fail early on an unknown backend name
+        attend_at = functools.partial(
+            _attend,
+            backend=cfg.attention_backend,
+            layout=TokenLayout(num_txt, None if grid_hw is None else tuple(grid_hw)),
+            extra=attention_kwargs or {},
+        )
+
+        # The residual stream stays float32 whatever the compute dtype.
+        img = constrain(self.x_embedder(x).astype(jnp.float32), TOKENS)
+        txt = constrain(self.context_embedder(text_embeddings).astype(jnp.float32), TOKENS)
+        features = None
+        for i, block in enumerate(self.double_blocks):
+            run = self._maybe_remat(lambda blk, a, b, c, cs, sn, m, i=i: blk(a, b, c, cs, sn, m, attend_at(i)))
+            img, txt = run(block, img, txt, cond, cos, sin, key_mask)
+            if i == cfg.repa_layer:
+                features = img
+        joint = jnp.concatenate([txt, img], axis=1)
+        for j, block in enumerate(self.single_blocks):
+            i = cfg.depth_double + j
+            run = self._maybe_remat(lambda blk, a, c, cs, sn, m, i=i: blk(a, c, cs, sn, m, attend_at(i)))
+            joint = run(block, joint, cond, cos, sin, key_mask)
+            if i == cfg.repa_layer:
+                features = joint[:, num_txt:]
+        img = joint[:, num_txt:]
+
+        scale, shift = self.final_modulation(cond)
+        velocity = self.proj_out(layers.modulate(self.final_norm(img), shift, scale)).astype(jnp.float32)
+        return (velocity, features) if return_features else velocity
+
+    def _conditioning(self, t, pooled, guidance, target_size, batch) -> jax.Array:
+        """[B, hidden] float32 vector that drives every adaLN modulation."""
+        cfg = self.cfg
+
+        def scalar_embedding(values):
+            values = jnp.broadcast_to(jnp.asarray(values, jnp.float32), (batch,))
+            return layers.timestep_embedding(values * 1000.0, TIMESTEP_CHANNELS)
+
+        cond = self.time_embedder(scalar_embedding(t))
+        if cfg.guidance_embed:
+            if guidance is None:
+                raise ValueError("MMDiT: cfg.guidance_embed is on, pass guidance=[B] guidance scales")
+            cond = cond + self.guidance_embedder(scalar_embedding(guidance))
+        elif guidance is not None:
+            raise ValueError("MMDiT: guidance was given but cfg.guidance_embed is off")
+        cond = cond + self.pooled_embedder(pooled.astype(jnp.float32))
+        if cfg.size_embed:
+            if target_size is None or target_size.shape != (batch, 2):
+                got = None if target_size is None else target_size.shape
+                raise ValueError(f"MMDiT: cfg.size_embed is on, pass target_size [{batch}, 2] (height, width); got {got}")
+            size = jnp.concatenate(
+                [layers.timestep_embedding(target_size[:, i].astype(jnp.float32), TIMESTEP_CHANNELS) for i in (0, 1)],
+                axis=-1,
+            )
+            cond = cond + self.size_embedder(size)
+        elif target_size is not None:
+            raise ValueError("MMDiT: target_size was given but cfg.size_embed is off")
+        return cond
+
+    def _rope_tables(self, num_img, num_txt, grid_hw, img_ids, txt_ids):
+        if img_ids is None or txt_ids is None:
+            if grid_hw is None:
+                raise ValueError("MMDiT: pass grid_hw=(h, w) (or both img_ids and txt_ids) to place the image tokens")
+            h, w = grid_hw
+            if h * w != num_img:
+                raise ValueError(f"MMDiT: grid_hw {tuple(grid_hw)} has {h * w} tokens but x has {num_img}")
+            default_img, default_txt = seedream_position_ids(h, w, num_txt)
+            img_ids = default_img if img_ids is None else img_ids
+            txt_ids = default_txt if txt_ids is None else txt_ids
+        img_ids, txt_ids = jnp.asarray(img_ids), jnp.asarray(txt_ids)
+        if img_ids.shape[-2] != num_img or txt_ids.shape[-2] != num_txt:
+            raise ValueError(f"MMDiT: img_ids {img_ids.shape} / txt_ids {txt_ids.shape} do not match "
+                             f"{num_img} image and {num_txt} text tokens")
+        if img_ids.ndim != txt_ids.ndim:  # one batched, one shared: broadcast the shared one
+            lead = (img_ids if img_ids.ndim == 3 else txt_ids).shape[0]
+            img_ids = jnp.broadcast_to(img_ids, (lead, *img_ids.shape[-2:]))
+            txt_ids = jnp.broadcast_to(txt_ids, (lead, *txt_ids.shape[-2:]))
+        ids = jnp.concatenate([txt_ids, img_ids], axis=-2)
+        return rope_frequencies(ids, self.cfg.axes_dims_rope, self.cfg.rope_theta)
+
+    def _maybe_remat(self, fn):
+        if not self.cfg.remat:
+            return fn
+        return nnx.remat(fn, policy=getattr(jax.checkpoint_policies, self.cfg.remat_policy))
+
+
+def _attend(layer_index: int, *, backend: str, layout: TokenLayout, extra: dict):
+    """The attention function block `layer_index` calls: (q, k, v, key_mask) -> out."""
+
+    def attend(q, k, v, key_mask):
+        return attention(q, k, v, key_mask=key_mask, backend=backend, layer_index=layer_index, layout=layout, **extra)
+
+    return attend
