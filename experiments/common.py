@@ -1,0 +1,37 @@
+"""Building blocks shared by experiment configs: a full diffusion-model config in one call."""
+
+from __future__ import annotations
+
+import ml_collections
+
+import data_pipelines
+from seedjax.config import base_config
+from seedjax.diffusion.flow import diffusion_config
+from seedjax.models import mmdit, text
+from seedjax.stages.pretrain import input_config, sampling_config
+
+
+def diffusion_model_config(stage: str = "pretrain", model_preset: str = "tiny", **overrides) -> ml_collections.ConfigDict:
+    """Config for a stage that trains or uses the text encoder + MMDiT."""
+    cfg = base_config(stage=stage)
+    cfg.model = mmdit.preset(model_preset)
+    cfg.text = text.default_config()
+    cfg.data = data_pipelines.default_config()
+    cfg.diffusion = diffusion_config()
+    cfg.input = input_config()
+    cfg.sampling = sampling_config()
+    cfg.repa = ml_collections.ConfigDict(dict(weight=0.0, encoder="classifier", projector_dim=256))
+    cfg.ema_decay = 0.999
+    cfg.init_from_ema = False
+    cfg.eval = ml_collections.ConfigDict(dict(num_prompts=200, batch_size=100))
+    cfg.update(overrides)
+    return cfg
+
+
+def link_widths(cfg: ml_collections.ConfigDict) -> None:
+    """Make the model's input and text widths agree with the data and the text encoder."""
+    channels = data_pipelines.channels(cfg.data)
+    cfg.model.in_channels = cfg.input.patch_size**2 * channels
+    cfg.model.text_dim = cfg.text.width
+    cfg.model.pooled_dim = cfg.text.width
+    cfg.text.max_len = cfg.data.max_text_len
