@@ -1,0 +1,62 @@
+"""All data options with their defaults; experiments put this at `config.data`.
+
+No value is None, so command-line overrides keep their types ('' / -1 / False mean unset).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+SOURCES = ("digits", "digit_scenes", "folder", "jsonl", "shards")
+
+
+def default_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    # What to read. `source` is one of SOURCES; `path` is the image folder, the JSONL
+    # manifest or the shard directory. `mixture` (below) overrides both for training.
+    c.source = "digits"
+    c.path = ""
+    c.eval_path = ""  # held-out data for make_eval_batch ('' = `path`; digits/scenes use their test split)
+    c.image_size = 32  # square size when `buckets` is empty; digits/scenes are rendered at this size
+    c.channels = -1  # 1 or 3; -1 = the source's own (digits 1, everything else 3)
+    c.max_text_len = 64
+    c.tags = ""  # comma-separated multi-hot tag vocabulary; '' = the tags the sources declare
+
+    # Mixed resolution: 'HxW,HxW,...'; each image goes to the closest aspect ratio; every
+    # global batch comes from a single bucket.
+    c.buckets = ""
+
+    # Throughput: threads per stream reading and decoding, and prefetch worker processes.
+    c.read_threads = 2
+    c.read_buffer = 16
+    c.num_workers = 0
+    c.worker_buffer_size = 2
+
+    # Mixture: name -> {source, path, weight}; empty = the one component `source`/`path`.
+    # Components are named so a resumed run with new weights restores each one by name.
+    c.mixture = ml_collections.ConfigDict()
+
+    c.scenes = ml_collections.ConfigDict()
+    c.scenes.num_samples = 20_000  # virtual length of the generated train split
+    c.scenes.max_objects = 3
+    c.scenes.long_tail = 0.0  # Zipf-like exponent over digits and colors (0 = uniform)
+    c.scenes.defect_fraction = 0.0  # fraction of images stamped with a defect
+    c.scenes.defect_kinds = "watermark,mosaic,subtitle"
+
+    # Seedream 3.0 defect-aware training: drop samples whose defect boxes cover more than
+    # `max_area` of the image; mask the loss inside the boxes of the others.
+    c.defects = ml_collections.ConfigDict()
+    c.defects.enabled = False
+    c.defects.max_area = 0.2
+
+    # Seedream 3.0 dual-axis collaborative sampling: weight = (joint cluster count)^-alpha
+    # over (visual cluster, text cluster).
+    c.dual_axis = ml_collections.ConfigDict()
+    c.dual_axis.enabled = False
+    c.dual_axis.alpha = 0.5
+    c.dual_axis.visual_features = "pixels"  # pixels | classifier | latents
+    c.dual_axis.coarse_clusters = 8
+    c.dual_axis.fine_clusters = 4  # per coarse cluster (two-level k-means)
+    c.dual_axis.text_clusters = 16
+    c.dual_axis.weights_file = ""  # precomputed by `python -m data_pipelines.report --weights_out=`
+    return c

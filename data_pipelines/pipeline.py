@@ -1,0 +1,237 @@
+"""The training and evaluation entry points: config -> sources -> streams -> batches.
+
+    it = make_train_iterator(config.data, global_batch_size=64, seed=0,
+                             process_index=jax.process_index(), process_count=jax.process_count())
+    batch = next(it)            # dict of numpy arrays, leading axis = local batch
+    state = it.get_state()      # JSON-serializable; it.set_state(state) resumes exactly
+    it.counters()               # {'samples': ..., 'skipped_<kind>': ...} for metrics
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grain
+import numpy as np
+
+from data_pipelines import buckets as buckets_lib
+from data_pipelines import samples as samples_lib
+from data_pipelines import streams as streams_lib
+from data_pipelines.config import SOURCES
+
+log = logging.getLogger("data_pipelines")
+
+
+def open_source(kind: str, path: str, data_cfg, *, split: str, seed: int):
+    """A random-access source object (see digits.DigitsSource for the interface)."""
+    if kind not in SOURCES:
+        raise ValueError(f"data.source: unknown source {kind!r}; use one of {', '.join(SOURCES)}")
+    if kind == "digits":
+        from data_pipelines.digits import DigitsSource
+
+        return DigitsSource(split, data_cfg.image_size, seed)
+    if kind == "digit_scenes":
+        from data_pipelines.scene_source import SceneSource
+
+        return SceneSource(data_cfg, split=split, seed=seed)
+    if not path:
+        raise ValueError(f"data.path: source {kind!r} needs a path")
+    if kind == "folder":
+        from data_pipelines.folders import FolderSource
+
+        return FolderSource(path)
+    if kind == "jsonl":
+        from data_pipelines.folders import ManifestSource
+
+        return ManifestSource(path)
+    from data_pipelines.records import ShardSource
+
+    return ShardSource(path, max_text_len=data_cfg.max_text_len)
+
+
+def components(data_cfg) -> dict[str, tuple[str, str, float]]:
+    """Mixture components: name -> (source kind, path, weight)."""
+    if not data_cfg.mixture:
+        return {data_cfg.source: (data_cfg.source, data_cfg.path, 1.0)}
+    out = {}
+    for name, comp in data_cfg.mixture.items():
+        weight = float(comp.get("weight", 1.0))
+        if weight < 0:
+            raise ValueError(f"data.mixture.{name}.weight must be >= 0, got {weight}")
+        if weight > 0:
+            out[name] = (comp.get("source", name), comp.get("path", ""), weight)
+    if not out:
+        raise ValueError("data.mixture: every component has weight 0")
+    return out
+
+
+def layout_for(sources: dict, data_cfg) -> samples_lib.Layout:
+    """The common sample layout of all components (keys a component lacks are filled)."""
+    kinds = {name: (s.latent, s.text_features) for name, s in sources.items()}
+    if len(set(kinds.values())) > 1:
+        raise ValueError(f"data.mixture: components disagree on latents/text features: {kinds}")
+    channels = data_cfg.channels
+    if channels == -1:
+        native = {name: s.channels for name, s in sources.items()}
+        if len(set(native.values())) > 1:
+            raise ValueError(f"data.channels: components have different channels {native}; set data.channels")
+        channels = next(iter(native.values()))
+    if channels not in (1, 3):
+        raise ValueError(f"data.channels must be 1, 3 or -1, got {channels}")
+    if data_cfg.tags:
+        tags = tuple(t.strip() for t in data_cfg.tags.split(",") if t.strip())
+    else:
+        tags = tuple(sorted({t for s in sources.values() for t in s.tags}))
+    latent, text_features = next(iter(kinds.values()))
+    return samples_lib.Layout(
+        channels=channels,
+        max_text_len=data_cfg.max_text_len,
+        scene_labels=any(s.scene_labels for s in sources.values()),
+        tags=tags,
+        defect_aware=bool(data_cfg.defects.enabled),
+        max_defect_area=float(data_cfg.defects.max_area),
+        latent=latent,
+        text_features=text_features,
+    )
+
+
+def channels(data_cfg) -> int:
+    """Image channels the pipeline will produce for this config (for sizing models)."""
+    if data_cfg.channels != -1:
+        return int(data_cfg.channels)
+    kinds = {kind for kind, _, _ in components(data_cfg).values()}
+    return 1 if kinds == {"digits"} else 3
+
+
+def _bucket_members(source, data_cfg) -> dict[tuple[int, int], np.ndarray]:
+    """Sample indices of a source per resolution bucket (latent sources: per latent shape)."""
+    sizes = source.sizes()
+    if source.latent:
+        shapes = [tuple(s) for s in sizes]
+        return {b: np.flatnonzero([s == b for s in shapes]) for b in sorted(set(shapes))}
+    bucket_list = buckets_lib.parse_buckets(data_cfg.buckets, data_cfg.image_size)
+    assigned = buckets_lib.assign_buckets(sizes, bucket_list)
+    return {b: np.flatnonzero(assigned == i) for i, b in enumerate(bucket_list) if np.any(assigned == i)}
+
+
+def _check_has_valid_sample(source, members: dict, layout) -> None:
+    """Fail at start, naming the path, when not one sample of a source loads."""
+    for bucket, idx in members.items():
+        loader = streams_lib.LoadSample(source, idx, bucket, layout)
+        for position in range(len(idx)):
+            if "_skip" not in loader(position, position):
+                return
+    raise ValueError(f"{source.name}: no valid sample (all {len(source)} failed to load or were dropped)")
+
+
+def _report_scan_skips(source) -> dict[str, int]:
+    counts = {}
+    for kind, (count, where) in source.scan_skips.items():
+        log.warning("data: skipped %d sample(s) of %s while scanning %s; first: %s", count, kind, source.name, where)
+        counts[f"scan_skipped_{kind}"] = count
+    return counts
+
+
+def _ensure_flags_parsed() -> None:
+    """Grain's worker processes read absl flags; a program that is not an absl app has not parsed them."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+class TrainIterator:
+    """The training batches of this process, with exact resume and skip counters."""
+
+    def __init__(self, dataset: grain.IterDataset, scan_counts: dict[str, int]):
+        self._iterator = iter(dataset)
+        self._counts = {"samples": 0, **scan_counts}
+        self._reported: set[str] = set()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        # Batches from worker processes arrive in shared memory; plain arrays release it now.
+        batch = {k: v if k == "_skipped" or type(v) is np.ndarray else np.array(v) for k, v in next(self._iterator).items()}
+        for kind, (count, where, detail) in batch.pop("_skipped").items():
+            key = f"skipped_{kind}"
+            self._counts[key] = self._counts.get(key, 0) + count
+            if kind not in self._reported:
+                self._reported.add(kind)
+                log.warning("data: skipping samples with %s; first: %s%s", kind, where, f" ({detail})" if detail else "")
+        self._counts["samples"] += len(batch["tokens"])
+        return batch
+
+    def counters(self) -> dict[str, int]:
+        return dict(self._counts)
+
+    def get_state(self) -> dict:
+        return {"pipeline": self._iterator.get_state(), "counters": dict(self._counts)}
+
+    def set_state(self, state: dict) -> None:
+        self._iterator.set_state(state["pipeline"])
+        self._counts = dict(state["counters"])
+
+    def close(self) -> None:
+        self._iterator.close()
+
+
+def make_train_iterator(data_cfg, *, global_batch_size: int, seed: int, process_index: int,
+                        process_count: int) -> TrainIterator:
+    """Infinite iterator over this process's slice of the training batches (see module doc)."""
+    if global_batch_size % process_count:
+        raise ValueError(f"batch_size {global_batch_size} is not divisible by the {process_count} processes")
+    comps = components(data_cfg)
+    sources = {name: open_source(kind, path, data_cfg, split="train", seed=seed) for name, (kind, path, _) in comps.items()}
+    layout = layout_for(sources, data_cfg)
+    read_options = grain.ReadOptions(num_threads=data_cfg.read_threads, prefetch_buffer_size=data_cfg.read_buffer)
+
+    scan_counts: dict[str, int] = {}
+    streams, counts, stream_sources = {}, {}, {}
+    for name, source in sources.items():
+        for key, n in _report_scan_skips(source).items():
+            scan_counts[key] = scan_counts.get(key, 0) + n
+        members = _bucket_members(source, data_cfg)
+        _check_has_valid_sample(source, members, layout)
+        weights = None
+        if data_cfg.dual_axis.enabled:
+            from data_pipelines import dual_axis
+
+            weights = dual_axis.weights_for(source, data_cfg, seed=seed)
+        counts[name] = {}
+        for bucket, idx in members.items():
+            bname = buckets_lib.bucket_name(bucket)
+            stream = f"{name}/{bname}"
+            counts[name][bname] = len(idx)
+            stream_sources[stream] = source.name
+            streams[stream] = streams_lib.make_stream(
+                source, idx, None if weights is None else weights[idx], bucket, layout, seed=seed, name=stream,
+                process_index=process_index, process_count=process_count, read_options=read_options)
+    plan = streams_lib.bucket_plan({n: w for n, (_, _, w) in comps.items()}, counts, stream_sources)
+    ds = streams_lib.ScheduledBatches(streams, plan, global_batch_size // process_count, seed, process_index)
+    if data_cfg.num_workers > 0:
+        _ensure_flags_parsed()
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_cfg.num_workers,
+                                                         per_worker_buffer_size=data_cfg.worker_buffer_size))
+    return TrainIterator(ds, scan_counts)
+
+
+def make_eval_batch(data_cfg, *, num: int, seed: int, split: str = "test") -> dict:
+    """`num` held-out samples (real images, tokens, labels) at the first bucket's size."""
+    path = data_cfg.eval_path or data_cfg.path
+    source = open_source(data_cfg.source, path, data_cfg, split=split, seed=seed)
+    layout = layout_for({data_cfg.source: source}, data_cfg)
+    members = _bucket_members(source, data_cfg)
+    bucket = next(iter(members)) if source.latent else buckets_lib.parse_buckets(data_cfg.buckets, data_cfg.image_size)[0]
+    order = np.random.default_rng(seed).permutation(len(source))
+    loader = streams_lib.LoadSample(source, order, bucket, layout)
+    rows = []
+    for position in range(len(order) * 2):  # at most two passes (num may exceed the split)
+        row = loader(position, position % len(order))
+        if "_skip" not in row:
+            rows.append(row)
+        if len(rows) == num:
+            return {key: np.stack([r[key] for r in rows]) for key in rows[0]}
+    raise ValueError(f"{source.name}: only {len(rows)} valid samples for an eval batch of {num}")
+

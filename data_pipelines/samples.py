@@ -1,0 +1,148 @@
+"""One sample from a source -> one row of the batch contract (docs/internals.md).
+
+Sources return a *raw* sample: a dict with `image` (a PIL image or an array in [0, 1],
+any size) or `latent` (float [h, w, c]), a `caption`, and whatever labels they have
+(`label`, `scene_*`, `defect_box`/`defect_kind`, `tags`). `finalize` fits it to its
+resolution bucket, applies the defect rules, tokenizes the caption and fills the keys the
+source does not have, so every sample of a run has the same keys, dtypes and shapes.
+
+Bad input raises `BadSample(kind, where)`; the pipeline skips it, counts it by kind and
+reports the first file of each kind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from data_pipelines import buckets as buckets_lib
+from data_pipelines import defects
+
+# Every reason a sample can be skipped. `defect_area` is by design (Seedream's drop rule);
+# the others are bad input.
+SKIP_KINDS = (
+    "unreadable_image",
+    "truncated_image",
+    "missing_caption",
+    "bad_manifest_line",
+    "bad_record",
+    "wrong_shape",
+    "nan_values",
+    "defect_area",
+)
+MAX_OBJECTS = 3  # scene_* rows per sample
+
+
+class BadSample(Exception):
+    """A sample that cannot be used; `kind` is one of SKIP_KINDS, `where` names the file."""
+
+    def __init__(self, kind: str, where: str, detail: str = ""):
+        assert kind in SKIP_KINDS, kind
+        super().__init__(f"{kind}: {where}" + (f" ({detail})" if detail else ""))
+        self.kind, self.where, self.detail = kind, where, detail
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """What every finalized sample of a run looks like (the union over mixture components)."""
+
+    channels: int
+    max_text_len: int
+    scene_labels: bool = False  # include scene_digit / scene_color / scene_box / scene_count
+    tags: tuple[str, ...] = ()  # multi-hot vocabulary; empty = no `tags` key
+    defect_aware: bool = False  # drop heavily-defective samples and mask the loss in boxes
+    max_defect_area: float = 0.2
+    latent: bool = False  # samples carry `latent` instead of `image`
+    text_features: bool = False  # samples carry `text_embeddings` and `pooled`
+
+
+def _image_array(image, bucket, channels: int) -> tuple[np.ndarray, tuple]:
+    """Fit an image (PIL or array in [0, 1]) to the bucket; returns ([H, W, C] in [-1, 1], crop region)."""
+    from PIL import Image
+
+    height, width = bucket
+    if isinstance(image, np.ndarray):
+        arr = image if image.ndim == 3 else image[..., None]
+        if arr.shape[:2] != (height, width):
+            mode = "L" if arr.shape[2] == 1 else "RGB"
+            pil = Image.fromarray(np.round(np.clip(arr, 0, 1) * 255).astype(np.uint8).squeeze(-1 if mode == "L" else ()), mode)
+            return _image_array(pil, bucket, channels)
+        region = (0.0, 0.0, float(height), float(width))
+        arr = arr.astype(np.float32)
+    else:
+        image = image.convert("L" if channels == 1 else "RGB")
+        image, region = buckets_lib.fit_image(image, bucket)
+        arr = np.asarray(image, np.float32) / 255.0
+        arr = arr if arr.ndim == 3 else arr[..., None]
+    if arr.shape[2] != channels:
+        if channels == 3:
+            arr = np.repeat(arr, 3, axis=2)
+        else:  # ITU-R 601 luma, as PIL's convert('L')
+            arr = (arr @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+    return arr * 2.0 - 1.0, region
+
+
+def _finite(name: str, value, where: str) -> np.ndarray:
+    arr = np.asarray(value, np.float32)
+    if not np.all(np.isfinite(arr)):
+        raise BadSample("nan_values", where, f"{name} has non-finite values")
+    return arr
+
+
+def finalize(raw: dict, bucket: tuple[int, int], layout: Layout, where: str) -> dict:
+    """Raw sample -> dict of numpy arrays following the batch contract (one row, no batch axis)."""
+    from seedjax.models.tokenizer import tokenize
+
+    caption = raw.get("caption", "")
+    if not isinstance(caption, str) or not caption.strip():
+        raise BadSample("missing_caption", where)
+    boxes = np.asarray(raw.get("defect_box", np.zeros((0, 4))), np.float32).reshape(-1, 4)
+    kinds = np.asarray(raw.get("defect_kind", np.zeros((0,))), np.int32).reshape(-1)
+    boxes = defects.valid_boxes(boxes, kinds)
+    kinds = kinds[kinds >= 0]
+
+    out = {}
+    if layout.latent:
+        latent = _finite("latent", raw["latent"], where)
+        if latent.shape[:2] != tuple(bucket):
+            raise BadSample("wrong_shape", where, f"latent {latent.shape}, bucket {bucket}")
+        out["latent"] = latent
+        grid = latent.shape[:2]
+        target_size = raw["target_size"]
+    else:
+        out["image"], region = _image_array(raw["image"], bucket, layout.channels)
+        h, w = raw["image"].shape[:2] if isinstance(raw["image"], np.ndarray) else (raw["image"].height, raw["image"].width)
+        boxes = buckets_lib.crop_boxes(boxes, h, w, region)
+        grid = bucket
+        target_size = bucket
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    boxes, kinds = boxes[keep], kinds[keep]
+
+    mask = defects.box_mask(boxes, *grid)
+    if layout.defect_aware:
+        area = defects.defect_fraction(mask)
+        if area > layout.max_defect_area:
+            raise BadSample("defect_area", where, f"defects cover {area:.0%}")
+        out["loss_mask"] = mask
+    else:
+        out["loss_mask"] = np.ones(grid, np.float32)
+
+    tokens, text_mask = tokenize([caption], layout.max_text_len)
+    out["tokens"], out["text_mask"] = tokens[0], text_mask[0]
+    if layout.text_features:
+        out["text_embeddings"] = _finite("text_embeddings", raw["text_embeddings"], where)
+        out["pooled"] = _finite("pooled", raw["pooled"], where)
+        out["text_mask"] = np.asarray(raw["text_mask"], bool)
+    out["target_size"] = np.asarray(target_size, np.int32)
+    out["label"] = np.int32(raw.get("label", -1))
+    out["defect_box"], out["defect_kind"] = defects.padded(boxes, kinds)
+    if layout.scene_labels:
+        out["scene_digit"] = np.asarray(raw.get("scene_digit", np.full(MAX_OBJECTS, -1)), np.int32)
+        out["scene_color"] = np.asarray(raw.get("scene_color", np.full(MAX_OBJECTS, -1)), np.int32)
+        out["scene_box"] = np.asarray(raw.get("scene_box", np.zeros((MAX_OBJECTS, 4))), np.float32)
+        out["scene_count"] = np.int32(raw.get("scene_count", 0))
+    if layout.tags:
+        present = set(raw.get("tags", ()))
+        out["tags"] = np.array([t in present for t in layout.tags], np.int32)
+    return out

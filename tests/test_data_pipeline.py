@@ -1,0 +1,129 @@
+"""The training iterator: batch contract, determinism, exact resume (1 and 2 processes, 0 and 2 workers)."""
+
+import json
+
+import numpy as np
+import pytest
+
+import data_pipelines as dp
+from data_pipelines import glyphs
+from seedjax.models.tokenizer import detokenize
+
+
+def _cfg(**overrides):
+    cfg = dp.default_config()
+    cfg.update(overrides)
+    return cfg
+
+
+def _take(it, n):
+    return [next(it) for _ in range(n)]
+
+
+def _same(batches_a, batches_b):
+    return all(
+        a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a) for a, b in zip(batches_a, batches_b, strict=True)
+    )
+
+
+def _reference_digits(split, size=32):
+    images, labels = glyphs.load_digits(split)
+    return glyphs.upsample(images, size) * 2 - 1, labels
+
+
+def _row_ids(images, reference):
+    """Index of each image in `reference` (exact match), -1 if absent."""
+    flat = reference.reshape(len(reference), -1)
+    out = []
+    for img in images.reshape(len(images), -1):
+        hits = np.flatnonzero(np.all(flat == img, axis=1))
+        out.append(int(hits[0]) if len(hits) else -1)
+    return np.array(out)
+
+
+def test_digits_batch_follows_contract():
+    it = dp.make_train_iterator(_cfg(), global_batch_size=16, seed=0, process_index=0, process_count=1)
+    batch = next(it)
+    assert batch["image"].shape == (16, 32, 32, 1) and batch["image"].dtype == np.float32
+    assert batch["tokens"].shape == (16, 64) and batch["tokens"].dtype == np.int32
+    assert batch["text_mask"].dtype == bool
+    assert batch["loss_mask"].shape == (16, 32, 32) and np.all(batch["loss_mask"] == 1)
+    assert np.all(batch["target_size"] == [32, 32])
+    assert batch["defect_box"].shape == (16, 4, 4) and np.all(batch["defect_kind"] == -1)
+    # Every image is a real training digit, with its own label, and the caption names it.
+    reference, labels = _reference_digits("train")
+    ids = _row_ids(batch["image"], reference)
+    assert np.all(ids >= 0)
+    np.testing.assert_array_equal(batch["label"], labels[ids])
+    for caption, label in zip(detokenize(batch["tokens"]), batch["label"]):
+        assert glyphs.DIGIT_WORDS[label] in caption or str(label) in caption, caption
+    assert len(set(detokenize(next(it)["tokens"]))) > 4  # captions vary
+    assert it.counters()["samples"] == 32
+
+
+def test_same_seed_same_batches_other_seed_differs():
+    a = _take(dp.make_train_iterator(_cfg(), global_batch_size=8, seed=3, process_index=0, process_count=1), 4)
+    b = _take(dp.make_train_iterator(_cfg(), global_batch_size=8, seed=3, process_index=0, process_count=1), 4)
+    c = _take(dp.make_train_iterator(_cfg(), global_batch_size=8, seed=4, process_index=0, process_count=1), 4)
+    assert _same(a, b)
+    assert not np.array_equal(a[0]["label"], c[0]["label"])
+
+
+def test_epochs_cover_the_split_and_reshuffle():
+    reference, _ = _reference_digits("train")
+    n = len(reference)  # 1497; batches of 499 = 3 per epoch
+    it = dp.make_train_iterator(_cfg(), global_batch_size=499, seed=0, process_index=0, process_count=1)
+    epoch1 = np.concatenate([_row_ids(b["image"], reference) for b in _take(it, 3)])
+    epoch2 = np.concatenate([_row_ids(b["image"], reference) for b in _take(it, 3)])
+    assert sorted(epoch1) == list(range(n)) and sorted(epoch2) == list(range(n))
+    assert not np.array_equal(epoch1, epoch2)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_resume_is_exact(num_workers):
+    cfg = _cfg(num_workers=num_workers)
+    make = lambda: dp.make_train_iterator(cfg, global_batch_size=8, seed=1, process_index=0, process_count=1)
+    straight = make()
+    expected = _take(straight, 7)
+    straight.close()
+    first = make()
+    _take(first, 3)
+    state = json.loads(json.dumps(first.get_state()))  # what a checkpoint stores
+    first.close()
+    resumed = make()
+    resumed.set_state(state)
+    assert _same(_take(resumed, 4), expected[3:])
+    assert resumed.counters()["samples"] == 7 * 8
+    resumed.close()
+
+
+def test_two_processes_read_disjoint_slices_and_resume_exactly():
+    reference, _ = _reference_digits("train")
+    make = lambda p: dp.make_train_iterator(_cfg(), global_batch_size=16, seed=0, process_index=p, process_count=2)
+    runs = {p: _take(make(p), 6) for p in (0, 1)}
+    assert all(b["image"].shape[0] == 8 for p in runs for b in runs[p])
+    ids = {p: np.concatenate([_row_ids(b["image"], reference) for b in runs[p]]) for p in runs}
+    assert not set(ids[0]) & set(ids[1])  # within an epoch no sample is read twice
+    for p in (0, 1):
+        it = make(p)
+        _take(it, 2)
+        state = json.loads(json.dumps(it.get_state()))
+        resumed = make(p)
+        resumed.set_state(state)
+        assert _same(_take(resumed, 4), runs[p][2:])
+
+
+def test_eval_batch_is_held_out():
+    batch = dp.make_eval_batch(_cfg(), num=40, seed=0)
+    test_ref, test_labels = _reference_digits("test")
+    ids = _row_ids(batch["image"], test_ref)
+    assert np.all(ids >= 0) and len(set(ids)) == 40
+    np.testing.assert_array_equal(batch["label"], test_labels[ids])
+    train_ref, _ = _reference_digits("train")
+    assert np.all(_row_ids(batch["image"], train_ref) == -1)
+    assert batch["tokens"].shape == (40, 64)
+
+
+def test_batch_size_must_divide_over_processes():
+    with pytest.raises(ValueError, match="not divisible"):
+        dp.make_train_iterator(_cfg(), global_batch_size=9, seed=0, process_index=0, process_count=2)
