@@ -224,6 +224,10 @@ def make_eval_batch(data_cfg, *, num: int, seed: int, split: str = "test") -> di
     layout = layout_for({data_cfg.source: source}, data_cfg)
     members = _bucket_members(source, data_cfg)
     bucket = next(iter(members)) if source.latent else buckets_lib.parse_buckets(data_cfg.buckets, data_cfg.image_size)[0]
+    if hasattr(source, "eval_rows"):  # a source with its own held-out prompt set
+        raws = source.eval_rows(num, seed)
+        rows = [samples_lib.finalize(raw, bucket, layout, raw["where"]) for raw in raws]
+        return {key: np.stack([r[key] for r in rows]) for key in rows[0]}
     order = np.random.default_rng(seed).permutation(len(source))
     loader = streams_lib.LoadSample(source, order, bucket, layout)
     rows = []

@@ -63,6 +63,8 @@ def _image_array(image, bucket, channels: int) -> tuple[np.ndarray, tuple]:
 
     height, width = bucket
     if isinstance(image, np.ndarray):
+        if image.dtype == np.uint8:
+            image = image.astype(np.float32) / 255.0
         arr = image if image.ndim == 3 else image[..., None]
         if arr.shape[:2] != (height, width):
             mode = "L" if arr.shape[2] == 1 else "RGB"
@@ -119,14 +121,16 @@ def finalize(raw: dict, bucket: tuple[int, int], layout: Layout, where: str) -> 
     keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     boxes, kinds = boxes[keep], kinds[keep]
 
+    # Pixel inputs get `loss_mask` on the image grid, cached latents `latent_loss_mask` on theirs.
+    mask_key = "latent_loss_mask" if layout.latent else "loss_mask"
     mask = defects.box_mask(boxes, *grid)
     if layout.defect_aware:
         area = defects.defect_fraction(mask)
         if area > layout.max_defect_area:
             raise BadSample("defect_area", where, f"defects cover {area:.0%}")
-        out["loss_mask"] = mask
+        out[mask_key] = mask
     else:
-        out["loss_mask"] = np.ones(grid, np.float32)
+        out[mask_key] = np.ones(grid, np.float32)
 
     tokens, text_mask = tokenize([caption], layout.max_text_len)
     out["tokens"], out["text_mask"] = tokens[0], text_mask[0]
