@@ -184,7 +184,9 @@ def generate(model: DiffusionModel, config, rng: jax.Array, batch: dict, sampler
 
 
 def image_shape(config) -> tuple[int, int, int]:
-    return (config.data.image_size, config.data.image_size, config.data.channels)
+    import data_pipelines
+
+    return (config.data.image_size, config.data.image_size, data_pipelines.channels(config.data))
 
 
 def sample(state: PretrainState, config, rng: jax.Array, batch: dict) -> jax.Array:
@@ -197,7 +199,8 @@ def sample(state: PretrainState, config, rng: jax.Array, batch: dict) -> jax.Arr
 def evaluate(state: PretrainState, config, rng: jax.Array) -> dict:
     from seedjax.eval.samples import evaluate_generator
 
-    return evaluate_generator(lambda b, r: sample(state, config, r, b), config, rng)
+    graphdef, params = nnx.split(state)
+    return evaluate_generator(lambda p, b, r: sample(nnx.merge(graphdef, p), config, r, b), params, config, rng)
 
 
 def flops_per_example(config) -> float:

@@ -54,6 +54,8 @@ def _run(config, workdir: str, stop_at_step: int) -> int:
     # =====================================================================
     logging.basicConfig(level=logging.INFO, format=f"[p{jax.process_index()}] %(asctime)s %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr, force=True)
+    for noisy in ("absl", "orbax", "jax._src", "grain"):  # their INFO lines drown the progress line
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     stage = importlib.import_module(f"seedjax.stages.{config.stage}")
     total_steps = int(config.total_steps)
 
@@ -67,6 +69,11 @@ def _run(config, workdir: str, stop_at_step: int) -> int:
         config_lib.save_config(config, workdir)
     log.info("stage %s | mesh %s | %d processes, %d devices (%s)", config.stage, dict(mesh.shape),
              jax.process_count(), jax.device_count(), jax.devices()[0].device_kind)
+
+    # Abstract init outside the mesh context: NNX would otherwise try to read our logical
+    # names as mesh axes. Shapes and logical names are all we need from it.
+    make_state = lambda: stage.init(config, nnx.Rngs(config.seed))
+    graphdef, abstract_state = nnx.split(nnx.eval_shape(make_state))
 
     with jax.set_mesh(mesh), sharding_lib.axis_rules(rules):
         # =================================================================
@@ -85,8 +92,6 @@ def _run(config, workdir: str, stop_at_step: int) -> int:
         # =================================================================
         # Model and optimizer: abstract init -> shardings -> jitted, directly sharded init
         # =================================================================
-        make_state = lambda: stage.init(config, nnx.Rngs(config.seed))
-        graphdef, abstract_state = nnx.split(nnx.eval_shape(make_state))
         shardings = sharding_lib.state_shardings(abstract_state, mesh, rules)
         perf.check_replicated_params(abstract_state, shardings, mesh, config.sharding.replicated_params)
         init_state = jax.jit(lambda: nnx.split(make_state())[1], out_shardings=shardings)
@@ -145,11 +150,14 @@ def _run(config, workdir: str, stop_at_step: int) -> int:
             state, step_metrics = compiled_step(state, batch, jnp.asarray(step, jnp.int32))
             step += 1
             pending.append(step_metrics)
+            if step == start_step + 1:  # throughput excludes compilation
+                jax.block_until_ready(step_metrics)
+                meter = metrics_lib.Throughput(step, total_steps)
 
             if step % config.log_every == 0 or step == total_steps:
                 scalars = _mean_metrics(pending)
                 pending = []
-                sps, eps, eta = meter.update(step, config.batch_size)
+                sps, eps, eta = meter.update(step, config.batch_size) if step > meter.start else (0.0, 0.0, None)
                 tflops = flops_per_example * eps / jax.device_count() / 1e12
                 scalars.update(lr=float(schedule(step - 1)), steps_per_sec=sps, examples_per_sec=eps,
                                tflops_per_device=tflops, mfu=tflops / peak if peak else 0.0,

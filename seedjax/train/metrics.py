@@ -86,7 +86,7 @@ class Throughput:
     """Steps/sec and examples/sec between log steps, and the ETA."""
 
     def __init__(self, start_step: int, total_steps: int):
-        self.total = total_steps
+        self.total, self.start = total_steps, start_step
         self._last_step, self._last_time = start_step, time.perf_counter()
 
     def update(self, step: int, batch_size: int) -> tuple[float, float, float]:

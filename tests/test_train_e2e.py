@@ -1,0 +1,169 @@
+"""The training loop end to end, through `python -m seedjax.main` as a user runs it.
+
+Exact resume, SIGTERM, a second mesh and a second process count must all reproduce the
+losses (and, where the mesh is the same, the parameters bitwise) of one uninterrupted run.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from tests.runner import ROOT, env_for, losses, read_metrics, run_main
+
+CONFIG = "experiments/quickstart/pretrain.py:tiny"
+FAST = ("sample_every=0", "log_every=1")
+
+
+def params_at(workdir: str, step: int) -> dict:
+    import orbax.checkpoint as ocp
+
+    state = ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step), "state"))
+    return {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(state)}
+
+
+def assert_ok(proc):
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """20 uninterrupted steps on one device (the reference for the other tests)."""
+    workdir = str(tmp_path_factory.mktemp("straight"))
+    assert_ok(run_main(CONFIG, workdir, *FAST))
+    return workdir
+
+
+def test_workdir_contract(straight):
+    rows = read_metrics(straight)
+    for key in ("step", "loss", "lr", "grad_norm", "steps_per_sec", "examples_per_sec", "tflops_per_device", "mfu"):
+        assert key in rows[-1], key
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, 21))
+    assert os.path.isfile(os.path.join(straight, "config.json"))
+    assert sorted(os.listdir(os.path.join(straight, "checkpoints"))) == ["10", "20"]
+    assert os.listdir(os.path.join(straight, "tb"))
+    assert rows[-1]["loss"] < rows[0]["loss"]
+
+
+def test_exact_resume_after_stop_is_bitwise_equal(straight, tmp_path):
+    workdir = str(tmp_path / "resumed")
+    assert_ok(run_main(CONFIG, workdir, *FAST, extra_flags=("--stop_at_step=10",)))
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10"]
+    second = run_main(CONFIG, workdir, *FAST)
+    assert_ok(second)
+    assert "resumed from" in second.stderr
+    assert losses(workdir) == losses(straight)  # exact float equality, every step
+    a, b = params_at(straight, 20), params_at(workdir, 20)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_sigterm_saves_checkpoint_and_next_run_resumes(tmp_path):
+    workdir = str(tmp_path / "preempted")
+    cmd = [sys.executable, "-m", "seedjax.main", f"--config={CONFIG}", f"--workdir={workdir}",
+           "--config.total_steps=100000", "--config.checkpoint_every=100000", *[f"--config.{o}" for o in FAST]]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env_for(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    deadline = time.time() + 300
+    while time.time() < deadline and not (os.path.exists(metrics) and len(open(metrics).readlines()) >= 3):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    assert "SIGTERM" in err
+    saved = [int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit()]
+    assert len(saved) == 1 and saved[0] >= 3
+    again = run_main(CONFIG, workdir, *FAST, f"total_steps={saved[0] + 2}")
+    assert_ok(again)
+    assert f"at step {saved[0]}" in again.stderr
+    assert max(losses(workdir)) == saved[0] + 2
+
+
+def test_mesh_parity_and_restore_onto_another_mesh(straight, tmp_path):
+    sharded = str(tmp_path / "sharded")
+    mesh = ("mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2", "sharding.replicated_params=ignore")
+    assert_ok(run_main(CONFIG, sharded, *FAST, *mesh, "total_steps=5", devices=8))
+    ref = losses(straight)
+    for step, loss in losses(sharded).items():
+        assert loss == pytest.approx(ref[step], rel=1e-4), step
+    # A 1-device checkpoint (step 10) continues on the 8-device mesh.
+    moved = str(tmp_path / "moved")
+    assert_ok(run_main(CONFIG, moved, *FAST, extra_flags=("--stop_at_step=10",)))
+    assert_ok(run_main(CONFIG, moved, *FAST, *mesh, devices=8))
+    for step in range(11, 21):
+        assert losses(moved)[step] == pytest.approx(ref[step], rel=1e-4), step
+
+
+def test_two_processes_match_one_and_a_dead_process_fails_the_launch(straight, tmp_path):
+    workdir = str(tmp_path / "two")
+    cmd = [sys.executable, "-m", "launch.local", "--num_processes=2", "--", sys.executable, "-m", "seedjax.main",
+           f"--config={CONFIG}", f"--workdir={workdir}", "--config.total_steps=5", *[f"--config.{o}" for o in FAST]]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env_for(1), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "[rank 1]" in proc.stdout
+    ref = losses(straight)
+    for step, loss in losses(workdir).items():
+        assert loss == pytest.approx(ref[step], rel=1e-4), step
+
+    # Kill one of two processes mid-run: the launcher stops the other and exits non-zero.
+    workdir2 = str(tmp_path / "killed")
+    cmd[cmd.index(f"--workdir={workdir}")] = f"--workdir={workdir2}"
+    cmd[cmd.index("--config.total_steps=5")] = "--config.total_steps=100000"
+    launcher = subprocess.Popen(cmd, cwd=ROOT, env=env_for(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+    metrics = os.path.join(workdir2, "metrics.jsonl")
+    deadline = time.time() + 300
+    while time.time() < deadline and not os.path.exists(metrics):
+        time.sleep(0.5)
+    children = subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True, text=True).stdout.split()
+    assert len(children) == 2
+    t0 = time.time()
+    os.kill(int(children[1]), signal.SIGKILL)
+    launcher.wait(timeout=90)
+    assert launcher.returncode != 0
+    assert time.time() - t0 < 60
+
+
+def test_init_from_loads_parameters_only(straight, tmp_path):
+    workdir = str(tmp_path / "child")
+    proc = run_main(CONFIG, workdir, *FAST, f"init_from={straight}", "total_steps=1", "optimizer.lr=0.0",
+                    "ema_decay=0.0")
+    assert_ok(proc)
+    a, b = params_at(straight, 20), params_at(workdir, 1)
+    model_keys = [k for k in a if k.startswith("['model']")]
+    assert model_keys
+    for k in model_keys:  # lr = 0: the child's parameters are exactly the parent's
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert read_metrics(workdir)[0]["step"] == 1  # the step count starts over
+
+
+def test_half_written_or_damaged_checkpoint_falls_back_to_previous(straight, tmp_path):
+    import shutil
+
+    workdir = str(tmp_path / "damaged")
+    shutil.copytree(straight, workdir)
+    ckpts = os.path.join(workdir, "checkpoints")
+    shutil.copytree(os.path.join(ckpts, "20"), os.path.join(ckpts, "30.orbax-checkpoint-tmp-1234"))
+    for name in os.listdir(os.path.join(ckpts, "20", "state")):  # damage the newest complete one
+        path = os.path.join(ckpts, "20", "state", name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+    proc = run_main(CONFIG, workdir, *FAST, "total_steps=12")
+    assert_ok(proc)
+    assert "half-written" in proc.stderr
+    assert "could not be restored" in proc.stderr and "at step 10" in proc.stderr
+
+
+def test_nonfinite_updates_abort_with_a_clear_message(tmp_path):
+    workdir = str(tmp_path / "nan")
+    proc = run_main(CONFIG, workdir, *FAST, "optimizer.lr=1e30", "optimizer.grad_clip=0.0",
+                    "optimizer.warmup_steps=0", "optimizer.max_nonfinite_steps=3")
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "consecutive non-finite updates" in last
