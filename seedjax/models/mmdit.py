@@ -238,7 +238,8 @@ class MMDiT(nnx.Module):
 
     def __init__(self, cfg: ml_collections.ConfigDict, rngs: nnx.Rngs):
         validate_config(cfg)
-        self.cfg = cfg
+        # Frozen (hashable) so the module's GraphDef can be a static jit argument (nnx.jit).
+        self.cfg = cfg = ml_collections.FrozenConfigDict(cfg)
         dtype = layers.compute_dtype(cfg.dtype)
         hidden = cfg.num_heads * cfg.head_dim
         mlp_hidden = int(hidden * cfg.mlp_ratio)
@@ -317,13 +318,13 @@ class MMDiT(nnx.Module):
             raise ValueError(f"MMDiT: text_mask shape {text_mask.shape}, expected [{batch}, {num_txt}]")
         if return_features and cfg.repa_layer < 0:
             raise ValueError("MMDiT: return_features=True needs cfg.repa_layer >= 0")
+        get_backend(cfg.attention_backend)  # fail early on an unknown backend name
 
         cond = constrain(self._conditioning(t, pooled, guidance, target_size, batch), ("batch", "act_embed"))
         cos, sin = self._rope_tables(num_img, num_txt, grid_hw, img_ids, txt_ids)
         key_mask = None
         if text_mask is not None:
             key_mask = jnp.concatenate([text_mask.astype(bool), jnp.ones((batch, num_img), bool)], axis=1)
-        get_backend(cfg.attention_backend)  # fail early on an unknown backend name
         attend_at = functools.partial(
             _attend,
             backend=cfg.attention_backend,

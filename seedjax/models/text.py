@@ -67,7 +67,7 @@ class TextEncoder(nnx.Module):
             raise ValueError(f"text encoder width {cfg.width} is not divisible by num_heads {cfg.num_heads}")
         if cfg.vocab_size < tokenizer.VOCAB_SIZE:
             raise ValueError(f"text encoder vocab_size {cfg.vocab_size} is below the tokenizer's {tokenizer.VOCAB_SIZE}")
-        self.cfg = cfg
+        self.cfg = cfg = ml_collections.FrozenConfigDict(cfg)  # hashable: nnx.jit-able GraphDef
         dtype = layers.compute_dtype(cfg.dtype)
         self.token_embed = layers.Embed(cfg.vocab_size, cfg.width, rngs=rngs)
         self.pos_embed = layers.param(rngs, nnx.initializers.normal(0.02), (cfg.max_len, cfg.width), (None, "embed"))
