@@ -86,9 +86,11 @@ def test_random_masks_match_float64_reference(impl, bq, bk, lq, lk, d):
 
 @pytest.mark.parametrize("impl,bq,bk", ALL_IMPLS)
 def test_gradients_match_reference(impl, bq, bk):
+    """Per-sample block masks, a key mask, partial blocks and an empty query block."""
     lq, lk = 100, 200
     q, k, v = _qkv(7, 2, lq, lk, 2, 64)
-    mask = _random_mask(8, 2, -(-lq // bq), -(-lk // bk))
+    # One mask per sample ([B, H, nq, nk]), so the per-sample tables are covered too.
+    mask = np.stack([_random_mask(seed, 2, -(-lq // bq), -(-lk // bk)) for seed in (8, 9)])
     key_mask = np.random.default_rng(9).random((2, lk)) < 0.8
     weights = jnp.asarray(np.random.default_rng(10).standard_normal(q.shape), jnp.float32)
 
@@ -206,7 +208,7 @@ def test_traced_mask_under_jit():
 
 def test_bad_inputs_raise_clear_errors():
     q, k, v = _qkv(0, 1, 128, 128, 2, 64)
-    with pytest.raises(ValueError, match=r"block_mask must have shape \(heads, q blocks, kv blocks\) = \(2, 2, 2\)"):
+    with pytest.raises(ValueError, match=r"block_mask must have shape \(\[batch,\] heads, q blocks, kv blocks\) = \(\[1,\] 2, 2, 2\)"):
         block_sparse_attention(q, k, v, np.ones((2, 2, 3), bool))
     with pytest.raises(ValueError, match="impl must be one of"):
         block_sparse_attention(q, k, v, np.ones((2, 2, 2), bool), impl="cuda")

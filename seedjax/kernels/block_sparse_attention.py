@@ -2,8 +2,8 @@
 
     out = block_sparse_attention(q, k, v, block_mask)   # q [B, Lq, H, D], k, v [B, Lk, H, D]
 
-`block_mask` is bool [H, ceil(Lq / block_q), ceil(Lk / block_k)] (default 64 x 64 blocks):
-True means the query block attends to the key block. Semantics, exactly those of
+`block_mask` is bool [H, ceil(Lq / block_q), ceil(Lk / block_k)] (default 64 x 64 blocks),
+or [B, H, ...] for a mask per sample: True means the query block attends to the key block. Semantics, exactly those of
 `reference_block_sparse_attention`: softmax over the keys of active blocks (and
 `key_mask`, if given), scale 1/sqrt(D) unless `scale` says otherwise; a query row with no
 key to attend to gets output 0. Lengths need not be multiples of the block sizes (the
@@ -18,7 +18,7 @@ Implementations (`impl`):
 - 'auto' (default): 'triton' on GPU, 'mosaic' on TPU, 'xla' elsewhere.
 `interpret=True` runs a Pallas implementation in interpret mode (CPU tests).
 
-The mask is converted to index tables, per (head, query block) the count and list of
+The mask is converted to index tables, per ([sample,] head, query block) the count and list of
 active key blocks and, for dk/dv, the transpose. Their width is `max_active_blocks`
 (the largest count in any row): computed from the mask when it is concrete, else the
 number of key blocks; pass it when the mask is traced and known to be sparse (rows with
@@ -68,7 +68,7 @@ def max_active_blocks_of(mask, axis: int = -1) -> int:
 
 
 def mask_table(block_mask: jax.Array, width: int) -> jax.Array:
-    """bool [H, R, C] -> int32 [H, R, 1 + width]: column 0 the number of active blocks in
+    """bool [..., R, C] -> int32 [..., R, 1 + width]: column 0 the number of active blocks in
     the row (capped at `width`), then their indices in increasing order, padded with the
     row's last active index (so a TPU pipeline re-uses the block instead of copying)."""
     mask = jnp.asarray(block_mask, dtype=bool)
@@ -92,8 +92,10 @@ def reference_block_sparse_attention(q, k, v, block_mask, *, key_mask=None, scal
     lq, lk, d = q.shape[1], k.shape[1], q.shape[-1]
     dtype = jnp.promote_types(q.dtype, jnp.float32)
     scale = 1.0 / math.sqrt(d) if scale is None else scale
-    elementwise = jnp.repeat(jnp.repeat(jnp.asarray(block_mask, bool), block_q, axis=1), block_k, axis=2)
-    mask = elementwise[None, :, :lq, :lk]
+    block_mask = jnp.asarray(block_mask, bool)
+    block_mask = block_mask[None] if block_mask.ndim == 3 else block_mask
+    elementwise = jnp.repeat(jnp.repeat(block_mask, block_q, axis=-2), block_k, axis=-1)
+    mask = elementwise[..., :lq, :lk]
     if key_mask is not None:
         mask = mask & jnp.asarray(key_mask, bool)[:, None, None, :]
     s = jnp.einsum("bqhd,bkhd->bhqk", q.astype(dtype), k.astype(dtype)) * scale
@@ -122,6 +124,7 @@ def _xla_attention(q, k, v, key_valid, kv_table, cfg: "_Config"):
     lk = k.shape[2]
     bq, bk = cfg.block_q, cfg.block_k
     nq, nk = lq // bq, lk // bk
+    kv_table = jnp.broadcast_to(kv_table, (b, *kv_table.shape[1:]))
     counts, idx = kv_table[..., 0], kv_table[..., 1:]
     width = idx.shape[-1]
     if cfg.int8_qk:
@@ -131,11 +134,11 @@ def _xla_attention(q, k, v, key_valid, kv_table, cfg: "_Config"):
         v = _straight_through(v, quant.fake_quantize_channels(v))
 
     def gather(x):  # [B, H, nk, bk, ...] -> [B, H, nq, width, bk, ...]
-        return jax.vmap(lambda xh, ih: xh[:, ih], in_axes=(1, 0), out_axes=1)(x, idx)
+        return jax.vmap(jax.vmap(lambda xh, ih: xh[ih]))(x, idx)
 
     kg = gather(k.reshape(b, h, nk, bk, d))
     vg = gather(v.reshape(b, h, nk, bk, d))
-    valid = (jnp.arange(width) < counts[..., None])[None, :, :, None, :, None]
+    valid = (jnp.arange(width) < counts[..., None])[:, :, :, None, :, None]
     if key_valid is not None:
         kv_valid = jnp.broadcast_to(key_valid.reshape(b, 1, nk, bk), (b, h, nk, bk)) != 0
         valid = valid & gather(kv_valid)[:, :, :, None]
@@ -268,8 +271,8 @@ def block_sparse_attention(
     """Block-sparse multi-head attention; see the module docstring for semantics.
 
     q [B, Lq, H, D], k and v [B, Lk, H, D], block_mask bool [H, ceil(Lq/block_q),
-    ceil(Lk/block_k)], key_mask bool [B, Lk] (True = attend) or None. Returns [B, Lq, H, D]
-    in q's dtype.
+    ceil(Lk/block_k)] or [B, H, ...], key_mask bool [B, Lk] (True = attend) or None.
+    Returns [B, Lq, H, D] in q's dtype.
     """
     if q.ndim != 4 or k.ndim != 4 or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
         raise ValueError(f"block_sparse_attention: expected q [B, Lq, H, D] and k, v [B, Lk, H, D], "
@@ -277,15 +280,18 @@ def block_sparse_attention(
     batch, lq, heads, d = q.shape
     lk = k.shape[1]
     nq, nk = -(-lq // block_q), -(-lk // block_k)
-    if tuple(block_mask.shape) != (heads, nq, nk):
-        raise ValueError(f"block_sparse_attention: block_mask must have shape (heads, q blocks, kv blocks) = "
-                         f"{(heads, nq, nk)} for block sizes ({block_q}, {block_k}), got {tuple(block_mask.shape)}")
+    if tuple(block_mask.shape) not in ((heads, nq, nk), (batch, heads, nq, nk)):
+        raise ValueError(f"block_sparse_attention: block_mask must have shape ([batch,] heads, q blocks, kv blocks) "
+                         f"= ([{batch},] {heads}, {nq}, {nk}) for block sizes ({block_q}, {block_k}), "
+                         f"got {tuple(block_mask.shape)}")
     if key_mask is not None and tuple(key_mask.shape) != (batch, lk):
         raise ValueError(f"block_sparse_attention: key_mask must have shape {(batch, lk)}, got {key_mask.shape}")
     impl = _resolve_impl(impl, interpret)
     _check_blocks(impl, block_q, block_k)
 
-    concrete = _concrete(block_mask)
+    concrete = _concrete(block_mask)  # None when traced
+    block_mask = jnp.asarray(block_mask, bool) if concrete is None else concrete.astype(bool)
+    block_mask = block_mask[None] if block_mask.ndim == 3 else block_mask  # [1 or B, H, nq, nk]
     if max_active_blocks is None:
         kv_width = max_active_blocks_of(concrete, axis=-1) if concrete is not None else nk
         q_width = max_active_blocks_of(concrete, axis=-2) if concrete is not None else nq
@@ -311,6 +317,6 @@ def block_sparse_attention(
     if impl == "xla":
         out = _xla_attention(qh, kh, vh, key_valid, kv_table, cfg)
     else:
-        q_table = mask_table(jnp.swapaxes(jnp.asarray(block_mask, bool), 1, 2), q_width)
+        q_table = mask_table(jnp.swapaxes(block_mask, -1, -2), q_width)
         out = _kernel_attention(qh, kh, vh, key_valid, kv_table, q_table, cfg)
     return jnp.swapaxes(out[:, :, :lq, :d], 1, 2)

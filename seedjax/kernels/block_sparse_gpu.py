@@ -11,8 +11,9 @@ The backward pass is two kernels, as in FlashAttention-2: dq loops over the same
 per-row tables, dk/dv loop over the transposed (per key block) tables.
 
 Layout: [batch, heads, tokens, head_dim], tokens padded to whole blocks, head_dim a
-power of two (the caller pads). Index tables [heads, blocks, 1 + max_blocks]: column 0
-is the count, columns 1.. the active block indices (see `block_sparse_attention`).
+power of two (the caller pads). Index tables [1 or batch, heads, blocks, 1 + max_blocks]:
+column 0 is the count, columns 1.. the active block indices (see `block_sparse_attention`);
+a leading 1 shares the tables across the batch.
 
 Status: these kernels run in Pallas interpret mode in the tests and lower to Triton IR
 (checked by `jax.export` in the tests), but have not been compiled or timed on a GPU.
@@ -94,6 +95,12 @@ def _dkv_kernel(*refs, names, sm_scale, block_q):
     r["dv"][...] = dv.astype(r["dv"].dtype)
 
 
+def _table_spec(table):
+    """Each program reads its own row of the index table (batch-shared or per sample)."""
+    per_sample = int(table.shape[0] > 1)
+    return pl.BlockSpec((None, None, None, table.shape[-1]), lambda i, b, h: (b * per_sample, h, i, 0))
+
+
 def _per_head(block_rows: int, d: int, which: str):
     """BlockSpec of a [B, H, L, d] array: one block of rows (`which`='block') or all rows."""
     if which == "block":
@@ -107,7 +114,7 @@ def forward(q, k, v, table, *, key_valid, q_scale, k_scale, v_scale, sm_scale, b
     batch, heads, lq, d = q.shape
     lk = k.shape[2]
     inputs = [
-        ("table", pl.BlockSpec((None, None, table.shape[-1]), lambda i, b, h: (h, i, 0)), table),
+        ("table", _table_spec(table), table),
         ("q", _per_head(block_q, d, "block"), q),
         ("k", _per_head(lk, d, "all"), k),
         ("v", _per_head(lk, d, "all"), v),
@@ -141,7 +148,7 @@ def backward(q, k, v, do, lse, delta, kv_table, q_table, *, key_valid, sm_scale,
 
     dq_names = ("table", "q", "k", "v", "do", "lse", "delta") + (("key_valid",) if with_valid else ()) + ("dq",)
     dq_specs = [
-        pl.BlockSpec((None, None, kv_table.shape[-1]), lambda i, b, h: (h, i, 0)),
+        _table_spec(kv_table),
         _per_head(block_q, d, "block"), _per_head(lk, d, "all"), _per_head(lk, d, "all"),
         _per_head(block_q, d, "block"), _per_head(block_q, 1, "block"), _per_head(block_q, 1, "block"),
     ] + ([pl.BlockSpec((None, 1, lk), lambda i, b, h: (b, 0, 0))] if with_valid else [])
@@ -158,7 +165,7 @@ def backward(q, k, v, do, lse, delta, kv_table, q_table, *, key_valid, sm_scale,
 
     dkv_names = ("table", "q", "k", "v", "do", "lse", "delta") + (("key_valid",) if with_valid else ()) + ("dk", "dv")
     dkv_specs = [
-        pl.BlockSpec((None, None, q_table.shape[-1]), lambda j, b, h: (h, j, 0)),
+        _table_spec(q_table),
         _per_head(lq, d, "all"), _per_head(block_k, d, "block"), _per_head(block_k, d, "block"),
         _per_head(lq, d, "all"), _per_head(lq, 1, "all"), _per_head(lq, 1, "all"),
     ] + ([pl.BlockSpec((None, 1, block_k), lambda j, b, h: (b, 0, j))] if with_valid else [])

@@ -11,7 +11,7 @@ The backward pass mirrors the forward: dq over the per-row tables, dk/dv over th
 transposed (per key block) tables, each with the step axis innermost.
 
 Layout as in `block_sparse_gpu`: [batch, heads, tokens, head_dim] padded to whole
-blocks; tables [heads, blocks, 1 + max_blocks] with the count in column 0. Mosaic
+blocks; tables [1 or batch, heads, blocks, 1 + max_blocks] with the count in column 0. Mosaic
 needs the minor block dimension to be a multiple of 128 for the key-side vectors, so
 on TPU use block_k % 128 == 0 (checked by the caller).
 
@@ -42,14 +42,18 @@ def _row_block(rows, d):
     return pl.BlockSpec((None, None, rows, d), lambda b, h, i, j, t: (b, h, i, 0))
 
 
-def _gathered_block(rows, d):
+def _gathered_block(rows, d, per_sample):
     """The block named by the table at step j (the active block being visited)."""
-    return pl.BlockSpec((None, None, rows, d), lambda b, h, i, j, t: (b, h, t[h, i, 1 + j], 0))
+    return pl.BlockSpec((None, None, rows, d), lambda b, h, i, j, t: (b, h, t[b * per_sample, h, i, 1 + j], 0))
 
 
-def _forward_kernel(table, *refs, names, sm_scale, num_steps):
+def _gathered_keys_valid(block_k, per_sample):
+    return pl.BlockSpec((None, 1, block_k), lambda b, h, i, j, t: (b, 0, t[b * per_sample, h, i, 1 + j]))
+
+
+def _forward_kernel(table, *refs, names, sm_scale, num_steps, per_sample):
     r = _named(names, refs)
-    h, i, j = pl.program_id(1), pl.program_id(2), pl.program_id(3)
+    b, h, i, j = pl.program_id(0), pl.program_id(1), pl.program_id(2), pl.program_id(3)
     m_ref, l_ref, acc_ref = r["m"], r["l"], r["acc"]
 
     @pl.when(j == 0)
@@ -57,7 +61,7 @@ def _forward_kernel(table, *refs, names, sm_scale, num_steps):
         m, l, acc = tiles.init_row_state(*acc_ref.shape)
         m_ref[...], l_ref[...], acc_ref[...] = m, l, acc
 
-    @pl.when(j < table[h, i, 0])
+    @pl.when(j < table[b * per_sample, h, i, 0])
     def _step():
         key_valid = r["key_valid"][...] if "key_valid" in r else None
         s = tiles.tile_logits(
@@ -84,14 +88,15 @@ def forward(q, k, v, table, *, key_valid, q_scale, k_scale, v_scale, sm_scale, b
     """Block-sparse attention forward: returns (out [B, H, Lq, D], lse [B, H, Lq, 1] f32)."""
     batch, heads, lq, d = q.shape
     num_steps = table.shape[-1] - 1
+    per_sample = int(table.shape[0] > 1)
     inputs = [
         ("q", _row_block(block_q, d), q),
-        ("k", _gathered_block(block_k, d), k),
-        ("v", _gathered_block(block_k, d), v),
-        ("key_valid", pl.BlockSpec((None, 1, block_k), lambda b, h, i, j, t: (b, 0, t[h, i, 1 + j])), key_valid),
+        ("k", _gathered_block(block_k, d, per_sample), k),
+        ("v", _gathered_block(block_k, d, per_sample), v),
+        ("key_valid", _gathered_keys_valid(block_k, per_sample), key_valid),
         ("q_scale", _row_block(block_q, 1), q_scale),
-        ("k_scale", pl.BlockSpec((None, None, 1, block_k), lambda b, h, i, j, t: (b, h, 0, t[h, i, 1 + j])),
-         k_scale),
+        ("k_scale", pl.BlockSpec((None, None, 1, block_k),
+                                 lambda b, h, i, j, t: (b, h, 0, t[b * per_sample, h, i, 1 + j])), k_scale),
         ("v_scale", pl.BlockSpec((None, None, 1, d), lambda b, h, i, j, t: (b, h, 0, 0)), v_scale),
     ]
     inputs = [x for x in inputs if x[2] is not None]
@@ -105,7 +110,8 @@ def forward(q, k, v, table, *, key_valid, q_scale, k_scale, v_scale, sm_scale, b
                         pltpu.VMEM((block_q, d), jnp.float32)],
     )
     return pl.pallas_call(
-        functools.partial(_forward_kernel, names=names, sm_scale=sm_scale, num_steps=num_steps),
+        functools.partial(_forward_kernel, names=names, sm_scale=sm_scale, num_steps=num_steps,
+                          per_sample=per_sample),
         grid_spec=grid_spec,
         out_shape=[jax.ShapeDtypeStruct((batch, heads, lq, d), out_dtype),
                    jax.ShapeDtypeStruct((batch, heads, lq, 1), jnp.float32)],
@@ -115,15 +121,15 @@ def forward(q, k, v, table, *, key_valid, q_scale, k_scale, v_scale, sm_scale, b
     )(table, *[x for _, _, x in inputs])
 
 
-def _dq_kernel(table, *refs, names, sm_scale, num_steps):
+def _dq_kernel(table, *refs, names, sm_scale, num_steps, per_sample):
     r = _named(names, refs)
-    h, i, j = pl.program_id(1), pl.program_id(2), pl.program_id(3)
+    b, h, i, j = pl.program_id(0), pl.program_id(1), pl.program_id(2), pl.program_id(3)
 
     @pl.when(j == 0)
     def _init():
         r["acc"][...] = jnp.zeros(r["acc"].shape, jnp.float32)
 
-    @pl.when(j < table[h, i, 0])
+    @pl.when(j < table[b * per_sample, h, i, 0])
     def _step():
         r["acc"][...] += tiles.tile_dq(
             r["q"][...], r["k"][...], r["v"][...], r["do"][...], r["lse"][...], r["delta"][...],
@@ -135,16 +141,16 @@ def _dq_kernel(table, *refs, names, sm_scale, num_steps):
         r["dq"][...] = r["acc"][...].astype(r["dq"].dtype)
 
 
-def _dkv_kernel(table, *refs, names, sm_scale, num_steps):
+def _dkv_kernel(table, *refs, names, sm_scale, num_steps, per_sample):
     r = _named(names, refs)
-    h, i, j = pl.program_id(1), pl.program_id(2), pl.program_id(3)
+    b, h, i, j = pl.program_id(0), pl.program_id(1), pl.program_id(2), pl.program_id(3)
 
     @pl.when(j == 0)
     def _init():
         r["dk_acc"][...] = jnp.zeros(r["dk_acc"].shape, jnp.float32)
         r["dv_acc"][...] = jnp.zeros(r["dv_acc"].shape, jnp.float32)
 
-    @pl.when(j < table[h, i, 0])
+    @pl.when(j < table[b * per_sample, h, i, 0])
     def _step():
         dk, dv = tiles.tile_dkv(
             r["q"][...], r["k"][...], r["v"][...], r["do"][...], r["lse"][...], r["delta"][...],
@@ -166,19 +172,20 @@ def backward(q, k, v, do, lse, delta, kv_table, q_table, *, key_valid, sm_scale,
     valid = [key_valid] if key_valid is not None else []
     valid_names = ("key_valid",) if valid else ()
 
+    per_sample = int(kv_table.shape[0] > 1)
     steps = kv_table.shape[-1] - 1
     dq_spec = pltpu.PrefetchScalarGridSpec(
         num_scalar_prefetch=1,
         grid=(batch, heads, lq // block_q, steps),
-        in_specs=[_row_block(block_q, d), _gathered_block(block_k, d), _gathered_block(block_k, d),
-                  _row_block(block_q, d), _row_block(block_q, 1), _row_block(block_q, 1)]
-        + [pl.BlockSpec((None, 1, block_k), lambda b, h, i, j, t: (b, 0, t[h, i, 1 + j]))] * len(valid),
+        in_specs=[_row_block(block_q, d), _gathered_block(block_k, d, per_sample),
+                  _gathered_block(block_k, d, per_sample), _row_block(block_q, d), _row_block(block_q, 1),
+                  _row_block(block_q, 1)] + [_gathered_keys_valid(block_k, per_sample)] * len(valid),
         out_specs=_row_block(block_q, d),
         scratch_shapes=[pltpu.VMEM((block_q, d), jnp.float32)],
     )
     dq = pl.pallas_call(
         functools.partial(_dq_kernel, names=("q", "k", "v", "do", "lse", "delta") + valid_names + ("dq", "acc"),
-                          sm_scale=sm_scale, num_steps=steps),
+                          sm_scale=sm_scale, num_steps=steps, per_sample=per_sample),
         grid_spec=dq_spec,
         out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
         compiler_params=_SEMANTICS,
@@ -190,8 +197,9 @@ def backward(q, k, v, do, lse, delta, kv_table, q_table, *, key_valid, sm_scale,
     dkv_spec = pltpu.PrefetchScalarGridSpec(
         num_scalar_prefetch=1,
         grid=(batch, heads, lk // block_k, steps),
-        in_specs=[_gathered_block(block_q, d), _row_block(block_k, d), _row_block(block_k, d),
-                  _gathered_block(block_q, d), _gathered_block(block_q, 1), _gathered_block(block_q, 1)]
+        in_specs=[_gathered_block(block_q, d, per_sample), _row_block(block_k, d), _row_block(block_k, d),
+                  _gathered_block(block_q, d, per_sample), _gathered_block(block_q, 1, per_sample),
+                  _gathered_block(block_q, 1, per_sample)]
         + [pl.BlockSpec((None, 1, block_k), lambda b, h, i, j, t: (b, 0, i))] * len(valid),
         out_specs=[_row_block(block_k, d), _row_block(block_k, d)],
         scratch_shapes=[pltpu.VMEM((block_k, d), jnp.float32), pltpu.VMEM((block_k, d), jnp.float32)],
@@ -199,7 +207,7 @@ def backward(q, k, v, do, lse, delta, kv_table, q_table, *, key_valid, sm_scale,
     dk, dv = pl.pallas_call(
         functools.partial(_dkv_kernel,
                           names=("q", "k", "v", "do", "lse", "delta") + valid_names + ("dk", "dv", "dk_acc", "dv_acc"),
-                          sm_scale=sm_scale, num_steps=steps),
+                          sm_scale=sm_scale, num_steps=steps, per_sample=per_sample),
         grid_spec=dkv_spec,
         out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
         compiler_params=_SEMANTICS,
