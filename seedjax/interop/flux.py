@@ -102,6 +102,7 @@ def _short(items: list[str], limit: int = 8) -> str:
 def load_state_dict(model: mmdit.MMDiT, state_dict: Mapping[str, Any]) -> mmdit.MMDiT:
     """Copy a diffusers Flux state dict into `model` in place (and return it).
 
+    `model` may be abstract (`nnx.eval_shape`): every Flux parameter is replaced whole.
     Raises one ValueError listing every missing key, unexpected key and shape mismatch.
     """
     table = param_map(model.cfg)
@@ -112,7 +113,7 @@ def load_state_dict(model: mmdit.MMDiT, state_dict: Mapping[str, Any]) -> mmdit.
         path, is_kernel = table[key]
         value = _to_numpy(state_dict[key])
         value = value.T if is_kernel else value
-        expected = tuple(_variable(model, path)[...].shape)
+        expected = tuple(_variable(model, path).shape)
         if value.shape != expected:
             torch_shape = expected[::-1] if is_kernel else expected
             mismatched.append(f"{key}: got {tuple(state_dict[key].shape)}, model needs {torch_shape}")
@@ -127,7 +128,7 @@ def load_state_dict(model: mmdit.MMDiT, state_dict: Mapping[str, Any]) -> mmdit.
     if problems:
         raise ValueError("Flux state dict does not fit the MMDiT config: " + "; ".join(problems))
     for key, value in values.items():
-        _variable(model, table[key][0])[...] = jnp.asarray(value)
+        _variable(model, table[key][0]).set_value(jnp.asarray(value))
     return model
 
 
@@ -209,8 +210,12 @@ def _safetensors_files(path: str) -> list[str]:
     raise FileNotFoundError(f"{path}: no diffusion_pytorch_model.safetensors (or its .index.json) in this folder")
 
 
-def from_pretrained(path: str, *, seed: int = 0, **overrides) -> mmdit.MMDiT:
-    """Load a diffusers Flux transformer folder (config.json + safetensors) into a new MMDiT."""
+def from_pretrained(path: str, **overrides) -> mmdit.MMDiT:
+    """Load a diffusers Flux transformer folder (config.json + safetensors) into a new MMDiT.
+
+    The model is built abstractly and filled from the checkpoint, so no memory goes to a
+    random initialisation. `overrides` set seedjax-only config keys (dtype, remat, ...).
+    """
     from safetensors import safe_open
 
     config_file = os.path.join(path, "config.json")
@@ -218,11 +223,14 @@ def from_pretrained(path: str, *, seed: int = 0, **overrides) -> mmdit.MMDiT:
         raise FileNotFoundError(f"{config_file} not found (expected a diffusers FluxTransformer2DModel folder)")
     with open(config_file) as f:
         cfg = config_from_diffusers(json.load(f), **overrides)
+    if cfg.size_embed:
+        raise ValueError("from_pretrained: a Flux checkpoint has no size embedding; build MMDiT(cfg with size_embed) "
+                         "and call load_state_dict instead")
     state_dict = {}
     for file in _safetensors_files(path):
         with safe_open(file, framework="flax") as f:  # flax: keeps bfloat16 checkpoints readable
             state_dict.update({key: f.get_tensor(key) for key in f.keys()})
-    return load_state_dict(mmdit.MMDiT(cfg, nnx.Rngs(seed)), state_dict)
+    return load_state_dict(nnx.eval_shape(lambda: mmdit.MMDiT(cfg, nnx.Rngs(0))), state_dict)
 
 
 def save_pretrained(model: mmdit.MMDiT, path: str) -> None:
