@@ -198,6 +198,8 @@ def make_train_iterator(data_cfg, *, global_batch_size: int, seed: int, process_
         if data_cfg.dual_axis.enabled:
             from data_pipelines import dual_axis
 
+            if data_cfg.dual_axis.weights_file and len(sources) > 1:
+                raise ValueError("data.dual_axis.weights_file holds one source's weights; it cannot serve a mixture")
             weights = dual_axis.weights_for(source, data_cfg, seed=seed)
         counts[name] = {}
         for bucket, idx in members.items():
@@ -206,7 +208,8 @@ def make_train_iterator(data_cfg, *, global_batch_size: int, seed: int, process_
             counts[name][bname] = len(idx)
             stream_sources[stream] = source.name
             streams[stream] = streams_lib.make_stream(
-                source, idx, None if weights is None else weights[idx], bucket, layout, seed=seed, name=stream,
+                source, idx, None if weights is None or weights[idx].sum() <= 0 else weights[idx], bucket, layout,
+                seed=seed, name=stream,
                 process_index=process_index, process_count=process_count, read_options=read_options)
     plan = streams_lib.bucket_plan({n: w for n, (_, _, w) in comps.items()}, counts, stream_sources)
     ds = streams_lib.ScheduledBatches(streams, plan, global_batch_size // process_count, seed, process_index)

@@ -17,7 +17,6 @@ import io
 import logging
 import sys
 
-import ml_collections
 import numpy as np
 
 from data_pipelines import config as config_lib
@@ -81,27 +80,6 @@ def write_source(source, out_dir: str, *, num_shards: int, limit: int = -1) -> d
     return header
 
 
-def _apply_overrides(data_cfg, overrides: list[str]) -> None:
-    """Apply `--data.a.b=value` arguments, keeping each option's type."""
-    for item in overrides:
-        if not item.startswith("--data.") or "=" not in item:
-            raise SystemExit(f"prepare: unknown argument {item!r} (use --data.<key>=<value>)")
-        key, value = item[len("--data."):].split("=", 1)
-        *parents, leaf = key.split(".")
-        node = data_cfg
-        for part in parents:
-            node = node.get(part)
-            if not isinstance(node, ml_collections.ConfigDict):
-                raise SystemExit(f"prepare: unknown data option {key!r}")
-        if leaf not in node or isinstance(node[leaf], ml_collections.ConfigDict):
-            raise SystemExit(f"prepare: unknown data option {key!r}")
-        kind = type(node[leaf])
-        try:
-            node[leaf] = (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
-        except ValueError:
-            raise SystemExit(f"prepare: --data.{key}={value!r} is not a {kind.__name__}") from None
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", required=True, choices=[s for s in config_lib.SOURCES if s != "shards"])
@@ -115,9 +93,9 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     data_cfg = config_lib.default_config()
     try:
-        _apply_overrides(data_cfg, rest)
-    except SystemExit as e:
-        print(e, file=sys.stderr)
+        config_lib.apply_overrides(data_cfg, rest)
+    except ValueError as e:
+        print(f"prepare: {e}", file=sys.stderr)
         return 2
     if args.num_shards < 1:
         print(f"prepare: --num_shards must be >= 1, got {args.num_shards}", file=sys.stderr)
