@@ -14,20 +14,23 @@ import numpy as np
 # Indices into this tuple are the `defect_kind` values in a batch; -1 = no defect.
 DEFECT_KINDS = ("watermark", "mosaic", "subtitle", "other")
 MAX_DEFECTS = 4  # boxes kept per sample in a batch (`defect_box` [B, 4, 4])
+EPS = 1e-3  # in pixels
 
 
 def box_mask(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
     """float32 [height, width]: 0 on every pixel a box overlaps, 1 elsewhere.
 
     `boxes` is [K, 4] (y0, x0, y1, x1) in [0, 1]; empty boxes (y1 <= y0 or x1 <= x0) are
-    ignored, so zero-padded rows are harmless. Pixel r spans [r / H, (r + 1) / H).
+    ignored, so zero-padded rows are harmless. Pixel r spans [r / H, (r + 1) / H); it is
+    masked when a box overlaps it by more than EPS pixels in both directions.
     """
     mask = np.ones((height, width), np.float32)
     for y0, x0, y1, x1 in np.asarray(boxes, np.float64).reshape(-1, 4):
         if y1 <= y0 or x1 <= x0:
             continue
-        r0, r1 = int(np.floor(y0 * height)), int(np.ceil(y1 * height))
-        c0, c1 = int(np.floor(x0 * width)), int(np.ceil(x1 * width))
+        # Overlaps under EPS of a pixel are float32 noise in the box coordinates, not defects.
+        r0, r1 = int(np.floor(y0 * height + EPS)), int(np.ceil(y1 * height - EPS))
+        c0, c1 = int(np.floor(x0 * width + EPS)), int(np.ceil(x1 * width - EPS))
         mask[max(r0, 0) : min(r1, height), max(c0, 0) : min(c1, width)] = 0.0
     return mask
 
