@@ -172,7 +172,8 @@ def _run(config, workdir: str, stop_at_step: int) -> int:
                     log.info("samples: %s", path)
             if hasattr(stage, "evaluate") and config.eval_every and (
                     step % config.eval_every == 0 or step == total_steps):
-                results = stage.evaluate(nnx.merge(graphdef, state), config, jax.random.fold_in(base_key, -step))
+                eval_key = jax.random.fold_in(jax.random.fold_in(base_key, step), 1)  # not the step's train key
+                results = stage.evaluate(nnx.merge(graphdef, state), config, eval_key)
                 writer.write(step, {f"eval/{k}": v for k, v in results.items()})
                 log.info("eval at step %d: %s", step, _fmt(results))
 
