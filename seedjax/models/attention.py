@@ -97,3 +97,22 @@ def dense_attention(
     del layer_index, layout
     mask = None if key_mask is None else key_mask.astype(bool)[:, None, None, :]
     return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+
+
+@register_backend("paro")
+def paro_attention(q: jax.Array, k: jax.Array, v: jax.Array, **kwargs) -> jax.Array:
+    """PAROAttention: block-sparse attention over per-head reordered image tokens
+    (`seedjax.kernels.paro.paro_backend`). Backend kwargs: `plan` (ParoPlan or plan file
+    path), `timestep` ([B] flow times); optional `impl`, `int8_qk`, `int8_pv`."""
+    from seedjax.kernels import paro  # lazy: the kernels pull in Pallas
+
+    return paro.paro_backend(q, k, v, **kwargs)
+
+
+@register_backend("paro_capture")
+def paro_capture_attention(q: jax.Array, k: jax.Array, v: jax.Array, **kwargs) -> jax.Array:
+    """Dense attention that records PARO calibration statistics
+    (`seedjax.kernels.paro.capture_backend`; kwargs `calibration`, `timestep`)."""
+    from seedjax.kernels import paro
+
+    return paro.capture_backend(q, k, v, **kwargs)
