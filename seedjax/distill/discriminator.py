@@ -1,0 +1,130 @@
+"""Discriminators for adversarial distillation.
+
+`Discriminator`: a diffusion backbone (a `DiffusionModel`, initialised from the teacher) run
+on a noisy input x_t at time t, with a light head on the image tokens of several blocks
+(TSCD, ADP's latent discriminator, ADM, DMD2's GAN branch). The backbone is either frozen
+(its weights are `Frozen`; only the heads train; gradients still flow through it to the
+input) or trainable. Each head gives one logit per image token (a patch discriminator);
+the logits of all levels are returned side by side.
+
+`PixelDiscriminator`: a small strided CNN on (decoded) images with a projection onto the
+pooled text embedding (ADP's pixel-space discriminator).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from seedjax.distill.generator import Geometry, build_model, _extras
+from seedjax.distill.params import freeze
+from seedjax.models import layers, mmdit
+from seedjax.models.attention import TokenLayout
+from seedjax.models.vae import conv2d
+from seedjax.parallel.sharding import constrain
+
+
+def discriminator_config(**overrides) -> ml_collections.ConfigDict:
+    cfg = ml_collections.ConfigDict(dict(
+        levels=(-1,),  # blocks (double blocks first, then single; negative = from the end) that feed a head
+        head_hidden=256,
+        train_backbone=False,  # False: frozen teacher backbone, heads only
+        t_min=0.0,  # discriminator timesteps ~ U[t_min, t_max] (the noise added to real and fake inputs)
+        t_max=1.0,
+        loss="hinge",  # hinge | logistic
+    ))
+    cfg.update(overrides)
+    return cfg
+
+
+def block_indices(dit: mmdit.MMDiT, levels) -> tuple[int, ...]:
+    total = len(dit.double_blocks) + len(dit.single_blocks)
+    out = []
+    for level in levels:
+        index = level + total if level < 0 else level
+        if not 0 <= index < total:
+            raise ValueError(f"discriminator level {level} is outside the backbone's {total} blocks")
+        out.append(index)
+    return tuple(sorted(set(out)))
+
+
+def trunk_features(dit: mmdit.MMDiT, x, t, cond: dict, grid_hw, extras: dict, indices) -> list[jax.Array]:
+    """Image-token features [B, N, hidden] after each block in `indices` (the MMDiT's forward
+    pass, stopped after the deepest one; the output projection is never run)."""
+    batch, num_img, _ = x.shape
+    text, pooled, text_mask = cond["text_embeddings"], cond["pooled"], cond["text_mask"]
+    num_txt = text.shape[1]
+    vec = dit._conditioning(t, pooled, extras.get("guidance"), extras.get("target_size"), batch)
+    cos, sin = dit._rope_tables(num_img, num_txt, grid_hw, None, None)
+    key_mask = jnp.concatenate([text_mask.astype(bool), jnp.ones((batch, num_img), bool)], axis=1)
+    attend_at = functools.partial(mmdit._attend, backend=dit.cfg.attention_backend,
+                                  layout=TokenLayout(num_txt, tuple(grid_hw)), extra={})
+    img = constrain(dit.x_embedder(x).astype(jnp.float32), mmdit.TOKENS)
+    txt = constrain(dit.context_embedder(text).astype(jnp.float32), mmdit.TOKENS)
+    features, deepest = [], max(indices)
+    for i, block in enumerate(dit.double_blocks):
+        if i > deepest:
+            return features
+        img, txt = block(img, txt, vec, cos, sin, key_mask, attend_at(i))
+        if i in indices:
+            features.append(img)
+    joint = jnp.concatenate([txt, img], axis=1)
+    for j, block in enumerate(dit.single_blocks):
+        i = len(dit.double_blocks) + j
+        if i > deepest:
+            break
+        joint = block(joint, vec, cos, sin, key_mask, attend_at(i))
+        if i in indices:
+            features.append(joint[:, num_txt:])
+    return features
+
+
+class TokenHead(nnx.Module):
+    """LayerNorm -> Linear -> SiLU -> Linear(1): one logit per token."""
+
+    def __init__(self, width: int, hidden: int, *, rngs: nnx.Rngs):
+        self.norm = layers.LayerNorm(width, rngs=rngs)
+        self.mlp = layers.MLP(width, hidden, 1, rngs=rngs, activation_name="silu", names=("embed", "mlp", None))
+
+    def __call__(self, features: jax.Array) -> jax.Array:
+        return self.mlp(self.norm(features))[..., 0]
+
+
+class Discriminator(nnx.Module):
+    """Diffusion backbone + multi-level token heads: (x_t, t, captions) -> logits [B, levels * N]."""
+
+    def __init__(self, config, disc_cfg, rngs: nnx.Rngs, *, guidance_embed: bool):
+        backbone = build_model(config, rngs, guidance_embed)
+        self.backbone = backbone if disc_cfg.train_backbone else freeze(backbone)
+        self.indices = block_indices(backbone.dit, disc_cfg.levels)
+        width = config.model.num_heads * config.model.head_dim
+        self.heads = nnx.List([TokenHead(width, disc_cfg.head_hidden, rngs=rngs) for _ in self.indices])
+
+    def __call__(self, x: jax.Array, t: jax.Array, batch: dict, geometry: Geometry, guidance=None) -> jax.Array:
+        cond = self.backbone.condition(batch)
+        extras = _extras(self.backbone, batch, x.shape[0], guidance)
+        feats = trunk_features(self.backbone.dit, x, t, cond, geometry.grid, extras, self.indices)
+        return jnp.concatenate([head(f) for head, f in zip(self.heads, feats)], axis=1)
+
+
+class PixelDiscriminator(nnx.Module):
+    """Strided CNN on images [B, H, W, C] with a text projection: logits [B, h * w]."""
+
+    def __init__(self, channels: int, widths: tuple[int, ...], text_dim: int, *, rngs: nnx.Rngs):
+        chans = (channels, *widths)
+        self.convs = nnx.List([conv2d(a, b, 4, stride=2, rngs=rngs, dtype=jnp.float32)
+                               for a, b in zip(chans[:-1], chans[1:])])
+        self.out = conv2d(widths[-1], 1, 3, rngs=rngs, dtype=jnp.float32)
+        self.text_proj = layers.Linear(text_dim, widths[-1], rngs=rngs, names=("embed", "conv_out"))
+
+    def __call__(self, images: jax.Array, pooled: jax.Array) -> jax.Array:
+        h = images
+        for conv in self.convs:
+            h = jax.nn.leaky_relu(conv(h), 0.2)
+        # Projection discriminator: an unconditional logit plus <features, embed(text)>.
+        logits = self.out(h)[..., 0] + jnp.einsum("bhwc,bc->bhw", h, self.text_proj(pooled)) / h.shape[-1] ** 0.5
+        return logits.reshape(logits.shape[0], -1)

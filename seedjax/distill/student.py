@@ -1,0 +1,148 @@
+"""What every distillation stage is built on: a student, its EMA, a frozen teacher.
+
+A distillation stage's train state subclasses `StudentState` and adds what it needs (a fake
+score network, discriminators, their optimizers). The stage hooks shared by all of them live
+here: `load_pretrained` (student and teacher from the previous stage's checkpoint), `sample`
+and `evaluate` (the student at its NFE) and `nfe`.
+
+Chaining (`config.init_from` = the previous stage): the student starts from the entry
+`config.distill.student_from` of that checkpoint ('ema' or 'model'), the frozen teacher from
+`config.distill.teacher_from` ('teacher' carries the previous stage's teacher forward; 'ema'
+or 'model' makes the previous stage's student the new teacher).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+
+from seedjax.distill import generator
+from seedjax.distill.params import freeze, load_params, pick_params
+from seedjax.train.state import EMA, make_optimizer, nonfinite_streak, total_nonfinite, value_and_grad
+
+
+def distill_config(**overrides) -> ml_collections.ConfigDict:
+    cfg = ml_collections.ConfigDict(dict(
+        guidance=3.0,  # guidance scale the student is conditioned on (its guidance embedder), in training and sampling
+        teacher_guidance=3.0,  # guidance scale of the teacher's velocity (true CFG, or its embedder)
+        teacher_guidance_embed=True,  # the teacher was CFG-distilled (False: true CFG, two evaluations)
+        student_from="ema",  # entry of the init_from checkpoint the student starts from: ema | model
+        teacher_from="teacher",  # entry that becomes the frozen teacher: teacher | ema | model
+    ))
+    cfg.update(overrides)
+    return cfg
+
+
+class StudentState(nnx.Module):
+    """The student (guidance-embedded), its optimizer and EMA, and the frozen teacher."""
+
+    def __init__(self, config, rngs: nnx.Rngs):
+        if not config.init_from:
+            raise ValueError(f"stage {config.stage}: distillation starts from a trained model; set config.init_from "
+                             "to the previous stage's workdir")
+        self.model = generator.build_model(config, rngs, guidance_embed=True)
+        self.teacher = freeze(generator.build_model(config, rngs, config.distill.teacher_guidance_embed))
+        self.optimizer = make_optimizer(self.model, config.optimizer, config.total_steps)
+        self.ema = EMA(self.model, config.ema_decay) if config.ema_decay > 0 else None
+
+
+# --------------------------------------------------------------------------- training helpers
+
+
+def optimize(module: nnx.Module, optimizer: nnx.Optimizer, loss_fn, batch: dict, accum_steps: int = 1):
+    """One update of `module` (its nnx.Param only) on `loss_fn(module, batch) -> (loss, aux)`.
+
+    Returns (loss, aux, grad_norm). Everything else `loss_fn` touches (teachers, other
+    networks) is read, never differentiated or updated.
+    """
+    (loss, aux), grads = value_and_grad(loss_fn, module, batch, accum_steps)
+    optimizer.update(module, grads)
+    return loss, aux, optax.global_norm(grads)
+
+
+def guard_metrics(*optimizers: nnx.Optimizer) -> dict:
+    """The loop's non-finite guard over several optimizers: the longest current streak."""
+    return {"nonfinite_streak": jnp.max(jnp.stack([nonfinite_streak(o) for o in optimizers])),
+            "nonfinite_total": sum(total_nonfinite(o) for o in optimizers)}
+
+
+def update_ema(state: StudentState) -> None:
+    if state.ema is not None:
+        state.ema.update(state.model)
+
+
+def clean_tokens(batch: dict, config) -> jax.Array:
+    """The batch's clean input as patch tokens (pixels or latents, `config.input.key`)."""
+    key = config.input.key
+    if key not in batch:
+        raise ValueError(f"batch has no {key!r} (config.input.key); it has {sorted(batch)}")
+    return generator.Geometry.of(config).tokens(batch[key])
+
+
+# --------------------------------------------------------------------------- stage hooks
+
+
+def load_pretrained(state: StudentState, source: dict, config) -> None:
+    what = f"config.init_from={config.init_from}"
+    d = config.distill
+    student_params = pick_params(source, d.student_from, what)
+    missing = load_params(state.model, student_params, f"{what} ({d.student_from} -> student)",
+                          allow_missing=("guidance_embedder",))
+    if missing:
+        # A teacher without a guidance embedder: start the new one at zero output, so the
+        # student begins exactly as the teacher's conditional branch.
+        down = state.model.dit.guidance_embedder.down
+        down.kernel[...] = jnp.zeros_like(down.kernel[...])
+        down.bias[...] = jnp.zeros_like(down.bias[...])
+    if state.ema is not None:
+        state.ema.load(jax.tree.map(jnp.copy, nnx.to_pure_dict(nnx.state(state.model, nnx.Param))))
+    load_params(state.teacher, pick_params(source, d.teacher_from, what), f"{what} ({d.teacher_from} -> teacher)")
+
+
+def sampling_model(state: StudentState, config):
+    if state.ema is None or not config.sampling.use_ema:
+        return state.model
+    model = nnx.clone(state.model)
+    state.ema.copy_into(model)
+    return model
+
+
+def generate(model, config, rng: jax.Array, batch: dict) -> jax.Array:
+    """Images [N, H, W, C] in [-1, 1] from the student at its NFE (`config.sampling`)."""
+    geo = generator.Geometry.of(config)
+    s = config.sampling
+    velocity = generator.bind(model, batch, geo, guidance=config.distill.guidance, cfg_scale=s.guidance_scale)
+    noise = jax.random.normal(rng, (generator.batch_size(batch), *geo.token_shape), jnp.float32)
+    x = generator.integrate(velocity, noise, generator.student_sigmas(s))
+    return jnp.clip(geo.images(x), -1.0, 1.0)
+
+
+def sample(state: StudentState, config, rng: jax.Array, batch: dict) -> jax.Array:
+    return generate(sampling_model(state, config), config, rng, batch)
+
+
+def nfe(config) -> int:
+    """Network evaluations per image at sampling time (a true-CFG step counts twice)."""
+    return config.sampling.num_steps * (1 if config.sampling.guidance_scale == 1.0 else 2)
+
+
+def evaluation_config(config):
+    """`config` with the held-out prompts' data (`config.eval.data` when the training data is
+    something else, e.g. ODE pairs)."""
+    if "data" not in config.eval:
+        return config
+    out = ml_collections.ConfigDict(config.to_dict())
+    out.data = config.eval.data
+    return out
+
+
+def evaluate(state: StudentState, config, rng: jax.Array) -> dict:
+    from seedjax.eval.samples import evaluate_generator
+
+    graphdef, params = nnx.split(sampling_model(state, config))
+    results = evaluate_generator(lambda p, b, r: generate(nnx.merge(graphdef, p), config, r, b), params,
+                                 evaluation_config(config), rng)
+    return {**results, "nfe": float(nfe(config))}

@@ -1,0 +1,65 @@
+"""CFG distillation (Hyper-Bagel, step 1): one student evaluation = the teacher's guided velocity.
+
+The student is the teacher plus a guidance-scale embedder (`config.model.guidance_embed`,
+zero-initialised so the student starts as the teacher's conditional branch). Each step
+draws a guidance scale g ~ U[guidance_min, guidance_max] per example and a point x_t on the
+flow path of a real image, and regresses the student's v(x_t, t, c, g) on the teacher's
+classifier-free-guided velocity v_u + g (v_c - v_u) (two teacher evaluations). Sampling at
+scale g then costs one evaluation per step instead of two.
+
+    python -m seedjax.main --config=experiments/quickstart/distill_cfg.py --workdir=runs/qs/cfg \
+        --config.init_from=runs/qs/pretrain
+"""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+
+from seedjax.diffusion import flow
+from seedjax.distill import generator, student
+from seedjax.distill.student import StudentState, evaluate, load_pretrained, nfe, sample  # noqa: F401 (stage hooks)
+from seedjax.models import mmdit, text
+
+
+def cfg_config(**overrides) -> ml_collections.ConfigDict:
+    cfg = ml_collections.ConfigDict(dict(guidance_min=1.0, guidance_max=5.0))
+    cfg.update(overrides)
+    return cfg
+
+
+def init(config, rngs) -> StudentState:
+    if config.distill.teacher_guidance_embed:
+        raise ValueError("distill_cfg: the teacher must be a plain CFG model (config.distill.teacher_guidance_embed=False)")
+    return StudentState(config, rngs)
+
+
+def cfg_distill_loss(model, teacher, batch: dict, rng: jax.Array, config):
+    """MSE between the student's velocity at guidance g and the teacher's CFG velocity at scale g."""
+    rng_t, rng_noise, rng_g = jax.random.split(rng, 3)
+    geo = generator.Geometry.of(config)
+    x0 = student.clean_tokens(batch, config)
+    n = x0.shape[0]
+    t = flow.sample_t(rng_t, n, config.diffusion, flow.resolution_shift(x0.shape[1], config.diffusion))
+    x_t = flow.interpolate(x0, jax.random.normal(rng_noise, x0.shape), t)
+    g = jax.random.uniform(rng_g, (n,), minval=config.cfg_distill.guidance_min, maxval=config.cfg_distill.guidance_max)
+    v_teacher = jax.lax.stop_gradient(generator.teacher_velocity(teacher, batch, geo, g)(x_t, t))
+    v_student = generator.bind(model, batch, geo, guidance=g)(x_t, t)
+    loss = flow.masked_mse(v_student, v_teacher)
+    return loss, {"cfg_mse": loss}
+
+
+def train_step(state: StudentState, batch: dict, rng: jax.Array, config) -> dict:
+    loss_fn = lambda model, b: cfg_distill_loss(model, state.teacher, b, rng, config)
+    loss, aux, grad_norm = student.optimize(state.model, state.optimizer, loss_fn, batch,
+                                            config.optimizer.grad_accum_steps)
+    student.update_ema(state)
+    return {"loss": loss, **aux, "grad_norm": grad_norm, **student.guard_metrics(state.optimizer)}
+
+
+def flops_per_example(config) -> float:
+    """Student forward + backward, teacher forward on the conditional and unconditional inputs."""
+    h = config.data.image_size // config.input.patch_size
+    train = mmdit.train_flops_per_example(config.model, h * h, config.data.max_text_len) + \
+        text.train_flops_per_example(config.text, config.data.max_text_len)
+    return train * (1.0 + 2.0 / 3.0)
