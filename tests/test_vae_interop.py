@@ -40,6 +40,11 @@ def random_diffusers_vae(seed=0, **overrides):
     return model
 
 
+def rngs(seed=0):
+    # 'rbg' keys: threefry initialisers cost a slow XLA compile per parameter shape on CPU.
+    return nnx.Rngs(jax.random.key(seed, impl="rbg"))
+
+
 def relative_error(a, b):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.abs(a - b).max() / np.abs(b).max())
@@ -53,7 +58,7 @@ def to_nhwc(t):
 def test_encode_decode_match_diffusers(overrides):
     ref = random_diffusers_vae(**overrides)
     cfg = akl.config_from_diffusers(ref.config)
-    vae = ImageVAE(cfg, rngs=nnx.Rngs(1))
+    vae = ImageVAE(cfg, rngs=rngs(1))
     akl.import_state_dict(vae, ref.state_dict())
 
     x = torch.from_numpy(np.random.default_rng(0).uniform(-1, 1, (2, 3, 32, 24)).astype(np.float32))
@@ -75,7 +80,7 @@ def test_encode_decode_match_diffusers(overrides):
 
 def test_export_round_trip_into_diffusers(tmp_path):
     ref = random_diffusers_vae(seed=3)
-    vae = ImageVAE(akl.config_from_diffusers(ref.config), rngs=nnx.Rngs(0))
+    vae = ImageVAE(akl.config_from_diffusers(ref.config), rngs=rngs(0))
     akl.import_state_dict(vae, ref.state_dict())
 
     exported = akl.export_state_dict(vae)
@@ -107,8 +112,8 @@ def test_legacy_attention_names_are_read():
         for new, old in (("to_q", "query"), ("to_k", "key"), ("to_v", "value"), ("to_out.0", "proj_attn")):
             k = k.replace(f"attentions.0.{new}.", f"attentions.0.{old}.")
         legacy[k] = v
-    a = ImageVAE(akl.config_from_diffusers(ref.config), rngs=nnx.Rngs(0))
-    b = ImageVAE(akl.config_from_diffusers(ref.config), rngs=nnx.Rngs(0))
+    a = ImageVAE(akl.config_from_diffusers(ref.config), rngs=rngs(0))
+    b = ImageVAE(akl.config_from_diffusers(ref.config), rngs=rngs(0))
     akl.import_state_dict(a, ref.state_dict())
     akl.import_state_dict(b, legacy)
     for x, y in zip(jax.tree.leaves(nnx.state(a)), jax.tree.leaves(nnx.state(b))):
@@ -117,7 +122,7 @@ def test_legacy_attention_names_are_read():
 
 def test_bad_state_dicts_and_configs_name_the_problem(tmp_path):
     ref = random_diffusers_vae()
-    vae = ImageVAE(akl.config_from_diffusers(ref.config), rngs=nnx.Rngs(0))
+    vae = ImageVAE(akl.config_from_diffusers(ref.config), rngs=rngs(0))
     sd = dict(ref.state_dict())
     sd.pop("decoder.conv_out.bias")
     with pytest.raises(KeyError, match="decoder.conv_out.bias"):

@@ -18,6 +18,7 @@ import json
 import os
 from typing import Iterator, Mapping
 
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -167,12 +168,13 @@ def import_state_dict(vae: ImageVAE, state_dict: Mapping[str, np.ndarray]) -> No
             if to_nnx is not None:
                 value = to_nnx(value)
             target = getattr(module, attr)
-            if value.shape != target[...].shape:
+            expected = target.get_value().shape  # also works on an abstract (eval_shape) model
+            if value.shape != expected:
                 raise ValueError(
                     f"AutoencoderKL state dict: {key!r} has shape {value.shape} after layout conversion, "
-                    f"{path}.{attr} expects {target[...].shape}"
+                    f"{path}.{attr} expects {expected}"
                 )
-            target[...] = value
+            target.set_value(jnp.asarray(value))
     if remaining:
         raise KeyError(f"AutoencoderKL state dict: unexpected keys {sorted(remaining)[:8]} ({len(remaining)} in all)")
 
@@ -209,7 +211,7 @@ def load_diffusers(directory: str, **config_overrides) -> ImageVAE:
             raise FileNotFoundError(f"not a diffusers AutoencoderKL directory: {p} is missing")
     with open(config_path) as f:
         cfg = config_from_diffusers(json.load(f), **config_overrides)
-    vae = ImageVAE(cfg, rngs=nnx.Rngs(0))
+    vae = nnx.eval_shape(lambda: ImageVAE(cfg, rngs=nnx.Rngs(0)))  # every weight comes from the file
     import_state_dict(vae, load_file(weights_path))
     return vae
 

@@ -32,6 +32,9 @@ CONV_NAMES_2D = ("conv_spatial", "conv_spatial", "conv_in", "conv_out")
 # default, so a large image is split into horizontal bands across that axis.
 IMAGE_ACT_NAMES = ("batch", "vae_height", "vae_width", None)
 LOGVAR_RANGE = (-30.0, 20.0)  # diffusers / LDM clamp, keeps exp(logvar) finite
+# PyTorch's default conv init, U(+-1/sqrt(fan_in)), as the diffusers VAEs are trained
+# with. (A truncated normal costs a slow XLA compile per kernel shape on CPU.)
+CONV_INIT = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +100,7 @@ def conv2d(cin: int, cout: int, kernel: int, *, rngs, dtype, stride: int = 1, pa
         strides=stride,
         padding=padding,
         dtype=dtype,
-        kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(), CONV_NAMES_2D),
+        kernel_init=nnx.with_partitioning(CONV_INIT, CONV_NAMES_2D),
         bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("conv_out",)),
         rngs=rngs,
     )
