@@ -51,7 +51,7 @@ def _image_record(raw: dict) -> tuple[dict, tuple[int, int]]:
     fields = {"image_bytes": np.frombuffer(encoded, np.uint8), "caption": raw["caption"]}
     fields.update({k: raw[k] for k in LABEL_KEYS if k in raw})
     if raw.get("tags"):
-        fields["tags"] = np.asarray(raw["tags"], str)
+        fields["tags"] = "\n".join(raw["tags"])
     return fields, (int(size[0]), int(size[1]))
 
 

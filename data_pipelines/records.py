@@ -6,10 +6,10 @@ A shard directory holds
     sizes.npy                         int64 [N, 2]: (height, width) of each record's image or latent
     shard-00000-of-00004.array_record ...
 
-Each record is an uncompressed `.npz` (read with allow_pickle=False) of either
+Each record is a set of named arrays (see encode_record) holding either
 - `image_bytes` (the encoded PNG/JPEG) + `caption`, or
 - `latent` [h, w, c] + `target_size` [2] (+ `text_embeddings` [T, D], `pooled` [D], `text_mask` [T]),
-plus the optional labels `label`, `scene_*`, `defect_box`/`defect_kind` and `tags` (str array).
+plus the optional labels `label`, `scene_*`, `defect_box`/`defect_kind` and `tags` (newline-joined str).
 ArrayRecord files are random-access, so reading is a Grain `MapDataset` like any other source:
 global shuffling and exact resume come for free.
 """
@@ -29,15 +29,45 @@ METADATA = "metadata.json"
 SIZES = "sizes.npy"
 
 
+MAGIC = b"SJR1"
+
+
 def encode_record(fields: dict) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, **{k: np.asarray(v) for k, v in fields.items()})
-    return buf.getvalue()
+    """Named arrays (and str values) -> MAGIC, uint32 header length, JSON header, raw buffers.
+
+    The header maps each name to [dtype, shape, offset, nbytes]; strings are stored as UTF-8
+    with dtype 'str'. Decoding is a JSON parse and zero-copy views, with no pickle involved.
+    """
+    header, buffers, offset = {}, [], 0
+    for name, value in fields.items():
+        if isinstance(value, str):
+            data, dtype, shape = value.encode("utf-8"), "str", []
+        else:
+            arr = np.ascontiguousarray(value)
+            if arr.dtype.kind in "OUS":
+                raise ValueError(f"encode_record: field {name!r} has dtype {arr.dtype}; use str or numeric arrays")
+            data, dtype, shape = arr.tobytes(), arr.dtype.str, list(arr.shape)
+        header[name] = [dtype, shape, offset, len(data)]
+        buffers.append(data)
+        offset += len(data)
+    head = json.dumps(header).encode()
+    return MAGIC + len(head).to_bytes(4, "little") + head + b"".join(buffers)
 
 
 def decode_record(data: bytes) -> dict:
-    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-        return {k: npz[k] for k in npz.files}
+    """The inverse of encode_record; raises ValueError on anything malformed."""
+    if data[:4] != MAGIC:
+        raise ValueError("not a seedjax record (bad magic)")
+    size = int.from_bytes(data[4:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    body = memoryview(data)[8 + size :]
+    out = {}
+    for name, (dtype, shape, offset, nbytes) in header.items():
+        if offset + nbytes > len(body):
+            raise ValueError(f"field {name!r} runs past the end of the record")
+        chunk = body[offset : offset + nbytes]
+        out[name] = bytes(chunk).decode("utf-8") if dtype == "str" else np.frombuffer(chunk, dtype).reshape(shape)
+    return out
 
 
 class ShardWriter:
@@ -137,12 +167,12 @@ class ShardSource:
         where = self._where(index)
         try:
             fields = decode_record(self._reader[index])
-        except Exception as e:  # a corrupt record: zip/npz errors of several types
+        except Exception as e:  # a corrupt record: header, JSON or size errors
             raise BadSample("bad_record", where, f"{type(e).__name__}: {e}") from None
         raw = {k: fields[k] for k in ("label", "scene_digit", "scene_color", "scene_box", "scene_count",
                                       "defect_box", "defect_kind") if k in fields}
-        raw["tags"] = [str(t) for t in fields.get("tags", [])]
-        raw["caption"] = str(fields["caption"]) if "caption" in fields else ""
+        raw["tags"] = fields["tags"].split("\n") if fields.get("tags") else []
+        raw["caption"] = fields.get("caption", "")
         raw["where"] = where
         if self.latent:
             self._check_latent_fields(fields, index, where)
@@ -152,7 +182,7 @@ class ShardSource:
             from PIL import Image
 
             try:
-                with Image.open(io.BytesIO(fields["image_bytes"].tobytes())) as img:
+                with Image.open(io.BytesIO(fields["image_bytes"])) as img:
                     img.load()
                     raw["image"] = img.copy()
             except Exception as e:

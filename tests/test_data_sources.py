@@ -222,3 +222,18 @@ def test_latent_shards_skip_wrong_shapes_nan_and_corrupt_records(tmp_path, caplo
     warned = _warnings(caplog)
     assert any("shard-00002-of-00002.array_record#0" in w for w in warned)
     assert sum("wrong_shape" in w for w in warned) == 1
+
+
+def test_record_codec_round_trips_and_rejects_garbage():
+    fields = {"latent": np.arange(24, dtype=np.float32).reshape(2, 3, 4), "caption": "a caption, ünïcode",
+              "label": np.int32(7), "image_bytes": np.frombuffer(b"\x89PNG...", np.uint8), "empty": np.zeros((0, 4))}
+    out = records.decode_record(records.encode_record(fields))
+    assert out.keys() == fields.keys() and out["caption"] == fields["caption"]
+    for key in ("latent", "label", "image_bytes", "empty"):
+        np.testing.assert_array_equal(out[key], fields[key])
+        assert out[key].dtype == np.asarray(fields[key]).dtype
+    for bad in (b"", b"garbage", records.encode_record(fields)[:-3]):
+        with pytest.raises(ValueError):
+            records.decode_record(bad)
+    with pytest.raises(ValueError, match="field 'names'"):
+        records.encode_record({"names": np.array(["a", "b"])})
