@@ -57,7 +57,7 @@ class Layout:
     text_features: bool = False  # samples carry `text_embeddings` and `pooled`
 
 
-def _image_array(image, bucket, channels: int) -> tuple[np.ndarray, tuple]:
+def fit_image_array(image, bucket, channels: int) -> tuple[np.ndarray, tuple]:
     """Fit an image (PIL or array in [0, 1]) to the bucket; returns ([H, W, C] in [-1, 1], crop region)."""
     from PIL import Image
 
@@ -69,7 +69,7 @@ def _image_array(image, bucket, channels: int) -> tuple[np.ndarray, tuple]:
         if arr.shape[:2] != (height, width):
             mode = "L" if arr.shape[2] == 1 else "RGB"
             pil = Image.fromarray(np.round(np.clip(arr, 0, 1) * 255).astype(np.uint8).squeeze(-1 if mode == "L" else ()), mode)
-            return _image_array(pil, bucket, channels)
+            return fit_image_array(pil, bucket, channels)
         region = (0.0, 0.0, float(height), float(width))
         arr = arr.astype(np.float32)
     else:
@@ -113,7 +113,7 @@ def finalize(raw: dict, bucket: tuple[int, int], layout: Layout, where: str) -> 
         grid = latent.shape[:2]
         target_size = raw["target_size"]
     else:
-        out["image"], region = _image_array(raw["image"], bucket, layout.channels)
+        out["image"], region = fit_image_array(raw["image"], bucket, layout.channels)
         h, w = raw["image"].shape[:2] if isinstance(raw["image"], np.ndarray) else (raw["image"].height, raw["image"].width)
         boxes = buckets_lib.crop_boxes(boxes, h, w, region)
         grid = bucket
