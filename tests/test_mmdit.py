@@ -123,6 +123,21 @@ def test_text_mask_removes_padded_tokens():
     assert diff[0].max() > 1e-3 and diff[1].max() == 0
 
 
+def test_position_ids_default_explicit_and_batched_agree():
+    cfg = tiny_config()
+    model = randomized(mmdit.MMDiT(cfg, nnx.Rngs(0)))
+    a = make_inputs(cfg)
+    img_ids, txt_ids = mmdit.seedream_position_ids(*GRID, T)
+    out = run(model, a)
+    batched = model(a["x"], a["t"], a["text_embeddings"], a["pooled"],
+                    img_ids=jnp.broadcast_to(img_ids, (B, *img_ids.shape)), txt_ids=txt_ids)
+    np.testing.assert_allclose(np.asarray(batched), np.asarray(out), rtol=1e-6, atol=1e-6)
+    flux_style = run(model, a, txt_ids=np.zeros_like(txt_ids))  # Flux's all-zero text ids differ
+    assert np.abs(np.asarray(flux_style) - np.asarray(out)).max() > 1e-4
+    with pytest.raises(ValueError, match=r"grid_hw \(3, 3\) has 9 tokens but x has 6"):
+        model(a["x"], a["t"], a["text_embeddings"], a["pooled"], grid_hw=(3, 3))
+
+
 def grads_and_output(cfg, a):
     model = randomized(mmdit.MMDiT(cfg, nnx.Rngs(0)))
     graph, params = nnx.split(model, nnx.Param)
