@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ml_collections
 
-SOURCES = ("digits", "digit_scenes", "folder", "jsonl", "shards")
+SOURCES = ("digits", "digit_scenes", "folder", "jsonl", "shards", "reward_pairs")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -25,6 +25,12 @@ def default_config() -> ml_collections.ConfigDict:
     # Mixed resolution: 'HxW,HxW,...'; each image goes to the closest aspect ratio; every
     # global batch comes from a single bucket.
     c.buckets = ""
+    # Resolution-balanced sampling: every bucket of a component is drawn equally often
+    # (False: in proportion to its sample count).
+    c.balance_resolutions = False
+    # Curated subset for training: a filter expression over sample metadata, e.g.
+    # "ink >= 0.325 and 'count:1' in tags" (see data_pipelines/curation.py); '' = all samples.
+    c.filter = ""
 
     # Throughput: threads per stream reading and decoding, and prefetch worker processes.
     c.read_threads = 2

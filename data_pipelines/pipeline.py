@@ -34,6 +34,10 @@ def open_source(kind: str, path: str, data_cfg, *, split: str, seed: int):
         from data_pipelines.scene_source import SceneSource
 
         return SceneSource(data_cfg, split=split, seed=seed)
+    if kind == "reward_pairs":
+        from data_pipelines.reward_data import open_reward_source
+
+        return open_reward_source(path, open_source, data_cfg, split=split, seed=seed)
     if not path:
         raise ValueError(f"data.path: source {kind!r} needs a path")
     if kind == "folder":
@@ -99,7 +103,7 @@ def channels(data_cfg) -> int:
     """Image channels the pipeline will produce for this config (for sizing models)."""
     if data_cfg.channels != -1:
         return int(data_cfg.channels)
-    kinds = {kind for kind, _, _ in components(data_cfg).values()}
+    kinds = {path if kind == "reward_pairs" else kind for kind, path, _ in components(data_cfg).values()}
     return 1 if kinds == {"digits"} else 3
 
 
@@ -193,6 +197,10 @@ def make_train_iterator(data_cfg, *, global_batch_size: int, seed: int, process_
         for key, n in _report_scan_skips(source).items():
             scan_counts[key] = scan_counts.get(key, 0) + n
         members = _bucket_members(source, data_cfg)
+        if data_cfg.filter:
+            from data_pipelines.curation import filter_members
+
+            members = filter_members(source, members, data_cfg.filter)
         _check_has_valid_sample(source, members, layout)
         weights = None
         if data_cfg.dual_axis.enabled:
@@ -211,6 +219,8 @@ def make_train_iterator(data_cfg, *, global_batch_size: int, seed: int, process_
                 source, idx, None if weights is None or weights[idx].sum() <= 0 else weights[idx], bucket, layout,
                 seed=seed, name=stream,
                 process_index=process_index, process_count=process_count, read_options=read_options)
+    if data_cfg.balance_resolutions:  # each bucket of a component as likely as the others
+        counts = {name: {bucket: 1 for bucket in per} for name, per in counts.items()}
     plan = streams_lib.bucket_plan({n: w for n, (_, _, w) in comps.items()}, counts, stream_sources)
     ds = streams_lib.ScheduledBatches(streams, plan, global_batch_size // process_count, seed, process_index)
     if data_cfg.num_workers > 0:

@@ -134,6 +134,9 @@ def finalize(raw: dict, bucket: tuple[int, int], layout: Layout, where: str) -> 
 
     tokens, text_mask = tokenize([caption], layout.max_text_len)
     out["tokens"], out["text_mask"] = tokens[0], text_mask[0]
+    for name, text in raw.get("extra_captions", {}).items():  # e.g. reward data's perturbed caption
+        tokens, text_mask = tokenize([text], layout.max_text_len)
+        out[f"{name}_tokens"], out[f"{name}_text_mask"] = tokens[0], text_mask[0]
     if layout.text_features:
         out["text_embeddings"] = _finite("text_embeddings", raw["text_embeddings"], where)
         out["pooled"] = _finite("pooled", raw["pooled"], where)
