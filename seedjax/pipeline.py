@@ -4,7 +4,8 @@
         [--only=pretrain,sft] [--config.key=value ...]   (overrides go to every stage that has the key)
 
 A pipeline file defines `get_pipeline(arg) -> list[dict]`, each entry
-`dict(name=..., config='experiments/...py:arg', init_from='<earlier name>' or '', overrides={...})`.
+`dict(name=..., config='experiments/...py:arg', init_from='<earlier name>' or '', overrides={...})`;
+an override value may name another stage's workdir as '{root}/<name>'.
 Stages run as separate `python -m seedjax.main` processes (a clean JAX runtime each), in order;
 re-running the command resumes the first unfinished stage. Exit code: the first failing stage's.
 """
@@ -42,7 +43,8 @@ def stage_command(stage: dict, root: str, overrides: dict[str, str]) -> list[str
     if stage.get("init_from"):
         cmd.append(f"--config.init_from={os.path.join(root, stage['init_from'])}")
     for key, value in {**stage.get("overrides", {}), **overrides}.items():
-        cmd.append(f"--config.{key}={value}")
+        # '{root}' in a pipeline file's override names the pipeline's root (e.g. a reward workdir).
+        cmd.append(f"--config.{key}={str(value).replace('{root}', root)}")
     return cmd
 
 

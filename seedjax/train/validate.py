@@ -9,11 +9,16 @@ from seedjax.config import ConfigError
 
 def validate_config(config) -> None:
     try:
-        importlib.import_module(f"seedjax.stages.{config.stage}")
+        stage = importlib.import_module(f"seedjax.stages.{config.stage}")
     except ModuleNotFoundError as e:
         if e.name == f"seedjax.stages.{config.stage}":
             raise ConfigError(f"config.stage: unknown stage {config.stage!r} (no module seedjax.stages.{config.stage})")
         raise
+    if hasattr(stage, "validate_config"):  # the stage's own checks (e.g. the kind of its input checkpoints)
+        try:
+            stage.validate_config(config)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     for key in ("total_steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
         if int(config[key]) <= 0:
             raise ConfigError(f"config.{key} must be positive, got {config[key]}")
