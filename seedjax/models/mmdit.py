@@ -1,10 +1,9 @@
 """MMDiT in the Seedream 3.0 / Flux shape.
 
-    image tokens --x_embedder--> img ┐                  ┌ single-stream blocks (one weight set,
-    text embeddings --context--> txt ┴ dual-stream ──────┤  parallel attention + MLP) ──> norm_out
-                                      blocks (separate    └ on [txt, img] ─────────────────> proj_out
-                                      img/txt weights,
-                                      joint attention)
+    x [B, N, C] --x_embedder------> img --+-- dual-stream blocks: separate img / txt weights,
+    text [B, T, D_text] --context--> txt -+   one joint attention over [txt, img]
+        --> single-stream blocks on [txt, img]: one weight set, attention and MLP in parallel
+        --> image tokens --> norm_out (adaLN) --> proj_out --> velocity [B, N, C_out]
 
 Conditioning `cond` = MLP(sinusoid(1000 t)) + MLP(pooled text) [+ MLP(sinusoid(1000 g))
 for guidance distillation] [+ zero-initialised MLP(sinusoid(target h, w)) size embedding]
@@ -185,7 +184,7 @@ class DoubleStreamBlock(nnx.Module):
         self.img = StreamWeights(hidden, head_dim, mlp_hidden, rngs=rngs, dtype=dtype)
         self.txt = StreamWeights(hidden, head_dim, mlp_hidden, rngs=rngs, dtype=dtype)
 
-    def __call__(self, img, txt, cond, cos, sin, key_mask, attend):
+    def __call__(self, img, txt, cond, cos, sin, key_mask, *, attend):
         img_mod, txt_mod = self.img.modulation(cond), self.txt.modulation(cond)
         # Chunk order of Flux's AdaLayerNormZero: shift, scale, gate (attention), shift, scale, gate (MLP).
         streams = []
@@ -223,7 +222,7 @@ class SingleStreamBlock(nnx.Module):
         self.out = layers.Linear(hidden + mlp_hidden, hidden, rngs=rngs, names=("mlp", "embed"), dtype=dtype)
         self.norm = layers.LayerNorm(hidden, rngs=rngs, eps=1e-6)
 
-    def __call__(self, x, cond, cos, sin, key_mask, attend):
+    def __call__(self, x, cond, cos, sin, key_mask, *, attend):
         shift, scale, gate = self.modulation(cond)
         h = layers.modulate(self.norm(x), shift, scale)
         q, k, v = _heads_qkv(self, h)
@@ -337,14 +336,14 @@ class MMDiT(nnx.Module):
         txt = constrain(self.context_embedder(text_embeddings).astype(jnp.float32), TOKENS)
         features = None
         for i, block in enumerate(self.double_blocks):
-            run = self._maybe_remat(lambda blk, a, b, c, cs, sn, m, i=i: blk(a, b, c, cs, sn, m, attend_at(i)))
+            run = self._maybe_remat(_with_attention(DoubleStreamBlock.__call__, attend_at(i)))
             img, txt = run(block, img, txt, cond, cos, sin, key_mask)
             if i == cfg.repa_layer:
                 features = img
         joint = jnp.concatenate([txt, img], axis=1)
         for j, block in enumerate(self.single_blocks):
             i = cfg.depth_double + j
-            run = self._maybe_remat(lambda blk, a, c, cs, sn, m, i=i: blk(a, c, cs, sn, m, attend_at(i)))
+            run = self._maybe_remat(_with_attention(SingleStreamBlock.__call__, attend_at(i)))
             joint = run(block, joint, cond, cos, sin, key_mask)
             if i == cfg.repa_layer:
                 features = joint[:, num_txt:]
@@ -408,6 +407,15 @@ class MMDiT(nnx.Module):
         if not self.cfg.remat:
             return fn
         return nnx.remat(fn, policy=getattr(jax.checkpoint_policies, self.cfg.remat_policy))
+
+
+def _with_attention(block_call, attend):
+    """block_call(block, *arrays) with `attend` bound: only arrays cross the remat boundary."""
+
+    def run(block, *arrays):
+        return block_call(block, *arrays, attend=attend)
+
+    return run
 
 
 def _attend(layer_index: int, *, backend: str, layout: TokenLayout, extra: dict):
