@@ -245,6 +245,10 @@ def test_sharded_forward_matches_single_device():
     mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 3)
     rules = sharding.rules_from_config(None)
     graph, state = nnx.split(model)
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        names = var.get_metadata().get("out_sharding")
+        assert names is not None and len(names) == len(var.shape), f"{path} has logical names {names}"
+        assert all(n is None or n in sharding.DEFAULT_RULES for n in names), (path, names)
     shardings = sharding.state_shardings(state, mesh, rules)
     assert any(s.spec != jax.sharding.PartitionSpec() for s in jax.tree.leaves(shardings))
 
