@@ -1,6 +1,8 @@
 """PAROAttention: permutations, calibration statistics, mask selection, plans, backends."""
 
 import functools
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -235,3 +237,28 @@ def test_mmdit_capture_calibrate_and_run_with_plan(tmp_path):
     with pytest.raises(ValueError, match=r"was made for another model shape: grid \[4, 8\] \(plan\) vs \[8, 4\]"):
         nnx.jit(lambda m: m(x, t, txt, pooled, grid_hw=(8, 4), attention_kwargs=dict(plan=path2, timestep=t)))(
             _tiny_model("paro"))
+
+
+@pytest.mark.slow
+def test_calibrate_paro_cli_on_a_trained_run(tmp_path):
+    """`python -m seedjax.tools.calibrate_paro` on a (briefly) trained quickstart run."""
+    from tests.runner import ROOT, env_for, run_main
+
+    workdir = str(tmp_path / "run")
+    done = run_main("experiments/quickstart/pretrain.py:tiny", workdir, "total_steps=2", "sample_every=0",
+                    "checkpoint_every=2")
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = str(tmp_path / "plan.safetensors")
+    cmd = [sys.executable, "-m", "seedjax.tools.calibrate_paro", f"--workdir={workdir}", "--density=0.5",
+           "--block=16", "--num_prompts=2", "--num_steps=3", "--early_buckets=1", f"--out={out}"]
+    result = subprocess.run(cmd, cwd=ROOT, env=env_for(1), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    plan = paro.ParoPlan.load(out)
+    assert plan.model_shape == {"num_layers": 2, "num_heads": 4, "num_text": 32, "grid": [8, 8], "block_q": 16,
+                                "block_k": 16}
+    assert len(plan.bucket_edges) == 1 and abs(plan.density() - 0.5) < 0.05
+    assert "wrote" in result.stdout
+
+    bad = subprocess.run(cmd[:3] + ["--workdir=" + str(tmp_path / "missing")] + cmd[4:], cwd=ROOT, env=env_for(1),
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "no config.json" in bad.stderr

@@ -3,8 +3,8 @@
     out = block_sparse_attention(q, k, v, block_mask)   # q [B, Lq, H, D], k, v [B, Lk, H, D]
 
 `block_mask` is bool [H, ceil(Lq / block_q), ceil(Lk / block_k)] (default 64 x 64 blocks),
-or [B, H, ...] for a mask per sample: True means the query block attends to the key block. Semantics, exactly those of
-`reference_block_sparse_attention`: softmax over the keys of active blocks (and
+or [B, H, ...] for a mask per sample: True means the query block attends to the key
+block. Semantics, exactly those of `reference_block_sparse_attention`: softmax over the keys of active blocks (and
 `key_mask`, if given), scale 1/sqrt(D) unless `scale` says otherwise; a query row with no
 key to attend to gets output 0. Lengths need not be multiples of the block sizes (the
 last block is partial). Differentiable: the backward pass runs through the same block
@@ -14,12 +14,13 @@ Implementations (`impl`):
 - 'triton': Pallas kernels for GPUs (`block_sparse_gpu`), a loop over active blocks.
 - 'mosaic': Pallas kernels for TPUs (`block_sparse_tpu`), splash-attention-style grid.
 - 'xla': plain JAX that gathers the active key blocks of every query block and
-  computes only those (padded to the largest row); the fast path on CPU.
+  computes only those (padded to the largest row); the fast path on CPU. INT8 here is
+  emulated (quantize-dequantize, same rounding) with straight-through gradients.
 - 'auto' (default): 'triton' on GPU, 'mosaic' on TPU, 'xla' elsewhere.
 `interpret=True` runs a Pallas implementation in interpret mode (CPU tests).
 
-The mask is converted to index tables, per ([sample,] head, query block) the count and list of
-active key blocks and, for dk/dv, the transpose. Their width is `max_active_blocks`
+The mask is converted to index tables, per ([sample,] head, query block) the count and
+list of active key blocks and, for dk/dv, the transpose. Their width is `max_active_blocks`
 (the largest count in any row): computed from the mask when it is concrete, else the
 number of key blocks; pass it when the mask is traced and known to be sparse (rows with
 more active blocks than `max_active_blocks` would be truncated).

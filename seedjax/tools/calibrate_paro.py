@@ -1,0 +1,193 @@
+"""Calibrate a PAROAttention plan for a trained text-to-image DiT.
+
+    python -m seedjax.tools.calibrate_paro --workdir=RUN --density=0.3
+        [--out=RUN/paro/plan_d0.30.safetensors] [--num_prompts=4] [--num_steps=<config>]
+        [--early_buckets=3] [--block=64] [--quant_weight=0.25] [--no_reorder] [--seed=0]
+
+Loads the run's config and latest checkpoint (EMA parameters when the run samples from
+them), samples `--num_prompts` training-split captions with the run's sampler while a
+capture backend records block statistics of every layer's attention maps, and writes the
+plan (see `seedjax.kernels.paro`). Timestep buckets: each of the first `--early_buckets`
+sampling steps gets its own bucket, the remaining steps share one.
+
+To sample with the plan, give the MMDiT `attention_backend='paro'` and the attention kwargs
+{'plan': path, 'timestep': t} (`sample` below does this).
+Exit codes: 0 written, 2 bad arguments or a workdir without a usable checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections import Counter
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from seedjax.kernels import paro
+
+
+def load_model(workdir: str):
+    """(DiffusionModel with the run's sampling parameters, config) of a pretrain-style run."""
+    from seedjax.config import config_from_json
+    from seedjax.stages.pretrain import DiffusionModel
+    from seedjax.train.checkpoint import load_state_tree
+
+    config_path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(config_path):
+        raise ValueError(f"{workdir}: no config.json; not a seedjax workdir")
+    config = config_from_json(config_path)
+    for key in ("model", "text", "input", "sampling", "data"):
+        if key not in config:
+            raise ValueError(f"{config_path}: no '{key}' section; calibrate_paro needs a text-to-image DiT run")
+    tree = load_state_tree(workdir)
+    use_ema = config.sampling.get("use_ema", False) and tree.get("ema")
+    params = tree["ema"]["params"] if use_ema else tree.get("model")
+    if params is None:
+        raise ValueError(f"{workdir}: the checkpoint has no 'model' parameters (it has {sorted(tree)})")
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: DiffusionModel(config, nnx.Rngs(0))))
+    nnx.replace_by_pure_dict(state, params)  # matches orbax's string keys to nnx.List indices
+    return nnx.merge(graphdef, state), config
+
+
+def with_backend(model, config, backend: str):
+    """The same parameters in a model whose MMDiT uses attention backend `backend`."""
+    from seedjax.stages.pretrain import DiffusionModel
+
+    config = config.copy_and_resolve_references()
+    config.model.attention_backend = backend
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: DiffusionModel(config, nnx.Rngs(0))))
+    return nnx.merge(graphdef, nnx.state(model))
+
+
+def token_grid(config) -> tuple[int, int]:
+    p = config.input.patch_size
+    if config.input.key != "image":
+        raise ValueError("calibrate_paro: only pixel-space runs (config.input.key='image') are supported so far")
+    return config.data.image_size // p, config.data.image_size // p
+
+
+def sampler_for(config, num_steps: int = 0):
+    from seedjax.diffusion.sampling import EulerSampler
+
+    s = config.sampling
+    return EulerSampler.make(num_steps or s.num_steps, s.shift, s.guidance_scale)
+
+
+def sample(model, config, prompts: dict, rng, *, num_steps: int = 0, attention_kwargs=None):
+    """Images [N, H, W, C] for `prompts` with the run's sampler; `attention_kwargs(t)` -> dict
+    of backend kwargs for velocity evaluations at flow times t [B] (None for dense)."""
+    from seedjax.models import mmdit
+    from seedjax.stages.pretrain import drop_captions, image_shape, model_extras
+
+    h, w, c = image_shape(config)
+    p = config.input.patch_size
+    grid = token_grid(config)
+    sampler = sampler_for(config, num_steps)
+    n = prompts["tokens"].shape[0]
+    noise = jax.random.normal(rng, (n, grid[0] * grid[1], p * p * c), jnp.float32)
+    cond = model.condition(prompts)
+    uncond = None
+    if sampler.guided:
+        empty = {k: v for k, v in prompts.items() if k in ("tokens", "text_mask")}
+        uncond = model.condition(drop_captions(empty, rng, 1.0))
+    extra = model_extras(prompts, config, n)
+
+    def velocity(x, t, c):
+        rep = x.shape[0] // n
+        ex = {k: jnp.concatenate([v] * rep) for k, v in extra.items()}
+        kwargs = None if attention_kwargs is None else attention_kwargs(t)
+        return model.dit(x, t, c["text_embeddings"], c["pooled"], text_mask=c["text_mask"], grid_hw=grid,
+                         attention_kwargs=kwargs, **ex)
+
+    return jnp.clip(mmdit.unpatchify(sampler(velocity, noise, cond, uncond), p, h, w, c), -1.0, 1.0)
+
+
+def bucket_edges(config, num_steps: int, early_buckets: int) -> tuple[float, ...]:
+    """Edges between the first `early_buckets` sampling times and the next ones."""
+    sigmas = np.asarray(sampler_for(config, num_steps).sigmas)
+    k = min(early_buckets, len(sigmas) - 2)
+    return tuple(float((sigmas[i] + sigmas[i + 1]) / 2) for i in range(max(k, 0)))
+
+
+def calibrate(model, config, prompts: dict, rng, *, num_steps: int = 0, early_buckets: int = 3, block: int = 64,
+              threshold: float = 1e-3, sparse_fraction: float = 0.9) -> paro.Calibration:
+    """Sample `prompts` while recording per-layer block statistics of the attention maps."""
+    grid = token_grid(config)
+    layout = paro.SequenceLayout(config.data.max_text_len, grid)
+    num_layers = config.model.depth_double + config.model.depth_single
+    calib = paro.Calibration(layout, num_layers, config.model.num_heads, bucket_edges(config, num_steps, early_buckets),
+                             block_q=block, block_k=block, threshold=threshold, sparse_fraction=sparse_fraction)
+    capture = with_backend(model, config, "paro_capture")
+    graphdef, state = nnx.split(capture)
+    run = jax.jit(lambda state, prompts, rng: sample(
+        nnx.merge(graphdef, state), config, prompts, rng, num_steps=num_steps,
+        attention_kwargs=lambda t: {"calibration": calib, "timestep": t}))
+    jax.block_until_ready(run(state, prompts, rng))
+    jax.effects_barrier()  # all host callbacks delivered
+    return calib
+
+
+def calibration_prompts(config, num: int, seed: int) -> dict:
+    import data_pipelines
+
+    batch = data_pipelines.make_eval_batch(config.data, num=num, seed=seed, split="train")
+    return {k: jnp.asarray(batch[k]) for k in ("tokens", "text_mask") if k in batch} | (
+        {"target_size": jnp.asarray(batch["target_size"])} if "target_size" in batch else {})
+
+
+def summarize(plan: paro.ParoPlan) -> str:
+    lines = [f"plan: {plan.model_shape['num_layers']} layers x {len(plan.bucket_edges) + 1} buckets "
+             f"(edges {', '.join(f'{e:.3f}' for e in plan.bucket_edges)}) x {plan.model_shape['num_heads']} heads; "
+             f"blocks {plan.model_shape['block_q']}; visual density {plan.density():.3f}, "
+             f"overall {plan.density(visual_only=False):.3f}"]
+    counts = Counter(plan.orders[i] for i in plan.order_ids.reshape(-1))
+    lines.append("orders chosen: " + ", ".join(f"{o} {counts[o]}" for o in plan.orders))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m seedjax.tools.calibrate_paro", description=__doc__.split("\n")[0])
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--density", type=float, required=True, help="fraction of visual blocks computed, in (0, 1]")
+    p.add_argument("--out", default="", help="plan file (default WORKDIR/paro/plan_d<density>.safetensors)")
+    p.add_argument("--num_prompts", type=int, default=4)
+    p.add_argument("--num_steps", type=int, default=0, help="sampling steps (default: the run's config)")
+    p.add_argument("--early_buckets", type=int, default=3)
+    p.add_argument("--block", type=int, default=64)
+    p.add_argument("--quant_weight", type=float, default=0.25)
+    p.add_argument("--no_reorder", action="store_true", help="keep the natural token order (ablation)")
+    p.add_argument("--seed", type=int, default=0)
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    try:
+        if not 0.0 < args.density <= 1.0:
+            raise ValueError(f"--density must be in (0, 1], got {args.density}")
+        if args.num_prompts < 1 or args.block < 1 or args.early_buckets < 0:
+            raise ValueError("--num_prompts and --block must be positive, --early_buckets >= 0")
+        model, config = load_model(args.workdir)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"calibrate_paro: error: {e}", file=sys.stderr)
+        return 2
+    rng = jax.random.PRNGKey(args.seed)
+    prompts = calibration_prompts(config, args.num_prompts, args.seed)
+    calib = calibrate(model, config, prompts, rng, num_steps=args.num_steps, early_buckets=args.early_buckets,
+                      block=args.block)
+    plan = calib.plan(args.density, quant_weight=args.quant_weight, reorder=not args.no_reorder)
+    plan.info["workdir"] = os.path.abspath(args.workdir)
+    plan.info["num_prompts"] = args.num_prompts
+    out = args.out or os.path.join(args.workdir, "paro", f"plan_d{args.density:.2f}.safetensors")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    plan.save(out)
+    print(summarize(plan))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
