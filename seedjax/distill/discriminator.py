@@ -7,8 +7,7 @@ on a noisy input x_t at time t, with a light head on the image tokens of several
 input) or trainable. Each head gives one logit per image token (a patch discriminator);
 the logits of all levels are returned side by side.
 
-`PixelDiscriminator`: a small strided CNN on (decoded) images with a projection onto the
-pooled text embedding (ADP's pixel-space discriminator).
+Pixel-space discriminators (ADP's second one) are `seedjax.models.discriminators.PatchDiscriminator`.
 """
 
 from __future__ import annotations
@@ -20,11 +19,10 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from seedjax.distill.generator import Geometry, build_model, _extras
+from seedjax.distill.generator import Geometry, build_model, extras_for
 from seedjax.distill.params import freeze
 from seedjax.models import layers, mmdit
 from seedjax.models.attention import TokenLayout
-from seedjax.models.vae import conv2d
 from seedjax.parallel.sharding import constrain
 
 
@@ -69,7 +67,7 @@ def trunk_features(dit: mmdit.MMDiT, x, t, cond: dict, grid_hw, extras: dict, in
     for i, block in enumerate(dit.double_blocks):
         if i > deepest:
             return features
-        img, txt = block(img, txt, vec, cos, sin, key_mask, attend_at(i))
+        img, txt = block(img, txt, vec, cos, sin, key_mask, attend=attend_at(i))
         if i in indices:
             features.append(img)
     joint = jnp.concatenate([txt, img], axis=1)
@@ -77,7 +75,7 @@ def trunk_features(dit: mmdit.MMDiT, x, t, cond: dict, grid_hw, extras: dict, in
         i = len(dit.double_blocks) + j
         if i > deepest:
             break
-        joint = block(joint, vec, cos, sin, key_mask, attend_at(i))
+        joint = block(joint, vec, cos, sin, key_mask, attend=attend_at(i))
         if i in indices:
             features.append(joint[:, num_txt:])
     return features
@@ -94,37 +92,28 @@ class TokenHead(nnx.Module):
         return self.mlp(self.norm(features))[..., 0]
 
 
+class MultiLevelHeads(nnx.Module):
+    """One `TokenHead` per chosen block of a backbone: (backbone, x_t, t, captions) -> logits [B, levels * N]."""
+
+    def __init__(self, backbone, disc_cfg, rngs: nnx.Rngs):
+        self.indices = block_indices(backbone.dit, disc_cfg.levels)
+        width = backbone.dit.cfg.num_heads * backbone.dit.cfg.head_dim
+        self.heads = nnx.List([TokenHead(width, disc_cfg.head_hidden, rngs=rngs) for _ in self.indices])
+
+    def __call__(self, backbone, x: jax.Array, t: jax.Array, batch: dict, geometry: Geometry, guidance=None):
+        cond = backbone.condition(batch)
+        extras = extras_for(backbone, batch, x.shape[0], guidance)
+        feats = trunk_features(backbone.dit, x, t, cond, geometry.grid, extras, self.indices)
+        return jnp.concatenate([head(f) for head, f in zip(self.heads, feats)], axis=1)
+
+
 class Discriminator(nnx.Module):
-    """Diffusion backbone + multi-level token heads: (x_t, t, captions) -> logits [B, levels * N]."""
+    """A diffusion backbone (frozen or trainable) with multi-level heads; see the module doc."""
 
     def __init__(self, config, disc_cfg, rngs: nnx.Rngs, *, guidance_embed: bool):
         backbone = build_model(config, rngs, guidance_embed)
         self.backbone = backbone if disc_cfg.train_backbone else freeze(backbone)
-        self.indices = block_indices(backbone.dit, disc_cfg.levels)
-        width = config.model.num_heads * config.model.head_dim
-        self.heads = nnx.List([TokenHead(width, disc_cfg.head_hidden, rngs=rngs) for _ in self.indices])
+        self.heads = MultiLevelHeads(backbone, disc_cfg, rngs)
 
     def __call__(self, x: jax.Array, t: jax.Array, batch: dict, geometry: Geometry, guidance=None) -> jax.Array:
-        cond = self.backbone.condition(batch)
-        extras = _extras(self.backbone, batch, x.shape[0], guidance)
-        feats = trunk_features(self.backbone.dit, x, t, cond, geometry.grid, extras, self.indices)
-        return jnp.concatenate([head(f) for head, f in zip(self.heads, feats)], axis=1)
-
-
-class PixelDiscriminator(nnx.Module):
-    """Strided CNN on images [B, H, W, C] with a text projection: logits [B, h * w]."""
-
-    def __init__(self, channels: int, widths: tuple[int, ...], text_dim: int, *, rngs: nnx.Rngs):
-        chans = (channels, *widths)
-        self.convs = nnx.List([conv2d(a, b, 4, stride=2, rngs=rngs, dtype=jnp.float32)
-                               for a, b in zip(chans[:-1], chans[1:])])
-        self.out = conv2d(widths[-1], 1, 3, rngs=rngs, dtype=jnp.float32)
-        self.text_proj = layers.Linear(text_dim, widths[-1], rngs=rngs, names=("embed", "conv_out"))
-
-    def __call__(self, images: jax.Array, pooled: jax.Array) -> jax.Array:
-        h = images
-        for conv in self.convs:
-            h = jax.nn.leaky_relu(conv(h), 0.2)
-        # Projection discriminator: an unconditional logit plus <features, embed(text)>.
-        logits = self.out(h)[..., 0] + jnp.einsum("bhwc,bc->bhw", h, self.text_proj(pooled)) / h.shape[-1] ** 0.5
-        return logits.reshape(logits.shape[0], -1)
+        return self.heads(self.backbone, x, t, batch, geometry, guidance)

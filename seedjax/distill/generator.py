@@ -79,7 +79,7 @@ class Geometry:
 # --------------------------------------------------------------------------- velocity
 
 
-def _extras(model: DiffusionModel, batch: dict, n: int, guidance) -> dict:
+def extras_for(model: DiffusionModel, batch: dict, n: int, guidance) -> dict:
     cfg = model.dit.cfg
     extras = {}
     if cfg.size_embed:
@@ -103,7 +103,7 @@ def bind(model: DiffusionModel, batch: dict, geometry: Geometry, *, guidance=Non
     """
     n = batch_size(batch)
     cond = model.condition(batch)
-    extras = _extras(model, batch, n, guidance)
+    extras = extras_for(model, batch, n, guidance)
     if isinstance(cfg_scale, (int, float)) and cfg_scale == 1.0:
         return lambda x, t: model(x, t, cond, geometry.grid, **extras)
     empty = {k: v for k, v in batch.items() if k in ("tokens", "text_mask")}

@@ -1,0 +1,122 @@
+"""ADM: adversarial distribution matching (DMDX, arXiv 2507.18569; Seedream 4.0), for 1 NFE.
+
+DMD's reverse-KL gradient is replaced by a learned discrepancy. The generator's sample x̂0 is
+re-noised to x_t; one probability-flow ODE step of size dt (default T/64) is taken with the real
+score (frozen guided teacher) and with the fake score (trained online on the student's samples,
+as in DMD):
+
+    x_real = x_t - dt v_real(x_t, t),      x_fake = x_t - dt v_fake(x_t, t)       (at t - dt)
+
+A diffusion discriminator (frozen teacher backbone + trainable multi-level heads) learns to tell
+them apart with a hinge loss, max(0, 1 - D(x_real)) + max(0, 1 + D(x_fake)); the generator
+minimises -D(x_fake), with the gradient flowing through x_t into x̂0. The fake score and the
+discriminator update `config.dmd.fake_updates_per_step` times per generator update, each with
+its own optimizer.
+
+    python -m seedjax.main --config=experiments/quickstart/distill_adm.py --workdir=runs/qs/adm \
+        --config.init_from=runs/qs/adp
+"""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+from flax import nnx
+
+from seedjax.distill import dmd, generator, student
+from seedjax.distill.discriminator import Discriminator
+from seedjax.distill.losses import discriminator_loss, generator_loss
+from seedjax.distill.params import load_params, pick_params
+from seedjax.distill.student import evaluate, nfe, sample  # noqa: F401 (stage hooks)
+from seedjax.stages.distill_dmd import load_pretrained as _load_with_fake_score
+from seedjax.train.state import make_optimizer
+
+
+def adm_config(**overrides) -> ml_collections.ConfigDict:
+    cfg = ml_collections.ConfigDict(dict(ode_dt=1.0 / 64))
+    cfg.update(overrides)
+    return cfg
+
+
+class AdmState(dmd.FakeScoreState):
+    def __init__(self, config, rngs: nnx.Rngs):
+        dmd.check_variant(config)
+        if not 0 < config.adm.ode_dt < config.dmd.t_max:
+            raise ValueError(f"config.adm.ode_dt={config.adm.ode_dt} must lie in (0, config.dmd.t_max)")
+        super().__init__(config, rngs)
+        self.disc = Discriminator(config, config.disc, rngs, guidance_embed=config.distill.teacher_guidance_embed)
+        self.disc_optimizer = make_optimizer(self.disc, config.disc_optimizer, config.total_steps)
+
+
+def init(config, rngs) -> AdmState:
+    return AdmState(config, rngs)
+
+
+def load_pretrained(state: AdmState, source: dict, config) -> None:
+    """Student, teacher and fake score as in DMD; the discriminator's backbone is the teacher."""
+    _load_with_fake_score(state, source, config)
+    what = f"config.init_from={config.init_from} ({config.distill.teacher_from} -> discriminator backbone)"
+    load_params(state.disc.backbone, pick_params(source, config.distill.teacher_from, what), what)
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def noisy_points(x0: jax.Array, rng: jax.Array, config):
+    """x0 re-noised to x_t at t ~ U[max(t_min, dt), t_max]: one ODE step of dt stays above t = 0."""
+    return dmd.renoise(x0, rng, max(config.dmd.t_min, config.adm.ode_dt), config.dmd.t_max)
+
+
+def ode_step(velocity: generator.VelocityFn, x_t: jax.Array, t: jax.Array, dt: float) -> jax.Array:
+    return x_t - dt * velocity(x_t, t)
+
+
+def _logits(disc: Discriminator, x, t, batch, config):
+    return disc(x, t, batch, generator.Geometry.of(config), guidance=config.distill.teacher_guidance)
+
+
+def adm_disc_loss(disc: Discriminator, teacher, fake: dmd.FakeScore, batch: dict, rng: jax.Array, config):
+    geo, dt, guidance = generator.Geometry.of(config), config.adm.ode_dt, config.distill.teacher_guidance
+    x_t, t, _ = noisy_points(batch["states"][:, -1], rng, config)
+    x_real = ode_step(generator.teacher_velocity(teacher, batch, geo, guidance), x_t, t, dt)
+    x_fake = ode_step(fake.velocity(batch, geo, guidance), x_t, t, dt)
+    x_real, x_fake = jax.lax.stop_gradient((x_real, x_fake))
+    real, fake_logits = _logits(disc, x_real, t - dt, batch, config), _logits(disc, x_fake, t - dt, batch, config)
+    loss = discriminator_loss(real, fake_logits, config.disc.loss)
+    return loss, {"disc_loss": loss, "disc_real": real.mean(), "disc_fake": fake_logits.mean()}
+
+
+def adm_generator_loss(model, fake: dmd.FakeScore, disc: Discriminator, batch: dict, rng: jax.Array, config):
+    rng_step, rng_noise = jax.random.split(rng)
+    geo, dt = generator.Geometry.of(config), config.adm.ode_dt
+    x0 = dmd.generator_x0(model, batch, rng_step, config)
+    x_t, t, _ = noisy_points(x0, rng_noise, config)
+    x_fake = ode_step(fake.velocity(batch, geo, config.distill.teacher_guidance), x_t, t, dt)
+    loss = generator_loss(_logits(disc, x_fake, t - dt, batch, config), config.disc.loss)
+    return loss, {"adm_generator_loss": loss}
+
+
+# --------------------------------------------------------------------------- step
+
+
+def train_step(state: AdmState, batch: dict, rng: jax.Array, config) -> dict:
+    rng_rollout, rng_guide, rng_gen = jax.random.split(rng, 3)
+    accum = config.optimizer.grad_accum_steps
+    work = dict(batch, **dmd.student_rollout(state.model, batch, rng_rollout, config))
+
+    def guidance_update(fake, fake_optimizer, disc, disc_optimizer, i):
+        rng_fake, rng_disc = jax.random.split(jax.random.fold_in(rng_guide, i))
+        _, f_aux, f_norm = student.optimize(fake, fake_optimizer,
+                                            lambda f, b: dmd.fake_score_loss(f, b, rng_fake, config), work, accum)
+        _, d_aux, d_norm = student.optimize(
+            disc, disc_optimizer, lambda d, b: adm_disc_loss(d, state.teacher, fake, b, rng_disc, config), work, accum)
+        return {**f_aux, **d_aux, "fake_grad_norm": f_norm, "disc_grad_norm": d_norm}
+
+    guide_metrics = dmd.repeat(config.dmd.fake_updates_per_step, guidance_update, state.fake_score,
+                               state.fake_optimizer, state.disc, state.disc_optimizer)
+    loss, aux, grad_norm = student.optimize(
+        state.model, state.optimizer, lambda m, b: adm_generator_loss(m, state.fake_score, state.disc, b, rng_gen, config),
+        work, accum)
+    student.update_ema(state)
+    return {"loss": loss, **aux, **guide_metrics, "grad_norm": grad_norm,
+            **student.guard_metrics(state.optimizer, state.fake_optimizer, state.disc_optimizer)}
