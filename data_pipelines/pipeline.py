@@ -222,7 +222,8 @@ def make_train_iterator(data_cfg, *, global_batch_size: int, seed: int, process_
     if data_cfg.balance_resolutions:  # each bucket of a component as likely as the others
         counts = {name: {bucket: 1 for bucket in per} for name, per in counts.items()}
     plan = streams_lib.bucket_plan({n: w for n, (_, _, w) in comps.items()}, counts, stream_sources)
-    ds = streams_lib.ScheduledBatches(streams, plan, global_batch_size // process_count, seed, process_index)
+    ds = streams_lib.ScheduledBatches(streams, plan, global_batch_size // process_count, seed, process_index,
+                                      process_count)
     if data_cfg.num_workers > 0:
         _ensure_flags_parsed()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_cfg.num_workers,

@@ -6,9 +6,9 @@ epoch, or a weighted draw for dual-axis sampling) -> loaded and finalized sample
 random-access, so this process's slice (`[process_index::process_count]`) and each
 prefetch worker's slice are exact and the stream's state is one integer.
 
-`ScheduledBatches` pulls from the streams: global batch g takes its bucket from a draw
-seeded by (seed, g) alone, so every process and every worker agrees on it; each slot of
-the local batch then draws its component (by mixture weight within that bucket). Samples
+`ScheduledBatches` pulls from the streams: global batch g takes its bucket, and each of its
+slots its component (by mixture weight within that bucket), from draws seeded by (seed, g)
+alone, so every process and every worker agrees on them; a process fills its own slots. Samples
 that fail to load are skipped and counted; the counts ride along with the batch under
 `_skipped` so that the main process can account for them whatever process decoded them.
 """
@@ -89,10 +89,11 @@ class BatchPlan:
 
 class ScheduledBatches(grain.IterDataset):
     def __init__(self, streams: dict[str, grain.IterDataset], plan: BatchPlan, batch_size: int, seed: int,
-                 process_index: int):
+                 process_index: int, process_count: int):
         super().__init__(list(streams.values()))
         self.names = tuple(streams)
-        self.plan, self.batch_size, self.seed, self.process_index = plan, batch_size, seed, process_index
+        self.plan, self.batch_size, self.seed = plan, batch_size, seed
+        self.process_index, self.process_count = process_index, process_count
 
     def __iter__(self):
         return _ScheduledBatchIterator(self, [p.__iter__() for p in self.parents])
@@ -126,8 +127,11 @@ class _ScheduledBatchIterator(grain.DatasetIterator):
         global_batch = self.batches_done * workers + worker
         bucket = np.random.default_rng([self.ds.seed, global_batch]).choice(len(plan.bucket_names), p=plan.bucket_probs)
         names, probs = plan.streams[bucket]
-        slot_rng = np.random.default_rng([self.ds.seed, global_batch, self.ds.process_index, 1])
-        picks = slot_rng.choice(len(names), size=self.ds.batch_size, p=probs)
+        # The components of all slots of the global batch are drawn together, so the batch's
+        # composition does not depend on how many processes share it.
+        slot_rng = np.random.default_rng([self.ds.seed, global_batch, 1])
+        picks = slot_rng.choice(len(names), size=self.ds.batch_size * self.ds.process_count, p=probs)
+        picks = picks[self.ds.process_index :: self.ds.process_count]
         skipped: dict[str, list] = {}
         rows = [self._next_valid(names[i], skipped) for i in picks]
         batch = {key: np.stack([row[key] for row in rows]) for key in rows[0]}
