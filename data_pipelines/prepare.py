@@ -5,8 +5,10 @@
         --data.scenes.defect_fraction=0.3
 
 `--data.<key>=<value>` sets any data option (types as in data_pipelines.default_config()).
-Images keep their original encoded bytes when they come from files (PNG otherwise); samples
-that cannot be read are skipped, counted in the header and reported once per kind.
+Images keep their original encoded bytes when they come from files (PNG otherwise). With
+`--vae=WORKDIR` (a trained VAE stage) the records hold latents of the images fitted to their
+resolution bucket instead. Samples that cannot be read are skipped, counted in the header and
+reported once per kind.
 Exit codes: 0 written, 2 bad arguments, 1 nothing valid to write.
 """
 
@@ -19,9 +21,9 @@ import sys
 
 import numpy as np
 
+from data_pipelines import buckets as buckets_lib
 from data_pipelines import config as config_lib
-from data_pipelines import pipeline
-from data_pipelines import records
+from data_pipelines import pipeline, records, samples
 from data_pipelines.samples import BadSample
 
 log = logging.getLogger("data_pipelines.prepare")
@@ -55,29 +57,98 @@ def _image_record(raw: dict) -> tuple[dict, tuple[int, int]]:
     return fields, (int(size[0]), int(size[1]))
 
 
-def write_source(source, out_dir: str, *, num_shards: int, limit: int = -1) -> dict:
-    """Write every readable sample of `source` as an image record; returns the header."""
-    writer = records.ShardWriter(out_dir, num_shards)
-    skipped = {k: n for k, (n, _) in source.scan_skips.items()}
-    reported = set()
-    total = len(source) if limit < 0 else min(limit, len(source))
+class _SkipLog:
+    """Counts skipped samples per kind (scan skips included) and reports each kind once."""
+
+    def __init__(self, source):
+        self.counts = {k: n for k, (n, _) in source.scan_skips.items()}
+
+    def add(self, e: BadSample) -> None:
+        if e.kind not in self.counts:
+            log.warning("prepare: skipping samples with %s; first: %s", e.kind, e.where)
+        self.counts[e.kind] = self.counts.get(e.kind, 0) + 1
+
+
+def _readable(source, total: int, skips: _SkipLog):
+    """(index, raw sample) of every sample among the first `total` that loads and has a caption."""
     for index in range(total):
         try:
             raw = source.load(index, index)
             if not isinstance(raw.get("caption"), str) or not raw["caption"].strip():
                 raise BadSample("missing_caption", raw.get("where", f"{source.name}#{index}"))
         except BadSample as e:
-            skipped[e.kind] = skipped.get(e.kind, 0) + 1
-            if e.kind not in reported:
-                reported.add(e.kind)
-                log.warning("prepare: skipping samples with %s; first: %s", e.kind, e.where)
+            skips.add(e)
             continue
+        yield index, raw
+
+
+def _total(source, limit: int) -> int:
+    return len(source) if limit < 0 else min(limit, len(source))
+
+
+def write_source(source, out_dir: str, *, num_shards: int, limit: int = -1) -> dict:
+    """Write every readable sample of `source` as an image record; returns the header."""
+    writer = records.ShardWriter(out_dir, num_shards)
+    skips, total = _SkipLog(source), _total(source, limit)
+    for _, raw in _readable(source, total, skips):
         writer.write(*_image_record(raw))
-    header = writer.close({
+    return writer.close({
         "kind": "images", "source": source.name, "channels": source.channels, "scene_labels": source.scene_labels,
-        "tags": list(source.tags), "counts": {"read": total, "written": writer.count, "skipped": skipped},
+        "tags": list(source.tags), "counts": {"read": total, "written": writer.count, "skipped": skips.counts},
     })
-    return header
+
+
+def write_latents(source, out_dir: str, codec, data_cfg, *, num_shards: int, limit: int = -1,
+                  batch_size: int = 64) -> dict:
+    """Encode every readable sample with `codec` (a trained VAE, see seedjax.stages.vae.LatentCodec).
+
+    Images are fitted to their resolution bucket (data.buckets / data.image_size) first, so a
+    latent is [H / f, W / f, c] of its bucket; defect boxes follow the crop, labels are kept.
+    """
+    channels = data_cfg.channels if data_cfg.channels != -1 else source.channels
+    layout = samples.Layout(channels=channels, max_text_len=data_cfg.max_text_len, scene_labels=source.scene_labels)
+    bucket_list = buckets_lib.parse_buckets(data_cfg.buckets, data_cfg.image_size)
+    for b in bucket_list:
+        if b[0] % codec.downsample_factor or b[1] % codec.downsample_factor:
+            raise ValueError(f"data.buckets: {buckets_lib.bucket_name(b)} is not divisible by the VAE's "
+                             f"downsampling factor {codec.downsample_factor}")
+    assigned = buckets_lib.assign_buckets(source.sizes(), bucket_list)
+    writer = records.ShardWriter(out_dir, num_shards)
+    skips, total = _SkipLog(source), _total(source, limit)
+    pending: dict[int, list] = {}
+
+    def flush(b: int) -> None:
+        rows, pending[b] = pending[b], []
+        latents = codec.encode(np.stack([row["image"] for row in rows]))
+        for row, latent in zip(rows, latents):
+            fields = {"latent": latent, "target_size": row["target_size"], "caption": row["caption"],
+                      "defect_box": row["defect_box"], "defect_kind": row["defect_kind"]}
+            fields.update({k: row[k] for k in LABEL_KEYS if k in row and k not in fields})
+            if row["tags"]:
+                fields["tags"] = "\n".join(row["tags"])
+            writer.write(fields, latent.shape[:2])
+
+    for index, raw in _readable(source, total, skips):
+        b = int(assigned[index])
+        try:
+            row = samples.finalize(raw, bucket_list[b], layout, raw.get("where", f"{source.name}#{index}"))
+        except BadSample as e:
+            skips.add(e)
+            continue
+        row.update(caption=raw["caption"], tags=list(raw.get("tags", ())))
+        pending.setdefault(b, []).append(row)
+        if len(pending[b]) == batch_size:
+            flush(b)
+    for b in list(pending):
+        if pending[b]:
+            flush(b)
+    return writer.close({
+        "kind": "latents", "source": source.name, "channels": channels, "scene_labels": source.scene_labels,
+        "tags": list(source.tags), "shapes": {"latent": [-1, -1, codec.latent_channels]},
+        "vae": {"downsample_factor": codec.downsample_factor, "scaling_factor": float(codec.scaling_factor),
+                "shift_factor": float(codec.shift_factor)},
+        "counts": {"read": total, "written": writer.count, "skipped": skips.counts},
+    })
 
 
 def main(argv=None) -> int:
@@ -89,6 +160,7 @@ def main(argv=None) -> int:
     parser.add_argument("--num_shards", type=int, default=4)
     parser.add_argument("--limit", type=int, default=-1, help="write at most this many samples")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vae", default="", help="VAE stage workdir: write latents instead of encoded images")
     args, rest = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     data_cfg = config_lib.default_config()
@@ -102,7 +174,13 @@ def main(argv=None) -> int:
         return 2
     try:
         source = pipeline.open_source(args.source, args.path, data_cfg, split=args.split, seed=args.seed)
-        header = write_source(source, args.out, num_shards=args.num_shards, limit=args.limit)
+        if args.vae:
+            from seedjax.stages.vae import LatentCodec
+
+            codec = LatentCodec.from_workdir(args.vae)
+            header = write_latents(source, args.out, codec, data_cfg, num_shards=args.num_shards, limit=args.limit)
+        else:
+            header = write_source(source, args.out, num_shards=args.num_shards, limit=args.limit)
     except ValueError as e:
         print(f"prepare: {e}", file=sys.stderr)
         return 1

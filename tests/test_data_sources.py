@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 import data_pipelines as dp
-from data_pipelines import prepare, records
+from data_pipelines import defects, pipeline, prepare, records, scene_source, scenes
 from seedjax.models.tokenizer import detokenize
 
 
@@ -237,3 +237,39 @@ def test_record_codec_round_trips_and_rejects_garbage():
             records.decode_record(bad)
     with pytest.raises(ValueError, match="field 'names'"):
         records.encode_record({"names": np.array(["a", "b"])})
+
+
+class _PoolCodec:
+    """A stand-in VAE: f x f average pooling and a fixed channel mix (what prepare needs of a codec)."""
+
+    downsample_factor, latent_channels, scaling_factor, shift_factor = 4, 5, 1.0, 0.0
+    mix = np.random.default_rng(0).normal(size=(3, 5)).astype(np.float32)
+
+    def encode(self, images):
+        n, h, w, c = images.shape
+        pooled = images.reshape(n, h // 4, 4, w // 4, 4, c).mean(axis=(2, 4))
+        return (pooled @ self.mix).astype(np.float32)
+
+
+def test_prepare_latents_with_a_vae_reads_back_with_latent_masks(tmp_path):
+    cfg = dp.default_config()
+    cfg.source, cfg.image_size = "digit_scenes", 32
+    cfg.scenes.update(dict(num_samples=40, defect_fraction=0.5))
+    source = pipeline.open_source("digit_scenes", "", cfg, split="train", seed=0)
+    header = prepare.write_latents(source, str(tmp_path), _PoolCodec(), cfg, num_shards=2, batch_size=16)
+    assert header["num_records"] == 40 and header["shapes"]["latent"] == [-1, -1, 5]
+    read = _cfg("shards", tmp_path, defects=dict(enabled=True, max_area=1.0))
+    batch = next(dp.make_train_iterator(read, global_batch_size=40, seed=0, process_index=0, process_count=1))
+    assert batch["latent"].shape == (40, 8, 8, 5) and "image" not in batch
+    assert np.all(batch["target_size"] == [32, 32])
+    # Each latent is the codec's encoding of its scene (found by caption), and the loss mask on the
+    # 8x8 latent grid covers the scene's stamps.
+    captions = detokenize(batch["tokens"])
+    for i in range(40):
+        s = scenes.make_scene(i, scene_source.scene_config(cfg), 0)
+        j = next(k for k in range(40) if np.array_equal(batch["scene_box"][k], s["scene_box"]))
+        assert s["caption"].startswith(captions[j])  # (captions longer than max_text_len are cut)
+        expected = _PoolCodec().encode(s["image"][None].astype(np.float32) / 127.5 - 1.0)[0]
+        np.testing.assert_allclose(batch["latent"][j], expected, rtol=1e-5, atol=1e-5)
+        boxes = defects.valid_boxes(s["defect_box"], s["defect_kind"])
+        np.testing.assert_array_equal(batch["latent_loss_mask"][j], defects.box_mask(boxes, 8, 8))
