@@ -181,12 +181,39 @@ class TrainIterator:
         self._iterator.close()
 
 
+def _component_streams(name: str, source, data_cfg, layout, *, seed: int, process_index: int,
+                       process_count: int, read_options) -> tuple[dict, dict]:
+    """One component's streams (one per resolution bucket) and its sample count per bucket."""
+    members = _bucket_members(source, data_cfg)
+    if data_cfg.filter:
+        from data_pipelines.curation import filter_members
+
+        members = filter_members(source, members, data_cfg.filter)
+    _check_has_valid_sample(source, members, layout)
+    weights = None
+    if data_cfg.dual_axis.enabled:
+        from data_pipelines import dual_axis
+
+        weights = dual_axis.weights_for(source, data_cfg, seed=seed)
+    streams, counts = {}, {}
+    for bucket, idx in members.items():
+        bname = buckets_lib.bucket_name(bucket)
+        counts[bname] = len(idx)
+        stream_weights = None if weights is None or weights[idx].sum() <= 0 else weights[idx]
+        streams[f"{name}/{bname}"] = streams_lib.make_stream(
+            source, idx, stream_weights, bucket, layout, seed=seed, name=f"{name}/{bname}",
+            process_index=process_index, process_count=process_count, read_options=read_options)
+    return streams, counts
+
+
 def make_train_iterator(data_cfg, *, global_batch_size: int, seed: int, process_index: int,
                         process_count: int) -> TrainIterator:
     """Infinite iterator over this process's slice of the training batches (see module doc)."""
     if global_batch_size % process_count:
         raise ValueError(f"batch_size {global_batch_size} is not divisible by the {process_count} processes")
     comps = components(data_cfg)
+    if data_cfg.dual_axis.enabled and data_cfg.dual_axis.weights_file and len(comps) > 1:
+        raise ValueError("data.dual_axis.weights_file holds one source's weights; it cannot serve a mixture")
     sources = {name: open_source(kind, path, data_cfg, split="train", seed=seed) for name, (kind, path, _) in comps.items()}
     layout = layout_for(sources, data_cfg)
     read_options = grain.ReadOptions(num_threads=data_cfg.read_threads, prefetch_buffer_size=data_cfg.read_buffer)
@@ -196,29 +223,11 @@ def make_train_iterator(data_cfg, *, global_batch_size: int, seed: int, process_
     for name, source in sources.items():
         for key, n in _report_scan_skips(source).items():
             scan_counts[key] = scan_counts.get(key, 0) + n
-        members = _bucket_members(source, data_cfg)
-        if data_cfg.filter:
-            from data_pipelines.curation import filter_members
-
-            members = filter_members(source, members, data_cfg.filter)
-        _check_has_valid_sample(source, members, layout)
-        weights = None
-        if data_cfg.dual_axis.enabled:
-            from data_pipelines import dual_axis
-
-            if data_cfg.dual_axis.weights_file and len(sources) > 1:
-                raise ValueError("data.dual_axis.weights_file holds one source's weights; it cannot serve a mixture")
-            weights = dual_axis.weights_for(source, data_cfg, seed=seed)
-        counts[name] = {}
-        for bucket, idx in members.items():
-            bname = buckets_lib.bucket_name(bucket)
-            stream = f"{name}/{bname}"
-            counts[name][bname] = len(idx)
-            stream_sources[stream] = source.name
-            streams[stream] = streams_lib.make_stream(
-                source, idx, None if weights is None or weights[idx].sum() <= 0 else weights[idx], bucket, layout,
-                seed=seed, name=stream,
-                process_index=process_index, process_count=process_count, read_options=read_options)
+        comp_streams, counts[name] = _component_streams(
+            name, source, data_cfg, layout, seed=seed, process_index=process_index, process_count=process_count,
+            read_options=read_options)
+        streams.update(comp_streams)
+        stream_sources.update({stream: source.name for stream in comp_streams})
     if data_cfg.balance_resolutions:  # each bucket of a component as likely as the others
         counts = {name: {bucket: 1 for bucket in per} for name, per in counts.items()}
     plan = streams_lib.bucket_plan({n: w for n, (_, _, w) in comps.items()}, counts, stream_sources)
