@@ -188,6 +188,7 @@ def test_mask_table_lists_active_blocks_and_pads_with_last():
     np.testing.assert_array_equal(table[0, 1, 0], 0)
     np.testing.assert_array_equal(table[0, 2], [4, 0, 1, 2, 3])
     np.testing.assert_array_equal(np.asarray(mask_table(mask, 2))[0, 2], [2, 0, 1])  # truncated to the width
+    np.testing.assert_array_equal(np.asarray(mask_table(jnp.asarray(mask), 4)), table)  # traced-mask path
 
 
 def test_traced_mask_under_jit():

@@ -68,17 +68,19 @@ def max_active_blocks_of(mask, axis: int = -1) -> int:
     return max(1, int(np.asarray(mask, bool).sum(axis).max(initial=0)))
 
 
-def mask_table(block_mask: jax.Array, width: int) -> jax.Array:
+def mask_table(block_mask, width: int):
     """bool [..., R, C] -> int32 [..., R, 1 + width]: column 0 the number of active blocks in
     the row (capped at `width`), then their indices in increasing order, padded with the
-    row's last active index (so a TPU pipeline re-uses the block instead of copying)."""
-    mask = jnp.asarray(block_mask, dtype=bool)
-    counts = jnp.minimum(jnp.sum(mask, axis=-1, dtype=jnp.int32), width)
-    order = jnp.argsort(jnp.logical_not(mask).astype(jnp.int8), axis=-1, stable=True)[..., :width]
-    order = order.astype(jnp.int32)
-    last = jnp.take_along_axis(order, jnp.maximum(counts - 1, 0)[..., None], axis=-1)
-    idx = jnp.where(jnp.arange(width) < counts[..., None], order, last)
-    return jnp.concatenate([counts[..., None], idx], axis=-1)
+    row's last active index (so a TPU pipeline re-uses the block instead of copying).
+
+    A numpy mask gives a numpy table (built on the host, not constant-folded by XLA)."""
+    xp = np if isinstance(block_mask, np.ndarray) else jnp
+    mask = xp.asarray(block_mask, dtype=bool)
+    counts = xp.minimum(xp.sum(mask, axis=-1, dtype=np.int32), width)
+    order = xp.argsort(xp.logical_not(mask).astype(np.int8), axis=-1, stable=True)[..., :width].astype(np.int32)
+    last = xp.take_along_axis(order, xp.maximum(counts - 1, 0)[..., None], axis=-1)
+    idx = xp.where(xp.arange(width) < counts[..., None], order, last)
+    return xp.concatenate([counts[..., None], idx], axis=-1).astype(np.int32)
 
 
 # ----------------------------------------------------------------------------------------
@@ -318,6 +320,6 @@ def block_sparse_attention(
     if impl == "xla":
         out = _xla_attention(qh, kh, vh, key_valid, kv_table, cfg)
     else:
-        q_table = mask_table(jnp.swapaxes(block_mask, -1, -2), q_width)
+        q_table = mask_table(block_mask.swapaxes(-1, -2), q_width)
         out = _kernel_attention(qh, kh, vh, key_valid, kv_table, q_table, cfg)
     return jnp.swapaxes(out[:, :, :lq, :d], 1, 2)
