@@ -1,0 +1,179 @@
+"""The small CNN behind the evaluation models, its training loop and its on-disk cache.
+
+Both the digit classifier and the stamp detector are tiny convolutional networks trained on
+CPU in well under a minute and then cached as safetensors under `$SEEDJAX_CACHE` (default
+`~/.cache/seedjax`), keyed by a hash of everything that determines the weights (settings and a
+code version). A file lock makes concurrent processes (pytest-xdist workers, several stages)
+train once and share the result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from seedjax.models.layers import Linear
+
+_CONV_NAMES = ("conv_spatial", "conv_spatial", "conv_in", "conv_out")
+
+
+class SmallCNN(nnx.Module):
+    """A 3x3 conv at `first_stride`, then stride-2 3x3 convs (ReLU), a dense feature layer and a head.
+
+    Strided convolutions instead of max-pooling: on CPU the pooling backward pass
+    (select-and-scatter) costs more than the whole network. `features(x)` is the penultimate
+    (post-ReLU) layer: the embedding used for Frechet distance and diversity. Inputs are
+    [N, image_size, image_size, in_channels].
+    """
+
+    def __init__(self, in_channels: int, image_size: int, num_outputs: int, *, channels=(16, 32, 64, 64),
+                 feature_dim: int = 64, first_stride: int = 1, rngs: nnx.Rngs):
+        reduction = first_stride * 2 ** (len(channels) - 1)
+        if image_size % reduction:
+            raise ValueError(f"SmallCNN: image_size {image_size} must be a multiple of {reduction}")
+        init = nnx.with_partitioning(nnx.initializers.he_normal(), _CONV_NAMES)
+        bias_init = nnx.with_partitioning(nnx.initializers.zeros, ("conv_out",))
+        widths = (in_channels,) + tuple(channels)
+        self.convs = nnx.List([
+            nnx.Conv(widths[i], widths[i + 1], (3, 3), strides=first_stride if i == 0 else 2,
+                     kernel_init=init, bias_init=bias_init, rngs=rngs)
+            for i in range(len(channels))
+        ])
+        side = image_size // reduction
+        self.hidden = Linear(side * side * channels[-1], feature_dim, rngs=rngs, names=("conv_out", "embed"),
+                             kernel_init=nnx.initializers.he_normal())
+        self.head = Linear(feature_dim, num_outputs, rngs=rngs, names=("embed", "vocab"))
+
+    def features(self, x: jax.Array) -> jax.Array:
+        for conv in self.convs:
+            x = jax.nn.relu(conv(x))
+        return jax.nn.relu(self.hidden(x.reshape(x.shape[0], -1)))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.head(self.features(x))
+
+
+def fit(model: nnx.Module, data, make_batch: Callable, loss_fn: Callable, *, steps: int, lr: float, seed: int,
+        log_every: int = 0) -> None:
+    """Train `model` in place with AdamW and a warmup-cosine schedule.
+
+    make_batch(data, key) -> (inputs, targets) runs inside the jitted step (sampling and
+    augmentation on device); `data` is a pytree of arrays passed as an argument (closing over it
+    would embed it as a constant, which XLA then spends minutes constant-folding).
+    loss_fn(outputs, targets) -> scalar.
+    """
+    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, max(1, steps // 20), steps, end_value=lr * 0.02)
+    optimizer = nnx.Optimizer(model, optax.adamw(schedule, weight_decay=1e-4), wrt=nnx.Param)
+    graphdef, state = nnx.split((model, optimizer))
+
+    @functools.partial(jax.jit, donate_argnums=0)
+    def step(state, data, key):
+        model, optimizer = nnx.merge(graphdef, state)
+        inputs, targets = make_batch(data, key)
+        loss, grads = nnx.value_and_grad(lambda m: loss_fn(m(inputs), targets))(model)
+        optimizer.update(model, grads)
+        return nnx.state((model, optimizer)), loss
+
+    data = jax.tree.map(jnp.asarray, data)
+    key = jax.random.key(seed)
+    start = time.perf_counter()
+    for i in range(steps):
+        state, loss = step(state, data, jax.random.fold_in(key, i))
+        if log_every and (i + 1) % log_every == 0:
+            print(f"  step {i + 1}/{steps} loss {float(loss):.4f} ({time.perf_counter() - start:.1f}s)", flush=True)
+    trained, _ = nnx.merge(graphdef, state)
+    nnx.update(model, nnx.state(trained))
+
+
+def batched_apply(fn: Callable, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Apply a jitted fn to x in fixed-size chunks (the last one padded) so it compiles once per shape."""
+    n = len(x)
+    if n == 0:
+        raise ValueError("batched_apply: got an empty batch of images")
+    chunk = min(batch_size, n)
+    outs = []
+    for start in range(0, n, chunk):
+        part = x[start : start + chunk]
+        pad = chunk - len(part)
+        if pad:
+            part = np.concatenate([part, np.repeat(part[-1:], pad, axis=0)])
+        outs.append(np.asarray(fn(part))[: chunk - pad])
+    return np.concatenate(outs)
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SEEDJAX_CACHE", "~/.cache/seedjax")).expanduser()
+
+
+def settings_key(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _flat_params(model: nnx.Module) -> dict[str, np.ndarray]:
+    return {"/".join(map(str, path)): np.asarray(v[...]) for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
+def _load_params(model: nnx.Module, tensors: dict[str, np.ndarray], path: Path) -> None:
+    state = nnx.state(model, nnx.Param)
+    flat = nnx.to_flat_state(state)
+    expected = {"/".join(map(str, p)) for p, _ in flat}
+    if expected != set(tensors):
+        raise ValueError(f"{path}: tensors {sorted(set(tensors) ^ expected)} do not match the model; delete the file")
+    for p, v in flat:
+        name = "/".join(map(str, p))
+        if tensors[name].shape != v[...].shape:
+            raise ValueError(f"{path}: tensor {name} has shape {tensors[name].shape}, model wants {v[...].shape}")
+        v[...] = jnp.asarray(tensors[name])
+    nnx.update(model, state)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def load_or_train(name: str, settings: dict, model: nnx.Module, train: Callable[[nnx.Module], dict]) -> dict:
+    """Fill `model` with cached weights for `settings`, training (and caching) them first if needed.
+
+    `train(model)` trains in place and returns metadata (e.g. held-out accuracy) stored next to
+    the weights. Returns that metadata (str -> str).
+    """
+    from safetensors.numpy import load_file, safe_open, save_file
+
+    path = cache_dir() / name / f"{settings_key(settings)}.safetensors"
+    with _file_lock(path.with_suffix(".lock")):
+        if not path.exists():
+            metadata = {k: str(v) for k, v in train(model).items()}
+            metadata["settings"] = json.dumps(settings, sort_keys=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+            os.close(fd)
+            save_file(_flat_params(model), tmp, metadata=metadata)
+            os.replace(tmp, path)
+            return metadata
+    with safe_open(str(path), "np") as f:
+        metadata = dict(f.metadata() or {})
+    _load_params(model, load_file(str(path)), path)
+    return metadata
