@@ -16,6 +16,8 @@ def env_for(devices: int = 1, **extra) -> dict:
     env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONUNBUFFERED"] = "1"
+    # Subprocess runs of the same config compile the same programs: share them on disk.
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(ROOT, ".cache", "jax"))
     env.update({k: str(v) for k, v in extra.items()})
     return env
 

@@ -115,7 +115,7 @@ def flow_matching_loss(model: DiffusionModel, batch: dict, rng: jax.Array, confi
         return fm, {"fm_loss": fm, "repa_loss": jnp.zeros(())}
     v, feats = model(x_t, t, cond, grid, return_features=True, **extra)
     fm = flow.masked_mse(v, flow.velocity_target(x0, noise), weights)
-    rl = repa_head.loss(feats, batch, grid)
+    rl = repa_head.loss(feats, batch, grid, config)
     return fm + config.repa.weight * rl, {"fm_loss": fm, "repa_loss": rl}
 
 

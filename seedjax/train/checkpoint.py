@@ -137,4 +137,11 @@ def load_state_tree(path: str) -> dict:
         state_dir = os.path.join(path, "state")
     else:
         raise FileNotFoundError(f"config.init_from: {path} is neither a workdir with checkpoints/ nor a step directory")
-    return ocp.StandardCheckpointer().restore(state_dir)
+    return _int_keys(ocp.StandardCheckpointer().restore(state_dir))
+
+
+def _int_keys(tree):
+    """Orbax returns list indices as strings ('0'); NNX lists want ints. Attribute names are never digits."""
+    if isinstance(tree, dict):
+        return {int(k) if isinstance(k, str) and k.isdigit() else k: _int_keys(v) for k, v in tree.items()}
+    return tree
