@@ -88,6 +88,8 @@ class BatchPlan:
 
 
 class ScheduledBatches(grain.IterDataset):
+    """Local batches drawn from named streams by a seeded schedule (see the module doc)."""
+
     def __init__(self, streams: dict[str, grain.IterDataset], plan: BatchPlan, batch_size: int, seed: int,
                  process_index: int, process_count: int):
         super().__init__(list(streams.values()))
