@@ -12,7 +12,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from seedjax.models import video_vae as vv
 from seedjax.parallel import mesh as meshlib, sharding
 
-TINY = dict(base_channels=8, channel_mult=(1, 2, 2, 2, 2), norm_groups=4, layers_per_block=1, latent_channels=8)
+TINY = dict(base_channels=8, channel_mult=(1, 2, 2, 2), norm_groups=4, layers_per_block=1, latent_channels=8)
 
 
 def rngs(seed=0):
@@ -21,7 +21,7 @@ def rngs(seed=0):
 
 
 @functools.lru_cache(maxsize=None)
-def tiny_vae(name="t4s16c48"):
+def tiny_vae(name="t4s8c8"):
     return vv.VideoVAE(vv.video_vae_config(name, **TINY), rngs=rngs())
 
 
@@ -32,7 +32,7 @@ def jitted(vae, method):
     return lambda x: fn(state, x)
 
 
-def video(frames, size=32, batch=1, seed=0):
+def video(frames, size=16, batch=1, seed=0):
     return jax.random.uniform(jax.random.key(seed), (batch, frames, size, size, 3), minval=-1, maxval=1)
 
 
@@ -67,7 +67,7 @@ def test_decoder_causality():
     decode = jitted(vae, "decode")
     z = jax.random.normal(jax.random.key(1), (1, 3, 2, 2, 8))
     out = decode(z)
-    assert out.shape == (1, 9, 32, 32, 3)
+    assert out.shape == (1, 9, 16, 16, 3)
     changed = decode(z.at[:, 2].add(1.0))
     np.testing.assert_array_equal(changed[:, :5], out[:, :5])  # frames of latents 0 and 1
     assert float(jnp.abs(changed[:, 5:] - out[:, 5:]).max()) > 1e-3
@@ -98,12 +98,12 @@ def test_windowed_encode_and_decode_equal_full(window):
 
 def test_bad_input_names_the_shape():
     vae = tiny_vae()
-    with pytest.raises(ValueError, match=r"\(1, 9, 32, 32, 4\)"):
-        vae.encode(jnp.zeros((1, 9, 32, 32, 4)))
-    with pytest.raises(ValueError, match=r"\(1, 8, 32, 32, 3\).*temporal compression 4"):
-        vae.encode(jnp.zeros((1, 8, 32, 32, 3)))
-    with pytest.raises(ValueError, match=r"\(1, 5, 8, 32, 3\).*height 8.*factor 16"):
-        vae.encode(jnp.zeros((1, 5, 8, 32, 3)))
+    with pytest.raises(ValueError, match=r"\(1, 9, 16, 16, 4\)"):
+        vae.encode(jnp.zeros((1, 9, 16, 16, 4)))
+    with pytest.raises(ValueError, match=r"\(1, 8, 16, 16, 3\).*temporal compression 4"):
+        vae.encode(jnp.zeros((1, 8, 16, 16, 3)))
+    with pytest.raises(ValueError, match=r"\(1, 5, 4, 16, 3\).*height 4.*factor 8"):
+        vae.encode(jnp.zeros((1, 5, 4, 16, 3)))
     with pytest.raises(ValueError, match=r"latents .*8\].*\(1, 2, 2, 2, 4\)"):
         vae.decode(jnp.zeros((1, 2, 2, 2, 4)))
 
@@ -112,7 +112,7 @@ def test_sequence_sharded_forward_matches_one_device():
     if jax.device_count() < 8:
         pytest.skip("needs 8 (fake) devices; tests/conftest.py sets them")
     vae = tiny_vae()
-    x = video(5, size=64, batch=2, seed=4)
+    x = video(5, size=32, batch=2, seed=4)
     graphdef, state = nnx.split(vae)
     forward = lambda s, v: nnx.merge(graphdef, s)(v)
     reference = jax.jit(forward)(state, x)

@@ -201,18 +201,27 @@ def _to_numpy(x):
     return x.detach().cpu().numpy() if hasattr(x, "detach") else x
 
 
-def load_diffusers(directory: str, **config_overrides) -> ImageVAE:
-    """An ImageVAE from a local diffusers AutoencoderKL directory (config.json + safetensors)."""
-    from safetensors.numpy import load_file
-
+def _files(directory: str) -> tuple[str, str]:
     config_path, weights_path = os.path.join(directory, "config.json"), os.path.join(directory, WEIGHTS_FILE)
     for p in (config_path, weights_path):
         if not os.path.isfile(p):
             raise FileNotFoundError(f"not a diffusers AutoencoderKL directory: {p} is missing")
-    with open(config_path) as f:
+    return config_path, weights_path
+
+
+def read_weights(directory: str) -> dict[str, np.ndarray]:
+    """The state dict of a local diffusers AutoencoderKL directory, as numpy arrays."""
+    from safetensors.numpy import load_file
+
+    return load_file(_files(directory)[1])
+
+
+def load_diffusers(directory: str, **config_overrides) -> ImageVAE:
+    """An ImageVAE from a local diffusers AutoencoderKL directory (config.json + safetensors)."""
+    with open(_files(directory)[0]) as f:
         cfg = config_from_diffusers(json.load(f), **config_overrides)
     vae = nnx.eval_shape(lambda: ImageVAE(cfg, rngs=nnx.Rngs(0)))  # every weight comes from the file
-    import_state_dict(vae, load_file(weights_path))
+    import_state_dict(vae, read_weights(directory))
     return vae
 
 

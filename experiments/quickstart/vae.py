@@ -1,0 +1,66 @@
+"""Quickstart VAE: a small f4c4 KL autoencoder on the bundled digits (32x32 grayscale), on CPU.
+
+    python -m seedjax.main --config=experiments/quickstart/vae.py --workdir=runs/qs/vae
+    python -m seedjax.main --config=experiments/quickstart/vae.py:tiny --workdir=/tmp/vae_tiny
+
+Its latents (8x8x4 per digit) are what the latent-space quickstart MMDiT trains on:
+`LatentCodec.from_workdir(workdir)` in `seedjax.stages.vae`. The perceptual loss is off (a
+VGG16 on CPU would dominate the step time and no trained weights ship with the repo); the
+PatchGAN starts after `adversarial_start` steps.
+
+Variants: `quickstart` (default; a few CPU minutes) and `tiny` (seconds; CI).
+"""
+
+import ml_collections
+
+import data_pipelines
+from seedjax.config import base_config, parse_arg
+from seedjax.stages.vae import vae_config
+
+
+def get_config(arg=None):
+    arg = parse_arg(arg, variant="quickstart", steps=-1)
+    cfg = base_config(stage="vae")
+    cfg.data = data_pipelines.default_config()
+    cfg.data.source = "digits"
+    cfg.data.image_size = 32
+    cfg.vae = vae_config(
+        "image", "f4c4", in_channels=1, base_channels=32, channel_mult=(1, 2, 2), layers_per_block=1, norm_groups=8
+    )
+    cfg.vae.loss.perceptual_weight = 0.0
+    cfg.vae.loss.adversarial_start = 1500
+    cfg.vae.loss.adversarial_weight = 0.1
+    cfg.vae.discriminator.channels = 32
+    cfg.vae.discriminator.num_layers = 2
+    cfg.vae.discriminator.norm_groups = 8
+    cfg.vae.disc_optimizer.lr = 2e-4
+    cfg.optimizer.lr = 1e-3
+    cfg.optimizer.warmup_steps = 100
+    cfg.optimizer.end_lr_factor = 0.1
+    cfg.ema_decay = 0.995
+    cfg.eval = ml_collections.ConfigDict(dict(num_images=300))
+    cfg.batch_size = 32
+    cfg.total_steps = 2000
+    cfg.log_every = 100
+    cfg.checkpoint_every = 1000
+    cfg.sample_every = 1000
+    cfg.eval_every = 1000
+    cfg.num_samples = 16
+
+    if arg.variant == "tiny":
+        cfg.vae.model.base_channels = 16
+        cfg.vae.loss.adversarial_start = 10
+        cfg.batch_size = 8
+        cfg.total_steps = 20
+        cfg.log_every = 5
+        cfg.checkpoint_every = 10
+        cfg.sample_every = 20
+        cfg.eval_every = 20
+        cfg.num_samples = 4
+        cfg.eval.num_images = 32
+        cfg.optimizer.warmup_steps = 5
+    elif arg.variant != "quickstart":
+        raise ValueError(f"unknown variant {arg.variant!r} (quickstart | tiny)")
+    if arg.steps > 0:
+        cfg.total_steps = arg.steps
+    return cfg

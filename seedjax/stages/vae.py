@@ -1,0 +1,402 @@
+"""VAE training stage: L1 + KL + perceptual + hinge GAN with an adaptive weight, and EMA.
+
+    python -m seedjax.main --config=experiments/quickstart/vae.py --workdir=runs/qs/vae
+
+One step (the LDM / taming-transformers recipe, per pixel element):
+
+    loss_G = |x - x'| + w_p * P(x, x') + w_kl * KL / (pixels) + lambda * f * (-D(x'))
+    loss_D = f * (relu(1 - D(x)) + relu(1 + D(sg(x'))))
+
+where f = 0 before `loss.adversarial_start` steps and 1 after, and
+lambda = w_adv * ||dL_rec/dW|| / (||dL_G/dW|| + 1e-4) (clipped to [0, 1e4]) with W the
+decoder's output conv: the GAN term is scaled so its gradient on the last layer is as large
+as the reconstruction's. Both norms come from one forward pass: the VAE is differentiated
+once with `jax.vjp`, and the two losses only to the reconstruction (see `generator_grads`).
+
+The discriminator is a 2D PatchGAN for images and a hybrid 2D/3D one for videos
+(`config.vae.kind`). Batches carry `image` [B, H, W, C] or, for videos, `video`
+[B, T, H, W, C], in [-1, 1].
+
+Other stages use a trained VAE through `LatentCodec.from_workdir(workdir)` (latent caching
+in `data_pipelines.prepare --vae=WORKDIR`, decoding samples of latent-space models).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from seedjax.distill.losses import discriminator_loss, generator_loss
+from seedjax.models import discriminators, perceptual
+from seedjax.models.vae import ImageVAE, VAEConfig, image_vae_config, kl_divergence, sample_posterior
+from seedjax.models.video_vae import VideoVAE, VideoVAEConfig, video_vae_config
+from seedjax.train.state import EMA, make_optimizer, nonfinite_streak, optimizer_config, total_nonfinite
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- config
+
+
+def vae_config(kind: str = "image", preset: str = "f8c16", **model_overrides) -> ml_collections.ConfigDict:
+    """The `config.vae` group. `model` holds every field of VAEConfig / VideoVAEConfig."""
+    if kind == "image":
+        model = image_vae_config(preset, **model_overrides)
+    elif kind == "video":
+        model = video_vae_config(preset, **model_overrides)
+    else:
+        raise ValueError(f"config.vae.kind must be 'image' or 'video', got {kind!r}")
+    return ml_collections.ConfigDict(
+        dict(
+            kind=kind,
+            model=dataclasses.asdict(model),
+            diffusers_weights="",  # image kind: start from a local diffusers AutoencoderKL directory
+            loss=dict(
+                l1_weight=1.0,
+                kl_weight=1e-6,
+                perceptual_weight=1.0,
+                adversarial_weight=0.5,  # w_adv in the adaptive weight
+                adversarial_start=50_000,  # GAN terms (both sides) are off before this step
+                adaptive_weight=True,  # False: lambda = w_adv
+                gan_loss="hinge",  # hinge | logistic
+                sample_posterior=True,  # decode a posterior sample (False: the mean)
+            ),
+            perceptual=perceptual.perceptual_config(),
+            discriminator=discriminators.discriminator_config(),
+            disc_optimizer=optimizer_config(name="adam", lr=1e-4, b1=0.5, b2=0.9, schedule="constant"),
+        )
+    )
+
+
+def model_config(vae_cfg) -> VAEConfig | VideoVAEConfig:
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(vae_cfg.model).items()}
+    cls = VAEConfig if vae_cfg.kind == "image" else VideoVAEConfig
+    unknown = set(fields) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"config.vae.model: unknown fields {sorted(unknown)} for a {vae_cfg.kind} VAE")
+    return cls(**fields)
+
+
+def build_vae(vae_cfg, rngs: nnx.Rngs) -> ImageVAE | VideoVAE:
+    cfg = model_config(vae_cfg)
+    return ImageVAE(cfg, rngs=rngs) if vae_cfg.kind == "image" else VideoVAE(cfg, rngs=rngs)
+
+
+def data_key(vae_cfg) -> str:
+    return "image" if vae_cfg.kind == "image" else "video"
+
+
+# --------------------------------------------------------------------------- state
+
+
+class VAEState(nnx.Module):
+    def __init__(self, config, rngs: nnx.Rngs):
+        v = config.vae
+        if config.optimizer.grad_accum_steps != 1:
+            raise ValueError("config.optimizer.grad_accum_steps: the VAE stage does not accumulate gradients; use 1")
+        self.vae = build_vae(v, rngs)
+        if v.diffusers_weights:
+            from seedjax.interop import autoencoder_kl
+
+            if v.kind != "image":
+                raise ValueError("config.vae.diffusers_weights: only an image VAE can start from AutoencoderKL")
+            autoencoder_kl.import_state_dict(self.vae, autoencoder_kl.read_weights(v.diffusers_weights))
+        channels = self.vae.config.in_channels
+        self.discriminator = discriminators.make_discriminator(v.kind, channels, v.discriminator, rngs=rngs)
+        self.perceptual = perceptual.make_perceptual(v.perceptual) if v.loss.perceptual_weight > 0 else None
+        self.optimizer = make_optimizer(self.vae, config.optimizer, config.total_steps)
+        self.disc_optimizer = make_optimizer(self.discriminator, v.disc_optimizer, config.total_steps)
+        self.ema = EMA(self.vae, config.ema_decay) if config.ema_decay > 0 else None
+
+
+def init(config, rngs: nnx.Rngs) -> VAEState:
+    return VAEState(config, rngs)
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def _as_frames(x: jax.Array) -> jax.Array:
+    return x.reshape(-1, *x.shape[-3:]) if x.ndim == 5 else x
+
+
+def reconstruction_loss(state: VAEState, x, recon, loss_cfg):
+    """(w_l1 * mean |x - x'| + w_p * mean P(x, x'), (l1, perceptual)) — the per-element L1
+    plus the per-image perceptual distance (frames of a video count as images)."""
+    l1 = jnp.mean(jnp.abs(x - recon))
+    p = jnp.zeros(())
+    if state.perceptual is not None:
+        p = jnp.mean(state.perceptual(_as_frames(x), _as_frames(recon)))
+    return loss_cfg.l1_weight * l1 + loss_cfg.perceptual_weight * p, (l1, p)
+
+
+def kl_loss(mean, logvar, pixels_per_example: int):
+    """KL summed over latent elements, per pixel element, averaged over the batch."""
+    return jnp.mean(kl_divergence(mean, logvar)) / pixels_per_example
+
+
+def gan_generator_loss(disc, recon, kind: str):
+    return sum(generator_loss(logits, kind) for logits in disc(recon))
+
+
+def gan_discriminator_loss(disc, real, fake, kind: str):
+    real_logits, fake_logits = disc(real), disc(fake)
+    loss = sum(discriminator_loss(r, f, kind) for r, f in zip(real_logits, fake_logits))
+    return loss, (jnp.mean(real_logits[0]), jnp.mean(fake_logits[0]))
+
+
+def _kernel_norm(grads: nnx.State) -> jax.Array:
+    leaves = [v for path, v in nnx.to_flat_state(grads) if path[-1] == "kernel"]
+    return jnp.sqrt(sum(jnp.sum(jnp.square(v[...] if isinstance(v, nnx.Variable) else v)) for v in leaves))
+
+
+def generator_grads(state: VAEState, x: jax.Array, rng: jax.Array, adversarial_on: jax.Array, loss_cfg):
+    """Gradients of loss_G for the VAE's parameters, and the loss terms.
+
+    The VAE runs once under `jax.vjp`. The loss terms are differentiated only as far as the
+    VAE's outputs (reconstruction, mean, logvar); the adaptive weight needs the gradient of
+    two of them on the last conv, which is a small vjp through that conv alone. The summed
+    output cotangent is then pulled back through the VAE once.
+    """
+    vae = state.vae
+    graphdef, params, rest = nnx.split(vae, nnx.Param, ...)
+
+    def forward(params):
+        model = nnx.merge(graphdef, params, rest)
+        mean, logvar = model.encode(x)
+        z = sample_posterior(mean, logvar, rng) if loss_cfg.sample_posterior else mean
+        recon, last_input = model.decode(z, return_last_input=True)
+        return recon.astype(jnp.float32), mean, logvar, last_input
+
+    (recon, mean, logvar, last_input), pullback = jax.vjp(forward, params)
+
+    (rec, (l1, p)), d_recon_rec = jax.value_and_grad(
+        lambda r: reconstruction_loss(state, x, r, loss_cfg), has_aux=True)(recon)
+    kl, (d_mean, d_logvar) = jax.value_and_grad(
+        lambda m, lv: kl_loss(m, lv, int(np.prod(x.shape[1:]))), argnums=(0, 1))(mean, logvar)
+    d_mean, d_logvar = loss_cfg.kl_weight * d_mean, loss_cfg.kl_weight * d_logvar
+    g_loss, d_recon_adv = jax.value_and_grad(
+        lambda r: gan_generator_loss(state.discriminator, r, loss_cfg.gan_loss))(recon)
+
+    if loss_cfg.adaptive_weight:
+        last = vae.decoder.conv_out
+        conv_graph, conv_params = nnx.split(last, nnx.Param)
+        _, conv_pullback = jax.vjp(lambda p: nnx.merge(conv_graph, p)(last_input).astype(jnp.float32), conv_params)
+        rec_norm = _kernel_norm(conv_pullback(d_recon_rec)[0])
+        adv_norm = _kernel_norm(conv_pullback(d_recon_adv)[0])
+        weight = jnp.clip(rec_norm / (adv_norm + 1e-4), 0.0, 1e4) * loss_cfg.adversarial_weight
+    else:
+        weight = jnp.asarray(loss_cfg.adversarial_weight, jnp.float32)
+    weight = jax.lax.stop_gradient(weight) * adversarial_on
+
+    cotangent = (d_recon_rec + weight * d_recon_adv, d_mean, d_logvar, jnp.zeros_like(last_input))
+    (grads,) = pullback(cotangent)
+    terms = dict(l1=l1, perceptual=p, kl=kl, g_loss=g_loss, adv_weight=weight)
+    return grads, rec + loss_cfg.kl_weight * kl + weight * g_loss, recon, terms
+
+
+def train_step(state: VAEState, batch: dict, rng: jax.Array, config) -> dict:
+    v = config.vae
+    key = data_key(v)
+    if key not in batch:
+        raise KeyError(f"VAE stage ({v.kind}) needs batch[{key!r}]; the batch has {sorted(batch)}")
+    x = batch[key].astype(jnp.float32)
+    adversarial_on = (state.optimizer.step[...] >= v.loss.adversarial_start).astype(jnp.float32)
+
+    grads, loss, recon, terms = generator_grads(state, x, rng, adversarial_on, v.loss)
+    state.optimizer.update(state.vae, grads)
+    if state.ema is not None:
+        state.ema.update(state.vae)
+
+    def d_loss_fn(disc):
+        loss, logits = gan_discriminator_loss(disc, x, jax.lax.stop_gradient(recon), v.loss.gan_loss)
+        return adversarial_on * loss, logits
+
+    (d_loss, (real_logit, fake_logit)), d_grads = nnx.value_and_grad(d_loss_fn, has_aux=True)(state.discriminator)
+    # Before adversarial_start the discriminator's gradients are zero; its (Adam) update is then zero too.
+    state.disc_optimizer.update(state.discriminator, d_grads)
+
+    return {
+        "loss": loss,
+        **terms,
+        "d_loss": d_loss,
+        "logits_real": real_logit,
+        "logits_fake": fake_logit,
+        "psnr": psnr(x, recon),
+        "grad_norm": optax.global_norm(grads),
+        "nonfinite_streak": nonfinite_streak(state.optimizer),
+        "nonfinite_total": total_nonfinite(state.optimizer),
+    }
+
+
+def psnr(x: jax.Array, y: jax.Array) -> jax.Array:
+    """Mean PSNR (dB) over examples of images in [-1, 1] (peak-to-peak 2)."""
+    mse = jnp.mean(jnp.square(jnp.clip(x, -1, 1) - jnp.clip(y, -1, 1)), axis=tuple(range(1, x.ndim)))
+    return jnp.mean(10.0 * jnp.log10(4.0 / jnp.maximum(mse, 1e-10)))
+
+
+# --------------------------------------------------------------------------- sampling / eval
+
+
+def eval_vae(state: VAEState, config) -> ImageVAE | VideoVAE:
+    """The VAE to evaluate: a copy holding the EMA parameters when there are any."""
+    if state.ema is None:
+        return state.vae
+    model = nnx.clone(state.vae)
+    state.ema.copy_into(model)
+    return model
+
+
+def sample(state: VAEState, config, rng: jax.Array, batch: dict) -> jax.Array:
+    """Originals and reconstructions (posterior means, EMA weights) side by side: [2N, H, W, C]."""
+    vae = eval_vae(state, config)
+    x = batch[data_key(config.vae)]
+    recon = vae.decode(vae.encode(x)[0])
+    x, recon = _as_frames(x), _as_frames(recon)
+    return jnp.clip(jnp.concatenate([x, recon]), -1.0, 1.0)
+
+
+def evaluate(state: VAEState, config, rng: jax.Array) -> dict:
+    """PSNR / SSIM on held-out images (the data config's eval split) and the latent std."""
+    import data_pipelines
+    from skimage.metrics import structural_similarity
+
+    if config.vae.kind != "image":
+        return {}
+    batch = data_pipelines.make_eval_batch(config.data, num=config.eval.num_images, seed=config.seed)
+    codec = LatentCodec(eval_vae(state, config))
+    images = np.asarray(batch["image"], np.float32)
+    latents = codec.encode_raw(images)
+    recon = np.clip(codec.decode_raw(latents), -1, 1)
+    ssim = np.mean([structural_similarity(a, b, data_range=2.0, channel_axis=-1) for a, b in zip(images, recon)])
+    mse = np.mean(np.square(images - recon), axis=(1, 2, 3))
+    return {"psnr": float(np.mean(10 * np.log10(4.0 / np.maximum(mse, 1e-10)))), "ssim": float(ssim),
+            "latent_std": float(np.std(latents))}
+
+
+def flops_per_example(config) -> float:
+    """Training FLOPs per example: 3x the forward FLOPs (XLA's count) of the VAE, the
+    perceptual net on the (input, reconstruction) pair and the discriminator on both."""
+    v = config.vae
+    cfg = model_config(v)
+    size = config.data.image_size
+    shape = (1, size, size, cfg.in_channels) if v.kind == "image" else (1, 1 + cfg.temporal_factor * 2, size, size, cfg.in_channels)
+    abstract = nnx.eval_shape(lambda: init(config, nnx.Rngs(0)))
+    graphdef, st = nnx.split(abstract)
+
+    def forward(st, x):
+        s = nnx.merge(graphdef, st)
+        recon, _, _ = s.vae(x)
+        out = sum(jnp.sum(l) for l in s.discriminator(jnp.concatenate([x, recon])))
+        if s.perceptual is not None:
+            out = out + jnp.sum(s.perceptual(_as_frames(x), _as_frames(recon)))
+        return out
+
+    try:
+        cost = jax.jit(forward).lower(st, jax.ShapeDtypeStruct(shape, jnp.float32)).cost_analysis()
+        return 3.0 * float(cost.get("flops", 0.0))
+    except Exception:  # cost analysis is best-effort on some backends
+        return 0.0
+
+
+def load_pretrained(state: VAEState, source: dict, config) -> None:
+    """`config.init_from` another VAE run: its EMA weights if it kept them, else its VAE."""
+    params = source.get("ema", {}).get("params") if source.get("ema") else None
+    params = params if params is not None else source.get("vae")
+    if params is None:
+        raise ValueError(f"config.init_from={config.init_from}: no 'vae' parameters in that checkpoint ({sorted(source)})")
+    nnx.update(state.vae, params)
+    if state.ema is not None:
+        nnx.update(state.ema.params, params)
+
+
+# --------------------------------------------------------------------------- using a trained VAE
+
+
+class LatentCodec:
+    """A trained VAE for other stages: images <-> latents as the diffusion model sees them.
+
+    `encode` returns (mean - shift) * scale, `decode` inverts it. The scale comes from the
+    VAE config when set (`scaling_factor` != 1.0 or a diffusers import); otherwise
+    `from_workdir` estimates it as 1 / std of the latents of held-out images, as LDM does.
+    """
+
+    def __init__(self, vae: ImageVAE, scaling_factor: float | None = None, shift_factor: float | None = None,
+                 batch_size: int = 64):
+        self.vae = vae
+        self.scaling_factor = vae.config.scaling_factor if scaling_factor is None else scaling_factor
+        self.shift_factor = vae.config.shift_factor if shift_factor is None else shift_factor
+        self.batch_size = batch_size
+        graphdef, params = nnx.split(vae)
+        self._encode = jax.jit(lambda p, x: nnx.merge(graphdef, p).encode(x)[0])
+        self._decode = jax.jit(lambda p, z: nnx.merge(graphdef, p).decode(z))
+        self._params = params
+
+    @property
+    def downsample_factor(self) -> int:
+        return self.vae.config.downsample_factor
+
+    @property
+    def latent_channels(self) -> int:
+        return self.vae.config.latent_channels
+
+    def _batched(self, fn, x: np.ndarray) -> np.ndarray:
+        out = [np.asarray(fn(self._params, jnp.asarray(x[i: i + self.batch_size], jnp.float32)))
+               for i in range(0, len(x), self.batch_size)]
+        return np.concatenate(out)
+
+    def encode_raw(self, images: np.ndarray) -> np.ndarray:
+        return self._batched(self._encode, images)
+
+    def decode_raw(self, latents: np.ndarray) -> np.ndarray:
+        return self._batched(self._decode, latents)
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        """[N, H, W, C] images in [-1, 1] -> [N, H/f, W/f, c] normalised latents (float32)."""
+        return ((self.encode_raw(images) - self.shift_factor) * self.scaling_factor).astype(np.float32)
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        return self.decode_raw(np.asarray(latents) / self.scaling_factor + self.shift_factor)
+
+    def decode_jax(self, latents: jax.Array) -> jax.Array:
+        """Traceable decode of normalised latents (inside another stage's jitted sampler)."""
+        return self.vae.decode(latents / self.scaling_factor + self.shift_factor)
+
+    @classmethod
+    def from_workdir(cls, workdir: str, use_ema: bool = True, calibration_images: int = 256) -> "LatentCodec":
+        """The image VAE trained in `workdir` (latest checkpoint; EMA weights when kept)."""
+        from seedjax import config as config_lib
+        from seedjax.train import checkpoint as ckpt_lib
+
+        config_path = os.path.join(workdir, "config.json")
+        if not os.path.isfile(config_path):
+            raise FileNotFoundError(f"VAE workdir {workdir!r} has no config.json (is it a VAE stage workdir?)")
+        config = config_lib.config_from_json(config_path)
+        if config.get("stage") != "vae" or config.vae.kind != "image":
+            raise ValueError(f"{workdir} is a {config.get('stage')!r} run, not an image VAE stage run")
+        tree = ckpt_lib.load_state_tree(workdir)
+        vae = nnx.eval_shape(lambda: build_vae(config.vae, nnx.Rngs(0)))
+        params = tree["ema"]["params"] if use_ema and tree.get("ema") else tree["vae"]
+        nnx.update(vae, jax.tree.map(jnp.asarray, params))
+        codec = cls(vae)
+        if codec.scaling_factor == 1.0 and codec.shift_factor == 0.0:
+            codec.scaling_factor = _estimate_scale(codec, config, calibration_images)
+            log.info("VAE %s: latent scaling factor %.4f (1 / std over %d held-out images)", workdir,
+                     codec.scaling_factor, calibration_images)
+        return codec
+
+
+def _estimate_scale(codec: LatentCodec, config, num: int) -> float:
+    import data_pipelines
+
+    batch = data_pipelines.make_eval_batch(config.data, num=num, seed=int(config.seed))
+    return float(1.0 / max(np.std(codec.encode_raw(np.asarray(batch["image"], np.float32))), 1e-6))
+
