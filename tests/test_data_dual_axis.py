@@ -129,3 +129,39 @@ def test_report_prints_clusters_and_writes_png_and_weights(folder, tmp_path, cap
         dp.make_train_iterator(_cfg(root, weights_file=str(tmp_path / "short.npy")), global_batch_size=20, seed=3,
                                process_index=0, process_count=1)
     assert report.main(["--source=folder", f"--path={root}", "--data.nope=1"]) == 2
+
+
+def test_classifier_features_cluster_digits_by_class():
+    cfg = dp.default_config()
+    cfg.dual_axis.update(dict(visual_features="classifier", coarse_clusters=10, fine_clusters=1, text_clusters=10))
+    source = pipeline.open_source("digits", "", cfg, split="test", seed=0)
+    a = dual_axis.analyse(source, cfg, seed=0)
+    assert adjusted_rand_score(source.labels, a.coarse) > 0.6  # the classifier's features know digits
+    pixels = dual_axis.analyse(source, dict_update(cfg, visual_features="pixels"), seed=0)
+    assert adjusted_rand_score(source.labels, a.coarse) > adjusted_rand_score(source.labels, pixels.coarse)
+
+
+def dict_update(cfg, **dual):
+    out = cfg.copy_and_resolve_references()
+    out.dual_axis.update(dual)
+    return out
+
+
+def test_latent_features_from_latent_shards(tmp_path):
+    from data_pipelines import records
+
+    rng = np.random.default_rng(0)
+    writer = records.ShardWriter(str(tmp_path), 1)
+    for i in range(60):
+        center = (i % 3) * 5.0  # three well separated latent clusters
+        writer.write({"latent": (center + rng.normal(size=(8, 8, 4))).astype(np.float32), "target_size": [64, 64],
+                      "caption": f"sample {i}"}, (8, 8))
+    writer.close({"kind": "latents", "source": "test", "channels": 3, "shapes": {"latent": [-1, -1, 4]}})
+    cfg = dp.default_config()
+    cfg.source, cfg.path = "shards", str(tmp_path)
+    cfg.dual_axis.update(dict(visual_features="latents", coarse_clusters=3, fine_clusters=1, text_clusters=2))
+    source = pipeline.open_source("shards", str(tmp_path), cfg, split="train", seed=0)
+    a = dual_axis.analyse(source, cfg, seed=0)
+    assert adjusted_rand_score(np.arange(60) % 3, a.coarse) == 1.0
+    with pytest.raises(ValueError, match="needs a latent shard source"):
+        dual_axis.analyse(pipeline.open_source("digits", "", cfg, split="test", seed=0), cfg, seed=0)
