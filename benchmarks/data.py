@@ -119,7 +119,9 @@ def main(argv=None) -> int:
                 print(f"{source:14s} workers={workers}  {rate:9.0f} samples/s  {rate / consumption:6.1f}x quickstart",
                       flush=True)
 
-    machine = f"{platform.machine()} {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}"
+    load = os.getloadavg()[0]  # the machine may be shared: the ratio is side by side, absolute rates are not
+    machine = (f"{platform.machine()} {os.cpu_count()} cores (load average {load:.1f}), "
+               f"{platform.python_implementation()} {platform.python_version()}")
     lines = [
         "", "## Data pipeline throughput (benchmarks/data.py)", "",
         f"`python -m benchmarks.data --batches={args.batches}` on {machine}; batch {BATCH}, 32x32, "
