@@ -21,7 +21,8 @@ def diffusion_model_config(stage: str = "pretrain", model_preset: str = "tiny", 
     cfg.input = input_config()
     cfg.sampling = sampling_config()
     # REPA (Seedream 3.0 uses weight 0.5); needs model.repa_layer >= 0.
-    cfg.repa = ml_collections.ConfigDict(dict(weight=0.0, encoder="classifier", encoder_seed=1, projector_dim=256))
+    cfg.repa = ml_collections.ConfigDict(dict(weight=0.0, encoder="classifier", encoder_seed=1,
+                                                encoder_steps=600, projector_dim=256))
     cfg.ema_decay = 0.999
     cfg.init_from_ema = False
     cfg.eval = ml_collections.ConfigDict(dict(num_prompts=200, batch_size=100))

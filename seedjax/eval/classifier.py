@@ -77,6 +77,7 @@ class DigitClassifier:
     def __init__(self, model: cnn.SmallCNN, image_size: int, metadata: dict):
         self.image_size = image_size
         self.metadata = metadata
+        self.model = model  # the trained network itself (REPA uses its conv trunk as a frozen encoder)
         graphdef, state = nnx.split(model)
 
         def apply(state, images, method):

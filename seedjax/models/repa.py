@@ -22,13 +22,26 @@ def _encoder(config):
 
     if config.repa.encoder != "classifier":
         raise ValueError(f"config.repa.encoder: unknown encoder {config.repa.encoder!r} (classifier)")
-    return get_classifier(config.data.image_size, seed=config.repa.encoder_seed)
+    return get_classifier(config.data.image_size, seed=config.repa.encoder_seed, steps=config.repa.encoder_steps)
+
+
+def trunk_depth(config) -> int:
+    """How many of the encoder's convolutions run before its map is no larger than the token grid."""
+    from seedjax.eval.classifier import ClassifierSettings
+
+    settings = ClassifierSettings()
+    size, grid = config.data.image_size, config.data.image_size // config.input.patch_size
+    for depth in range(len(settings.channels)):
+        if size <= grid:
+            return max(depth, 1)
+        size //= settings.first_stride if depth == 0 else 2
+    return len(settings.channels)
 
 
 def encoder_channels(config) -> int:
     from seedjax.eval.classifier import ClassifierSettings
 
-    return ClassifierSettings().channels[-1]
+    return ClassifierSettings().channels[trunk_depth(config) - 1]
 
 
 def frozen_features(config, images: jax.Array, grid: tuple[int, int]) -> jax.Array:
@@ -36,11 +49,8 @@ def frozen_features(config, images: jax.Array, grid: tuple[int, int]) -> jax.Arr
     from seedjax.eval.classifier import to_intensity
 
     clf = _encoder(config)
-    model = nnx.merge(clf.graphdef, clf.params)
     x = to_intensity(images, clf.image_size)
-    for conv in model.convs:
-        if x.shape[1] <= grid[0]:
-            break
+    for conv in clf.model.convs[: trunk_depth(config)]:
         x = jax.nn.relu(conv(x))
     b, h, w, c = x.shape
     if h % grid[0] or w % grid[1]:

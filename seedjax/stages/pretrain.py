@@ -55,7 +55,7 @@ class DiffusionModel(nnx.Module):
 class PretrainState(nnx.Module):
     def __init__(self, config, rngs: nnx.Rngs):
         self.model = DiffusionModel(config, rngs)
-        self.repa = None
+        self.repa = nnx.data(None)
         if config.repa.weight > 0:
             from seedjax.models.repa import RepaHead
 
@@ -142,7 +142,7 @@ def train_step(state: PretrainState, batch: dict, rng: jax.Array, config) -> dic
     state.optimizer.update(trainable, grads)
     if state.ema is not None:
         state.ema.update(state.model)
-    return {"loss": loss, **aux, "grad_norm": optax.global_norm(grads),
+    return {"loss": loss, **aux, "grad_norm": optax.tree.norm(grads),
             "nonfinite_streak": nonfinite_streak(state.optimizer),
             "nonfinite_total": total_nonfinite(state.optimizer)}
 
