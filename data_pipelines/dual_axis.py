@@ -43,21 +43,33 @@ class Analysis:
 LABEL_KEYS = ("label", "scene_digit", "scene_color")
 
 
+def _pooled_latent(latent: np.ndarray) -> np.ndarray:
+    """A latent [h, w, c] average-pooled to a 4x4 grid, flattened (the 'latents' visual feature)."""
+    rows = np.array_split(np.asarray(latent, np.float32), 4, axis=0)
+    return np.stack([[cell.mean(axis=(0, 1)) for cell in np.array_split(row, 4, axis=1)] for row in rows]).reshape(-1)
+
+
 def _load_all(source, image_size: int, channels: int):
-    """valid [N], images [N, S, S, C] in [-1, 1] (zeros for latents and invalid samples), captions, labels."""
+    """Every sample once: valid [N], visual inputs (images [N, S, S, C] in [-1, 1], or pooled latents
+    [N, 16 c] for latent sources; zeros where invalid), captions, labels."""
     n = len(source)
-    images = np.zeros((n, image_size, image_size, channels), np.float32)
+    inputs = None
     valid = np.zeros(n, bool)
     captions = [""] * n
     labels: dict[str, list] = {}
     for i in range(n):
         try:
             raw = source.load(i, 0)
+            visual = (_pooled_latent(raw["latent"]) if source.latent else
+                      samples_lib.fit_image_array(raw["image"], (image_size, image_size), channels)[0])
         except samples_lib.BadSample:
             continue
+        if inputs is None:
+            inputs = np.zeros((n, *visual.shape), np.float32)
+        if visual.shape != inputs.shape[1:]:  # a latent of another shape: the pipeline skips it too
+            continue
+        inputs[i] = visual
         captions[i] = raw.get("caption", "")
-        if not source.latent:
-            images[i], _ = samples_lib.fit_image_array(raw["image"], (image_size, image_size), channels)
         for key in LABEL_KEYS:
             if key in raw:
                 labels.setdefault(key, [None] * n)[i] = np.asarray(raw[key])
@@ -66,44 +78,25 @@ def _load_all(source, image_size: int, channels: int):
     for key, values in labels.items():
         fill = np.full_like(next(v for v in values if v is not None), -1)
         stacked[key] = np.stack([fill if v is None else v for v in values])
-    return valid, images, captions, stacked
+    return valid, inputs, captions, stacked
 
 
-def _latent_features(source, valid: np.ndarray) -> np.ndarray:
-    """Latents average-pooled to a 4x4 grid, flattened."""
-    feats = []
-    for i in range(len(source)):
-        if not valid[i]:
-            feats.append(None)
-            continue
-        try:
-            latent = np.asarray(source.load(i, 0)["latent"], np.float32)
-        except samples_lib.BadSample:
-            valid[i] = False
-            feats.append(None)
-            continue
-        h, w, c = latent.shape
-        grid = latent[: h - h % 4, : w - w % 4].reshape(4, (h - h % 4) // 4, 4, (w - w % 4) // 4, c).mean((1, 3))
-        feats.append(grid.reshape(-1))
-    dim = next(len(f) for f in feats if f is not None)
-    return np.stack([f if f is not None and len(f) == dim else np.zeros(dim, np.float32) for f in feats])
-
-
-def visual_features(kind: str, images: np.ndarray, source, valid: np.ndarray, seed: int) -> np.ndarray:
-    """[N, D] features for the visual axis (see module doc)."""
-    if kind == "pixels":
-        flat = images.reshape(len(images), -1)
-        projection = np.random.default_rng(seed).normal(size=(flat.shape[1], PROJECTION_DIM)) / np.sqrt(flat.shape[1])
-        return flat @ projection
+def visual_features(kind: str, inputs: np.ndarray, latent_source: bool, seed: int) -> np.ndarray:
+    """[N, D] features for the visual axis (see module doc) from `_load_all`'s visual inputs."""
+    if kind not in ("pixels", "classifier", "latents"):
+        raise ValueError(f"data.dual_axis.visual_features: {kind!r} is not pixels, classifier or latents")
+    if (kind == "latents") != latent_source:
+        raise ValueError(f"data.dual_axis.visual_features={kind!r}: 'latents' needs a latent shard source and "
+                         "latent shards need 'latents'")
     if kind == "classifier":
         from seedjax.eval.classifier import get_classifier
 
-        return get_classifier(32).features(images)
+        return get_classifier(32).features(inputs)
     if kind == "latents":
-        if not source.latent:
-            raise ValueError(f"data.dual_axis.visual_features='latents' needs a latent shard source, not {source.name}")
-        return _latent_features(source, valid)
-    raise ValueError(f"data.dual_axis.visual_features: {kind!r} is not pixels, classifier or latents")
+        return inputs
+    flat = inputs.reshape(len(inputs), -1)
+    projection = np.random.default_rng(seed).normal(size=(flat.shape[1], PROJECTION_DIM)) / np.sqrt(flat.shape[1])
+    return flat @ projection
 
 
 def _kmeans(x, k: int, seed: int) -> np.ndarray:
@@ -146,10 +139,10 @@ def analyse(source, data_cfg, seed: int) -> Analysis:
     cfg = data_cfg.dual_axis
     channels = data_cfg.channels if data_cfg.channels != -1 else source.channels
     size = 32 if cfg.visual_features == "classifier" else FEATURE_SIZE
-    valid, images, captions, labels = _load_all(source, size, channels)
+    valid, inputs, captions, labels = _load_all(source, size, channels)
     if not valid.any():
         raise ValueError(f"{source.name}: no valid sample to cluster")
-    feats = visual_features(cfg.visual_features, images, source, valid, seed)
+    feats = visual_features(cfg.visual_features, inputs, source.latent, seed)
     idx = np.flatnonzero(valid)
     with threadpool_limits(1):
         coarse_v, fine_v = two_level_kmeans(feats[idx], cfg.coarse_clusters, cfg.fine_clusters, seed)

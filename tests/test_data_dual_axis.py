@@ -163,5 +163,5 @@ def test_latent_features_from_latent_shards(tmp_path):
     source = pipeline.open_source("shards", str(tmp_path), cfg, split="train", seed=0)
     a = dual_axis.analyse(source, cfg, seed=0)
     assert adjusted_rand_score(np.arange(60) % 3, a.coarse) == 1.0
-    with pytest.raises(ValueError, match="needs a latent shard source"):
+    with pytest.raises(ValueError, match="'latents' needs a latent shard source"):
         dual_axis.analyse(pipeline.open_source("digits", "", cfg, split="test", seed=0), cfg, seed=0)
