@@ -129,3 +129,14 @@ def test_sequence_sharded_forward_matches_one_device():
     assert out[0].sharding.spec == P(None, None, "sequence")
     for a, b in zip(out, reference):
         assert max_rel(a, b) < 1e-4
+
+
+def test_moving_digit_clips():
+    from data_pipelines.moving_digits import moving_digit_clips
+
+    clips = moving_digit_clips("test", num=3, frames=5, size=32, seed=7)
+    assert clips.shape == (3, 5, 32, 32, 1) and clips.min() == -1.0 and clips.max() <= 1.0
+    np.testing.assert_array_equal(clips, moving_digit_clips("test", num=3, frames=5, size=32, seed=7))
+    ink = (clips > 0).sum(axis=(2, 3, 4))
+    assert (ink > 20).all()  # a digit is visible in every frame...
+    assert all(not np.array_equal(c[0], c[-1]) for c in clips)  # ...and it moves

@@ -11,8 +11,6 @@ PatchGAN starts after `adversarial_start` steps.
 Variants: `quickstart` (default; a few CPU minutes) and `tiny` (seconds; CI).
 """
 
-import ml_collections
-
 import data_pipelines
 from seedjax.config import base_config, parse_arg
 from seedjax.stages.vae import vae_config
@@ -38,7 +36,7 @@ def get_config(arg=None):
     cfg.optimizer.warmup_steps = 100
     cfg.optimizer.end_lr_factor = 0.1
     cfg.ema_decay = 0.995
-    cfg.eval = ml_collections.ConfigDict(dict(num_images=300))
+    cfg.vae.eval_images = 300
     cfg.batch_size = 32
     cfg.total_steps = 2000
     cfg.log_every = 100
@@ -57,7 +55,7 @@ def get_config(arg=None):
         cfg.sample_every = 20
         cfg.eval_every = 20
         cfg.num_samples = 4
-        cfg.eval.num_images = 32
+        cfg.vae.eval_images = 32
         cfg.optimizer.warmup_steps = 5
     elif arg.variant != "quickstart":
         raise ValueError(f"unknown variant {arg.variant!r} (quickstart | tiny)")

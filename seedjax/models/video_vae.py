@@ -228,7 +228,7 @@ class Upsample3D(nnx.Module):
 
 
 class Block3D(nnx.Module):
-    """ResNet blocks then an optional resampler (encoder: after; decoder: after)."""
+    """ResNet blocks, then an optional down- or upsampler."""
 
     def __init__(self, cin, cout, num_resnets, groups, resample, *, rngs, dtype):
         self.resnets = nnx.List(

@@ -59,6 +59,7 @@ def vae_config(kind: str = "image", preset: str = "f8c16", **model_overrides) ->
             kind=kind,
             model=dataclasses.asdict(model),
             diffusers_weights="",  # image kind: start from a local diffusers AutoencoderKL directory
+            eval_images=256,  # held-out images (the data config's eval split) scored by evaluate()
             loss=dict(
                 l1_weight=1.0,
                 kl_weight=1e-6,
@@ -271,7 +272,7 @@ def evaluate(state: VAEState, config, rng: jax.Array) -> dict:
 
     if config.vae.kind != "image":
         return {}
-    batch = data_pipelines.make_eval_batch(config.data, num=config.eval.num_images, seed=config.seed)
+    batch = data_pipelines.make_eval_batch(config.data, num=config.vae.eval_images, seed=config.seed)
     codec = LatentCodec(eval_vae(state, config))
     images = np.asarray(batch["image"], np.float32)
     latents = codec.encode_raw(images)
@@ -289,8 +290,15 @@ def flops_per_example(config) -> float:
     cfg = model_config(v)
     size = config.data.image_size
     shape = (1, size, size, cfg.in_channels) if v.kind == "image" else (1, 1 + cfg.temporal_factor * 2, size, size, cfg.in_channels)
-    abstract = nnx.eval_shape(lambda: init(config, nnx.Rngs(0)))
-    graphdef, st = nnx.split(abstract)
+    graphdefs = []
+
+    def make_state():  # jax.eval_shape, not nnx.eval_shape: the loop calls this inside its mesh
+        graphdef, st = nnx.split(init(config, nnx.Rngs(0)))
+        graphdefs.append(graphdef)
+        return st
+
+    st = jax.eval_shape(make_state)
+    graphdef = graphdefs[0]
 
     def forward(st, x):
         s = nnx.merge(graphdef, st)
