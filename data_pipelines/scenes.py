@@ -38,6 +38,11 @@ COLOR_NAMES = tuple(name for name, _ in PALETTE)
 DEFECT_KINDS = ("watermark", "mosaic", "subtitle")
 RELATIONS = ("left of", "right of", "above", "below")
 MAX_DEFECTS = 4
+# Mosaic block and patch sides as fractions of the image. Blocks are clearly coarser than a glyph's
+# own 8x8 grid (2-3 px at 64x64), as censoring mosaics are; finer blocks would look like the
+# bilinear-upsampled glyph itself.
+MOSAIC_BLOCK = (0.09, 0.14)
+MOSAIC_SIDE = (0.25, 0.55)
 MAX_SLOTS = 3  # label arrays are padded to this many objects (batch contract: scene_digit [B, 3])
 
 # Every tag a scene can carry, in a fixed order, for multi-hot encoding in the data pipeline.
@@ -258,8 +263,8 @@ def _watermark(rng, canvas: np.ndarray) -> tuple[int, int, int, int]:
 def _mosaic(rng, canvas: np.ndarray, target: tuple[int, int, int] | None) -> tuple[int, int, int, int]:
     """Pixelate a square patch, centered near an object so that the censoring is visible."""
     size = canvas.shape[0]
-    block = max(3, round(size / 64 * int(rng.choice([4, 5, 6, 8]))))
-    side = max(2 * block, round(float(rng.uniform(0.25, 0.55)) * size))
+    block = max(4, round(size * float(rng.uniform(*MOSAIC_BLOCK))))
+    side = max(2 * block, round(float(rng.uniform(*MOSAIC_SIDE)) * size))
     if target is None:
         cy, cx = rng.integers(0, size, 2)
     else:

@@ -8,7 +8,7 @@ batch.
 
 CPU performance note: XLA fuses cheap scalar computations (random draws, a 2x2 inverse) into
 their per-pixel consumers and then recomputes them for every pixel, which made these functions
-~100x slower. `_materialize` (an optimization barrier) computes each image's random parameters
+~100x slower. `materialize` (an optimization barrier) computes each image's random parameters
 once; `pipeline` puts the same barrier between stages.
 """
 
@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 
-def _materialize(*params):
+def materialize(*params):
     return jax.lax.optimization_barrier(params)
 
 
@@ -50,7 +50,7 @@ def random_affine(image: jax.Array, key: jax.Array, *, max_rotation_deg: float =
     cos, sin = jnp.cos(angle), jnp.sin(angle)
     forward = jnp.array([[cos, -sin], [sin, cos]]) @ jnp.array([[scale / aspect, 0.0], [shear, scale * aspect]])
     center = jnp.array([(size_y - 1) / 2, (size_x - 1) / 2])
-    inverse, offset = _materialize(jnp.linalg.inv(forward), center + shift)
+    inverse, offset = materialize(jnp.linalg.inv(forward), center + shift)
     yy, xx = jnp.meshgrid(jnp.arange(size_y, dtype=jnp.float32), jnp.arange(size_x, dtype=jnp.float32), indexing="ij")
     src = inverse @ (jnp.stack([yy.ravel(), xx.ravel()]) - offset[:, None]) + center[:, None]
     return bilinear_sample(image, src[0], src[1]).reshape(image.shape)
@@ -80,7 +80,7 @@ def _window(image: jax.Array, op) -> jax.Array:
 
 def random_stroke(image: jax.Array, key: jax.Array, *, thin: float = 0.7, thick: float = 1.0) -> jax.Array:
     """Thicken (grey dilation) or thin (grey erosion) strokes by a random fraction of one pixel."""
-    (t,) = _materialize(_uniform(key, -thin, thick))
+    (t,) = materialize(_uniform(key, -thin, thick))
     dilated, eroded = _window(image, jax.lax.max), _window(image, jax.lax.min)
     return jnp.where(t >= 0, image + t * (dilated - image), image - t * (eroded - image))
 
@@ -89,7 +89,7 @@ def gaussian_blur(image: jax.Array, sigma: jax.Array, radius: int = 3) -> jax.Ar
     """Separable Gaussian blur of [H, W, C] with a (traced) sigma in pixels; zero padding."""
     taps = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
     kernel = jnp.exp(-0.5 * (taps / jnp.maximum(sigma, 1e-3)) ** 2)
-    (kernel,) = _materialize(kernel / kernel.sum())
+    (kernel,) = materialize(kernel / kernel.sum())
     h, w = image.shape[:2]
     padded = jnp.pad(image, ((radius, radius), (0, 0), (0, 0)))
     image = sum(kernel[i] * padded[i : i + h] for i in range(2 * radius + 1))
@@ -105,7 +105,7 @@ def random_photometric(image: jax.Array, key: jax.Array, *, max_black: float = 0
                        max_noise: float = 0.08) -> jax.Array:
     """Random black level, white level, gamma and Gaussian noise; clipped to [0, 1]."""
     k = jax.random.split(key, 5)
-    black, white, gamma, sigma = _materialize(
+    black, white, gamma, sigma = materialize(
         _uniform(k[0], 0.0, max_black), _uniform(k[1], min_white, 1.0),
         jnp.exp(_uniform(k[2], -0.4, 0.4)), _uniform(k[3], 0.0, max_noise))
     image = black + (white - black) * jnp.clip(image, 0.0, 1.0) ** gamma

@@ -34,6 +34,8 @@ _CONV_NAMES = ("conv_spatial", "conv_spatial", "conv_in", "conv_out")
 class SmallCNN(nnx.Module):
     """A 3x3 conv at `first_stride`, then stride-2 3x3 convs (ReLU), a dense feature layer and a head.
 
+    `global_pool` replaces the flatten by global max and mean pooling: the right prior for
+    finding a pattern anywhere in the image (stamps), where flatten suits centered digits.
     Strided convolutions instead of max-pooling: on CPU the pooling backward pass
     (select-and-scatter) costs more than the whole network. `features(x)` is the penultimate
     (post-ReLU) layer: the embedding used for Frechet distance and diversity. Inputs are
@@ -41,7 +43,7 @@ class SmallCNN(nnx.Module):
     """
 
     def __init__(self, in_channels: int, image_size: int, num_outputs: int, *, channels=(16, 32, 64, 64),
-                 feature_dim: int = 64, first_stride: int = 1, rngs: nnx.Rngs):
+                 feature_dim: int = 64, first_stride: int = 1, global_pool: bool = False, rngs: nnx.Rngs):
         reduction = first_stride * 2 ** (len(channels) - 1)
         if image_size % reduction:
             raise ValueError(f"SmallCNN: image_size {image_size} must be a multiple of {reduction}")
@@ -53,14 +55,17 @@ class SmallCNN(nnx.Module):
                      kernel_init=init, bias_init=bias_init, rngs=rngs)
             for i in range(len(channels))
         ])
-        side = image_size // reduction
-        self.hidden = Linear(side * side * channels[-1], feature_dim, rngs=rngs, names=("conv_out", "embed"),
+        self.global_pool = global_pool
+        flat = 2 * channels[-1] if global_pool else (image_size // reduction) ** 2 * channels[-1]
+        self.hidden = Linear(flat, feature_dim, rngs=rngs, names=("conv_out", "embed"),
                              kernel_init=nnx.initializers.he_normal())
         self.head = Linear(feature_dim, num_outputs, rngs=rngs, names=("embed", "vocab"))
 
     def features(self, x: jax.Array) -> jax.Array:
         for conv in self.convs:
             x = jax.nn.relu(conv(x))
+        if self.global_pool:
+            x = jnp.concatenate([x.max(axis=(1, 2)), x.mean(axis=(1, 2))], axis=-1)
         return jax.nn.relu(self.hidden(x.reshape(x.shape[0], -1)))
 
     def __call__(self, x: jax.Array) -> jax.Array:
