@@ -5,7 +5,9 @@
 
 A pipeline file defines `get_pipeline(arg) -> list[dict]`, each entry
 `dict(name=..., config='experiments/...py:arg', init_from='<earlier name>' or '', overrides={...})`;
-an override value may name another stage's workdir as '{root}/<name>'.
+an override value may name another stage's workdir as '{root}/<name>'. A tool step between
+stages is `dict(name=..., module='seedjax.tools.ode_pairs', init_from=..., args={...})`: it runs
+`python -m <module> --workdir=<root>/<name> [--init_from=<root>/<init_from>] --<key>=<value> ...`.
 Stages run as separate `python -m seedjax.main` processes (a clean JAX runtime each), in order;
 re-running the command resumes the first unfinished stage. Exit code: the first failing stage's.
 """
@@ -38,6 +40,11 @@ def load_pipeline(spec: str) -> list[dict]:
 
 
 def stage_command(stage: dict, root: str, overrides: dict[str, str]) -> list[str]:
+    if "module" in stage:  # a tool step (e.g. ODE-pair generation between distillation stages)
+        cmd = [sys.executable, "-m", stage["module"], f"--workdir={os.path.join(root, stage['name'])}"]
+        if stage.get("init_from"):
+            cmd.append(f"--init_from={os.path.join(root, stage['init_from'])}")
+        return cmd + [f"--{k}={v}" for k, v in stage.get("args", {}).items()]
     cmd = [sys.executable, "-m", "seedjax.main", f"--config={stage['config']}",
            f"--workdir={os.path.join(root, stage['name'])}"]
     if stage.get("init_from"):
@@ -89,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     for stage in stages:
         if only and stage["name"] not in only:
             continue
-        cmd = stage_command(stage, root, _applicable(overrides, stage["config"]))
+        cmd = stage_command(stage, root, _applicable(overrides, stage["config"]) if "config" in stage else {})
         print(f"[pipeline] {stage['name']}: {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         code = subprocess.call(cmd)

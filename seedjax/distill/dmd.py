@@ -23,7 +23,8 @@ from flax import nnx
 from seedjax.diffusion import flow
 from seedjax.distill import generator
 from seedjax.distill.discriminator import MultiLevelHeads
-from seedjax.distill.student import StudentState, clean_tokens
+from seedjax.distill.losses import discriminator_loss
+from seedjax.distill.student import StudentState, clean_tokens, validate_config as validate_student
 from seedjax.train.state import make_optimizer
 
 
@@ -107,8 +108,6 @@ def renoise(x0: jax.Array, rng: jax.Array, t_min: float, t_max: float):
 
 def fake_score_loss(fake: FakeScore, batch: dict, rng: jax.Array, config):
     """Flow matching of the fake score on the student's samples (+ the GAN heads' loss, DMD2)."""
-    from seedjax.distill.losses import discriminator_loss
-
     c = config.dmd
     geo = generator.Geometry.of(config)
     sample = batch["states"][:, -1]
@@ -128,9 +127,15 @@ def fake_score_loss(fake: FakeScore, batch: dict, rng: jax.Array, config):
     return fm + c.gan_disc_weight * d, {**aux, "gan_disc_loss": d}
 
 
-def check_variant(config) -> None:
-    if config.dmd.variant not in ("dmd2", "dmdo"):
-        raise ValueError(f"config.dmd.variant={config.dmd.variant!r}: choose dmd2 or dmdo")
+def validate_config(config) -> None:
+    validate_student(config)
+    c = config.dmd
+    if c.variant not in ("dmd2", "dmdo"):
+        raise ValueError(f"config.dmd.variant={c.variant!r}: choose dmd2 or dmdo")
+    if not 0 < c.t_min < c.t_max <= 1:
+        raise ValueError(f"config.dmd: need 0 < t_min < t_max <= 1, got {c.t_min}, {c.t_max}")
+    if c.fake_updates_per_step < 1:
+        raise ValueError(f"config.dmd.fake_updates_per_step must be >= 1, got {c.fake_updates_per_step}")
 
 
 # --------------------------------------------------------------------------- repeated updates

@@ -36,13 +36,27 @@ def distill_config(**overrides) -> ml_collections.ConfigDict:
     return cfg
 
 
+def validate_config(config) -> None:
+    """The checks every distillation stage shares (`validate_config` hook: exit 2 before anything runs)."""
+    d = config.distill
+    if not config.init_from:
+        raise ValueError(f"stage {config.stage}: distillation starts from a trained model; set config.init_from "
+                         "to the previous stage's workdir")
+    if d.student_from not in ("ema", "model"):
+        raise ValueError(f"config.distill.student_from={d.student_from!r}: choose ema or model")
+    if d.teacher_from not in ("teacher", "ema", "model"):
+        raise ValueError(f"config.distill.teacher_from={d.teacher_from!r}: choose teacher, ema or model")
+    if config.sampling.schedule not in ("uniform", "flow") or config.sampling.num_steps < 1:
+        raise ValueError(f"config.sampling: schedule {config.sampling.schedule!r} (uniform | flow) with "
+                         f"num_steps {config.sampling.num_steps} (>= 1)")
+    if d.guidance <= 0 or d.teacher_guidance <= 0:
+        raise ValueError(f"config.distill: guidance scales must be positive, got {d.guidance}, {d.teacher_guidance}")
+
+
 class StudentState(nnx.Module):
     """The student (guidance-embedded), its optimizer and EMA, and the frozen teacher."""
 
     def __init__(self, config, rngs: nnx.Rngs):
-        if not config.init_from:
-            raise ValueError(f"stage {config.stage}: distillation starts from a trained model; set config.init_from "
-                             "to the previous stage's workdir")
         self.model = generator.build_model(config, rngs, guidance_embed=True)
         self.teacher = freeze(generator.build_model(config, rngs, config.distill.teacher_guidance_embed))
         self.optimizer = make_optimizer(self.model, config.optimizer, config.total_steps)
@@ -60,7 +74,7 @@ def optimize(module: nnx.Module, optimizer: nnx.Optimizer, loss_fn, batch: dict,
     """
     (loss, aux), grads = value_and_grad(loss_fn, module, batch, accum_steps)
     optimizer.update(module, grads)
-    return loss, aux, optax.global_norm(grads)
+    return loss, aux, optax.tree.norm(grads)
 
 
 def guard_metrics(*optimizers: nnx.Optimizer) -> dict:

@@ -38,11 +38,14 @@ def adm_config(**overrides) -> ml_collections.ConfigDict:
     return cfg
 
 
+def validate_config(config) -> None:
+    dmd.validate_config(config)
+    if not 0 < config.adm.ode_dt < config.dmd.t_max:
+        raise ValueError(f"config.adm.ode_dt={config.adm.ode_dt} must lie in (0, config.dmd.t_max)")
+
+
 class AdmState(dmd.FakeScoreState):
     def __init__(self, config, rngs: nnx.Rngs):
-        dmd.check_variant(config)
-        if not 0 < config.adm.ode_dt < config.dmd.t_max:
-            raise ValueError(f"config.adm.ode_dt={config.adm.ode_dt} must lie in (0, config.dmd.t_max)")
         super().__init__(config, rngs)
         self.disc = Discriminator(config, config.disc, rngs, guidance_embed=config.distill.teacher_guidance_embed)
         self.disc_optimizer = make_optimizer(self.disc, config.disc_optimizer, config.total_steps)

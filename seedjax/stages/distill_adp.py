@@ -20,7 +20,6 @@ The discriminators have their own optimizer; the generator's loss never updates 
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
@@ -68,12 +67,21 @@ class LatentPixelDiscriminator(nnx.Module):
         return latent, pixel.reshape(pixel.shape[0], -1)
 
 
+def validate_config(config) -> None:
+    student.validate_config(config)
+    if config.input.key != "image" and config.adp.pixel_weight > 0:
+        raise ValueError("distill_adp: the pixel discriminator needs decoded images, and VAE decoding inside the "
+                         "step is not wired for latent inputs yet; set config.adp.pixel_weight=0")
+    if config.data.source != "shards" and not config.data.mixture:
+        raise ValueError(f"distill_adp trains on ODE pairs: set config.data.source=shards and config.data.path to the "
+                         f"output of `python -m seedjax.tools.ode_pairs` (got source {config.data.source!r})")
+    if not config.data.path and not config.data.mixture:
+        raise ValueError("distill_adp: config.data.path must name an ODE-pair directory (python -m seedjax.tools.ode_pairs)")
+
+
 class AdpState(StudentState):
     def __init__(self, config, rngs: nnx.Rngs):
         super().__init__(config, rngs)
-        if config.input.key != "image" and config.adp.pixel_weight > 0:
-            raise ValueError("distill_adp: the pixel discriminator needs decoded images, and VAE decoding inside the "
-                             "step is not wired for latent inputs yet; set config.adp.pixel_weight=0")
         self.disc = LatentPixelDiscriminator(config, rngs)
         self.disc_optimizer = make_optimizer(self.disc, config.disc_optimizer, config.total_steps)
 

@@ -28,9 +28,16 @@ def cfg_config(**overrides) -> ml_collections.ConfigDict:
     return cfg
 
 
-def init(config, rngs) -> StudentState:
+def validate_config(config) -> None:
+    student.validate_config(config)
     if config.distill.teacher_guidance_embed:
         raise ValueError("distill_cfg: the teacher must be a plain CFG model (config.distill.teacher_guidance_embed=False)")
+    c = config.cfg_distill
+    if not 0 < c.guidance_min <= c.guidance_max:
+        raise ValueError(f"config.cfg_distill: need 0 < guidance_min <= guidance_max, got {c.guidance_min}, {c.guidance_max}")
+
+
+def init(config, rngs) -> StudentState:
     return StudentState(config, rngs)
 
 

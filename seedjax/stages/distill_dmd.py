@@ -29,9 +29,11 @@ from seedjax.distill.params import load_params, pick_params
 from seedjax.distill.student import evaluate, nfe, sample  # noqa: F401 (stage hooks)
 
 
+validate_config = dmd.validate_config
+
+
 class DmdState(dmd.FakeScoreState):
     def __init__(self, config, rngs: nnx.Rngs):
-        dmd.check_variant(config)
         super().__init__(config, rngs, heads_cfg=config.disc if config.dmd.gan_weight > 0 else None)
 
 

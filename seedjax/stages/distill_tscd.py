@@ -44,12 +44,19 @@ def tscd_config(**overrides) -> ml_collections.ConfigDict:
     return cfg
 
 
+def validate_config(config) -> None:
+    student.validate_config(config)
+    c = config.tscd
+    if c.segments < 1 or c.grid_steps % c.segments:
+        raise ValueError(f"config.tscd.grid_steps={c.grid_steps} must be a multiple of segments={c.segments} (>= 1)")
+    if c.mse_weight <= 0 and c.adversarial_weight <= 0:
+        raise ValueError("config.tscd: mse_weight and adversarial_weight are both 0; nothing to train")
+
+
 class TscdState(StudentState):
     def __init__(self, config, rngs: nnx.Rngs):
         super().__init__(config, rngs)
         c = config.tscd
-        if c.grid_steps % c.segments:
-            raise ValueError(f"config.tscd.grid_steps={c.grid_steps} must be a multiple of segments={c.segments}")
         adversarial = c.adversarial_weight > 0
         self.disc = Discriminator(config, config.disc, rngs, guidance_embed=config.distill.teacher_guidance_embed) \
             if adversarial else None
