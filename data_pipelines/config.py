@@ -32,9 +32,10 @@ def default_config() -> ml_collections.ConfigDict:
     # "ink >= 0.325 and 'count:1' in tags" (see data_pipelines/curation.py); '' = all samples.
     c.filter = ""
 
-    # Throughput: threads per stream reading and decoding, and prefetch worker processes.
+    # Throughput: threads reading and decoding the samples of a batch, batches read ahead in a
+    # background thread (when num_workers = 0), and prefetch worker processes.
     c.read_threads = 2
-    c.read_buffer = 16
+    c.read_buffer = 4
     c.num_workers = 0
     c.worker_buffer_size = 2
 

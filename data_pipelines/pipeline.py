@@ -181,8 +181,7 @@ class TrainIterator:
         self._iterator.close()
 
 
-def _component_streams(name: str, source, data_cfg, layout, *, seed: int, process_index: int,
-                       process_count: int, read_options) -> tuple[dict, dict]:
+def _component_streams(name: str, source, data_cfg, layout, *, seed: int) -> tuple[dict, dict]:
     """One component's streams (one per resolution bucket) and its sample count per bucket."""
     members = _bucket_members(source, data_cfg)
     if data_cfg.filter:
@@ -201,8 +200,7 @@ def _component_streams(name: str, source, data_cfg, layout, *, seed: int, proces
         counts[bname] = len(idx)
         stream_weights = None if weights is None or weights[idx].sum() <= 0 else weights[idx]
         streams[f"{name}/{bname}"] = streams_lib.make_stream(
-            source, idx, stream_weights, bucket, layout, seed=seed, name=f"{name}/{bname}",
-            process_index=process_index, process_count=process_count, read_options=read_options)
+            source, idx, stream_weights, bucket, layout, seed=seed, name=f"{name}/{bname}")
     return streams, counts
 
 
@@ -216,23 +214,22 @@ def make_train_iterator(data_cfg, *, global_batch_size: int, seed: int, process_
         raise ValueError("data.dual_axis.weights_file holds one source's weights; it cannot serve a mixture")
     sources = {name: open_source(kind, path, data_cfg, split="train", seed=seed) for name, (kind, path, _) in comps.items()}
     layout = layout_for(sources, data_cfg)
-    read_options = grain.ReadOptions(num_threads=data_cfg.read_threads, prefetch_buffer_size=data_cfg.read_buffer)
 
     scan_counts: dict[str, int] = {}
     streams, counts, stream_sources = {}, {}, {}
     for name, source in sources.items():
         for key, n in _report_scan_skips(source).items():
             scan_counts[key] = scan_counts.get(key, 0) + n
-        comp_streams, counts[name] = _component_streams(
-            name, source, data_cfg, layout, seed=seed, process_index=process_index, process_count=process_count,
-            read_options=read_options)
+        comp_streams, counts[name] = _component_streams(name, source, data_cfg, layout, seed=seed)
         streams.update(comp_streams)
         stream_sources.update({stream: source.name for stream in comp_streams})
     if data_cfg.balance_resolutions:  # each bucket of a component as likely as the others
         counts = {name: {bucket: 1 for bucket in per} for name, per in counts.items()}
     plan = streams_lib.bucket_plan({n: w for n, (_, _, w) in comps.items()}, counts, stream_sources)
     ds = streams_lib.ScheduledBatches(streams, plan, global_batch_size // process_count, seed, process_index,
-                                      process_count)
+                                      process_count, read_threads=data_cfg.read_threads)
+    if data_cfg.num_workers == 0 and data_cfg.read_buffer > 0:  # read ahead in a background thread
+        ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=data_cfg.read_buffer)
     if data_cfg.num_workers > 0:
         _ensure_flags_parsed()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_cfg.num_workers,

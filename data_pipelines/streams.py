@@ -3,13 +3,15 @@
 A *stream* is a Grain `MapDataset` over positions 0, 1, 2, ... of one mixture component
 restricted to one resolution bucket: position -> sample index (a fresh shuffle every
 epoch, or a weighted draw for dual-axis sampling) -> loaded and finalized sample. It is
-random-access, so this process's slice (`[process_index::process_count]`) and each
-prefetch worker's slice are exact and the stream's state is one integer.
+random-access, so a stream's state is one integer: how many positions have been used.
 
-`ScheduledBatches` pulls from the streams: global batch g takes its bucket, and each of its
-slots its component (by mixture weight within that bucket), from draws seeded by (seed, g)
-alone, so every process and every worker agrees on them; a process fills its own slots. Samples
-that fail to load are skipped and counted; the counts ride along with the batch under
+`ScheduledBatches` reads the streams: global batch g takes its bucket, and each of its slots
+its stream (by mixture weight within that bucket), from draws seeded by (seed, g) alone. Slot j
+gets the next unused position of its stream in slot order, so the global batch — content and
+order — is the same whatever the number of processes or prefetch workers; process p loads
+slots [p * b, (p + 1) * b) (b = local batch), which is exactly the part of the global array the
+loop places on its devices. A sample that fails to load is replaced by a deterministic spare
+(the same for every process) and counted; the counts ride along with the batch under
 `_skipped` so that the main process can account for them whatever process decoded them.
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import grain
 import numpy as np
@@ -64,17 +67,21 @@ class LoadSample:
             return {"_skip": e.kind, "_where": e.where, "_detail": e.detail}
 
 
-def make_stream(source, members, weights, bucket, layout, *, seed: int, name: str, process_index: int,
-                process_count: int, read_options: grain.ReadOptions) -> grain.IterDataset:
-    """The infinite stream of finalized samples of `members` (indices into `source`) for this process."""
+def make_stream(source, members, weights, bucket, layout, *, seed: int, name: str) -> grain.MapDataset:
+    """The infinite, random-access stream of finalized samples of `members` (indices into `source`)."""
     s = stream_seed(seed, name)
     positions = grain.MapDataset.range(len(members))
     if weights is None:
         positions = positions.shuffle(s).repeat()
     else:
         positions = positions.repeat().map_with_index(WeightedDraws(weights, s))
-    ds = positions.map_with_index(LoadSample(source, np.asarray(members), bucket, layout))
-    return ds[process_index::process_count].to_iter_dataset(read_options)
+    return positions.map_with_index(LoadSample(source, np.asarray(members), bucket, layout))
+
+
+# A sample that fails to load at position x is replaced by the one at x + k * SPARE_STRIDE
+# (k = 1, 2, ...): deterministic, so every process agrees on the global batch.
+SPARE_STRIDE = 104_729
+MAX_SPARES = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,67 +97,95 @@ class BatchPlan:
 class ScheduledBatches(grain.IterDataset):
     """Local batches drawn from named streams by a seeded schedule (see the module doc)."""
 
-    def __init__(self, streams: dict[str, grain.IterDataset], plan: BatchPlan, batch_size: int, seed: int,
-                 process_index: int, process_count: int):
-        super().__init__(list(streams.values()))
+    def __init__(self, streams: dict[str, grain.MapDataset], plan: BatchPlan, batch_size: int, seed: int,
+                 process_index: int, process_count: int, read_threads: int = 1):
+        super().__init__()
+        self.streams = streams
         self.names = tuple(streams)
         self.plan, self.batch_size, self.seed = plan, batch_size, seed
         self.process_index, self.process_count = process_index, process_count
+        self.read_threads = max(int(read_threads), 1)
+        self.worker, self.workers = 0, 1
+
+    def set_slice(self, sl: slice, sequential_slice: bool = False) -> None:
+        """Grain's prefetch worker `sl.start` of `sl.step` (Grain calls this on each worker's copy)."""
+        self.worker, self.workers = sl.start or 0, sl.step or 1
 
     def __iter__(self):
-        return _ScheduledBatchIterator(self, [p.__iter__() for p in self.parents])
+        return _ScheduledBatchIterator(self)
 
     def __str__(self) -> str:
         return f"ScheduledBatches(streams={self.names}, batch_size={self.batch_size})"
 
 
 class _ScheduledBatchIterator(grain.DatasetIterator):
-    def __init__(self, ds: ScheduledBatches, parents):
-        super().__init__(parents)
+    def __init__(self, ds: ScheduledBatches):
+        super().__init__()
         self.ds = ds
-        self.iters = dict(zip(ds.names, parents))
-        self.batches_done = 0
+        self.batches_done = 0  # batches this iterator (worker) has produced
+        self.used = {name: 0 for name in ds.names}  # positions used per stream by global batches < counted_to
+        self.counted_to = 0
+        self._pool = ThreadPoolExecutor(ds.read_threads) if ds.read_threads > 1 else None
 
-    def _next_valid(self, name: str, skipped: dict) -> dict:
-        """Next sample of a stream, skipping (and counting) the ones that failed to load."""
-        for _ in range(100_000):
-            sample = next(self.iters[name])
-            if "_skip" not in sample:
-                return sample
-            count = skipped.setdefault(sample["_skip"], [0, sample["_where"], sample["_detail"]])
-            count[0] += 1
-        raise RuntimeError(f"{self.ds.plan.sources[name]}: 100000 samples in a row failed to load; no valid data left")
-
-    def __next__(self) -> dict:
+    def _slots(self, global_batch: int) -> list[str]:
+        """The stream of every slot of a global batch (the same on every process and worker)."""
         plan = self.ds.plan
-        worker, workers = self._ctx.mp_context.process_index, self._ctx.mp_context.process_count
-        # Prefetch worker w of W makes global batches w, w + W, w + 2W, ... (Grain interleaves
-        # workers round-robin), so the bucket sequence does not depend on the worker count.
-        global_batch = self.batches_done * workers + worker
         bucket = np.random.default_rng([self.ds.seed, global_batch]).choice(len(plan.bucket_names), p=plan.bucket_probs)
         names, probs = plan.streams[bucket]
-        # The components of all slots of the global batch are drawn together, so the batch's
-        # composition does not depend on how many processes share it.
-        slot_rng = np.random.default_rng([self.ds.seed, global_batch, 1])
-        picks = slot_rng.choice(len(names), size=self.ds.batch_size * self.ds.process_count, p=probs)
-        picks = picks[self.ds.process_index :: self.ds.process_count]
+        picks = np.random.default_rng([self.ds.seed, global_batch, 1]).choice(
+            len(names), size=self.ds.batch_size * self.ds.process_count, p=probs)
+        return [names[i] for i in picks]
+
+    def _load(self, name: str, position: int) -> tuple[dict, list]:
+        """The sample at `position` of a stream, or its first spare that loads; plus the failures."""
+        failures = []
+        for k in range(MAX_SPARES):
+            sample = self.ds.streams[name][position + k * SPARE_STRIDE]
+            if "_skip" not in sample:
+                return sample, failures
+            failures.append((sample["_skip"], sample["_where"], sample["_detail"]))
+        raise RuntimeError(f"{self.ds.plan.sources[name]}: {MAX_SPARES} samples in a row failed to load; "
+                           f"no valid data left")
+
+    def __next__(self) -> dict:
+        worker, workers = self.ds.worker, self.ds.workers
+        # Prefetch worker w of W makes global batches w, w + W, w + 2W, ... (Grain interleaves
+        # workers round-robin); positions used by the other workers' batches are replayed.
+        global_batch = self.batches_done * workers + worker
+        for g in range(self.counted_to, global_batch):
+            for name in self._slots(g):
+                self.used[name] += 1
+        slots = self._slots(global_batch)
+        positions, seen = [], {}
+        for name in slots:
+            positions.append(self.used[name] + seen.get(name, 0))
+            seen[name] = seen.get(name, 0) + 1
+        for name, n in seen.items():
+            self.used[name] += n
+        self.counted_to = global_batch + 1
+
+        start = self.ds.process_index * self.ds.batch_size
+        mine = list(zip(slots[start:start + self.ds.batch_size], positions[start:start + self.ds.batch_size]))
+        loaded = list(self._pool.map(lambda a: self._load(*a), mine)) if self._pool else [self._load(*a) for a in mine]
         skipped: dict[str, list] = {}
-        rows = [self._next_valid(names[i], skipped) for i in picks]
+        for _, failures in loaded:
+            for kind, where, detail in failures:
+                skipped.setdefault(kind, [0, where, detail])[0] += 1
+        rows = [sample for sample, _ in loaded]
         batch = {key: np.stack([row[key] for row in rows]) for key in rows[0]}
         batch["_skipped"] = skipped
         self.batches_done += 1
         return batch
 
     def get_state(self) -> dict:
-        return {"batches_done": self.batches_done, "streams": {n: it.get_state() for n, it in self.iters.items()}}
+        return {"batches_done": self.batches_done, "counted_to": self.counted_to, "used": dict(self.used)}
 
     def set_state(self, state: dict) -> None:
         # Streams are restored by name: after a change of mixture weights (or a new component)
         # the streams that existed continue where they were, new ones start from the beginning.
         self.batches_done = int(state["batches_done"])
-        for name, it in self.iters.items():
-            if name in state["streams"]:
-                it.set_state(state["streams"][name])
+        self.counted_to = int(state["counted_to"])
+        self.used = {name: int(state["used"].get(name, 0)) for name in self.ds.names}
 
     def __str__(self) -> str:
         return f"_ScheduledBatchIterator({self.ds})"

@@ -190,6 +190,8 @@ def _run(config, workdir: str, stop_at_step: int) -> int:
         # =================================================================
         checkpointer.close()
         writer.close()
+        if hasattr(data_iter, "close"):
+            data_iter.close()
         if jax.process_index() == 0:
             print(f"seedjax: done at step {step}; workdir {workdir}", file=sys.stderr)
     return 0
