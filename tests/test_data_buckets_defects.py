@@ -93,8 +93,9 @@ def test_digit_scenes_keep_exactly_the_scenes_under_the_threshold_with_their_mas
         else:
             kept[s["image"].tobytes()] = mask
     assert 5 < dropped < 36
-    # One batch of exactly the kept count holds every kept scene of the first epoch once.
-    it = dp.make_train_iterator(cfg, global_batch_size=len(kept), seed=0, process_index=0, process_count=1)
+    # A batch of one epoch's positions: every kept scene at its own position, every dropped one
+    # replaced by a spare (another kept scene) and counted.
+    it = dp.make_train_iterator(cfg, global_batch_size=120, seed=0, process_index=0, process_count=1)
     batch = next(it)
     images = np.round((batch["image"] + 1) * 127.5).astype(np.uint8)
     keys = [img.tobytes() for img in images]
@@ -102,8 +103,7 @@ def test_digit_scenes_keep_exactly_the_scenes_under_the_threshold_with_their_mas
     for key, loss_mask in zip(keys, batch["loss_mask"]):
         np.testing.assert_array_equal(loss_mask, kept[key])
     assert np.sum(batch["loss_mask"].min(axis=(1, 2)) == 0) > 0  # some stamped scenes are kept, masked
-    next(it)  # the second batch is in epoch 2, so every drop of epoch 1 has been counted
-    assert it.counters()["skipped_defect_area"] >= dropped
+    assert it.counters()["skipped_defect_area"] >= dropped  # (a spare may be dropped too, and counted)
 
 
 # ----------------------------------------------------------------------------- buckets
