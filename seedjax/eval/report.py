@@ -69,7 +69,7 @@ def evaluate_stage(run, batch: dict, args) -> tuple[dict, np.ndarray]:
     images, seconds = generate_all(generate, params, prompts, rng, chunk)
     results = score_images(images, batch, images.shape[1])
     repeated, ids = repeat_prompts(batch, args.diversity_prompts, args.samples_per_prompt)
-    many, _ = generate_all(generate, params, repeated, jax.random.fold_in(rng, 1), min(args.batch, len(ids)))
+    many, _ = generate_all(generate, params, repeated, jax.random.fold_in(rng, 1), chunk)  # same compiled shape
     results["diversity"] = metrics.diversity(get_classifier(images.shape[1]).features(many), ids)
     results["nfe"] = run_nfe(run)
     results["ms_per_image"] = seconds * 1e3
