@@ -12,7 +12,11 @@ from seedjax.stages.distill_adm import adm_config
 
 def get_config(arg=None):
     arg = distill_common.parse(arg)
-    cfg = distill_common.base("distill_adm", arg)
+    return configure(distill_common.base("distill_adm", arg), arg)
+
+
+def configure(cfg, arg):
+    """The stage's settings on top of a teacher's config (see distill_common.base)."""
     cfg.distill.student_from = "ema"
     cfg.distill.teacher_from = "teacher"
     cfg.adm = adm_config(ode_dt=1.0 / 64)

@@ -14,7 +14,11 @@ from seedjax.stages.distill_adp import adp_config
 
 def get_config(arg=None):
     arg = distill_common.parse(arg)
-    cfg = distill_common.base("distill_adp", arg)
+    return configure(distill_common.base("distill_adp", arg), arg)
+
+
+def configure(cfg, arg):
+    """The stage's settings on top of a teacher's config (see distill_common.base)."""
     cfg.data.channels = data_pipelines.channels(cfg.eval.data)
     cfg.data.source = "shards"  # ODE pairs; data.path is set per run (the pipeline passes it)
     cfg.distill.student_from = "ema"

@@ -10,7 +10,11 @@ from seedjax.stages.distill_cfg import cfg_config
 
 def get_config(arg=None):
     arg = distill_common.parse(arg)
-    cfg = distill_common.base("distill_cfg", arg)
+    return configure(distill_common.base("distill_cfg", arg), arg)
+
+
+def configure(cfg, arg):
+    """The stage's settings on top of a teacher's config (see distill_common.base)."""
     cfg.cfg_distill = cfg_config(guidance_min=1.0, guidance_max=5.0)
     cfg.distill.teacher_guidance_embed = False  # the pretrained teacher runs true CFG
     cfg.distill.student_from = "ema"

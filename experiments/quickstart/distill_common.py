@@ -2,7 +2,8 @@
 
 Each stage config starts from the teacher's config (`experiments/quickstart/pretrain.py`, same
 variant): the same text encoder, MMDiT and data, so every checkpoint of the chain loads into
-the next stage. Variants: `quickstart` (the measured CPU run) and `tiny` (CI).
+the next stage. Variants: `quickstart` (the measured CPU run) and `tiny` (CI). Each stage file
+has `configure(cfg, arg)`, so the same recipe applies to another teacher (experiments/seedream/).
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ def parse(arg, **defaults):
     return parse_arg(arg, variant="quickstart", steps=-1, **defaults)
 
 
-def base(stage: str, arg) -> ml_collections.ConfigDict:
-    cfg = pretrain.get_config(arg.variant)
+def base(stage: str, arg, teacher: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigDict:
+    """The teacher's config (default: the quickstart teacher of `arg.variant`) turned into `stage`'s."""
+    cfg = teacher if teacher is not None else pretrain.get_config(arg.variant)
     cfg.stage = stage
     cfg.model.guidance_embed = True  # every student takes the guidance scale as an input
     cfg.distill = distill_config()

@@ -16,7 +16,11 @@ from seedjax.distill.dmd import dmd_config
 
 def get_config(arg=None):
     arg = distill_common.parse(arg, dmd="dmdo")
-    cfg = distill_common.base("distill_dmd", arg)
+    return configure(distill_common.base("distill_dmd", arg), arg)
+
+
+def configure(cfg, arg):
+    """The stage's settings on top of a teacher's config (see distill_common.base)."""
     cfg.distill.student_from = "ema"
     cfg.distill.teacher_from = "teacher"  # the CFG-distilled model, carried forward
     if arg.dmd == "dmdo":

@@ -14,7 +14,11 @@ from seedjax.stages.distill_tscd import tscd_config
 
 def get_config(arg=None):
     arg = distill_common.parse(arg, loss="mse")
-    cfg = distill_common.base("distill_tscd", arg)
+    return configure(distill_common.base("distill_tscd", arg), arg)
+
+
+def configure(cfg, arg):
+    """The stage's settings on top of a teacher's config (see distill_common.base)."""
     cfg.distill.student_from = "ema"
     cfg.distill.teacher_from = "ema"  # the CFG-distilled model is the teacher from here on
     cfg.tscd = tscd_config(segments=3, grid_steps=48)
