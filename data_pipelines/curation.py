@@ -3,9 +3,10 @@
     data.filter = "ink >= 0.325"                       # bold handwriting only
     data.filter = "'count:1' in tags and label != 7"   # tags and labels
     data.filter = "min(height, width) >= 512"          # resolution floor
+    data.filter = "len(caption) >= 40"                 # detailed captions
 
 The expression is Python syntax restricted to field names, literals, comparisons
-(`== != < <= > >= in not in`), `and`/`or`/`not`, arithmetic and `min`/`max`/`abs`; anything
+(`== != < <= > >= in not in`), `and`/`or`/`not`, arithmetic and `min`/`max`/`abs`/`len`; anything
 else (attribute access, other calls, lambdas) is rejected when the expression is parsed, with
 the offending piece named. Fields (`METADATA_FIELDS`) come from the source's labels and
 caption and from cheap statistics of the decoded image, so the same expression can be
@@ -38,7 +39,7 @@ _COMPARE = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, as
             ast.Gt: operator.gt, ast.GtE: operator.ge, ast.In: lambda a, b: a in b,
             ast.NotIn: lambda a, b: a not in b}
 _BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
-_FUNCTIONS = {"min": min, "max": max, "abs": abs}
+_FUNCTIONS = {"min": min, "max": max, "abs": abs, "len": len}
 
 
 class SampleFilter:
@@ -62,7 +63,7 @@ class SampleFilter:
             return
         if isinstance(node, ast.Call):
             if not isinstance(node.func, ast.Name) or node.func.id not in _FUNCTIONS or node.keywords:
-                raise ValueError(f"{self.what}: only min(), max() and abs() may be called, in {self.expression!r}")
+                raise ValueError(f"{self.what}: only min(), max(), abs() and len() may be called, in {self.expression!r}")
             for arg in node.args:
                 self._check(arg)
             return

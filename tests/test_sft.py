@@ -20,7 +20,7 @@ def test_filter_expressions_evaluate_like_python():
         "0.2 < ink < 0.28": False,
         "min(height, width) >= 32 and max(height, width) / min(height, width) > 1.4": True,
         "abs(-label) == 3 or count > 2": True,
-        "'red' in caption": True,
+        "'red' in caption and len(caption) == 7": True,
     }
     for expression, expected in cases.items():
         assert SampleFilter(expression)(md) is expected, expression
@@ -28,8 +28,8 @@ def test_filter_expressions_evaluate_like_python():
 
 @pytest.mark.parametrize("expression, fragment", [
     ("inkk > 0.3", "unknown field 'inkk'"),
-    ("__import__('os').system('true')", "only min(), max() and abs()"),
-    ("caption.upper() == 'A'", "only min(), max() and abs()"),
+    ("__import__('os').system('true')", "only min(), max(), abs() and len()"),
+    ("caption.upper() == 'A'", "only min(), max(), abs() and len()"),
     ("caption.real == 1", "not allowed"),
     ("label >", "not a valid expression"),
     ("[x for x in tags]", "not allowed"),

@@ -29,13 +29,15 @@ def get_config(arg=None):
     cfg.reward_model.channels = data_pipelines.channels(cfg.data)
     cfg.reward_model.image_size = cfg.data.image_size
     cfg.reward_model.max_text_len = cfg.data.max_text_len
+    # A 16-channel conv stem, then 8x8 patches: 16 image tokens next to the caption's 32.
+    cfg.reward_model.update(stem_channels=16, patch_size=8, width=128, depth=3)
     cfg.reward = reward_config()
     cfg.eval = ml_collections.ConfigDict(dict(num_prompts=300, batch_size=100))
     cfg.optimizer.lr = 5e-4
     cfg.optimizer.warmup_steps = 100
     cfg.optimizer.end_lr_factor = 0.05
     cfg.optimizer.weight_decay = 0.01
-    cfg.batch_size = 64
+    cfg.batch_size = 32
     cfg.total_steps = 1500
     cfg.log_every = 50
     cfg.checkpoint_every = 500

@@ -199,7 +199,7 @@ def train_step(state: RewardState, batch: dict, rng: jax.Array, config) -> dict:
     (loss, aux), grads = value_and_grad(lambda m, e: reward_loss(m, e, config), state.model, ex,
                                         config.optimizer.grad_accum_steps)
     state.optimizer.update(state.model, grads)
-    return {"loss": loss, **aux, "grad_norm": optax.global_norm(grads),
+    return {"loss": loss, **aux, "grad_norm": optax.tree.norm(grads),
             "nonfinite_streak": nonfinite_streak(state.optimizer), "nonfinite_total": total_nonfinite(state.optimizer)}
 
 

@@ -1,0 +1,321 @@
+"""RLHF by direct reward maximisation (ReFL), regularised by flow matching on real data.
+
+Seedream 3.0 and Seedance 1.0 maximise the reward of frozen VLM reward models directly;
+Hyper-Bagel's ReFL uses the hinge ReLU(alpha - r). One step here:
+
+  1. prompts = the first `rlhf.num_prompts` captions of the loop's batch; noise ~ N(0, I);
+  2. a stop step s is drawn among the sampler steps whose sigma lies in `rlhf.stop_window`;
+  3. Euler (with CFG) from noise to step s - K without gradients, then K steps with gradients,
+     each step rematerialised in the backward pass (memory: K latents, not K activations);
+  4. x0 is predicted at step s (x0 = x_s - sigma_s v), unpatchified to pixels;
+  5. r = sum_m w_m f(score_m(x0, prompt)) over frozen reward models / heads, f = sigmoid ('prob',
+     Seedream's normalised Yes probability) or identity ('logit');
+  6. loss = mean(-r) or mean(ReLU(alpha - r)), plus fm_weight x pretraining's flow-matching loss
+     on the batch's real images (the regulariser against reward hacking).
+
+Reward models are read from their workdirs (`rlhf.reward_models = 'DIR[#HEAD]:WEIGHT,...'`,
+no head = every head of that model), loaded in `load_pretrained` next to the generator
+(`config.init_from`), kept in the train state (so a resumed run is exact) and never updated:
+the optimizer and the gradients cover the generator only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from seedjax.diffusion.sampling import EulerSampler
+from seedjax.models import mmdit
+from seedjax.models.reward import RewardModel
+from seedjax.distill.params import freeze
+from seedjax.stages import pretrain, reward, sft
+from seedjax.stages.pretrain import DiffusionModel, sample  # noqa: F401  (stage API)
+from seedjax.train.state import EMA, make_optimizer, nonfinite_streak, total_nonfinite
+
+LOSSES = ("reward", "relu")
+TRANSFORMS = ("prob", "logit")
+
+
+def rlhf_config(**overrides) -> ml_collections.ConfigDict:
+    cfg = ml_collections.ConfigDict(dict(
+        reward_models="",  # 'WORKDIR[#HEAD]:WEIGHT,...' of reward-stage workdirs
+        reward_transform="prob",  # prob: sigmoid(log-odds) = P(yes) | logit: the log-odds
+        loss="reward",  # reward: -r | relu: ReLU(alpha - r) (Hyper-Bagel's ReFL form)
+        alpha=0.95,
+        fm_weight=1.0,  # flow-matching loss on the batch's real images; 0 = no regulariser
+        num_prompts=8,  # prompts sampled per step (the first rows of the batch)
+        num_steps=30,  # the sampler RLHF unrolls (Euler, flow sigmas)
+        guidance_scale=3.0,
+        shift=1.0,
+        grad_steps=1,  # K: sampler steps before the stop that gradients flow through
+        stop_window=(0.0, 0.25),  # sigmas at which sampling may stop and x0 is predicted
+        remat=True,  # rematerialise each differentiated sampler step
+    ))
+    cfg.update(overrides)
+    return cfg
+
+
+# --------------------------------------------------------------------------- reward models
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardTerm:
+    """One summand of the composite reward: `weight` x f(head `head` of reward model `model`)."""
+
+    name: str
+    model: int  # index into the state's reward_models (one per distinct workdir)
+    head: int
+    weight: float
+
+
+def parse_reward_spec(spec: str) -> list[tuple[str, str, float]]:
+    """'DIR[#HEAD]:WEIGHT,...' -> [(workdir, head or '', weight)]; a missing weight is 1."""
+    out = []
+    for item in (s.strip() for s in spec.split(",")):
+        if not item:
+            continue
+        path, sep, weight = item.rpartition(":")
+        if not sep:
+            path, weight = item, "1"
+        try:
+            value = float(weight)
+        except ValueError:
+            raise ValueError(f"rlhf.reward_models: weight {weight!r} in {item!r} is not a number "
+                             f"(format 'WORKDIR[#HEAD]:WEIGHT,...')") from None
+        workdir, _, head = path.partition("#")
+        out.append((workdir, head, value))
+    if not out:
+        raise ValueError("rlhf.reward_models is empty: give 'WORKDIR[#HEAD]:WEIGHT,...' of reward-stage workdirs")
+    return out
+
+
+def reward_setup(config) -> tuple[list[str], list[ml_collections.ConfigDict], list[RewardTerm]]:
+    """(workdirs, their reward-model configs, the composite's terms), with every input checked."""
+    workdirs, configs, terms = [], [], []
+    for workdir, head, weight in parse_reward_spec(config.rlhf.reward_models):
+        if workdir not in workdirs:
+            workdirs.append(workdir)
+            configs.append(reward.reward_model_config_of(workdir))
+        index = workdirs.index(workdir)
+        cfg = configs[index]
+        heads = [head] if head else list(cfg.heads)
+        for h in heads:
+            if h not in cfg.heads:
+                raise ValueError(f"rlhf.reward_models: {workdir} has no head {h!r} (its heads: {', '.join(cfg.heads)})")
+            terms.append(RewardTerm(h, index, tuple(cfg.heads).index(h), weight))
+    if len(workdirs) > 1:  # name the terms apart: <head>_<model index>
+        terms = [dataclasses.replace(t, name=f"{t.name}_{t.model}") for t in terms]
+    channels = pretrain.image_shape(config)[-1]
+    for workdir, cfg in zip(workdirs, configs):
+        if cfg.channels != channels:
+            raise ValueError(f"rlhf.reward_models: {workdir} scores {cfg.channels}-channel images; "
+                             f"the generator makes {channels}-channel images")
+        if cfg.max_text_len < config.data.max_text_len:
+            raise ValueError(f"rlhf.reward_models: {workdir} reads at most {cfg.max_text_len} text tokens; "
+                             f"data.max_text_len is {config.data.max_text_len}")
+    return workdirs, configs, terms
+
+
+def validate_config(config) -> None:
+    r = config.rlhf
+    if not config.init_from:
+        raise ValueError("RLHF fine-tunes a generator: set config.init_from to an SFT or pretrain workdir")
+    if config.input.key != "image":
+        raise ValueError(f"RLHF scores pixels: input.key={config.input.key!r} generators need a VAE decoder, "
+                         "which this stage does not run")
+    if r.loss not in LOSSES or r.reward_transform not in TRANSFORMS:
+        raise ValueError(f"rlhf.loss must be one of {LOSSES} and rlhf.reward_transform one of {TRANSFORMS}, "
+                         f"got {r.loss!r} / {r.reward_transform!r}")
+    if not 1 <= r.num_prompts <= config.batch_size:
+        raise ValueError(f"rlhf.num_prompts={r.num_prompts} must be in [1, batch_size={config.batch_size}]")
+    if config.optimizer.grad_accum_steps != 1:
+        raise ValueError("RLHF does not accumulate gradients; size memory with rlhf.num_prompts and batch_size")
+    stop_candidates(config)
+    reward_setup(config)
+
+
+def stop_candidates(config) -> np.ndarray:
+    """Sampler step indices s (sigma_s in the stop window, s >= K) at which x0 may be predicted."""
+    r = config.rlhf
+    sigmas = np.asarray(rl_sampler(config).sigmas)
+    lo, hi = sorted(float(v) for v in r.stop_window)
+    steps = np.arange(len(sigmas))
+    ok = (sigmas >= lo - 1e-6) & (sigmas <= hi + 1e-6) & (steps >= r.grad_steps) & (steps >= 1)
+    if r.grad_steps < 0 or not ok.any():
+        raise ValueError(f"rlhf.stop_window={tuple(r.stop_window)} holds no sampler step s >= grad_steps="
+                         f"{r.grad_steps} of the {r.num_steps}-step sampler (sigmas {np.round(sigmas, 3).tolist()})")
+    return steps[ok]
+
+
+def rl_sampler(config) -> EulerSampler:
+    r = config.rlhf
+    return EulerSampler.make(r.num_steps, r.shift, r.guidance_scale)
+
+
+# --------------------------------------------------------------------------- state
+
+
+class RLHFState(nnx.Module):
+    def __init__(self, config, rngs: nnx.Rngs):
+        _, reward_configs, _ = reward_setup(config)
+        self.model = DiffusionModel(config, rngs)
+        self.optimizer = make_optimizer(self.model, config.optimizer, config.total_steps)
+        self.ema = EMA(self.model, config.ema_decay) if config.ema_decay > 0 else None
+        # Frozen variables (not nnx.Param): outside every optimizer and gradient; loaded in load_pretrained.
+        self.reward_models = nnx.List([freeze(RewardModel(cfg, rngs)) for cfg in reward_configs])
+
+
+def init(config, rngs: nnx.Rngs) -> RLHFState:
+    return RLHFState(config, rngs)
+
+
+def load_pretrained(state: RLHFState, source: dict, config) -> None:
+    """The generator from `config.init_from` (as pretraining loads it); the reward models from their workdirs."""
+    sft.load_pretrained(state, source, config)
+    workdirs, _, _ = reward_setup(config)
+    for model, workdir in zip(state.reward_models, workdirs):
+        reward.load_reward_params(model, workdir)
+
+
+# --------------------------------------------------------------------------- sampling with gradients
+
+
+def guided_velocity(model: DiffusionModel, config, prompts: dict, guidance_scale: float, grid):
+    """(model, x, sigma) -> CFG velocity for these prompts; conditioning is encoded once, by `model`."""
+    n = prompts["tokens"].shape[0]
+    cond = model.condition(prompts)
+    uncond = model.condition(pretrain.drop_captions(prompts, jax.random.key(0), 1.0)) if guidance_scale != 1 else None
+    extra = pretrain.model_extras(prompts, config, n)
+    frozen_cond = jax.lax.stop_gradient((cond, uncond))  # outside any loop: no tangent enters one
+
+    def velocity(m: DiffusionModel, x: jax.Array, sigma: jax.Array, frozen: bool = False) -> jax.Array:
+        c, u = frozen_cond if frozen else (cond, uncond)
+        t = jnp.full((n,), sigma, jnp.float32)
+        if u is None:
+            return m(x, t, c, grid, **extra)
+        both = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), c, u)
+        ex = {k: jnp.concatenate([v, v]) for k, v in extra.items()}
+        v = m(jnp.concatenate([x, x]), jnp.concatenate([t, t]), both, grid, **ex)
+        return v[n:] + guidance_scale * (v[:n] - v[n:])
+
+    return velocity
+
+
+def refl_x0(model: DiffusionModel, velocity, noise: jax.Array, sigmas: jax.Array, stop: jax.Array,
+            grad_steps: int, remat: bool = True) -> jax.Array:
+    """Predicted clean tokens at sampler step `stop` (traced), differentiable only through the last
+    `grad_steps` Euler steps before it and the x0 prediction at it.
+
+    Steps 0 .. stop - K - 1 run on stop-gradient parameters and conditioning; the K steps
+    stop - K .. stop - 1 run on the live model, each under jax.checkpoint when `remat`.
+    """
+    graphdef, params = nnx.split(model)
+    frozen = nnx.merge(graphdef, jax.lax.stop_gradient(params))
+
+    def frozen_step(i, x):
+        return x + (sigmas[i + 1] - sigmas[i]) * velocity(frozen, x, sigmas[i], frozen=True)
+
+    x = jax.lax.stop_gradient(jax.lax.fori_loop(0, stop - grad_steps, frozen_step, noise))
+
+    def live_step(params, x, i):
+        return x + (sigmas[i + 1] - sigmas[i]) * velocity(nnx.merge(graphdef, params), x, sigmas[i])
+
+    live_step = jax.checkpoint(live_step) if remat else live_step
+    x, _ = jax.lax.scan(lambda x, j: (live_step(params, x, stop - grad_steps + j), None), x, jnp.arange(grad_steps))
+    return x - sigmas[stop] * velocity(model, x, sigmas[stop])
+
+
+def composite_reward(reward_models, terms: list[RewardTerm], images: jax.Array, prompts: dict,
+                     transform: str) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """(r [B], {term name: its values [B]}) for images [B, H, W, C] and the prompts' captions."""
+    scores = [m.score(images, prompts["tokens"], prompts["text_mask"]) for m in reward_models]
+    total, parts = 0.0, {}
+    for term in terms:
+        s = scores[term.model][:, term.head]
+        parts[f"reward/{term.name}"] = jax.nn.sigmoid(s) if transform == "prob" else s
+        total = total + term.weight * parts[f"reward/{term.name}"]
+    return total, parts
+
+
+def reward_objective(value: jax.Array, loss: str, alpha: float) -> jax.Array:
+    """The loss that raises the reward: mean(-r), or mean(ReLU(alpha - r)), which stops pushing at r = alpha."""
+    return jnp.mean(-value) if loss == "reward" else jnp.mean(jax.nn.relu(alpha - value))
+
+
+# --------------------------------------------------------------------------- step
+
+
+def train_step(state: RLHFState, batch: dict, rng: jax.Array, config) -> dict:
+    r = config.rlhf
+    _, _, terms = reward_setup(config)
+    sampler = rl_sampler(config)
+    h, w, c = pretrain.image_shape(config)
+    p = config.input.patch_size
+    prompts = {k: batch[k][: r.num_prompts] for k in ("tokens", "text_mask")}
+    rng_noise, rng_stop, rng_fm = jax.random.split(rng, 3)
+    noise = jax.random.normal(rng_noise, (r.num_prompts, (h // p) * (w // p), p * p * c), jnp.float32)
+    candidates = jnp.asarray(stop_candidates(config))
+    stop = candidates[jax.random.randint(rng_stop, (), 0, len(candidates))]
+    sigmas = jnp.asarray(sampler.sigmas, jnp.float32)
+    reward_graph, reward_params = nnx.split(state.reward_models)
+    reward_models = nnx.merge(reward_graph, jax.lax.stop_gradient(reward_params))  # frozen
+
+    def loss_fn(model: DiffusionModel):
+        velocity = guided_velocity(model, config, prompts, sampler.guidance_scale, (h // p, w // p))
+        x0 = refl_x0(model, velocity, noise, sigmas, stop, r.grad_steps, r.remat)
+        images = mmdit.unpatchify(x0, p, h, w, c)
+        value, parts = composite_reward(reward_models, terms, images, prompts, r.reward_transform)
+        reward_loss = reward_objective(value, r.loss, r.alpha)
+        fm = jnp.zeros(())
+        if r.fm_weight > 0:
+            fm, _ = pretrain.flow_matching_loss(model, batch, rng_fm, config)
+        aux = {"reward": jnp.mean(value), "reward_loss": reward_loss, "fm_loss": fm,
+               **{k: jnp.mean(v) for k, v in parts.items()}}
+        return reward_loss + r.fm_weight * fm, aux
+
+    (loss, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True)(state.model)
+    state.optimizer.update(state.model, grads)
+    if state.ema is not None:
+        state.ema.update(state.model)
+    return {"loss": loss, **aux, "stop_sigma": sigmas[stop], "grad_norm": optax.tree.norm(grads),
+            "nonfinite_streak": nonfinite_streak(state.optimizer), "nonfinite_total": total_nonfinite(state.optimizer)}
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def evaluate(state: RLHFState, config, rng: jax.Array) -> dict:
+    """Held-out prompts: the independent classifier's prompt accuracy and Frechet distance, and
+    the reward models' composite reward on the same images (reward up while accuracy falls or
+    the distance rises = reward hacking)."""
+    import data_pipelines
+    from seedjax.eval.samples import generate_all, score_images
+
+    batch = data_pipelines.make_eval_batch(config.data, num=config.eval.num_prompts, seed=config.seed)
+    prompts = {k: v for k, v in batch.items() if k != "image"}
+    graphdef, params = nnx.split(state)
+    chunk = min(config.eval.batch_size, config.eval.num_prompts)
+    images, seconds = generate_all(lambda p, b, k: sample(nnx.merge(graphdef, p), config, k, b), params, prompts,
+                                   rng, chunk)
+    results = score_images(images, batch, config.data.image_size)
+    results["seconds_per_image"] = seconds
+    _, _, terms = reward_setup(config)
+    rgraph, rparams = nnx.split(state.reward_models)
+
+    @jax.jit
+    def rewards(rparams, images, tokens, mask):
+        return composite_reward(nnx.merge(rgraph, rparams), terms, images, {"tokens": tokens, "text_mask": mask},
+                                config.rlhf.reward_transform)
+
+    outs = [rewards(rparams, images[i:i + chunk], batch["tokens"][i:i + chunk], batch["text_mask"][i:i + chunk])
+            for i in range(0, len(images), chunk)]
+    total, parts = jax.tree.map(lambda *xs: np.concatenate(xs)[: len(images)], *outs)
+    results["reward"] = float(np.mean(total))
+    results.update({name: float(np.mean(values)) for name, values in parts.items()})
+    return results
