@@ -25,13 +25,13 @@ from flax import nnx
 from data_pipelines import glyphs
 from seedjax.eval import augment, cnn
 
-CODE_VERSION = "2"
+CODE_VERSION = "3"
 
 
 @dataclasses.dataclass(frozen=True)
 class ClassifierSettings:
     image_size: int = 32
-    steps: int = 600
+    steps: int = 1000
     batch_size: int = 128
     lr: float = 3e-3
     seed: int = 0
@@ -121,7 +121,8 @@ def augment_digits(images01: jax.Array, key: jax.Array) -> jax.Array:
     affine = functools.partial(augment.random_affine, max_aspect=0.3)
     blur = functools.partial(augment.random_blur, max_sigma=1.0)
     stages = (affine, augment.random_stroke, blur, augment.random_photometric)
-    return augment.pipeline(stages, images01, key)
+    k_stages, k_noise = jax.random.split(key)
+    return augment.add_noise(augment.pipeline(stages, images01, k_stages), k_noise, max_sigma=0.08)
 
 
 def _train(model: cnn.SmallCNN, settings: ClassifierSettings, log_every: int = 0) -> dict:
