@@ -53,12 +53,12 @@ def _to_unit_rgb(images) -> np.ndarray:
     if x.ndim != 4 or x.shape[-1] != 3:
         raise ValueError(f"score_scenes: images must be RGB [N, H, W, 3], got shape {x.shape}")
     if x.dtype == np.uint8:
-        return x.astype(np.float64) / 255.0
-    return np.clip((x.astype(np.float64) + 1.0) / 2.0, 0.0, 1.0)
+        return x.astype(np.float32) / 255.0
+    return np.clip((x.astype(np.float32) + 1.0) / 2.0, 0.0, 1.0)
 
 
 def color_map(image01: np.ndarray) -> np.ndarray:
-    """Palette index per pixel [H, W] (-1: background or no palette color)."""
+    """Palette index per pixel [..., H, W] of RGB [..., H, W, 3] in [0, 1] (-1: no palette color)."""
     hsv = rgb2hsv(image01)
     hue_gap = np.abs(hsv[..., :1] * 360.0 - _PALETTE_HUES)
     hue_gap = np.minimum(hue_gap, 360.0 - hue_gap)
@@ -83,37 +83,31 @@ def _glyph_crop(intensity: np.ndarray, mask: np.ndarray, size: int) -> np.ndarra
     return np.asarray(Image.fromarray(canvas, mode="F").resize((size, size), Image.BILINEAR), np.float32)
 
 
-def _segment(image01: np.ndarray) -> list[tuple[int, np.ndarray]]:
-    """(palette index, pixel mask) of each object in one image."""
-    h, w = image01.shape[:2]
-    colors = color_map(image01)
+def _segment(colors: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """(palette index, pixel mask) of each object in one image's color map."""
+    h, w = colors.shape
     found = []
-    for c in range(len(PALETTE)):
+    for c in np.unique(colors[colors >= 0]):
         mask = colors == c
-        if not mask.any():
-            continue
-        labels, n = ndi.label(ndi.binary_dilation(mask), structure=np.ones((3, 3)))
+        labels, _ = ndi.label(ndi.binary_dilation(mask), structure=np.ones((3, 3)))
         labels = np.where(mask, labels, 0)
-        for k in range(1, n + 1):
-            component = labels == k
-            if component.sum() >= MIN_AREA * h * w:
-                found.append((c, component))
-    if found:
-        largest = max(m.sum() for _, m in found)
-        found = [(c, m) for c, m in found if m.sum() >= MIN_RELATIVE_AREA * largest]
-    return found
+        areas = np.bincount(labels.ravel())
+        found += [(int(c), labels == k, areas[k]) for k in np.flatnonzero(areas >= MIN_AREA * h * w) if k > 0]
+    largest = max((area for _, _, area in found), default=0)
+    return [(c, mask) for c, mask, area in found if area >= MIN_RELATIVE_AREA * largest]
 
 
 def detect_objects(images, classifier: DigitClassifier | None = None) -> list[list[SceneObject]]:
     """The colored digits in each image (RGB, [-1, 1] float or uint8), with their classified digit."""
     classifier = classifier or get_classifier()
     rgb = _to_unit_rgb(images)
+    colors = color_map(rgb)
     per_image, crops = [], []
-    for image in rgb:
+    for image, image_colors in zip(rgb, colors):
         h, w = image.shape[:2]
         intensity = image.max(-1)
         objects = []
-        for color, mask in _segment(image):
+        for color, mask in _segment(image_colors):
             ys, xs = np.nonzero(mask)
             box = (ys.min() / h, xs.min() / w, (ys.max() + 1) / h, (xs.max() + 1) / w)
             objects.append(SceneObject(color, -1, box, float(mask.mean())))
