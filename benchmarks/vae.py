@@ -1,8 +1,8 @@
 """VAE reconstruction table: compression vs. quality vs. speed, trained briefly on CPU.
 
-    python -m benchmarks.vae [--settings=f8c16,f16c64,f32c128] [--steps=300] [--video_steps=150] [--no-append]
+    python -m benchmarks.vae [--settings=f8c16,f16c64,f32c128] [--steps=400] [--video_steps=150] [--no-append]
 
-For each image setting a VAE of the same widths (base 32, multipliers 1, 2, 4, 4, 4, ...)
+For each image setting a VAE of the same widths (base 16, multipliers 1, 2, 4, 4, 4, ...)
 is trained from scratch with the VAE stage's own `train_step` (L1 + KL; the perceptual and
 GAN terms are off: no trained VGG ships here, and both trade PSNR for sharpness) on 64x64
 crops of real images: training digits (`glyphs`, train split) and photographs from
@@ -18,7 +18,7 @@ elements are positions x channels. Throughput: images/s of the jitted encode (po
 mean) and decode at 256x256, batch 4, median of 5 timed runs after a warm-up.
 
 The video row trains the default causal video VAE compression (t4 s16 c48, narrower) the
-same way on moving-digit clips (9 frames, 64x64, training glyphs; hybrid discriminator off)
+same way on moving-digit clips (9 frames, 32x32, training glyphs; hybrid discriminator off)
 and scores held-out clips built from held-out glyphs.
 A table is printed and appended to BENCHMARKS.md.
 """
@@ -39,6 +39,7 @@ from flax import nnx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 64
+VIDEO_SIZE = 32
 TRAIN_PHOTOS = ("hubble_deep_field", "immunohistochemistry", "retina", "camera", "moon", "coins", "clock",
                 "brick", "grass", "gravel", "page", "text")
 HELD_OUT_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
@@ -112,7 +113,7 @@ def stage_config(kind: str, preset: str, steps: int, batch: int, **model):
     cfg = base_config(stage="vae")
     cfg.vae = vae_config(kind, preset, **model)
     cfg.vae.loss.update(perceptual_weight=0.0, adversarial_start=10**9)
-    cfg.optimizer.update(lr=1e-3, warmup_steps=min(50, steps // 10), end_lr_factor=0.05)
+    cfg.optimizer.update(lr=2e-3, warmup_steps=min(50, steps // 10), end_lr_factor=0.05)
     cfg.ema_decay = 0.0
     cfg.total_steps, cfg.batch_size = steps, batch
     return cfg
@@ -187,7 +188,7 @@ def num_params(vae) -> int:
 def image_row(setting: str, steps: int, batch: int, data: TrainImages, held_out: dict) -> dict:
     from seedjax.models.vae import image_vae_config
 
-    model = dict(base_channels=32, layers_per_block=1, norm_groups=8)
+    model = dict(base_channels=16, layers_per_block=1, norm_groups=8)
     cfg = stage_config("image", setting, steps, batch, **model)
     vae, compile_s, train_s = train(cfg, lambda: data.batch(batch), steps, "image")
     f = image_vae_config(setting, **model).downsample_factor
@@ -204,17 +205,17 @@ def video_row(steps: int, batch: int) -> dict:
     from data_pipelines.moving_digits import moving_digit_clips
     from seedjax.models.video_vae import video_vae_config
 
-    model = dict(in_channels=1, base_channels=16, channel_mult=(1, 2, 2, 4, 4), layers_per_block=1, norm_groups=8)
+    model = dict(in_channels=1, base_channels=8, channel_mult=(1, 2, 2, 4, 4), layers_per_block=1, norm_groups=8)
     cfg = stage_config("video", "t4s16c48", steps, batch, **model)
-    train_clips = moving_digit_clips("train", 512, 9, SIZE, seed=1)
+    train_clips = moving_digit_clips("train", 512, 9, VIDEO_SIZE, seed=1)
     rng = np.random.default_rng(0)
     vae, compile_s, train_s = train(cfg, lambda: train_clips[rng.integers(0, len(train_clips), batch)], steps, "video")
-    held_out = moving_digit_clips("test", 32, 9, SIZE, seed=2)
+    held_out = moving_digit_clips("test", 32, 9, VIDEO_SIZE, seed=2)
     psnr, ssim = scores(held_out, reconstruct(vae, held_out, batch=4))
     vc = video_vae_config("t4s16c48", **model)
-    latent_elems = vc.latent_frames(9) * (SIZE // 16) ** 2 * 48
+    latent_elems = vc.latent_frames(9) * (VIDEO_SIZE // 16) ** 2 * 48
     row = dict(setting="t4s16c48 (video)", params=num_params(vae), psnr=psnr, ssim=ssim, train_s=train_s,
-               compile_s=compile_s, steps=steps, ratio=9 * SIZE * SIZE / latent_elems)
+               compile_s=compile_s, steps=steps, ratio=9 * VIDEO_SIZE * VIDEO_SIZE / latent_elems)
     print(f"video: {row}", flush=True)
     return row
 
@@ -222,10 +223,10 @@ def video_row(steps: int, batch: int) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--settings", default="f8c16,f16c64,f32c128")
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--video_steps", type=int, default=150)
-    parser.add_argument("--video_batch", type=int, default=4)
+    parser.add_argument("--video_batch", type=int, default=2)
     parser.add_argument("--no-append", dest="append", action="store_false")
     args = parser.parse_args(argv)
 
@@ -268,7 +269,7 @@ def main(argv=None) -> int:
         lines += [
             "",
             f"Video: causal VAE t4s16c48 ({video['params'] / 1e6:.2f}M params, {video['ratio']:.0f}x fewer elements "
-            f"than pixels) trained {video['steps']} steps of {args.video_batch} moving-digit clips (9 frames, 64x64); "
+            f"than pixels) trained {video['steps']} steps of {args.video_batch} moving-digit clips (9 frames, 32x32); "
             f"held-out clips (held-out glyphs): PSNR {video['psnr']:.2f} dB, SSIM {video['ssim']:.3f} "
             f"(train {video['train_s']:.0f}s + {video['compile_s']:.0f}s compile).",
         ]

@@ -78,8 +78,7 @@ def test_one_pass_gradients_equal_plain_autodiff_of_the_loss():
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-7)
 
 
-def _train(cfg, batch, steps):
-    state = stage.init(cfg, rngs())
+def _train(state, cfg, batch, steps):
     graphdef, st = nnx.split(state)
 
     @jax.jit
@@ -97,14 +96,14 @@ def _train(cfg, batch, steps):
 
 def test_adversarial_terms_start_at_the_configured_step():
     cfg = tiny_config(adversarial_start=2, perceptual_weight=0.0)
-    before = stage.init(cfg, rngs())
-    state, history = _train(cfg, {"image": digits(8)}, 4)
+    state = stage.init(cfg, rngs())
+    kernels = lambda d: [np.array(v[...]) for p, v in nnx.to_flat_state(nnx.state(d, nnx.Param)) if p[-1] == "kernel"]
+    initial_kernels = kernels(state.discriminator)
+    state, history = _train(state, cfg, {"image": digits(8)}, 4)
     assert [float(h["adv_weight"]) > 0 for h in history] == [False, False, True, True]
     assert [float(h["d_loss"]) > 0 for h in history] == [False, False, True, True]
     # The discriminator trained once the GAN was on (its conv kernels moved).
-    kernels = lambda d: [v for p, v in nnx.to_flat_state(nnx.state(d, nnx.Param)) if p[-1] == "kernel"]
-    assert all(not np.array_equal(a[...], b[...]) for a, b in zip(kernels(before.discriminator),
-                                                                     kernels(state.discriminator)))
+    assert all(not np.array_equal(a, b) for a, b in zip(initial_kernels, kernels(state.discriminator)))
     assert history[-1]["l1"] < history[0]["l1"]
     assert int(state.optimizer.step[...]) == 4
     # EMA lags the weights it averages.
@@ -126,9 +125,8 @@ def test_hybrid_discriminator_scores_frames_and_clips():
     shuffled = clips[:, ::-1]
     np.testing.assert_allclose(disc(shuffled)[0].reshape(2, 3, -1)[:, ::-1], frame_logits.reshape(2, 3, -1), rtol=1e-5)
     assert not np.allclose(disc(shuffled)[1], clip_logits)
-    state = stage.init(tiny_config("video"), rngs())
-    with pytest.raises(KeyError, match="batch\\['video'\\]"):
-        stage.train_step(state, {"image": clips[:, 0]}, jax.random.key(0), tiny_config("video"))
+    with pytest.raises(KeyError, match="batch\\['video'\\]"):  # checked before the state is touched
+        stage.train_step(None, {"image": clips[:, 0]}, jax.random.key(0), cfg)
 
 
 def test_patch_discriminator_matches_the_taming_layout():
