@@ -310,9 +310,12 @@ def _make(index: int, cfg: SceneConfig, seed: int, stream: int) -> dict:
     rng = np.random.default_rng(np.random.SeedSequence((seed, index, stream)))
     size = cfg.image_size
     count = int(rng.integers(1, cfg.max_objects + 1))
-    boxes_px = None
-    while boxes_px is None:
+    for _ in range(100):
         boxes_px = _layout(rng, count, size)
+        if boxes_px is not None:
+            break
+    else:
+        raise RuntimeError(f"make_scene: could not place {count} objects on a {size}x{size} image")
     digits = rng.choice(10, size=count, p=_zipf(10, cfg.long_tail))
     colors = rng.choice(len(PALETTE), size=count, p=_zipf(len(PALETTE), cfg.long_tail))
     images, by_digit = _glyphs_by_digit(cfg.split)
