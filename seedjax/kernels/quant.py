@@ -77,16 +77,3 @@ def fake_quantize_channels(x: jax.Array) -> jax.Array:
     values, scale = quantize_channels(x)
     return values.astype(jnp.float32) * scale
 
-
-def block_incoherence(x: jax.Array, block_q: int, block_k: int, eps: float = 1e-12) -> jax.Array:
-    """max |x| / mean |x| of every (block_q x block_k) block of x [..., Lq, Lk].
-
-    This is the quantization metric of PAROAttention: INT8 error in a block grows with
-    how far its largest entry stands above the typical one. Returns [..., Lq/bq, Lk/bk];
-    all-zero blocks score 1 (nothing to lose). Lq, Lk must be multiples of the blocks.
-    """
-    *lead, lq, lk = x.shape
-    xb = jnp.abs(x).reshape(*lead, lq // block_q, block_q, lk // block_k, block_k)
-    peak = jnp.max(xb, axis=(-3, -1))
-    mean = jnp.mean(xb, axis=(-3, -1))
-    return jnp.where(mean > eps, peak / jnp.maximum(mean, eps), 1.0)
