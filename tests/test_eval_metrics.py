@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import scipy.ndimage
-from safetensors.numpy import load_file
+from safetensors.numpy import load_file, save_file
 
 from data_pipelines import glyphs
 from seedjax.eval import cnn
@@ -148,13 +148,15 @@ def test_classifier_fd_orders_distributions(classifier, test_digits):
 
 
 def test_training_is_deterministic_and_cached(tmp_path, monkeypatch):
-    """Same settings -> bitwise-equal weights (two fresh trainings); a reload gives the same model."""
-    weights = []
+    """Same settings -> bitwise-equal weights (two fresh trainings); a reload gives the same model;
+    a cache file that does not fit the model is refused with its path in the message."""
+    weights, paths = [], []
     for run in ("a", "b"):
         monkeypatch.setenv("SEEDJAX_CACHE", str(tmp_path / run))
         clf = get_classifier.__wrapped__(32, steps=5, batch_size=16)
         files = list((tmp_path / run / "digit_classifier").glob("*.safetensors"))
         assert len(files) == 1
+        paths.append(files[0])
         weights.append(load_file(str(files[0])))
     assert weights[0].keys() == weights[1].keys()
     for name in weights[0]:
@@ -164,16 +166,9 @@ def test_training_is_deterministic_and_cached(tmp_path, monkeypatch):
     np.testing.assert_array_equal(reloaded.logits(images[:50]), clf.logits(images[:50]))
     assert reloaded.metadata["test_accuracy"] == clf.metadata["test_accuracy"]
 
-
-def test_cache_rejects_mismatched_file(tmp_path, monkeypatch):
-    monkeypatch.setenv("SEEDJAX_CACHE", str(tmp_path))
-    get_classifier.__wrapped__(32, steps=2, batch_size=8)
-    (path,) = (tmp_path / "digit_classifier").glob("*.safetensors")
-    tensors = load_file(str(path))
+    tensors = dict(weights[1])
     tensors.pop(sorted(tensors)[0])
-    from safetensors.numpy import save_file
-
-    save_file(tensors, str(path))
+    save_file(tensors, str(paths[1]))
     with pytest.raises(ValueError, match="do not match the model"):
-        get_classifier.__wrapped__(32, steps=2, batch_size=8)
+        get_classifier.__wrapped__(32, steps=5, batch_size=16)
     assert cnn.settings_key({"a": 1}) != cnn.settings_key({"a": 2})
