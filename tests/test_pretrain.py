@@ -119,3 +119,10 @@ def test_sample_shapes_and_cfg_doubles_nfe():
     assert images.shape == (2, s, s, 1) and float(jnp.abs(images).max()) <= 1.0
     assert EulerSampler.make(cfg.sampling.num_steps, guidance_scale=cfg.sampling.guidance_scale).nfe == \
         2 * cfg.sampling.num_steps
+
+
+def test_paro_backend_without_a_plan_is_a_clear_error():
+    cfg = tiny(**{"model.attention_backend": "paro"})
+    state = pretrain.init(cfg, nnx.Rngs(0))
+    with pytest.raises(ValueError, match="paro_plan"):
+        pretrain.flow_matching_loss(state.model, batch_for(cfg), jax.random.key(0), cfg)

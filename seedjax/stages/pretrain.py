@@ -27,7 +27,9 @@ def input_config(**overrides) -> ml_collections.ConfigDict:
 
 
 def sampling_config(**overrides) -> ml_collections.ConfigDict:
-    cfg = ml_collections.ConfigDict(dict(num_steps=30, guidance_scale=3.0, shift=1.0, use_ema=True))
+    # paro_plan: the plan file of `python -m seedjax.tools.calibrate_paro`, used when
+    # config.model.attention_backend = 'paro' (sampling, and training if set while training).
+    cfg = ml_collections.ConfigDict(dict(num_steps=30, guidance_scale=3.0, shift=1.0, use_ema=True, paro_plan=""))
     cfg.update(overrides)
     return cfg
 
@@ -46,10 +48,11 @@ class DiffusionModel(nnx.Module):
         embeddings, mask, pooled = text.text_conditioning(self.text, batch)
         return {"text_embeddings": embeddings, "pooled": pooled, "text_mask": mask}
 
-    def __call__(self, x, t, cond: dict, grid_hw, *, guidance=None, target_size=None, return_features=False):
+    def __call__(self, x, t, cond: dict, grid_hw, *, guidance=None, target_size=None, return_features=False,
+                 attention_kwargs=None):
         return self.dit(x, t, cond["text_embeddings"], cond["pooled"], text_mask=cond["text_mask"],
                         grid_hw=grid_hw, guidance=guidance, target_size=target_size,
-                        return_features=return_features)
+                        return_features=return_features, attention_kwargs=attention_kwargs)
 
 
 class PretrainState(nnx.Module):
@@ -109,6 +112,7 @@ def flow_matching_loss(model: DiffusionModel, batch: dict, rng: jax.Array, confi
         weights = flow.token_mask(batch["latent_loss_mask"], config.input.patch_size)
     cond = model.condition(batch)
     extra = model_extras(batch, config, x0.shape[0])
+    extra["attention_kwargs"] = attention_kwargs(config, t)
     if repa_head is None:
         v = model(x_t, t, cond, grid, **extra)
         fm = flow.masked_mse(v, flow.velocity_target(x0, noise), weights)
@@ -117,6 +121,16 @@ def flow_matching_loss(model: DiffusionModel, batch: dict, rng: jax.Array, confi
     fm = flow.masked_mse(v, flow.velocity_target(x0, noise), weights)
     rl = repa_head.loss(feats, batch, grid, config)
     return fm + config.repa.weight * rl, {"fm_loss": fm, "repa_loss": rl}
+
+
+def attention_kwargs(config, t: jax.Array) -> dict | None:
+    """What the configured attention backend needs per call (PARO: its plan and the timestep)."""
+    if config.model.attention_backend != "paro":
+        return None
+    if not config.sampling.paro_plan:
+        raise ValueError("config.model.attention_backend=paro needs config.sampling.paro_plan "
+                         "(make one with python -m seedjax.tools.calibrate_paro)")
+    return {"plan": config.sampling.paro_plan, "timestep": t}
 
 
 def model_extras(batch: dict, config, n: int) -> dict:
@@ -177,7 +191,7 @@ def generate(model: DiffusionModel, config, rng: jax.Array, batch: dict, sampler
     def velocity(x, t, c):
         rep = x.shape[0] // n
         ex = {k: jnp.concatenate([v] * rep) for k, v in extra.items()}
-        return model(x, t, c, grid, **ex)
+        return model(x, t, c, grid, attention_kwargs=attention_kwargs(config, t), **ex)
 
     x = sampler(velocity, noise, cond, uncond)
     return mmdit.unpatchify(x, p, h, w, c)
