@@ -146,3 +146,23 @@ def test_diffusers_config_round_trip():
     for k, v in SMALL.items():
         assert back[k] == v, k
     json.dumps(back)
+
+
+def test_presets_and_bad_input_name_the_shape():
+    from seedjax.models.vae import image_vae_config
+
+    assert [image_vae_config(n).downsample_factor for n in ("f8c16", "f16c64", "f32c128")] == [8, 16, 32]
+    assert image_vae_config("f16c64").latent_shape(256, 256) == (16, 16, 64)
+    with pytest.raises(ValueError, match="f12c4"):
+        image_vae_config("f12c4")
+    with pytest.raises(ValueError, match="norm_groups"):
+        image_vae_config("f8c4", base_channels=12, norm_groups=8)
+    vae = ImageVAE(akl.config_from_diffusers(SMALL), rngs=rngs())  # factor 4, 3 channels
+    with pytest.raises(ValueError, match=r"\[batch, height, width, 3\].*\(2, 16, 16, 1\)"):
+        vae.encode(jnp.zeros((2, 16, 16, 1)))
+    with pytest.raises(ValueError, match=r"\(1, 2, 16, 3\).*height 2.*factor 4"):
+        vae.encode(jnp.zeros((1, 2, 16, 3)))
+    with pytest.raises(ValueError, match=r"\(1, 16, 18, 3\).*width 18.*factor 4"):
+        vae.encode(jnp.zeros((1, 16, 18, 3)))
+    with pytest.raises(ValueError, match=r"latents .*4\].*\(1, 4, 4, 3\)"):
+        vae.decode(jnp.zeros((1, 4, 4, 3)))
