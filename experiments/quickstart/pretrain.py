@@ -4,7 +4,8 @@
     python -m seedjax.main --config=experiments/quickstart/pretrain.py:tiny --workdir=/tmp/tiny
 
 Variants: `quickstart` (default; the few-minute CPU run behind launch/quickstart.sh) and
-`tiny` (seconds; CI). Pixel space, 32x32 grayscale, 4x4 patches -> 64 image tokens.
+`tiny` (seconds; CI). Pixel space, 16x16 grayscale (the glyphs are 8x8 at heart), 4x4
+patches -> 16 image tokens; the captions are byte tokens (up to 32).
 """
 
 from experiments.common import diffusion_model_config, link_widths
@@ -15,13 +16,13 @@ def get_config(arg=None):
     arg = parse_arg(arg, variant="quickstart", steps=-1)
     cfg = diffusion_model_config("pretrain", model_preset="tiny")
     cfg.data.source = "digits"
-    cfg.data.image_size = 32
+    cfg.data.image_size = 16
     cfg.data.max_text_len = 32
     cfg.input.patch_size = 4
-    cfg.text.width = 128
+    cfg.text.width = 96
     cfg.text.depth = 2
-    cfg.text.num_heads = 4
-    cfg.model.num_heads = 4
+    cfg.text.num_heads = 3
+    cfg.model.num_heads = 3
     cfg.model.head_dim = 32
     cfg.model.axes_dims_rope = (8, 12, 12)
     cfg.model.depth_double = 2
@@ -36,11 +37,11 @@ def get_config(arg=None):
     cfg.optimizer.weight_decay = 0.0
     cfg.ema_decay = 0.995
     cfg.batch_size = 64
-    cfg.total_steps = 2000
+    cfg.total_steps = 1200
     cfg.log_every = 100
-    cfg.checkpoint_every = 500
-    cfg.sample_every = 1000
-    cfg.eval_every = 0
+    cfg.checkpoint_every = 400
+    cfg.sample_every = 600
+    cfg.eval_every = 1200  # at the end
     cfg.num_samples = 20
     cfg.eval.num_prompts = 300
 
@@ -53,6 +54,7 @@ def get_config(arg=None):
         cfg.log_every = 5
         cfg.checkpoint_every = 10
         cfg.sample_every = 20
+        cfg.eval_every = 0
         cfg.num_samples = 4
         cfg.sampling.num_steps = 4
         cfg.eval.num_prompts = 20

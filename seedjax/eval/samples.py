@@ -45,7 +45,7 @@ def score_images(images: np.ndarray, batch: dict, image_size: int) -> dict[str, 
     from seedjax.eval.classifier import get_classifier
 
     clf = get_classifier(image_size)
-    out: dict[str, float] = {}
+    out: dict[str, float] = {"classifier_test_accuracy": clf.test_accuracy}
     if "label" in batch:
         out["prompt_accuracy"] = float(np.mean(clf.predict(images) == np.asarray(batch["label"])))
     if "scene_digit" in batch:
