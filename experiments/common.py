@@ -37,3 +37,20 @@ def link_widths(cfg: ml_collections.ConfigDict) -> None:
     cfg.model.text_dim = cfg.text.width
     cfg.model.pooled_dim = cfg.text.width
     cfg.text.max_len = cfg.data.max_text_len
+
+
+def make_tiny(cfg: ml_collections.ConfigDict) -> None:
+    """Shrink a diffusion-model config so one run takes seconds on a CPU (the `tiny` variants; CI)."""
+    cfg.model.depth_double = 1
+    cfg.model.depth_single = 1
+    cfg.text.depth = 1
+    cfg.batch_size = 8
+    cfg.total_steps = 20
+    cfg.log_every = 5
+    cfg.checkpoint_every = 10
+    cfg.sample_every = 20
+    cfg.eval_every = 0
+    cfg.num_samples = 4
+    cfg.sampling.num_steps = 4
+    cfg.eval.num_prompts = 20
+    cfg.optimizer.warmup_steps = 5

@@ -251,7 +251,7 @@ def test_cfg_distillation_student_learns_and_teacher_stays():
 def test_dmd_generator_gradient_never_reaches_the_fake_score_and_fake_score_learns():
     from seedjax.stages import distill_dmd
 
-    cfg = tiny("distill_dmd.py:variant=tiny,dmd=dmdo", **{"sampling.num_steps": 2})
+    cfg = tiny("distill_dmd.py:variant=tiny,dmd=dmdo", **{"sampling.num_steps": 2, "dmd.segments": 2})
     state = distill_dmd.init(cfg, nnx.Rngs(0))
     for i, module in enumerate((state.model, state.fake_score)):
         perturb(module, seed=i)
@@ -321,3 +321,15 @@ def test_repeat_runs_updates_in_one_loop_and_averages_metrics():
 
     metrics = dmd.repeat(5, update, holder)
     assert float(holder.count[...]) == 5.0 and float(metrics["i"]) == 2.0
+
+
+def test_dmdo_steps_from_the_start_of_trajectory_segments():
+    cfg = tiny("distill_dmd.py:variant=tiny,dmd=dmdo")  # 6 student steps in TSCD's 3 segments
+    np.testing.assert_array_equal(dmd.segment_starts(cfg), [0, 2, 4])
+    with cfg.unlocked():
+        cfg.dmd.segments = 0
+    np.testing.assert_array_equal(dmd.segment_starts(cfg), np.arange(6))
+    with cfg.unlocked():
+        cfg.dmd.segments = 4
+    with pytest.raises(ValueError, match="must divide"):
+        dmd.validate_config(cfg)

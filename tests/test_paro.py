@@ -246,7 +246,7 @@ def test_calibrate_paro_cli_on_a_trained_run(tmp_path):
 
     workdir = str(tmp_path / "run")
     done = run_main("experiments/quickstart/pretrain.py:tiny", workdir, "total_steps=2", "sample_every=0",
-                    "checkpoint_every=2")
+                    "checkpoint_every=2", "data.image_size=32")  # 8x8 patches: several 16-token blocks
     assert done.returncode == 0, done.stderr[-2000:]
     out = str(tmp_path / "plan.safetensors")
     cmd = [sys.executable, "-m", "seedjax.tools.calibrate_paro", f"--workdir={workdir}", "--density=0.5",
@@ -254,7 +254,7 @@ def test_calibrate_paro_cli_on_a_trained_run(tmp_path):
     result = subprocess.run(cmd, cwd=ROOT, env=env_for(1), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     plan = paro.ParoPlan.load(out)
-    assert plan.model_shape == {"num_layers": 2, "num_heads": 4, "num_text": 32, "grid": [8, 8], "block_q": 16,
+    assert plan.model_shape == {"num_layers": 2, "num_heads": 3, "num_text": 32, "grid": [8, 8], "block_q": 16,
                                 "block_k": 16}
     assert len(plan.bucket_edges) == 1 and abs(plan.density() - 0.5) < 0.05
     assert "wrote" in result.stdout

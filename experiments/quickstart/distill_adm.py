@@ -4,26 +4,26 @@
         --config.init_from=runs/qs/adp
 """
 
-from experiments.quickstart import distill_common
+from experiments.quickstart import _distill_common
 from seedjax.distill.discriminator import discriminator_config
 from seedjax.distill.dmd import dmd_config
 from seedjax.stages.distill_adm import adm_config
 
 
 def get_config(arg=None):
-    arg = distill_common.parse(arg)
-    return configure(distill_common.base("distill_adm", arg), arg)
+    arg = _distill_common.parse(arg)
+    return configure(_distill_common.base("distill_adm", arg), arg)
 
 
 def configure(cfg, arg):
-    """The stage's settings on top of a teacher's config (see distill_common.base)."""
+    """The stage's settings on top of a teacher's config (see _distill_common.base)."""
     cfg.distill.student_from = "ema"
     cfg.distill.teacher_from = "teacher"
     cfg.adm = adm_config(ode_dt=1.0 / 64)
     cfg.dmd = dmd_config(variant="dmd2", fake_updates_per_step=5, gan_weight=0.0)  # the fake score, as in DMD2
     cfg.disc = discriminator_config(levels=(0, 1, 2, 3), head_hidden=128, train_backbone=False, loss="hinge")
-    cfg.fake_optimizer = distill_common.second_optimizer(lr=1e-4)
-    cfg.disc_optimizer = distill_common.second_optimizer(lr=1e-4)
+    cfg.fake_optimizer = _distill_common.second_optimizer(lr=1e-4)
+    cfg.disc_optimizer = _distill_common.second_optimizer(lr=1e-4)
     cfg.sampling.num_steps = 1
     cfg.optimizer.lr = 2e-5
     cfg.total_steps = 400
@@ -36,4 +36,4 @@ def configure(cfg, arg):
         cfg.total_steps = 4
         cfg.log_every = 2
         cfg.checkpoint_every = 4
-    return distill_common.finish(cfg, arg)
+    return _distill_common.finish(cfg, arg)

@@ -6,19 +6,19 @@
 """
 
 import data_pipelines
-from experiments.quickstart import distill_common
+from experiments.quickstart import _distill_common
 from seedjax.distill.discriminator import discriminator_config
 from seedjax.models.discriminators import discriminator_config as patch_discriminator_config
 from seedjax.stages.distill_adp import adp_config
 
 
 def get_config(arg=None):
-    arg = distill_common.parse(arg)
-    return configure(distill_common.base("distill_adp", arg), arg)
+    arg = _distill_common.parse(arg)
+    return configure(_distill_common.base("distill_adp", arg), arg)
 
 
 def configure(cfg, arg):
-    """The stage's settings on top of a teacher's config (see distill_common.base)."""
+    """The stage's settings on top of a teacher's config (see _distill_common.base)."""
     cfg.data.channels = data_pipelines.channels(cfg.eval.data)
     cfg.data.source = "shards"  # ODE pairs; data.path is set per run (the pipeline passes it)
     cfg.distill.student_from = "ema"
@@ -26,7 +26,7 @@ def configure(cfg, arg):
     cfg.adp = adp_config(regression_weight=1.0, adversarial_weight=0.1, latent_weight=0.85, pixel_weight=0.15)
     cfg.disc = discriminator_config(levels=(0, 1, 2, 3), head_hidden=128, train_backbone=True, t_min=0.0, t_max=1.0)
     cfg.pixel_disc = patch_discriminator_config(channels=32, num_layers=2, norm_groups=8)
-    cfg.disc_optimizer = distill_common.second_optimizer(lr=1e-4)
+    cfg.disc_optimizer = _distill_common.second_optimizer(lr=1e-4)
     cfg.sampling.num_steps = 1
     cfg.optimizer.lr = 5e-5
     cfg.total_steps = 600
@@ -39,4 +39,4 @@ def configure(cfg, arg):
         cfg.total_steps = 4
         cfg.log_every = 2
         cfg.checkpoint_every = 4
-    return distill_common.finish(cfg, arg)
+    return _distill_common.finish(cfg, arg)

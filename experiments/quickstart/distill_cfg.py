@@ -4,17 +4,17 @@
         --config.init_from=runs/qs/pretrain
 """
 
-from experiments.quickstart import distill_common
+from experiments.quickstart import _distill_common
 from seedjax.stages.distill_cfg import cfg_config
 
 
 def get_config(arg=None):
-    arg = distill_common.parse(arg)
-    return configure(distill_common.base("distill_cfg", arg), arg)
+    arg = _distill_common.parse(arg)
+    return configure(_distill_common.base("distill_cfg", arg), arg)
 
 
 def configure(cfg, arg):
-    """The stage's settings on top of a teacher's config (see distill_common.base)."""
+    """The stage's settings on top of a teacher's config (see _distill_common.base)."""
     cfg.cfg_distill = cfg_config(guidance_min=1.0, guidance_max=5.0)
     cfg.distill.teacher_guidance_embed = False  # the pretrained teacher runs true CFG
     cfg.distill.student_from = "ema"
@@ -28,4 +28,4 @@ def configure(cfg, arg):
         cfg.total_steps = 4
         cfg.log_every = 2
         cfg.checkpoint_every = 4
-    return distill_common.finish(cfg, arg)
+    return _distill_common.finish(cfg, arg)

@@ -7,18 +7,18 @@
 adds it to the MSE; the default is MSE.
 """
 
-from experiments.quickstart import distill_common
+from experiments.quickstart import _distill_common
 from seedjax.distill.discriminator import discriminator_config
 from seedjax.stages.distill_tscd import tscd_config
 
 
 def get_config(arg=None):
-    arg = distill_common.parse(arg, loss="mse")
-    return configure(distill_common.base("distill_tscd", arg), arg)
+    arg = _distill_common.parse(arg, loss="mse")
+    return configure(_distill_common.base("distill_tscd", arg), arg)
 
 
 def configure(cfg, arg):
-    """The stage's settings on top of a teacher's config (see distill_common.base)."""
+    """The stage's settings on top of a teacher's config (see _distill_common.base)."""
     cfg.distill.student_from = "ema"
     cfg.distill.teacher_from = "ema"  # the CFG-distilled model is the teacher from here on
     cfg.tscd = tscd_config(segments=3, grid_steps=48)
@@ -27,7 +27,7 @@ def configure(cfg, arg):
     cfg.tscd.mse_weight = 0.0 if arg.loss == "adversarial" else 1.0
     cfg.tscd.adversarial_weight = 0.0 if arg.loss == "mse" else 0.1
     cfg.disc = discriminator_config(levels=(0, 1, 2, 3), head_hidden=128, train_backbone=True)
-    cfg.disc_optimizer = distill_common.second_optimizer(lr=1e-4)
+    cfg.disc_optimizer = _distill_common.second_optimizer(lr=1e-4)
     cfg.sampling.num_steps = 6
     cfg.sampling.schedule = "uniform"
     cfg.optimizer.lr = 1e-4
@@ -40,4 +40,4 @@ def configure(cfg, arg):
         cfg.total_steps = 4
         cfg.log_every = 2
         cfg.checkpoint_every = 4
-    return distill_common.finish(cfg, arg)
+    return _distill_common.finish(cfg, arg)

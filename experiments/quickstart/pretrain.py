@@ -8,7 +8,7 @@ Variants: `quickstart` (default; the few-minute CPU run behind launch/quickstart
 patches -> 16 image tokens; the captions are byte tokens (up to 32).
 """
 
-from experiments.common import diffusion_model_config, link_widths
+from experiments.common import diffusion_model_config, link_widths, make_tiny
 from seedjax.config import parse_arg
 
 
@@ -46,19 +46,7 @@ def get_config(arg=None):
     cfg.eval.num_prompts = 300
 
     if arg.variant == "tiny":
-        cfg.model.depth_double = 1
-        cfg.model.depth_single = 1
-        cfg.text.depth = 1
-        cfg.batch_size = 8
-        cfg.total_steps = 20
-        cfg.log_every = 5
-        cfg.checkpoint_every = 10
-        cfg.sample_every = 20
-        cfg.eval_every = 0
-        cfg.num_samples = 4
-        cfg.sampling.num_steps = 4
-        cfg.eval.num_prompts = 20
-        cfg.optimizer.warmup_steps = 5
+        make_tiny(cfg)
     elif arg.variant != "quickstart":
         raise ValueError(f"unknown variant {arg.variant!r} (quickstart | tiny)")
     if arg.steps > 0:

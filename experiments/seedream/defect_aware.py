@@ -13,10 +13,10 @@ from seedjax.config import parse_arg
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, masking="on", steps=4000)
+    arg = parse_arg(arg, masking="on", variant="default", steps=4000)
     if arg.masking not in ("on", "off"):
         raise ValueError(f"masking must be on or off, got {arg.masking!r}")
-    cfg = scenes_config(arg.steps)
+    cfg = scenes_config(arg.steps, arg.variant)
     cfg.data.scenes.defect_fraction = 0.3
     cfg.data.defects.enabled = arg.masking == "on"
     cfg.data.defects.max_area = 0.2

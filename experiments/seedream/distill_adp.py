@@ -5,10 +5,10 @@
         --config.init_from=runs/scenes_distill/dmdo --config.data.path=runs/scenes_distill/ode_pairs
 """
 
-from experiments.quickstart import distill_adp, distill_common
+from experiments.quickstart import distill_adp, _distill_common
 from experiments.seedream.scenes_pretrain import scenes_config
 
 
 def get_config(arg=None):
-    arg = distill_common.parse(arg)
-    return distill_adp.configure(distill_common.base("distill_adp", arg, teacher=scenes_config()), arg)
+    arg = _distill_common.parse(arg)
+    return distill_adp.configure(_distill_common.base("distill_adp", arg, teacher=scenes_config()), arg)

@@ -6,10 +6,10 @@
 The whole chain: experiments/seedream/distill_pipeline.py.
 """
 
-from experiments.quickstart import distill_cfg, distill_common
+from experiments.quickstart import distill_cfg, _distill_common
 from experiments.seedream.scenes_pretrain import scenes_config
 
 
 def get_config(arg=None):
-    arg = distill_common.parse(arg)
-    return distill_cfg.configure(distill_common.base("distill_cfg", arg, teacher=scenes_config()), arg)
+    arg = _distill_common.parse(arg)
+    return distill_cfg.configure(_distill_common.base("distill_cfg", arg, teacher=scenes_config()), arg)

@@ -14,10 +14,10 @@ from seedjax.config import parse_arg
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, sampling="on", steps=4000)
+    arg = parse_arg(arg, sampling="on", variant="default", steps=4000)
     if arg.sampling not in ("on", "off"):
         raise ValueError(f"sampling must be on or off, got {arg.sampling!r}")
-    cfg = scenes_config(arg.steps)
+    cfg = scenes_config(arg.steps, arg.variant)
     cfg.data.scenes.long_tail = 1.5
     cfg.data.scenes.max_objects = 1
     cfg.data.scenes.num_samples = 10_000

@@ -6,11 +6,11 @@ The quickstart's small MMDiT and text encoder (4x4 patches -> 64 image tokens), 
 generated colored digit scenes. `defect_aware.py` and `dual_axis.py` change only the data.
 """
 
-from experiments.common import diffusion_model_config, link_widths
+from experiments.common import diffusion_model_config, link_widths, make_tiny
 from seedjax.config import parse_arg
 
 
-def scenes_config(steps: int = 4000):
+def scenes_config(steps: int = 4000, variant: str = "default"):
     cfg = diffusion_model_config("pretrain", model_preset="tiny")
     cfg.data.source = "digit_scenes"
     cfg.data.image_size = 32
@@ -42,10 +42,15 @@ def scenes_config(steps: int = 4000):
     cfg.sample_every = steps
     cfg.eval_every = 0
     cfg.num_samples = 16
+    if variant == "tiny":
+        make_tiny(cfg)
+        cfg.data.scenes.num_samples = 256
+    elif variant != "default":
+        raise ValueError(f"unknown variant {variant!r} (default | tiny)")
     link_widths(cfg)
     return cfg
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, steps=4000)
-    return scenes_config(arg.steps)
+    arg = parse_arg(arg, variant="default", steps=4000)
+    return scenes_config(arg.steps, arg.variant)

@@ -3,7 +3,7 @@
     python -m seedjax.main --config=experiments/seedream/vae.py:data_path=/data/shards,vgg=/weights/vgg16.safetensors \\
         --workdir=runs/seedream/vae
 
-Args: `preset` (f8c16 | f16c64 | f32c128 | any fNcM), `data_path` (ArrayRecord shards from
+Args: `variant` (default | tiny), `preset` (f8c16 | f16c64 | f32c128 | any fNcM), `data_path` (ArrayRecord shards from
 `python -m data_pipelines.prepare`, or an image folder with `data_source=folder`), `vgg`
 (a local torchvision VGG16 state dict for the perceptual loss; empty = the random-feature
 fallback, logged), `lpips` (optional LPIPS heads), `diffusers` (optional local diffusers
@@ -20,7 +20,7 @@ from seedjax.stages.vae import vae_config
 
 def get_config(arg=None):
     arg = parse_arg(arg, preset="f16c64", data_path="", data_source="shards", vgg="", lpips="", diffusers="",
-                    steps=200_000)
+                    steps=200_000, variant="default")
     import data_pipelines
 
     cfg = base_config(stage="vae")
@@ -45,4 +45,16 @@ def get_config(arg=None):
     cfg.eval_every = 10_000
     cfg.num_samples = 8
     cfg.sharding.rules.vae_height = "sequence"
+    if arg.variant == "tiny":  # the same recipe on bundled digits at 32x32 (seconds; CI)
+        cfg.data.source = "digits"
+        cfg.data.image_size = 32
+        cfg.vae.model.update(base_channels=8, norm_groups=8)
+        cfg.vae.discriminator.update(channels=16, norm_groups=8)
+        cfg.vae.loss.adversarial_start = 10
+        cfg.vae.eval_images = 32
+        cfg.update(batch_size=8, total_steps=20, log_every=5, checkpoint_every=10, sample_every=20, eval_every=20,
+                   num_samples=4)
+        cfg.optimizer.warmup_steps = 5
+    elif arg.variant != "default":
+        raise ValueError(f"unknown variant {arg.variant!r} (default | tiny)")
     return cfg

@@ -8,9 +8,10 @@ distribution the student currently produces. Each train step
    intermediate state;
 2. updates the fake score `fake_updates_per_step` times on those samples (DMD2's two-time-scale
    rule: several fake-score updates per generator update);
-3. updates the generator once: from the stored state at the start of a random step (for a
-   one-step student: the noise) it takes one student step straight to x̂0, and the loss on x̂0
-   compares the real and fake scores at a re-noised copy of it.
+3. updates the generator once: from the stored state at the start of a random segment
+   (`config.dmd.segments` of the K steps; for a one-step student: the noise) it takes one
+   student step straight to x̂0, and the loss on x̂0 compares the real and fake scores at a
+   re-noised copy of it.
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from flax import nnx
 
 from seedjax.diffusion import flow
 from seedjax.distill import generator
 from seedjax.distill.discriminator import MultiLevelHeads
 from seedjax.distill.losses import discriminator_loss
-from seedjax.distill.student import StudentState, clean_tokens, validate_config as validate_student
+from seedjax.distill.student import StudentState, clean_tokens, optimize, validate_config as validate_student
 from seedjax.train.state import make_optimizer
 
 
@@ -34,6 +36,7 @@ def dmd_config(**overrides) -> ml_collections.ConfigDict:
         # dmdo: it learns the rollout's own (noise, sample) pairs: x_t = (1 - t) x0 + t x_T, target x_T - x0.
         variant="dmd2",
         fake_updates_per_step=5,
+        segments=0,  # the generator steps from the state at the start of a random segment; 0 = every step is one
         t_min=0.02,  # DMD / fake-score timesteps ~ U[t_min, t_max]
         t_max=0.98,
         gan_weight=0.0,  # DMD2's GAN term for the generator (reference 5e-3); > 0 adds heads on the fake score
@@ -84,12 +87,20 @@ def student_rollout(model, batch: dict, rng: jax.Array, config) -> dict:
     return jax.lax.stop_gradient({"noise": noise, "states": jnp.moveaxis(states, 0, 1)})
 
 
+def segment_starts(config) -> np.ndarray:
+    """Indices into the student's sigma grid where its trajectory segments start."""
+    k = config.sampling.num_steps
+    segments = config.dmd.segments or k
+    return np.arange(0, k, k // segments)
+
+
 def generator_x0(model, batch: dict, rng: jax.Array, config) -> jax.Array:
-    """x̂0 with gradient: one student step from the stored state at the start of a random step."""
+    """x̂0 with gradient: one student step from the stored state at the start of a random segment."""
     sigmas = jnp.asarray(generator.student_sigmas(config.sampling), jnp.float32)
     states = batch["states"]
-    n, k = states.shape[0], states.shape[1] - 1
-    step = jax.random.randint(rng, (n,), 0, k)
+    n = states.shape[0]
+    starts = jnp.asarray(segment_starts(config))
+    step = starts[jax.random.randint(rng, (n,), 0, len(starts))]
     x, t = states[jnp.arange(n), step], sigmas[step]
     velocity = generator.bind(model, batch, generator.Geometry.of(config), guidance=config.distill.guidance)
     return generator.x0_prediction(velocity, x, t)
@@ -134,8 +145,21 @@ def validate_config(config) -> None:
         raise ValueError(f"config.dmd.variant={c.variant!r}: choose dmd2 or dmdo")
     if not 0 < c.t_min < c.t_max <= 1:
         raise ValueError(f"config.dmd: need 0 < t_min < t_max <= 1, got {c.t_min}, {c.t_max}")
+    if c.segments < 0 or (c.segments and config.sampling.num_steps % c.segments):
+        raise ValueError(f"config.dmd.segments={c.segments} must divide the student's {config.sampling.num_steps} steps")
     if c.fake_updates_per_step < 1:
         raise ValueError(f"config.dmd.fake_updates_per_step must be >= 1, got {c.fake_updates_per_step}")
+
+
+def update_fake_score(state: FakeScoreState, work: dict, rng: jax.Array, config) -> dict:
+    """`config.dmd.fake_updates_per_step` updates of the fake score on the rollout in `work`."""
+
+    def one(fake, optimizer, i):
+        loss_fn = lambda f, b: fake_score_loss(f, b, jax.random.fold_in(rng, i), config)
+        _, aux, grad_norm = optimize(fake, optimizer, loss_fn, work, config.optimizer.grad_accum_steps)
+        return {**aux, "fake_grad_norm": grad_norm}
+
+    return repeat(config.dmd.fake_updates_per_step, one, state.fake_score, state.fake_optimizer)
 
 
 # --------------------------------------------------------------------------- repeated updates

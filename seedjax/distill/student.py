@@ -21,6 +21,7 @@ from flax import nnx
 
 from seedjax.distill import generator
 from seedjax.distill.params import freeze, load_params, pick_params
+from seedjax.stages import pretrain
 from seedjax.train.state import EMA, make_optimizer, nonfinite_streak, total_nonfinite, value_and_grad
 
 
@@ -42,6 +43,7 @@ def validate_config(config) -> None:
     if not config.init_from:
         raise ValueError(f"stage {config.stage}: distillation starts from a trained model; set config.init_from "
                          "to the previous stage's workdir")
+    pretrain.require_pixel_space(config, f"stage {config.stage} (distillation)")
     if d.student_from not in ("ema", "model"):
         raise ValueError(f"config.distill.student_from={d.student_from!r}: choose ema or model")
     if d.teacher_from not in ("teacher", "ema", "model"):
@@ -51,6 +53,43 @@ def validate_config(config) -> None:
                          f"num_steps {config.sampling.num_steps} (>= 1)")
     if d.guidance <= 0 or d.teacher_guidance <= 0:
         raise ValueError(f"config.distill: guidance scales must be positive, got {d.guidance}, {d.teacher_guidance}")
+    check_architecture(config)
+
+
+# What must agree with the run a stage starts from (the parameters' shapes and meaning).
+ARCHITECTURE = {
+    "model": ("in_channels", "out_channels", "num_heads", "head_dim", "depth_double", "depth_single", "mlp_ratio",
+              "text_dim", "pooled_dim", "size_embed", "axes_dims_rope"),
+    "text": ("vocab_size", "width", "depth", "num_heads", "mlp_ratio", "max_len"),
+    "input": ("key", "patch_size"),
+    "data": ("image_size", "max_text_len"),
+}
+
+
+def check_architecture(config) -> None:
+    """Fail with the key to fix when the model config differs from the `init_from` run's.
+
+    `init_from` is a workdir or one of its step directories (workdir/checkpoints/N).
+    """
+    import os
+
+    from seedjax.config import config_from_json
+
+    path = os.path.abspath(config.init_from)
+    candidates = [os.path.join(path, "config.json"), os.path.join(path, "..", "..", "config.json")]
+    found = next((c for c in candidates if os.path.isfile(c)), None)
+    if found is None:
+        return  # nothing to compare with; loading the parameters will still check every shape
+    source = config_from_json(found)
+    for group, keys in ARCHITECTURE.items():
+        for key in keys:
+            if group not in source or key not in source[group]:
+                continue
+            mine, theirs = config[group][key], source[group][key]
+            if (list(mine) if isinstance(mine, (tuple, list)) else mine) != theirs:
+                raise ValueError(f"config.{group}.{key}={mine!r}, but the init_from run ({os.path.dirname(found)}) was "
+                                 f"trained with {theirs!r}; the chain keeps the teacher's architecture "
+                                 f"(override --config.{group}.{key}=...)")
 
 
 class StudentState(nnx.Module):

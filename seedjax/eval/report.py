@@ -2,10 +2,12 @@
 
     python -m seedjax.eval.report --workdir=runs/distill --pipeline=experiments/quickstart/distill_pipeline.py \
         [--stages=teacher,cfg,...] [--num_prompts=300] [--diversity_prompts=20] [--samples_per_prompt=8] \
-        [--teacher_steps=50] [--grid_prompts=10] [--seed=0] [--batch=100] [--out=DIR]
+        [--teacher_steps=50] [--steps=cfg=6,...] [--grid_prompts=10] [--seed=0] [--batch=100] [--out=DIR]
 
 For each stage (a workdir under --workdir, in pipeline order; tool steps are skipped) at its
-own sampling settings (`--teacher_steps` sets the pretrained teacher's Euler steps):
+own sampling settings (`--teacher_steps` sets the pretrained teacher's Euler steps; `--steps`
+overrides any stage's, e.g. the CFG-distilled model at 6 steps as the baseline TSCD must beat;
+a stage name may be given as name@label to evaluate one run twice, e.g. `--stages=cfg,cfg@6`):
 
 - NFE per image, counting a true-CFG step as two evaluations;
 - Frechet distance between the digit classifier's features of the samples and of the real
@@ -113,6 +115,7 @@ def main(argv=None) -> int:
     parser.add_argument("--diversity_prompts", type=int, default=20)
     parser.add_argument("--samples_per_prompt", type=int, default=8)
     parser.add_argument("--teacher_steps", type=int, default=50, help="Euler steps of a pretrained (CFG) teacher")
+    parser.add_argument("--steps", default="", help="per-stage sampling steps, e.g. cfg@6=6,tscd=3")
     parser.add_argument("--grid_prompts", type=int, default=10)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
@@ -126,7 +129,12 @@ def main(argv=None) -> int:
             raise ValueError("give --pipeline or --stages")
         if min(args.num_prompts, args.diversity_prompts, args.batch) < 1 or args.samples_per_prompt < 2:
             raise ValueError("--num_prompts, --diversity_prompts, --batch must be >= 1 and --samples_per_prompt >= 2")
-        runs = {name: load_run(os.path.join(args.workdir, name)) for name in names}
+        steps = dict(item.split("=") for item in args.steps.split(",") if item)
+        runs = {name: load_run(os.path.join(args.workdir, name.split("@")[0])) for name in names}
+        for name, n in steps.items():
+            if name not in runs:
+                raise ValueError(f"--steps names {name!r}, which is not among the stages {names}")
+            override_sampling(runs[name].config, steps=int(n))
     except Exception as e:  # a bad pipeline file, a missing or unfinished stage run
         print(f"report: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
@@ -135,7 +143,7 @@ def main(argv=None) -> int:
     batch = held_out(data_cfg, args.num_prompts, args.seed)
     results, grids = {}, {}
     for name, run in runs.items():
-        if "distill" not in run.config:
+        if "distill" not in run.config and name not in steps:
             override_sampling(run.config, steps=args.teacher_steps)
         t0 = time.perf_counter()
         results[name], grids[name] = evaluate_stage(run, batch, args)

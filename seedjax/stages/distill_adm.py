@@ -9,9 +9,9 @@ as in DMD):
 
 A diffusion discriminator (frozen teacher backbone + trainable multi-level heads) learns to tell
 them apart with a hinge loss, max(0, 1 - D(x_real)) + max(0, 1 + D(x_fake)); the generator
-minimises -D(x_fake), with the gradient flowing through x_t into x̂0. The fake score and the
-discriminator update `config.dmd.fake_updates_per_step` times per generator update, each with
-its own optimizer.
+minimises -D(x_fake), with the gradient flowing through x_t into x̂0. Each step updates the
+fake score `config.dmd.fake_updates_per_step` times, then the discriminator once, then the
+generator once, each network with its own optimizer.
 
     python -m seedjax.main --config=experiments/quickstart/distill_adm.py --workdir=runs/qs/adm \
         --config.init_from=runs/qs/adp
@@ -103,23 +103,17 @@ def adm_generator_loss(model, fake: dmd.FakeScore, disc: Discriminator, batch: d
 
 
 def train_step(state: AdmState, batch: dict, rng: jax.Array, config) -> dict:
-    rng_rollout, rng_guide, rng_gen = jax.random.split(rng, 3)
+    rng_rollout, rng_fake, rng_disc, rng_gen = jax.random.split(rng, 4)
     accum = config.optimizer.grad_accum_steps
     work = dict(batch, **dmd.student_rollout(state.model, batch, rng_rollout, config))
 
-    def guidance_update(fake, fake_optimizer, disc, disc_optimizer, i):
-        rng_fake, rng_disc = jax.random.split(jax.random.fold_in(rng_guide, i))
-        _, f_aux, f_norm = student.optimize(fake, fake_optimizer,
-                                            lambda f, b: dmd.fake_score_loss(f, b, rng_fake, config), work, accum)
-        _, d_aux, d_norm = student.optimize(
-            disc, disc_optimizer, lambda d, b: adm_disc_loss(d, state.teacher, fake, b, rng_disc, config), work, accum)
-        return {**f_aux, **d_aux, "fake_grad_norm": f_norm, "disc_grad_norm": d_norm}
-
-    guide_metrics = dmd.repeat(config.dmd.fake_updates_per_step, guidance_update, state.fake_score,
-                               state.fake_optimizer, state.disc, state.disc_optimizer)
+    fake_metrics = dmd.update_fake_score(state, work, rng_fake, config)
+    _, d_aux, d_norm = student.optimize(
+        state.disc, state.disc_optimizer,
+        lambda d, b: adm_disc_loss(d, state.teacher, state.fake_score, b, rng_disc, config), work, accum)
     loss, aux, grad_norm = student.optimize(
         state.model, state.optimizer, lambda m, b: adm_generator_loss(m, state.fake_score, state.disc, b, rng_gen, config),
         work, accum)
     student.update_ema(state)
-    return {"loss": loss, **aux, **guide_metrics, "grad_norm": grad_norm,
+    return {"loss": loss, **aux, **fake_metrics, **d_aux, "grad_norm": grad_norm, "disc_grad_norm": d_norm,
             **student.guard_metrics(state.optimizer, state.fake_optimizer, state.disc_optimizer)}

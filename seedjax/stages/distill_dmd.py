@@ -71,12 +71,7 @@ def train_step(state: DmdState, batch: dict, rng: jax.Array, config) -> dict:
     accum = config.optimizer.grad_accum_steps
     work = dict(batch, **dmd.student_rollout(state.model, batch, rng_rollout, config))
 
-    def fake_update(fake, optimizer, i):
-        loss_fn = lambda f, b: dmd.fake_score_loss(f, b, jax.random.fold_in(rng_fake, i), config)
-        _, aux, grad_norm = student.optimize(fake, optimizer, loss_fn, work, accum)
-        return {**aux, "fake_grad_norm": grad_norm}
-
-    fake_metrics = dmd.repeat(config.dmd.fake_updates_per_step, fake_update, state.fake_score, state.fake_optimizer)
+    fake_metrics = dmd.update_fake_score(state, work, rng_fake, config)
     loss_fn = lambda m, b: dmd_generator_loss(m, state.teacher, state.fake_score, b, rng_gen, config)
     loss, aux, grad_norm = student.optimize(state.model, state.optimizer, loss_fn, work, accum)
     student.update_ema(state)
