@@ -10,8 +10,10 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
-stamp="$VENV/.seedjax-$(cat "$SEEDJAX_ROOT/pyproject.toml" | sha1sum | cut -c1-12)-${extras:-base}"
-if [ ! -f "$stamp" ]; then
+hash="$(sha1sum < "$SEEDJAX_ROOT/pyproject.toml" | cut -c1-12)"
+stamp="$VENV/.seedjax-$hash-${extras:-base}"
+# An install with the test extras also satisfies a plain one.
+if [ ! -f "$stamp" ] && [ ! -f "$VENV/.seedjax-$hash-test" ]; then
   echo "seedjax: installing (extras: ${extras:-none}); this takes a few minutes the first time" >&2
   python -m pip install -q --upgrade pip >&2
   spec="$SEEDJAX_ROOT"

@@ -89,3 +89,25 @@ def test_constrain_is_noop_without_mesh_and_checks_rank():
     with jax.set_mesh(mesh):
         with pytest.raises(ValueError, match="2 names"):
             jax.jit(lambda a: sh.constrain(a, ("batch", None)))(np.ones((8,), np.float32))
+
+
+def test_linear_on_a_data_fsdp_tensor_mesh_matches_one_device():
+    """x @ kernel ('heads' -> tensor, 'embed' -> fsdp) times a tensor-sharded gate, batch on
+    (data, fsdp): XLA's partitioner (JAX 0.10.2) got it wrong unless the layer gathers
+    the kernel over the batch axes itself (`sharding.param_value`)."""
+    from jax.sharding import NamedSharding
+
+    from seedjax.models import layers
+
+    mesh = mesh_lib.make_mesh(dict(data=2, fsdp=2, tensor=2, sequence=1))
+    rules = sh.rules_from_config(None)
+    graphdef, state = nnx.split(layers.Linear(96, 96, rngs=nnx.Rngs(0), names=("heads", "embed")))
+    rng = np.random.RandomState(0)
+    x, gate = rng.randn(8, 16, 96).astype(np.float32), rng.randn(8, 96).astype(np.float32)
+    f = lambda s, x, gate: gate[:, None] * nnx.merge(graphdef, s)(x)
+    ref = jax.jit(f)(state, x, gate)
+    with jax.set_mesh(mesh), sh.axis_rules(rules):
+        put = lambda v, spec: jax.device_put(v, NamedSharding(mesh, spec))
+        sharded = jax.device_put(state, sh.state_shardings(state, mesh, rules))
+        out = jax.jit(f)(sharded, put(x, P(("data", "fsdp"), None, "tensor")), put(gate, P(("data", "fsdp"), "tensor")))
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-5, atol=1e-5)

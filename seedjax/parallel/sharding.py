@@ -123,6 +123,31 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, logical_to_spec(names, mesh=mesh))
 
 
+def param_value(var) -> jax.Array:
+    """A parameter's value as a layer uses it: gathered along the batch-parallel mesh axes.
+
+    Parameters are stored sharded over 'fsdp' (and 'tensor'); every device needs them whole
+    along the axes its batch shard is split on, so the layer gathers them here, at the use
+    (their gradients are reduce-scattered back), and keeps only e.g. the 'tensor' split.
+    Being explicit also avoids an XLA SPMD-partitioner bug (JAX 0.10.2): on a
+    data x fsdp x tensor mesh, leaving the partitioner to reconcile an 'fsdp'-sharded kernel
+    with a ('data', 'fsdp') batch gave wrong values (tests/test_sharding.py). Outside a
+    mesh context, or for a variable without logical names, it is just the value.
+    """
+    x = var[...]
+    names = var.get_metadata().get("out_sharding") or var.get_metadata().get("sharding_names")
+    mesh = _current_mesh()
+    if mesh is None or not names:
+        return x
+    batch = logical_to_spec(("batch",), mesh=mesh)[0]
+    batch = set(batch if isinstance(batch, tuple) else (batch,))
+    spec = []
+    for entry in logical_to_spec(names, mesh=mesh):
+        axes = tuple(a for a in (entry if isinstance(entry, tuple) else (entry,)) if a is not None and a not in batch)
+        spec.append(axes if len(axes) > 1 else (axes[0] if axes else None))
+    return jax.lax.with_sharding_constraint(x, divisible_spec(P(*spec), x.shape, mesh))
+
+
 def divisible_spec(spec: P, shape: Sequence[int], mesh) -> P:
     """Drop mesh axes from `spec` on dimensions they do not divide (small params)."""
     out = []
