@@ -20,8 +20,8 @@ import time
 import numpy as np
 
 SIZES = {
-    # quickstart: the model of experiments/quickstart/pretrain.py (64 image + 32 text tokens)
-    "quickstart": dict(heads=4, head_dim=32, double=2, single=2, img_tokens=64, txt_tokens=32, in_ch=16, batch=64),
+    # quickstart: the MMDiT of experiments/quickstart/pretrain.py (16 image + 32 text tokens)
+    "quickstart": dict(heads=3, head_dim=32, double=2, single=2, img_tokens=16, txt_tokens=32, in_ch=16, batch=64),
     # the larger point: hidden 512, 256 image tokens, batch 32
     "large": dict(heads=8, head_dim=64, double=2, single=4, img_tokens=256, txt_tokens=32, in_ch=16, batch=32),
 }

@@ -30,6 +30,25 @@ def diffusion_model_config(stage: str = "pretrain", model_preset: str = "tiny", 
     return cfg
 
 
+def small_text_to_image(num_heads: int) -> ml_collections.ConfigDict:
+    """The CPU-sized MMDiT (2 + 2 blocks of `num_heads` x 32) with its text encoder and recipe.
+
+    Shared by the quickstart digits and the `digit_scenes` studies; callers set the data and
+    the schedule, then call `link_widths`.
+    """
+    cfg = diffusion_model_config("pretrain", model_preset="tiny")
+    cfg.input.patch_size = 4
+    cfg.text.update(width=32 * num_heads, depth=2, num_heads=num_heads)
+    cfg.model.update(num_heads=num_heads, head_dim=32, axes_dims_rope=(8, 12, 12), depth_double=2, depth_single=2)
+    cfg.diffusion.cfg_dropout = 0.1
+    cfg.sampling.update(num_steps=30, guidance_scale=3.0)
+    cfg.optimizer.update(lr=1e-3, warmup_steps=100, schedule="cosine", end_lr_factor=0.1, weight_decay=0.0)
+    cfg.ema_decay = 0.995
+    cfg.batch_size = 64
+    cfg.log_every = 100
+    return cfg
+
+
 def link_widths(cfg: ml_collections.ConfigDict) -> None:
     """Make the model's input and text widths agree with the data and the text encoder."""
     channels = data_pipelines.channels(cfg.data)
