@@ -5,6 +5,8 @@
         --data.scenes.defect_fraction=0.3
 
 `--data.<key>=<value>` sets any data option (types as in data_pipelines.default_config()).
+In a `seedjax.pipeline` tool step (`module='data_pipelines.prepare'`) the step's workdir is
+`--out` and its `init_from` stage is `--vae` (see experiments/quickstart/latent_pipeline.py).
 Images keep their original encoded bytes when they come from files (PNG otherwise). With
 `--vae=WORKDIR` (a trained VAE stage) the records hold latents of the images fitted to their
 resolution bucket instead. Samples that cannot be read are skipped, counted in the header and
@@ -155,12 +157,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", required=True, choices=[s for s in config_lib.SOURCES if s != "shards"])
     parser.add_argument("--path", default="", help="image folder or JSONL manifest")
-    parser.add_argument("--out", required=True, help="output shard directory")
+    parser.add_argument("--out", "--workdir", dest="out", required=True,
+                        help="output shard directory (--workdir: as a seedjax.pipeline tool step names it)")
     parser.add_argument("--split", default="train", help="digits: train | test")
     parser.add_argument("--num_shards", type=int, default=4)
     parser.add_argument("--limit", type=int, default=-1, help="write at most this many samples")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--vae", default="", help="VAE stage workdir: write latents instead of encoded images")
+    parser.add_argument("--vae", "--init_from", dest="vae", default="",
+                        help="VAE stage workdir: write latents instead of encoded images (--init_from: as a pipeline "
+                             "tool step starting from a VAE stage names it)")
     args, rest = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     data_cfg = config_lib.default_config()

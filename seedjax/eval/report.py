@@ -138,9 +138,9 @@ def main(argv=None) -> int:
     except Exception as e:  # a bad pipeline file, a missing or unfinished stage run
         print(f"report: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
-    first = runs[names[0]].config
-    data_cfg = first.eval.data if "data" in first.eval else first.data
-    batch = held_out(data_cfg, args.num_prompts, args.seed)
+    from seedjax.eval.samples import eval_data
+
+    batch = held_out(eval_data(runs[names[0]].config), args.num_prompts, args.seed)
     results, grids = {}, {}
     for name, run in runs.items():
         if "distill" not in run.config and name not in steps:

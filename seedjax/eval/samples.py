@@ -61,12 +61,26 @@ def score_images(images: np.ndarray, batch: dict, image_size: int) -> dict[str, 
     return out
 
 
-def evaluate_generator(generate: Generator, params, config, rng: jax.Array, seed: int | None = None) -> dict[str, float]:
-    """Sample `config.eval.num_prompts` held-out prompts and score them."""
-    batch = data_pipelines.make_eval_batch(config.data, num=config.eval.num_prompts,
+def eval_data(config):
+    """The held-out data: `config.eval.data` when set (the training data is something else:
+    ODE pairs, cached latents), else `config.data`."""
+    return config.eval.data if "data" in config.eval else config.data
+
+
+def evaluate_generator(generate: Generator, params, config, rng: jax.Array, seed: int | None = None,
+                       decode_latents: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, float]:
+    """Sample `config.eval.num_prompts` held-out prompts and score them.
+
+    `decode_latents`: for held-out data of cached latents (no `image`), the VAE decoder that
+    gives the real images of the Frechet distance (then reconstructions, not the originals).
+    """
+    data_cfg = eval_data(config)
+    batch = data_pipelines.make_eval_batch(data_cfg, num=config.eval.num_prompts,
                                            seed=config.seed if seed is None else seed)
     prompts = {k: v for k, v in batch.items() if k != "image"}
     images, seconds = generate_all(generate, params, prompts, rng, min(config.eval.batch_size, config.eval.num_prompts))
-    results = score_images(images, batch, config.data.image_size)
+    if "image" not in batch and "latent" in batch and decode_latents is not None:
+        batch["image"] = np.clip(decode_latents(batch["latent"]), -1.0, 1.0)
+    results = score_images(images, batch, data_cfg.image_size)
     results["seconds_per_image"] = seconds
     return results

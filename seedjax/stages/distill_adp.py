@@ -62,16 +62,13 @@ class LatentPixelDiscriminator(nnx.Module):
         latent = self.latent(x_t, t, batch, geo, guidance=config.distill.teacher_guidance)
         if self.pixel is None:
             return latent, None
-        # Pixel-space inputs: "decoding" is unpatchifying (latent inputs are refused in init).
+        # Pixel-space inputs: "decoding" is unpatchifying (latent runs are refused by student.validate_config).
         pixel = self.pixel(geo.images(x0))[0]
         return latent, pixel.reshape(pixel.shape[0], -1)
 
 
 def validate_config(config) -> None:
     student.validate_config(config)
-    if config.input.key != "image" and config.adp.pixel_weight > 0:
-        raise ValueError("distill_adp: the pixel discriminator needs decoded images, and VAE decoding inside the "
-                         "step is not wired for latent inputs yet; set config.adp.pixel_weight=0")
     if config.data.source != "shards" and not config.data.mixture:
         raise ValueError(f"distill_adp trains on ODE pairs: set config.data.source=shards and config.data.path to the "
                          f"output of `python -m seedjax.tools.ode_pairs` (got source {config.data.source!r})")

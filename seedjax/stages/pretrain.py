@@ -2,9 +2,16 @@
 
 The loss here (`flow_matching_loss`) is the one every velocity-trained stage reuses (SFT,
 the regulariser in RLHF, the teacher side of distillation).
+
+With `config.input.key = 'latent'` the MMDiT denoises cached VAE latents (`data.path`: shards
+from `python -m data_pipelines.prepare --vae=WORKDIR`); `data.image_size` stays the pixel size,
+and the frozen VAE in `config.input.vae_workdir` decodes samples to pixels for the grids and
+the evaluation (see "latent space" below).
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -175,7 +182,7 @@ def sampling_model(state: PretrainState, config) -> DiffusionModel:
 
 def generate(model: DiffusionModel, config, rng: jax.Array, batch: dict, sampler: EulerSampler,
              image_shape: tuple[int, int, int]) -> jax.Array:
-    """Sample images [N, H, W, C] in [-1, 1] for the captions in `batch` (pixel space)."""
+    """Sample inputs [N, H, W, C] (pixels in [-1, 1], or latents) for the captions in `batch`."""
     h, w, c = image_shape
     p = config.input.patch_size
     n = batch["tokens"].shape[0] if "tokens" in batch else batch["text_embeddings"].shape[0]
@@ -198,29 +205,125 @@ def generate(model: DiffusionModel, config, rng: jax.Array, batch: dict, sampler
 
 
 def image_shape(config) -> tuple[int, int, int]:
+    """(H, W, C) of what the MMDiT denoises and the sampler generates: the pixels, or with
+    input.key=latent the latent grid (data.image_size / the VAE's factor, its latent channels)."""
     import data_pipelines
 
-    return (config.data.image_size, config.data.image_size, data_pipelines.channels(config.data))
+    size = config.data.image_size
+    if config.input.key == "latent":
+        return vae_model_config(config.input.vae_workdir).latent_shape(size, size)
+    return (size, size, data_pipelines.channels(config.data))
 
 
 def sample(state: PretrainState, config, rng: jax.Array, batch: dict) -> jax.Array:
+    """Images [N, H, W, C] in [-1, 1] (latent runs: decoded by the VAE) for the captions in `batch`."""
     s = config.sampling
     sampler = EulerSampler.make(s.num_steps, s.shift, s.guidance_scale)
-    images = generate(sampling_model(state, config), config, rng, batch, sampler, image_shape(config))
-    return jnp.clip(images, -1.0, 1.0)
+    x = generate(sampling_model(state, config), config, rng, batch, sampler, image_shape(config))
+    return jnp.clip(to_pixels(x, config), -1.0, 1.0)
 
 
 def evaluate(state: PretrainState, config, rng: jax.Array) -> dict:
     from seedjax.eval.samples import evaluate_generator
 
+    decode = latent_codec(config).decode if config.input.key == "latent" else None
     graphdef, params = nnx.split(state)
-    return evaluate_generator(lambda p, b, r: sample(nnx.merge(graphdef, p), config, r, b), params, config, rng)
+    return evaluate_generator(lambda p, b, r: sample(nnx.merge(graphdef, p), config, r, b), params, config, rng,
+                              decode_latents=decode)
 
 
 def flops_per_example(config) -> float:
-    h = config.data.image_size // config.input.patch_size
-    return mmdit.train_flops_per_example(config.model, h * h, config.data.max_text_len) + text.train_flops_per_example(
+    h, w, _ = image_shape(config)
+    tokens = (h // config.input.patch_size) * (w // config.input.patch_size)
+    return mmdit.train_flops_per_example(config.model, tokens, config.data.max_text_len) + text.train_flops_per_example(
         config.text, config.data.max_text_len)
+
+
+# --------------------------------------------------------------------------- latent space
+
+
+def validate_config(config) -> None:
+    """The `validate_config` hook (exit 2 before anything runs)."""
+    if config.input.key not in ("image", "latent"):
+        raise ValueError(f"config.input.key must be 'image' or 'latent', got {config.input.key!r}")
+    if config.input.key == "latent":
+        latent_factors(config)
+
+
+def require_pixel_space(config, what: str) -> None:
+    """For stages and tools that do not decode latents (yet): refuse input.key=latent up front."""
+    if config.input.key != "image":
+        raise ValueError(f"config.input.key={config.input.key!r}: {what} works on pixels only so far "
+                         "(latent-space runs need a VAE decoder there); use input.key=image")
+
+
+@functools.lru_cache(maxsize=None)
+def vae_model_config(workdir: str):
+    """The VAEConfig of the VAE stage run in `workdir` (its config.json)."""
+    from seedjax.stages.vae import model_config, run_config
+
+    if not workdir:
+        raise ValueError("config.input.key=latent needs config.input.vae_workdir (the VAE stage workdir that "
+                         "made the latents and decodes samples)")
+    try:
+        return model_config(run_config(workdir).vae)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"config.input.vae_workdir: {e}") from None
+
+
+def latent_factors(config) -> dict:
+    """The `vae` entry of the latent shards' header (scaling/shift factors), checked against
+    config.input.vae_workdir, config.input.patch_size and config.model.in_channels."""
+    from data_pipelines.pipeline import components
+    from data_pipelines.records import read_metadata
+
+    vae = vae_model_config(config.input.vae_workdir)
+    factors = []
+    for kind, path, _ in components(config.data).values():
+        try:
+            header = read_metadata(path) if kind == "shards" and path else {}
+        except ValueError as e:
+            raise ValueError(f"config.data.path: {e}") from None
+        if header.get("kind") != "latents" or "vae" not in header:
+            raise ValueError(f"config.input.key=latent needs VAE latent shards at config.data.path (python -m "
+                             f"data_pipelines.prepare --vae=WORKDIR); got data.source={kind!r}, path={path!r}")
+        made_by = (header["vae"]["downsample_factor"], header["shapes"]["latent"][-1])
+        if made_by != (vae.downsample_factor, vae.latent_channels):
+            raise ValueError(f"config.input.vae_workdir: its VAE (f{vae.downsample_factor}c{vae.latent_channels}) did "
+                             f"not make the latents at {path} (f{made_by[0]}c{made_by[1]})")
+        factors.append(header["vae"])
+    if any(f != factors[0] for f in factors):
+        raise ValueError(f"config.data.mixture: latent components were made with different VAE factors {factors}")
+    h, w, c = image_shape(config)
+    p = config.input.patch_size
+    if h % p or w % p:
+        raise ValueError(f"config.input.patch_size={p} does not divide the {h}x{w} latent grid "
+                         f"(data.image_size={config.data.image_size} / {vae.downsample_factor})")
+    if config.model.in_channels != p * p * c:
+        raise ValueError(f"config.model.in_channels={config.model.in_channels}: {c}-channel latents in {p}x{p} "
+                         f"patches need {p * p * c}")
+    return factors[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _load_codec(workdir: str, scaling_factor: float, shift_factor: float):
+    from seedjax.stages.vae import LatentCodec
+
+    with jax.ensure_compile_time_eval():  # first use may be inside a jitted sampler: load eagerly
+        return LatentCodec.from_workdir(workdir, scaling_factor=scaling_factor, shift_factor=shift_factor)
+
+
+def latent_codec(config):
+    """The frozen VAE of a latent run (loaded once per process) with the factors its latents were made with."""
+    factors = latent_factors(config)
+    return _load_codec(config.input.vae_workdir, factors["scaling_factor"], factors["shift_factor"])
+
+
+def to_pixels(x: jax.Array, config) -> jax.Array:
+    """Generated inputs -> images: latents are decoded by the frozen VAE, pixels pass through."""
+    if config.input.key != "latent":
+        return x
+    return latent_codec(config).decode_jax(x).astype(jnp.float32)
 
 
 def load_pretrained(state: PretrainState, source: dict, config) -> None:

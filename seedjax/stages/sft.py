@@ -46,6 +46,7 @@ def validate_config(config) -> None:
 
     if not config.init_from:
         raise ValueError("SFT fine-tunes a pretrained model: set config.init_from to a pretrain (or SFT) workdir")
+    pretrain.require_pixel_space(config, "SFT (its evaluation and sft.target)")
     if config.data.filter:
         SampleFilter(config.data.filter, "data.filter")
     if target_expression(config):

@@ -379,27 +379,54 @@ class LatentCodec:
         return self.vae.decode(latents / self.scaling_factor + self.shift_factor)
 
     @classmethod
-    def from_workdir(cls, workdir: str, use_ema: bool = True, calibration_images: int = 256) -> "LatentCodec":
-        """The image VAE trained in `workdir` (latest checkpoint; EMA weights when kept)."""
-        from seedjax import config as config_lib
+    def from_workdir(cls, workdir: str, use_ema: bool = True, calibration_images: int = 256,
+                     scaling_factor: float | None = None, shift_factor: float | None = None) -> "LatentCodec":
+        """The image VAE trained in `workdir` (latest checkpoint; EMA weights when kept).
+
+        `scaling_factor` / `shift_factor`: the ones latents were made with (a latent shard
+        header's `vae` entry); None = the VAE config's, or the estimated scale.
+        """
         from seedjax.train import checkpoint as ckpt_lib
 
-        config_path = os.path.join(workdir, "config.json")
-        if not os.path.isfile(config_path):
-            raise FileNotFoundError(f"VAE workdir {workdir!r} has no config.json (is it a VAE stage workdir?)")
-        config = config_lib.config_from_json(config_path)
-        if config.get("stage") != "vae" or config.vae.kind != "image":
-            raise ValueError(f"{workdir} is a {config.get('stage')!r} run, not an image VAE stage run")
+        config = run_config(workdir)
         tree = ckpt_lib.load_state_tree(workdir)
-        vae = nnx.eval_shape(lambda: build_vae(config.vae, nnx.Rngs(0)))
+        vae = abstract_vae(config.vae)
         params = tree["ema"]["params"] if use_ema and tree.get("ema") else tree["vae"]
         nnx.update(vae, jax.tree.map(jnp.asarray, params))
-        codec = cls(vae)
-        if codec.scaling_factor == 1.0 and codec.shift_factor == 0.0:
+        codec = cls(vae, scaling_factor, shift_factor)
+        if scaling_factor is None and codec.scaling_factor == 1.0 and codec.shift_factor == 0.0:
             codec.scaling_factor = _estimate_scale(codec, config, calibration_images)
             log.info("VAE %s: latent scaling factor %.4f (1 / std over %d held-out images)", workdir,
                      codec.scaling_factor, calibration_images)
         return codec
+
+
+def abstract_vae(vae_cfg) -> ImageVAE | VideoVAE:
+    """The VAE with abstract parameters, to load weights into. jax.eval_shape, not
+    nnx.eval_shape: this may run inside the training loop's mesh (a latent-space stage's
+    decoder), where NNX would read the logical axis names as mesh axes."""
+    graphdefs = []
+
+    def make_state():
+        graphdef, state = nnx.split(build_vae(vae_cfg, nnx.Rngs(0)))
+        graphdefs.append(graphdef)
+        return state
+
+    state = jax.eval_shape(make_state)
+    return nnx.merge(graphdefs[0], state)
+
+
+def run_config(workdir: str):
+    """The config of the image VAE stage run in `workdir` (its config.json; no weights read)."""
+    from seedjax import config as config_lib
+
+    config_path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"VAE workdir {workdir!r} has no config.json (is it a VAE stage workdir?)")
+    config = config_lib.config_from_json(config_path)
+    if config.get("stage") != "vae" or config.vae.kind != "image":
+        raise ValueError(f"{workdir} is a {config.get('stage')!r} run, not an image VAE stage run")
+    return config
 
 
 def _estimate_scale(codec: LatentCodec, config, num: int) -> float:

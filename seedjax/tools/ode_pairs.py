@@ -151,10 +151,12 @@ def main(argv=None) -> int:
     if _finished(args.workdir, wanted):
         print(f"ode_pairs: {args.workdir} already holds these {args.num} pairs", file=sys.stderr)
         return 0
+    from seedjax.stages import pretrain
     from seedjax.tools.sample import load_run, override_sampling
 
     try:
         run = load_run(args.init_from)
+        pretrain.require_pixel_space(run.config, "ode_pairs")
         override_sampling(run.config, args.steps, args.guidance)
         header = write_pairs(run, args.workdir, num=args.num, batch=min(args.batch, args.num), seed=args.seed,
                              split=args.split, num_shards=args.num_shards)
