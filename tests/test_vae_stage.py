@@ -166,7 +166,7 @@ def test_perceptual_distance_matches_torch_vgg_with_loaded_weights(tmp_path, cap
 
     # A torchvision-layout VGG16 state dict (first two stages) and LPIPS heads, random values.
     g = np.random.default_rng(0)
-    sd, tlayers, cin = {}, [], 3
+    sd, cin = {}, 3
     for i, (cout, index) in enumerate([(64, 0), (64, 2), (128, 5), (128, 7)]):
         w = g.normal(0, np.sqrt(2 / (9 * cin)), (cout, cin, 3, 3)).astype(np.float32)
         b = g.normal(0, 0.1, (cout,)).astype(np.float32)

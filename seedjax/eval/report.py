@@ -140,7 +140,8 @@ def main(argv=None) -> int:
         return 2
     from seedjax.eval.samples import eval_data
 
-    batch = held_out(eval_data(runs[names[0]].config), args.num_prompts, args.seed)
+    data_cfg = eval_data(runs[names[0]].config)
+    batch = held_out(data_cfg, args.num_prompts, args.seed)
     results, grids = {}, {}
     for name, run in runs.items():
         if "distill" not in run.config and name not in steps:
