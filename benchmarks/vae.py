@@ -262,9 +262,9 @@ def main(argv=None) -> int:
             if r is not base:
                 lines.append("")
                 lines.append(
-                    f"{r['setting']} vs f8c16: {base['tokens'] / r['tokens']:.0f}x fewer tokens for "
-                    f"{base['photos'][0] - r['photos'][0]:+.2f} dB photo PSNR cost "
-                    f"({base['digits'][0] - r['digits'][0]:+.2f} dB on digits).")
+                    f"{r['setting']} vs f8c16: {base['tokens'] / r['tokens']:.0f}x fewer tokens at a PSNR cost of "
+                    f"{base['photos'][0] - r['photos'][0]:.2f} dB on photos "
+                    f"({base['digits'][0] - r['digits'][0]:.2f} dB on digits).")
     if video:
         lines += [
             "",
