@@ -73,3 +73,12 @@ def make_tiny(cfg: ml_collections.ConfigDict) -> None:
     cfg.sampling.num_steps = 4
     cfg.eval.num_prompts = 20
     cfg.optimizer.warmup_steps = 5
+
+
+def make_ci_run(cfg: ml_collections.ConfigDict, steps: int, batch_size: int) -> None:
+    """A few-step run that still logs, checkpoints and evaluates once (the `tiny` variants of
+    fine-tuning stages; CI)."""
+    cfg.update(total_steps=steps, batch_size=batch_size, log_every=max(steps // 2, 1), checkpoint_every=steps,
+               sample_every=0, eval_every=steps)
+    cfg.eval.update(num_prompts=batch_size, batch_size=batch_size)
+    cfg.sampling.num_steps = 4

@@ -11,6 +11,7 @@ eval/* on held-out prompts: the independent classifier's prompt_accuracy and fre
 and the reward models' scores of the same images.
 """
 
+from experiments.common import make_ci_run
 from experiments.quickstart import pretrain
 from seedjax.config import parse_arg
 from seedjax.stages.rlhf import rlhf_config
@@ -46,14 +47,7 @@ def get_config(arg=None):
         cfg.rlhf.num_prompts = 2
         cfg.rlhf.num_steps = 4
         cfg.rlhf.stop_window = (0.0, 0.8)
-        cfg.batch_size = 4
-        cfg.total_steps = 4
-        cfg.log_every = 2
-        cfg.checkpoint_every = 4
-        cfg.sample_every = 0
-        cfg.eval_every = 4
-        cfg.eval.num_prompts = 4
-        cfg.eval.batch_size = 4
+        make_ci_run(cfg, steps=4, batch_size=4)
         cfg.optimizer.warmup_steps = 1
     if arg.steps > 0:
         cfg.total_steps = arg.steps

@@ -11,6 +11,7 @@ resolution-balanced, at a fifth of pretraining's learning rate, starting from it
 eval/target_share is the fraction of generated digits that are that bold (held-out prompts).
 """
 
+from experiments.common import make_ci_run
 from experiments.quickstart import pretrain
 from seedjax.config import parse_arg
 from seedjax.stages.sft import sft_config
@@ -34,13 +35,7 @@ def get_config(arg=None):
     cfg.sample_every = 400
     cfg.eval_every = 200
     if arg.variant == "tiny":
-        cfg.total_steps = 6
-        cfg.log_every = 3
-        cfg.checkpoint_every = 6
-        cfg.sample_every = 0
-        cfg.eval_every = 6
-        cfg.eval.num_prompts = 8
-        cfg.eval.batch_size = 8
+        make_ci_run(cfg, steps=6, batch_size=8)
         cfg.optimizer.warmup_steps = 1
     if arg.steps > 0:
         cfg.total_steps = arg.steps

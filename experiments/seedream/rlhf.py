@@ -10,6 +10,7 @@ eval/*: the GenEval-style scene checks (digit, colour, count, position) of the i
 scorer and the reward of the same images. Variants: `default` and `tiny` (CI).
 """
 
+from experiments.common import make_ci_run
 from experiments.seedream.scenes_pretrain import scenes_config
 from seedjax.config import parse_arg
 from seedjax.stages.rlhf import rlhf_config
@@ -34,15 +35,7 @@ def get_config(arg=None):
     cfg.eval.num_prompts = 300
     if arg.variant == "tiny":
         cfg.rlhf.update(num_prompts=2, num_steps=4, stop_window=(0.0, 0.8))
-        cfg.total_steps = 4
-        cfg.batch_size = 4
-        cfg.log_every = 2
-        cfg.checkpoint_every = 4
-        cfg.sample_every = 0
-        cfg.eval_every = 4
-        cfg.eval.num_prompts = 4
-        cfg.eval.batch_size = 4
-        cfg.sampling.num_steps = 4
+        make_ci_run(cfg, steps=4, batch_size=4)
     elif arg.variant != "default":
         raise ValueError(f"unknown variant {arg.variant!r} (default | tiny)")
     return cfg

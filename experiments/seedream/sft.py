@@ -10,6 +10,7 @@ fifth of pretraining's learning rate. eval/target_share: the share of generated 
 contrast. Variants: `default` and `tiny` (CI).
 """
 
+from experiments.common import make_ci_run
 from experiments.seedream.scenes_pretrain import scenes_config
 from seedjax.config import parse_arg
 from seedjax.stages.sft import sft_config
@@ -31,15 +32,7 @@ def get_config(arg=None):
     cfg.eval_every = arg.steps
     cfg.eval.num_prompts = 300
     if arg.variant == "tiny":
-        cfg.total_steps = 4
-        cfg.batch_size = 8
-        cfg.log_every = 2
-        cfg.checkpoint_every = 4
-        cfg.sample_every = 0
-        cfg.eval_every = 4
-        cfg.eval.num_prompts = 8
-        cfg.eval.batch_size = 8
-        cfg.sampling.num_steps = 4
+        make_ci_run(cfg, steps=4, batch_size=8)
     elif arg.variant != "default":
         raise ValueError(f"unknown variant {arg.variant!r} (default | tiny)")
     return cfg
