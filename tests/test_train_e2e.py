@@ -102,7 +102,7 @@ def test_mesh_parity_and_restore_onto_another_mesh(straight, tmp_path):
     for step in range(11, 14):
         assert losses(moved)[step] == pytest.approx(ref[step], rel=1e-4), step
     for step in range(14, 21):
-        assert losses(moved)[step] == pytest.approx(ref[step], rel=2e-2), step
+        assert losses(moved)[step] == pytest.approx(ref[step], rel=2e-3), step
 
 
 def test_two_processes_match_one_and_a_dead_process_fails_the_launch(straight, tmp_path):
