@@ -59,30 +59,33 @@ def _last_counters(workdir: str) -> dict:
 
 def measure_defects(off: str, on: str, num: int, seed: int) -> list[str]:
     import data_pipelines
+    from data_pipelines.scenes import DEFECT_KINDS
     from seedjax.eval.stamps import get_stamp_detector, labelled_scenes
 
     config = _config(on)
     size = config.data.image_size
     detector = get_stamp_detector(size)
     prompts = data_pipelines.make_eval_batch(config.data, num=num, seed=seed)
-    rates = {name: float(detector.detect(generate(w, prompts, seed))["any"].mean())
-             for name, w in (("off", off), ("on", on))}
+    found = {name: detector.detect(generate(w, prompts, seed)) for name, w in (("off", off), ("on", on))}
     # The detector on real training-distribution scenes (a seed training did not use).
     real, labels = labelled_scenes(num, "train", seed + 7, config.data.scenes.defect_fraction, size)
-    found = detector.detect(real)["any"]
+    on_real = detector.detect(real)
     stamped = labels.any(1)
     counters = _last_counters(on)
     kept, dropped = counters.get("data/samples", 0), counters.get("data/skipped_defect_area", 0)
+    kinds = ("any",) + DEFECT_KINDS
+    rows = [f"| {label} | " + " | ".join(f"{found_[k].mean():.1%}" for k in kinds) + " |"
+            for label, found_ in ((f"trained without defect-aware masking (`{off}`)", found["off"]),
+                                  (f"trained with defect-aware masking (`{on}`)", found["on"]),
+                                  ("real training scenes (reference)", on_real))]
     return [
-        f"Stamped fraction of {num} generated images (held-out clean prompts, stamp detector at {size}x{size}):", "",
-        "| run | stamped samples |", "|---|---:|",
-        f"| trained without defect-aware masking (`{off}`) | {rates['off']:.1%} |",
-        f"| trained with defect-aware masking (`{on}`) | {rates['on']:.1%} |", "",
+        f"Fraction of {num} generated images the stamp detector ({size}x{size}) flags, for held-out clean prompts:",
+        "", "| images | any stamp | " + " | ".join(DEFECT_KINDS) + " |", "|---|" + "---:|" * len(kinds), *rows, "",
         f"Training data: {config.data.scenes.defect_fraction:.0%} of scenes stamped. The defect-aware run kept "
         f"{kept} samples and dropped {dropped} ({dropped / max(kept + dropped, 1):.1%}) whose stamps cover more "
         f"than {config.data.defects.max_area:.0%} of the image; the stamps of the kept ones were masked out of the "
-        f"loss. The detector on {num} real scenes: recall {found[stamped].mean():.1%}, false positives "
-        f"{found[~stamped].mean():.1%}.",
+        f"loss. The detector on {num} real scenes: recall {on_real['any'][stamped].mean():.1%}, false positives "
+        f"{on_real['any'][~stamped].mean():.1%}.",
     ]
 
 

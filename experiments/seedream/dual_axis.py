@@ -7,6 +7,9 @@
 Digits and colors follow a Zipf law (exponent 1.5: digit 0 and red are half of the data, 9 and
 purple about 1.5%), one object per scene. sampling=on draws images with the dual-axis weights
 (joint visual x TF-IDF cluster count ** -1); sampling=off draws them uniformly.
+
+Each run is 2000 steps by default (`steps=N` changes it): about 50 minutes for both runs side
+by side on 2 CPU cores. Results in BENCHMARKS.md.
 """
 
 from experiments.seedream.scenes_pretrain import scenes_config
@@ -14,13 +17,14 @@ from seedjax.config import parse_arg
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, sampling="on", variant="default", steps=4000)
+    arg = parse_arg(arg, sampling="on", variant="default", steps=2000)
     if arg.sampling not in ("on", "off"):
         raise ValueError(f"sampling must be on or off, got {arg.sampling!r}")
     cfg = scenes_config(arg.steps, arg.variant)
     cfg.data.scenes.long_tail = 1.5
     cfg.data.scenes.max_objects = 1
-    cfg.data.scenes.num_samples = 10_000
+    if arg.variant != "tiny":
+        cfg.data.scenes.num_samples = 10_000
     cfg.data.dual_axis.enabled = arg.sampling == "on"
     cfg.data.dual_axis.alpha = 1.0
     return cfg
