@@ -8,6 +8,9 @@ Digits and colors follow a Zipf law (exponent 1.5: digit 0 and red are half of t
 purple about 1.5%), one object per scene. sampling=on draws images with the dual-axis weights
 (joint visual x TF-IDF cluster count ** -1); sampling=off draws them uniformly.
 
+`size=24,patch=6` (16 image tokens, as in the quickstart) makes the digits legible within a CPU
+budget; at the default 32x32 with 4x4 patches they are not yet after 2000 steps (BENCHMARKS.md).
+
 Each run is 2000 steps by default (`steps=N` changes it): about 50 minutes for both runs side
 by side on 2 CPU cores. Results in BENCHMARKS.md.
 """
@@ -17,10 +20,10 @@ from seedjax.config import parse_arg
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, sampling="on", variant="default", steps=2000)
+    arg = parse_arg(arg, sampling="on", variant="default", steps=2000, size=32, patch=4)
     if arg.sampling not in ("on", "off"):
         raise ValueError(f"sampling must be on or off, got {arg.sampling!r}")
-    cfg = scenes_config(arg.steps, arg.variant)
+    cfg = scenes_config(arg.steps, arg.variant, arg.size, arg.patch)
     cfg.data.scenes.long_tail = 1.5
     cfg.data.scenes.max_objects = 1
     if arg.variant != "tiny":

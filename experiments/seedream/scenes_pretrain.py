@@ -10,10 +10,11 @@ from experiments.common import link_widths, make_tiny, small_text_to_image
 from seedjax.config import parse_arg
 
 
-def scenes_config(steps: int = 4000, variant: str = "default"):
+def scenes_config(steps: int = 4000, variant: str = "default", image_size: int = 32, patch: int = 4):
     cfg = small_text_to_image(num_heads=4)
+    cfg.input.patch_size = patch
     cfg.data.source = "digit_scenes"
-    cfg.data.image_size = 32
+    cfg.data.image_size = image_size
     cfg.data.channels = 3
     cfg.data.max_text_len = 48
     cfg.data.scenes.num_samples = 20_000
