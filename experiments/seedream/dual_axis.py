@@ -8,8 +8,9 @@ Digits and colors follow a Zipf law (exponent 1.5: digit 0 and red are half of t
 purple about 1.5%), one object per scene. sampling=on draws images with the dual-axis weights
 (joint visual x TF-IDF cluster count ** -1); sampling=off draws them uniformly.
 
-`size=24,patch=6` (16 image tokens, as in the quickstart) makes the digits legible within a CPU
-budget; at the default 32x32 with 4x4 patches they are not yet after 2000 steps (BENCHMARKS.md).
+`size=N,patch=P` change the resolution and the patch size (`size=24,patch=6`: 16 image tokens).
+The measurement needs models that draw legible digits; on 2 CPU cores neither 32x32 after 2000
+steps nor 24x24 after 1500 gets there (BENCHMARKS.md), so run it longer or on an accelerator.
 
 Each run is 2000 steps by default (`steps=N` changes it): about 50 minutes for both runs side
 by side on 2 CPU cores. Results in BENCHMARKS.md.
