@@ -1,14 +1,15 @@
 """Measure what the data techniques do to a trained model (runs of experiments/seedream/*.py).
 
     python -m data_pipelines.measure defects --off=runs/defects_off --on=runs/defects_on [--num=512]
-    python -m data_pipelines.measure dual_axis --off=runs/dual_off --on=runs/dual_on [--num=600]
+    python -m data_pipelines.measure dual_axis --off=runs/dual_off --on=runs/dual_on [--num=512]
 
 defects: both models draw images for the same held-out (clean) prompts; the stamp detector
-(seedjax.eval.stamps) counts how many come out stamped. Also printed: the detector's own error
-rates on real scenes, and how much data the defect-aware run kept and dropped (its metrics).
+(seedjax.eval.stamps) counts how many come out stamped, per kind. Also printed: the same rates
+on real training scenes, the detector's own error rates on them, and how much data the
+defect-aware run kept and dropped (its metrics).
 dual_axis: both models draw images for held-out prompts with *uniform* digits and colors; the
-scene scorer checks digit and color; accuracy is reported on the tail (the 5 rarest digits, the
-3 rarest colors of the long-tailed training data) and the head.
+scene scorer checks digit, color and count; accuracy is reported on the tail (the 5 rarest
+digits, the 3 rarest colors of the long-tailed training data) and the head.
 The table is printed and appended to BENCHMARKS.md.
 """
 
@@ -74,10 +75,10 @@ def measure_defects(off: str, on: str, num: int, seed: int) -> list[str]:
     counters = _last_counters(on)
     kept, dropped = counters.get("data/samples", 0), counters.get("data/skipped_defect_area", 0)
     kinds = ("any",) + DEFECT_KINDS
-    rows = [f"| {label} | " + " | ".join(f"{found_[k].mean():.1%}" for k in kinds) + " |"
-            for label, found_ in ((f"trained without defect-aware masking (`{off}`)", found["off"]),
-                                  (f"trained with defect-aware masking (`{on}`)", found["on"]),
-                                  ("real training scenes (reference)", on_real))]
+    rows = [f"| {label} | " + " | ".join(f"{flags[k].mean():.1%}" for k in kinds) + " |"
+            for label, flags in ((f"trained without defect-aware masking (`{off}`)", found["off"]),
+                                 (f"trained with defect-aware masking (`{on}`)", found["on"]),
+                                 ("real training scenes (reference)", on_real))]
     return [
         f"Fraction of {num} generated images the stamp detector ({size}x{size}) flags, for held-out clean prompts:",
         "", "| images | any stamp | " + " | ".join(DEFECT_KINDS) + " |", "|---|" + "---:|" * len(kinds), *rows, "",
@@ -102,17 +103,22 @@ def measure_dual_axis(off: str, on: str, num: int, seed: int) -> list[str]:
               "tail colors (cyan, blue, purple)": np.isin(color, TAIL_COLORS),
               "head colors (red, yellow, green)": ~np.isin(color, TAIL_COLORS)}
     checks = {"digit": "digit (with its color) right", "color": "color right", "overall": "every check right"}
+    def score(images):
+        return score_scenes(images, prompts["scene_digit"], prompts["scene_color"], prompts["scene_box"],
+                            prompts["scene_count"])
+
     results = {}
     for name, workdir in (("off", off), ("on", on)):
-        images = generate(workdir, prompts, seed)
-        scores = score_scenes(images, prompts["scene_digit"], prompts["scene_color"], prompts["scene_box"],
-                              prompts["scene_count"])
+        scores = score(generate(workdir, prompts, seed))
         results[name] = {(g, c): float(np.mean(scores[c][m])) for g, m in groups.items() for c in checks}
+    real = score(prompts["image"])  # the held-out scenes behind the prompts: what the scorer can read
     lines = [f"Prompt accuracy on {num} held-out prompts with uniform digits and colors; training data long-tailed "
              f"(Zipf {config.data.scenes.long_tail}). Each cell: uniform sampling -> dual-axis sampling.", "",
              "| prompts | " + " | ".join(checks.values()) + " |", "|---|" + "---:|" * len(checks)]
     lines += [f"| {g} ({int(m.sum())}) | " + " | ".join(f"{results['off'][g, c]:.1%} -> {results['on'][g, c]:.1%}"
                                                        for c in checks) + " |" for g, m in groups.items()]
+    lines += ["", f"The real held-out scenes of these prompts, scored the same way: "
+              + ", ".join(f"{label} {np.mean(real[c]):.1%}" for c, label in checks.items()) + "."]
     return lines
 
 
@@ -123,7 +129,8 @@ def main(argv=None) -> int:
     parser.add_argument("--on", required=True, help="workdir of the run with the technique")
     parser.add_argument("--num", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-append", dest="append", action="store_false")
+    parser.add_argument("--no-append", dest="append", action="store_false",
+                        help="print only; do not append to BENCHMARKS.md")
     args = parser.parse_args(argv)
     for workdir in (args.off, args.on):
         if not os.path.isfile(os.path.join(workdir, "config.json")):
