@@ -46,6 +46,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.scenes = ml_collections.ConfigDict()
     c.scenes.num_samples = 20_000  # virtual length of the generated train split
     c.scenes.max_objects = 3
+    c.scenes.object_size_min = 0.26  # side of an object's box, as a fraction of the image side
+    c.scenes.object_size_max = 0.42  # (at most 0.36 in scenes of three objects)
     c.scenes.long_tail = 0.0  # Zipf-like exponent over digits and colors (0 = uniform)
     c.scenes.defect_fraction = 0.0  # fraction of images stamped with a defect
     c.scenes.defect_kinds = "watermark,mosaic,subtitle"

@@ -16,6 +16,7 @@ def scene_config(data_cfg, split: str = "train") -> scenes.SceneConfig:
         defect_fraction=data_cfg.scenes.defect_fraction,
         defect_kinds=kinds,
         split=split,
+        object_size=(data_cfg.scenes.object_size_min, data_cfg.scenes.object_size_max),
     )
 
 

@@ -69,6 +69,8 @@ class SceneConfig:
       proportional to (k + 1) ** -s (Zipf-like; digit 0 and 'red' are the head).
     defect_fraction: probability that a scene is stamped with 1 or 2 defects of `defect_kinds`.
     split: which digits split the glyphs come from ('train' or 'test').
+    object_size: (min, max) side of an object's square box as a fraction of the image side;
+      scenes of three objects cap it at 0.36 so that they fit.
     """
 
     image_size: int = 64
@@ -77,6 +79,7 @@ class SceneConfig:
     defect_fraction: float = 0.0
     defect_kinds: tuple[str, ...] = DEFECT_KINDS
     split: str = "train"
+    object_size: tuple[float, float] = (0.26, 0.42)
 
     def __post_init__(self):
         if self.image_size < 24:
@@ -90,6 +93,11 @@ class SceneConfig:
         unknown = [k for k in self.defect_kinds if k not in DEFECT_KINDS]
         if unknown or not self.defect_kinds:
             raise ValueError(f"SceneConfig.defect_kinds {self.defect_kinds!r}: use a non-empty subset of {DEFECT_KINDS}")
+        lo, hi = self.object_size
+        if not 0.1 <= lo <= hi <= 0.85:
+            raise ValueError(f"SceneConfig.object_size must satisfy 0.1 <= min <= max <= 0.85, got {self.object_size}")
+        if self.max_objects > 1 and hi > 0.42:
+            raise ValueError(f"SceneConfig.object_size max {hi} > 0.42 leaves no room for {self.max_objects} objects")
         if self.split not in ("train", "test"):
             raise ValueError(f"SceneConfig.split must be 'train' or 'test', got {self.split!r}")
 
@@ -171,14 +179,16 @@ def _zipf(n: int, exponent: float) -> np.ndarray:
     return p / p.sum()
 
 
-def _layout(rng, count: int, size: int) -> list[tuple[int, int, int]] | None:
+def _layout(rng, count: int, size: int, object_size: tuple[float, float]) -> list[tuple[int, int, int]] | None:
     """Non-overlapping square boxes (y, x, side) in pixels, or None if this try failed.
 
     The first two objects are placed so that their relation is clear: the dominant center
     offset is at least 1.3x the other one and at least 20% of the image.
     """
     gap = max(2, round(0.05 * size))
-    lo, hi = round(0.26 * size), round((0.42 if count < 3 else 0.36) * size)
+    lo, hi = object_size
+    lo, hi = round(lo * size), round((hi if count < 3 else min(hi, 0.36)) * size)
+    lo = min(lo, hi)
     boxes: list[tuple[int, int, int]] = []
     for _ in range(count):
         for _attempt in range(50):
@@ -311,7 +321,7 @@ def _make(index: int, cfg: SceneConfig, seed: int, stream: int) -> dict:
     size = cfg.image_size
     count = int(rng.integers(1, cfg.max_objects + 1))
     for _ in range(100):
-        boxes_px = _layout(rng, count, size)
+        boxes_px = _layout(rng, count, size, cfg.object_size)
         if boxes_px is not None:
             break
     else:

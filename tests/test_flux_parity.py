@@ -152,3 +152,7 @@ def test_conversion_errors_name_the_problem():
     sized.size_embed = True
     with pytest.raises(ValueError, match="size embedding"):
         flux.export_state_dict(mmdit.MMDiT(sized, nnx.Rngs(0)))
+    x0 = mmdit.preset("tiny")
+    x0.prediction = "x0"
+    with pytest.raises(ValueError, match="predicts a velocity, config predicts 'x0'"):
+        flux.export_state_dict(mmdit.MMDiT(x0, nnx.Rngs(0)))

@@ -100,6 +100,20 @@ def test_first_two_objects_have_a_clear_relation():
                 assert (b[j, 2] <= b[k, 0] or b[k, 2] <= b[j, 0] or b[j, 3] <= b[k, 1] or b[k, 3] <= b[j, 1])
 
 
+def test_object_size_sets_the_box_sides():
+    size = 24
+    cfg = SceneConfig(image_size=size, max_objects=1, object_size=(0.55, 0.8))
+    sides = [(make_scene(i, cfg)["scene_box"][0, 2] - make_scene(i, cfg)["scene_box"][0, 0]) * size for i in range(60)]
+    assert min(sides) >= round(0.55 * size) - 1e-4 and max(sides) <= round(0.8 * size) + 1e-4
+    assert max(sides) - min(sides) >= 3  # the range is used, not one fixed size
+    default = [make_scene(i, SceneConfig(image_size=size, max_objects=1))["scene_box"][0] for i in range(60)]
+    assert max((b[2] - b[0]) * size for b in default) <= round(0.42 * size) + 1e-4
+    with pytest.raises(ValueError, match="object_size"):
+        SceneConfig(object_size=(0.5, 0.3))
+    with pytest.raises(ValueError, match="object_size max 0.6"):
+        SceneConfig(max_objects=2, object_size=(0.3, 0.6))
+
+
 def test_captions_state_labels():
     assert relation((0, 0, 0.2, 0.2), (0, 0.5, 0.2, 0.7)) == "left of"
     assert relation((0.6, 0, 0.8, 0.2), (0, 0.1, 0.2, 0.3)) == "below"

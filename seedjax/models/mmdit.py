@@ -67,6 +67,11 @@ def default_config() -> ml_collections.ConfigDict:
     cfg.remat_policy = "nothing_saveable"  # a name in jax.checkpoint_policies
     cfg.dtype = "float32"  # matmul compute dtype: 'float32' | 'bfloat16'
     cfg.attention_backend = "dense"  # a name registered in seedjax.models.attention
+    # What proj_out predicts. 'x0': the clean image, returned as the velocity it implies,
+    # (x_t - x0) / max(t, x0_min_t); pixel-space models with wide patches learn this far
+    # faster than a velocity, which must carry the full-rank noise (Li & He 2025, "JiT").
+    cfg.prediction = "velocity"  # 'velocity' | 'x0'
+    cfg.x0_min_t = 0.05
     return cfg
 
 
@@ -101,6 +106,12 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
     if not hasattr(jax.checkpoint_policies, cfg.remat_policy):
         raise ValueError(f"remat_policy {cfg.remat_policy!r} is not in jax.checkpoint_policies")
     layers.compute_dtype(cfg.dtype)
+    if cfg.prediction not in ("velocity", "x0"):
+        raise ValueError(f"MMDiT config prediction {cfg.prediction!r} must be 'velocity' or 'x0'")
+    if cfg.prediction == "x0" and cfg.out_channels not in (0, cfg.in_channels):
+        raise ValueError(f"MMDiT config prediction 'x0' needs out_channels == in_channels, got {cfg.out_channels}")
+    if not 0.0 < cfg.x0_min_t <= 1.0:
+        raise ValueError(f"MMDiT config x0_min_t must be in (0, 1], got {cfg.x0_min_t}")
     for key in ("in_channels", "num_heads", "head_dim", "text_dim", "pooled_dim"):
         if cfg[key] <= 0:
             raise ValueError(f"MMDiT config {key} must be positive, got {cfg[key]}")
@@ -351,6 +362,9 @@ class MMDiT(nnx.Module):
 
         scale, shift = self.final_modulation(cond)
         velocity = self.proj_out(layers.modulate(self.final_norm(img), shift, scale)).astype(jnp.float32)
+        if cfg.prediction == "x0":
+            t_tokens = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (batch,))[:, None, None]
+            velocity = (x.astype(jnp.float32) - velocity) / jnp.maximum(t_tokens, cfg.x0_min_t)
         return (velocity, features) if return_features else velocity
 
     def _conditioning(self, t, pooled, guidance, target_size, batch) -> jax.Array:
