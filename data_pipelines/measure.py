@@ -1,7 +1,7 @@
 """Measure what the data techniques do to a trained model (runs of experiments/seedream/*.py).
 
     python -m data_pipelines.measure defects --off=runs/defects_off --on=runs/defects_on [--num=512]
-    python -m data_pipelines.measure dual_axis --off=runs/dual_off --on=runs/dual_on [--num=512]
+    python -m data_pipelines.measure dual_axis --off=runs/dual_off --on=runs/dual_on [--num=512] [--grid=out.png]
 
 defects: both models draw images for the same held-out (clean) prompts; the stamp detector
 (seedjax.eval.stamps) counts how many come out stamped, per kind. Also printed: the same rates
@@ -9,7 +9,8 @@ on real training scenes, the detector's own error rates on them, and how much da
 defect-aware run kept and dropped (its metrics).
 dual_axis: both models draw images for held-out prompts with *uniform* digits and colors; the
 scene scorer checks digit, color and count; accuracy is reported on the tail (the 5 rarest
-digits, the 3 rarest colors of the long-tailed training data) and the head.
+digits, the 3 rarest colors of the long-tailed training data) and the head. `--grid` also writes
+the first samples of each tail digit, without | with the technique, one row per digit.
 The table is printed and appended to BENCHMARKS.md.
 """
 
@@ -90,7 +91,23 @@ def measure_defects(off: str, on: str, num: int, seed: int) -> list[str]:
     ]
 
 
-def measure_dual_axis(off: str, on: str, num: int, seed: int) -> list[str]:
+def save_grid(path: str, off: np.ndarray, on: np.ndarray, digit: np.ndarray, per_row: int = 6, zoom: int = 3) -> None:
+    """One row per tail digit: its first `per_row` prompts drawn by the `off` run | by the `on` run."""
+    from PIL import Image
+
+    h, w, c = off.shape[1:]
+    gap = max(2, w // 4)
+    grid = np.zeros((len(TAIL_DIGITS) * (h + 2), 2 * per_row * (w + 2) + gap, 3), np.uint8)
+    for row, d in enumerate(TAIL_DIGITS):
+        for col, i in enumerate(np.flatnonzero(digit == d)[:per_row]):
+            for side, images in enumerate((off, on)):
+                tile = np.clip(np.rint((images[i] + 1.0) * 127.5), 0, 255).astype(np.uint8)
+                y, x = row * (h + 2) + 1, side * (per_row * (w + 2) + gap) + col * (w + 2) + 1
+                grid[y : y + h, x : x + w] = tile if c == 3 else tile[..., :1]
+    Image.fromarray(grid).resize((grid.shape[1] * zoom, grid.shape[0] * zoom), Image.NEAREST).save(path)
+
+
+def measure_dual_axis(off: str, on: str, num: int, seed: int, grid: str | None = None) -> list[str]:
     import data_pipelines
     from seedjax.eval.scenes import score_scenes
 
@@ -107,10 +124,13 @@ def measure_dual_axis(off: str, on: str, num: int, seed: int) -> list[str]:
         return score_scenes(images, prompts["scene_digit"], prompts["scene_color"], prompts["scene_box"],
                             prompts["scene_count"])
 
-    results = {}
+    results, images = {}, {}
     for name, workdir in (("off", off), ("on", on)):
-        scores = score(generate(workdir, prompts, seed))
+        images[name] = generate(workdir, prompts, seed)
+        scores = score(images[name])
         results[name] = {(g, c): float(np.mean(scores[c][m])) for g, m in groups.items() for c in checks}
+    if grid:
+        save_grid(grid, images["off"], images["on"], digit)
     real = score(prompts["image"])  # the held-out scenes behind the prompts: what the scorer can read
     lines = [f"Prompt accuracy on {num} held-out prompts with uniform digits and colors; training data long-tailed "
              f"(Zipf {config.data.scenes.long_tail}). Each cell: uniform sampling -> dual-axis sampling.", "",
@@ -129,6 +149,7 @@ def main(argv=None) -> int:
     parser.add_argument("--on", required=True, help="workdir of the run with the technique")
     parser.add_argument("--num", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--grid", default="", help="dual_axis: also write tail-digit samples (off | on) to this PNG")
     parser.add_argument("--no-append", dest="append", action="store_false",
                         help="print only; do not append to BENCHMARKS.md")
     args = parser.parse_args(argv)
@@ -136,8 +157,10 @@ def main(argv=None) -> int:
         if not os.path.isfile(os.path.join(workdir, "config.json")):
             print(f"measure: {workdir}: not a seedjax workdir (no config.json)", file=sys.stderr)
             return 2
-    measure = measure_defects if args.study == "defects" else measure_dual_axis
-    lines = measure(args.off, args.on, args.num, args.seed)
+    if args.study == "defects":
+        lines = measure_defects(args.off, args.on, args.num, args.seed)
+    else:
+        lines = measure_dual_axis(args.off, args.on, args.num, args.seed, grid=args.grid or None)
     steps = _last_counters(args.on).get("step", "?")
     title = "Defect-aware training" if args.study == "defects" else "Dual-axis collaborative sampling"
     machine = f"{platform.machine()} {os.cpu_count()} cores"
