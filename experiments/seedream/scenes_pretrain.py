@@ -3,7 +3,8 @@
     python -m seedjax.main --config=experiments/seedream/scenes_pretrain.py --workdir=runs/scenes
 
 The quickstart's small MMDiT and text encoder (4x4 patches -> 64 image tokens), trained on
-generated colored digit scenes. `defect_aware.py` and `dual_axis.py` change only the data.
+generated colored digit scenes. `defect_aware.py` changes only the data; `dual_axis.py` also
+makes the model predict the clean image and uses 24x24 scenes with large digits.
 """
 
 from experiments.common import link_widths, make_tiny, small_text_to_image
