@@ -16,7 +16,8 @@ def scene_config(data_cfg, split: str = "train") -> scenes.SceneConfig:
         defect_fraction=data_cfg.scenes.defect_fraction,
         defect_kinds=kinds,
         split=split,
-        object_size=(data_cfg.scenes.object_size_min, data_cfg.scenes.object_size_max),
+        # Configs saved before object_size existed used the generator's default.
+        object_size=(data_cfg.scenes.get("object_size_min", 0.26), data_cfg.scenes.get("object_size_max", 0.42)),
     )
 
 

@@ -5,6 +5,7 @@ import math
 import jax
 import jax.extend
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
@@ -208,6 +209,11 @@ def test_x0_prediction_returns_the_velocity_its_clean_estimate_implies():
     np.testing.assert_allclose(np.asarray(back), x0[:1], rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="prediction 'eps' must be"):
         mmdit.MMDiT(tiny_config(prediction="eps"), nnx.Rngs(0))
+    # A config saved before the option existed (an older workdir's config.json) predicts a velocity.
+    old = ml_collections.ConfigDict({k: v for k, v in tiny_config().items() if k not in ("prediction", "x0_min_t")})
+    legacy = mmdit.MMDiT(old, nnx.Rngs(0))
+    nnx.update(legacy, nnx.state(plain, nnx.Param))
+    np.testing.assert_array_equal(np.asarray(run(legacy, a)), np.asarray(run(plain, a)))
 
 
 def test_repa_features_come_from_the_chosen_block():

@@ -3,11 +3,13 @@
 import collections
 import dataclasses
 
+import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
-from data_pipelines import glyphs
+import data_pipelines
+from data_pipelines import glyphs, scene_source
 from data_pipelines.scenes import (
     COLOR_NAMES,
     DEFECT_KINDS,
@@ -112,6 +114,14 @@ def test_object_size_sets_the_box_sides():
         SceneConfig(object_size=(0.5, 0.3))
     with pytest.raises(ValueError, match="object_size max 0.6"):
         SceneConfig(max_objects=2, object_size=(0.3, 0.6))
+    # The data config reaches the generator; one saved before the keys existed gets the default.
+    data_cfg = data_pipelines.default_config()
+    data_cfg.image_size, data_cfg.scenes.max_objects = 32, 1
+    data_cfg.scenes.object_size_min, data_cfg.scenes.object_size_max = 0.5, 0.6
+    assert scene_source.scene_config(data_cfg).object_size == (0.5, 0.6)
+    data_cfg.scenes = ml_collections.ConfigDict(
+        {k: v for k, v in data_cfg.scenes.items() if not k.startswith("object_size")})
+    assert scene_source.scene_config(data_cfg).object_size == (0.26, 0.42)
 
 
 def test_captions_state_labels():

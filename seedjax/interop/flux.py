@@ -146,8 +146,9 @@ def check_exportable(cfg: ml_collections.ConfigDict) -> None:
     """Raise if `cfg` uses something FluxTransformer2DModel cannot express."""
     if cfg.size_embed:
         raise ValueError("Flux export: the size embedding (cfg.size_embed) has no FluxTransformer2DModel counterpart")
-    if cfg.prediction != "velocity":
-        raise ValueError(f"Flux export: FluxTransformer2DModel predicts a velocity, config predicts {cfg.prediction!r}")
+    target = mmdit.prediction(cfg)[0]
+    if target != "velocity":
+        raise ValueError(f"Flux export: FluxTransformer2DModel predicts a velocity, config predicts {target!r}")
     if cfg.mlp_ratio != 4.0:
         raise ValueError(f"Flux export: FluxTransformer2DModel has mlp_ratio 4, config has {cfg.mlp_ratio}")
     if cfg.rope_theta != 10000.0:

@@ -39,6 +39,7 @@ __all__ = [
     "MMDiT",
     "default_config",
     "preset",
+    "prediction",
     "patchify",
     "unpatchify",
     "seedream_position_ids",
@@ -96,6 +97,11 @@ def preset(name: str) -> ml_collections.ConfigDict:
     return cfg
 
 
+def prediction(cfg) -> tuple[str, float]:
+    """(cfg.prediction, cfg.x0_min_t); configs saved before these keys existed predict a velocity."""
+    return cfg.get("prediction", "velocity"), cfg.get("x0_min_t", 0.05)
+
+
 def validate_config(cfg: ml_collections.ConfigDict) -> None:
     """Raise a one-line ValueError naming the first inconsistent MMDiT setting."""
     if sum(cfg.axes_dims_rope) != cfg.head_dim or any(d % 2 for d in cfg.axes_dims_rope):
@@ -106,12 +112,13 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
     if not hasattr(jax.checkpoint_policies, cfg.remat_policy):
         raise ValueError(f"remat_policy {cfg.remat_policy!r} is not in jax.checkpoint_policies")
     layers.compute_dtype(cfg.dtype)
-    if cfg.prediction not in ("velocity", "x0"):
-        raise ValueError(f"MMDiT config prediction {cfg.prediction!r} must be 'velocity' or 'x0'")
-    if cfg.prediction == "x0" and cfg.out_channels not in (0, cfg.in_channels):
+    target, x0_min_t = prediction(cfg)
+    if target not in ("velocity", "x0"):
+        raise ValueError(f"MMDiT config prediction {target!r} must be 'velocity' or 'x0'")
+    if target == "x0" and cfg.out_channels not in (0, cfg.in_channels):
         raise ValueError(f"MMDiT config prediction 'x0' needs out_channels == in_channels, got {cfg.out_channels}")
-    if not 0.0 < cfg.x0_min_t <= 1.0:
-        raise ValueError(f"MMDiT config x0_min_t must be in (0, 1], got {cfg.x0_min_t}")
+    if not 0.0 < x0_min_t <= 1.0:
+        raise ValueError(f"MMDiT config x0_min_t must be in (0, 1], got {x0_min_t}")
     for key in ("in_channels", "num_heads", "head_dim", "text_dim", "pooled_dim"):
         if cfg[key] <= 0:
             raise ValueError(f"MMDiT config {key} must be positive, got {cfg[key]}")
@@ -362,9 +369,10 @@ class MMDiT(nnx.Module):
 
         scale, shift = self.final_modulation(cond)
         velocity = self.proj_out(layers.modulate(self.final_norm(img), shift, scale)).astype(jnp.float32)
-        if cfg.prediction == "x0":
+        target, x0_min_t = prediction(cfg)
+        if target == "x0":
             t_tokens = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (batch,))[:, None, None]
-            velocity = (x.astype(jnp.float32) - velocity) / jnp.maximum(t_tokens, cfg.x0_min_t)
+            velocity = (x.astype(jnp.float32) - velocity) / jnp.maximum(t_tokens, x0_min_t)
         return (velocity, features) if return_features else velocity
 
     def _conditioning(self, t, pooled, guidance, target_size, batch) -> jax.Array:
