@@ -120,6 +120,7 @@ def measure_dual_axis(off: str, on: str, num: int, seed: int, grid: str | None =
               "tail colors (cyan, blue, purple)": np.isin(color, TAIL_COLORS),
               "head colors (red, yellow, green)": ~np.isin(color, TAIL_COLORS)}
     checks = {"digit": "digit (with its color) right", "color": "color right", "overall": "every check right"}
+
     def score(images):
         return score_scenes(images, prompts["scene_digit"], prompts["scene_color"], prompts["scene_box"],
                             prompts["scene_count"])

@@ -17,7 +17,8 @@ def scene_config(data_cfg, split: str = "train") -> scenes.SceneConfig:
         defect_kinds=kinds,
         split=split,
         # Configs saved before object_size existed used the generator's default.
-        object_size=(data_cfg.scenes.get("object_size_min", 0.26), data_cfg.scenes.get("object_size_max", 0.42)),
+        object_size=(data_cfg.scenes.get("object_size_min", scenes.SceneConfig.object_size[0]),
+                     data_cfg.scenes.get("object_size_max", scenes.SceneConfig.object_size[1])),
     )
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from seedjax.diffusion import flow
 from seedjax.models import attention as attention_lib
 from seedjax.models import mmdit
 from seedjax.parallel import sharding
@@ -204,7 +205,6 @@ def test_x0_prediction_returns_the_velocity_its_clean_estimate_implies():
     want = (np.asarray(a["x"], np.float64) - x0) / t
     np.testing.assert_allclose(np.asarray(run(model, a)), want, rtol=1e-5, atol=1e-4)
     # Above the clamp the flow's own inverse recovers the prediction.
-    from seedjax.diffusion import flow
     back = flow.x0_from_velocity(a["x"][:1], run(model, a)[:1], a["t"][:1])
     np.testing.assert_allclose(np.asarray(back), x0[:1], rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="prediction 'eps' must be"):

@@ -105,7 +105,8 @@ def test_first_two_objects_have_a_clear_relation():
 def test_object_size_sets_the_box_sides():
     size = 24
     cfg = SceneConfig(image_size=size, max_objects=1, object_size=(0.55, 0.8))
-    sides = [(make_scene(i, cfg)["scene_box"][0, 2] - make_scene(i, cfg)["scene_box"][0, 0]) * size for i in range(60)]
+    boxes = [make_scene(i, cfg)["scene_box"][0] for i in range(60)]
+    sides = [(b[2] - b[0]) * size for b in boxes]
     assert min(sides) >= round(0.55 * size) - 1e-4 and max(sides) <= round(0.8 * size) + 1e-4
     assert max(sides) - min(sides) >= 3  # the range is used, not one fixed size
     default = [make_scene(i, SceneConfig(image_size=size, max_objects=1))["scene_box"][0] for i in range(60)]

@@ -13,7 +13,7 @@ digit fills 70-85% of the side, 4x4 patches (36 image tokens), and an MMDiT that
 clean image (`model.prediction='x0'`; with velocity prediction the samples were still patchy
 noise after 2000 steps, BENCHMARKS.md). `size=N,patch=P` change the resolution and patch size.
 
-Each run is 3000 steps by default (`steps=N` changes it): about 50 minutes for both runs side by
+Each run is 3000 steps by default (`steps=N` changes it): about 55 minutes for both runs side by
 side on 2 CPU cores. Results in BENCHMARKS.md.
 """
 

@@ -98,8 +98,10 @@ def preset(name: str) -> ml_collections.ConfigDict:
 
 
 def prediction(cfg) -> tuple[str, float]:
-    """(cfg.prediction, cfg.x0_min_t); configs saved before these keys existed predict a velocity."""
-    return cfg.get("prediction", "velocity"), cfg.get("x0_min_t", 0.05)
+    """(cfg.prediction, cfg.x0_min_t); configs saved before these keys existed get the defaults
+    (a velocity), which is what they were trained to predict."""
+    defaults = default_config()
+    return cfg.get("prediction", defaults.prediction), cfg.get("x0_min_t", defaults.x0_min_t)
 
 
 def validate_config(cfg: ml_collections.ConfigDict) -> None:
@@ -368,11 +370,13 @@ class MMDiT(nnx.Module):
         img = joint[:, num_txt:]
 
         scale, shift = self.final_modulation(cond)
-        velocity = self.proj_out(layers.modulate(self.final_norm(img), shift, scale)).astype(jnp.float32)
+        out = self.proj_out(layers.modulate(self.final_norm(img), shift, scale)).astype(jnp.float32)
         target, x0_min_t = prediction(cfg)
-        if target == "x0":
+        if target == "x0":  # out is the clean image; return the velocity it implies
             t_tokens = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (batch,))[:, None, None]
-            velocity = (x.astype(jnp.float32) - velocity) / jnp.maximum(t_tokens, x0_min_t)
+            velocity = (x.astype(jnp.float32) - out) / jnp.maximum(t_tokens, x0_min_t)
+        else:
+            velocity = out
         return (velocity, features) if return_features else velocity
 
     def _conditioning(self, t, pooled, guidance, target_size, batch) -> jax.Array:
