@@ -5,7 +5,9 @@ A config file is a Python file with `get_config(arg: str | None) -> ConfigDict`.
 `parse_arg`, typed by the defaults the file declares. Command-line overrides
 (`--config.optimizer.lr=3e-4`) may only set keys that exist, with a value of the key's type;
 anything else is a `ConfigError`, which `seedjax.main` turns into exit code 2 before the
-workdir is touched.
+workdir is touched. Values derived from others (`DERIVED`: the MMDiT's input and text widths,
+the reward model's image size...) are resolved after the overrides: `load_config(spec,
+overrides)` loads, overrides and resolves in one step, which is how every entry point gets a config.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import os
 from typing import Any, Iterable
 
 import ml_collections
+
+import data_pipelines
 
 
 class ConfigError(ValueError):
@@ -103,8 +107,12 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
 # --------------------------------------------------------------------------- files
 
 
-def load_config(spec: str) -> ml_collections.ConfigDict:
-    """'path/to/config.py[:arg]' -> the locked ConfigDict."""
+def load_config(spec: str, overrides: dict[str, str] | None = None) -> ml_collections.ConfigDict:
+    """'path/to/config.py[:arg]' + {'dotted.key': 'text'} -> the locked, resolved ConfigDict.
+
+    A derived value the file left following its rule (see `DERIVED`) is recomputed after the
+    overrides, unless it is overridden itself.
+    """
     path, _, arg = spec.partition(":")
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path!r} does not exist")
@@ -122,6 +130,10 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f"{path}: get_config must return an ml_collections.ConfigDict")
     config.lock()
+    if overrides:
+        following = following_derived(config)
+        apply_overrides(config, overrides)
+        resolve(config, [key for key in following if key not in overrides])
     return config
 
 
@@ -140,8 +152,11 @@ def all_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
     return keys
 
 
-def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]) -> None:
-    """Set dotted keys from strings; unknown keys and wrong types raise ConfigError."""
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str], prefix: str = "config") -> None:
+    """Set dotted keys from strings; unknown keys and wrong types raise ConfigError.
+
+    `prefix` names the group in messages (`config.x`; data_pipelines' CLIs override `data.x`).
+    """
     for dotted, text in overrides.items():
         parts = dotted.split(".")
         node = config
@@ -149,12 +164,83 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]
             here = ".".join(parts[: i + 1])
             if not isinstance(node, ml_collections.ConfigDict) or part not in node:
                 known = all_keys(config)
-                raise ConfigError(f"unknown config key {'config.' + here!r}{_suggest(here, known)}")
+                raise ConfigError(f"unknown {prefix} key {prefix + '.' + here!r}{_suggest(here, known)}")
             if i == len(parts) - 1:
                 with node.unlocked():
-                    node[part] = coerce(text, node[part], "config." + dotted)
+                    node[part] = coerce(text, node[part], f"{prefix}.{dotted}")
             else:
                 node = node[part]
+
+
+# --------------------------------------------------------------------------- derived values
+
+
+def _pixel_in_channels(config):
+    if config.input.key != "image":  # latents: the VAE's channels, which the stage checks at start
+        return None
+    return config.input.patch_size**2 * data_pipelines.channels(config.data)
+
+
+# Derived key -> its rule (None: does not apply to this config). These are invariants between
+# groups (the MMDiT reads what the data and the text encoder produce), so an override of what a
+# value derives from must move the value too: `--config.data.source=folder` gives RGB patches.
+DERIVED = {
+    "model.in_channels": _pixel_in_channels,
+    "model.text_dim": lambda c: c.text.width,
+    "model.pooled_dim": lambda c: c.text.width,
+    "text.max_len": lambda c: c.data.max_text_len,
+    "reward_model.channels": lambda c: data_pipelines.channels(c.data),
+    "reward_model.image_size": lambda c: c.data.image_size,
+    "reward_model.max_text_len": lambda c: c.data.max_text_len,
+}
+
+
+def _lookup(config: ml_collections.ConfigDict, dotted: str):
+    node = config
+    for part in dotted.split("."):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            raise KeyError(dotted)
+        node = node[part]
+    return node
+
+
+def _derive(config: ml_collections.ConfigDict, key: str):
+    """What `key` derives to in `config`; None when the config lacks it or the rule does not apply."""
+    try:
+        _lookup(config, key)
+        return DERIVED[key](config)
+    except (KeyError, AttributeError):  # a config without these groups (a VAE, a video model...)
+        return None
+
+
+def following_derived(config: ml_collections.ConfigDict) -> list[str]:
+    """The derived keys whose value is what their rule gives (the file linked them, e.g. with
+    experiments.common.link_widths). A value set otherwise (a latent model's in_channels) is kept."""
+    out = []
+    for key in DERIVED:
+        try:
+            value = _derive(config, key)
+        except ValueError:  # e.g. a mixture the data pipeline rejects: validation reports it later
+            continue
+        if value is not None and _lookup(config, key) == value:
+            out.append(key)
+    return out
+
+
+def resolve(config: ml_collections.ConfigDict, keys: Iterable[str]) -> ml_collections.ConfigDict:
+    """Recompute the derived `keys` from the (overridden) values they derive from."""
+    for key in keys:
+        try:
+            value = _derive(config, key)
+        except ValueError as e:
+            raise ConfigError(f"config.{key} cannot be derived: {e}") from None
+        if value is None:
+            continue
+        parent, _, leaf = key.rpartition(".")
+        node = _lookup(config, parent)
+        with node.unlocked():
+            node[leaf] = value
+    return config
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:
@@ -198,6 +284,7 @@ def base_config(**overrides) -> ml_collections.ConfigDict:
             num_samples=16,  # images in a sample grid
             init_from="",  # workdir or step dir of an earlier stage (parameters only)
             peak_tflops_per_device=0.0,  # for MFU; 0 = known accelerator or measured CPU matmul peak
+            preemption_exit_code=143,  # exit code after SIGTERM stopped an unfinished run (it checkpointed)
             mesh=dict(data=-1, fsdp=1, tensor=1, sequence=1),
             sharding=dict(rules=dict(DEFAULT_RULES), replicated_params="error"),  # error | warn | ignore
             optimizer=optimizer_config(),

@@ -1,10 +1,26 @@
-"""Checks on a resolved config that are cheap and must fail before anything is written."""
+"""Checks on a resolved config that are cheap and must fail before anything is written.
+
+Every entry point that trains calls `validate_config` (and `validate_workdir`) after
+`seedjax.config.load_config`; a ConfigError here is one line on stderr and exit code 2,
+with the workdir untouched. What a check needs from the data is read from data_pipelines'
+own constants, so the two never disagree on what a source is.
+"""
 
 from __future__ import annotations
 
 import importlib
+import os
 
+import ml_collections
+
+from data_pipelines.config import SOURCES
+from data_pipelines.pipeline import components
+from data_pipelines.reward_data import BASE_SOURCES
 from seedjax.config import ConfigError
+from seedjax.train.state import make_tx
+
+# Sources read from `path` (the others are generated or bundled).
+_PATH_SOURCES = {"folder": "an image folder", "jsonl": "a JSONL manifest", "shards": "a shard directory"}
 
 
 def validate_config(config) -> None:
@@ -32,3 +48,66 @@ def validate_config(config) -> None:
     if accum < 1 or config.batch_size % accum:
         raise ConfigError(f"config.optimizer.grad_accum_steps={accum} must be >= 1 and divide "
                           f"config.batch_size={config.batch_size}")
+    for key, group in config.items():  # optimizer, and a stage's others (fake_optimizer, disc_optimizer)
+        if key.endswith("optimizer") and isinstance(group, ml_collections.ConfigDict):
+            _validate_optimizer(key, group, int(config.total_steps))
+    if "data" in config:
+        validate_data(config.data, "config.data")
+    if "eval" in config and "data" in config.eval:  # held-out data of stages that train on something else
+        validate_data(config.eval.data, "config.eval.data")
+
+
+def _validate_optimizer(key: str, opt_cfg, total_steps: int) -> None:
+    """Build the optax transformation: the builder is the one list of names and schedules."""
+    try:
+        make_tx(opt_cfg, total_steps)
+    except ValueError as e:
+        raise ConfigError(str(e).replace("config.optimizer.", f"config.{key}.")) from None
+
+
+def _is_url(path: str) -> bool:
+    return "://" in path  # gs://, s3://...: checked by their filesystem when opened
+
+
+def validate_data(data_cfg, where: str) -> None:
+    """Every source known and every path that must exist present (locally)."""
+    try:
+        comps = components(data_cfg)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if data_cfg.channels not in (-1, 1, 3):
+        raise ConfigError(f"{where}.channels must be 1, 3 or -1 (the source's own), got {data_cfg.channels}")
+    for name, (kind, path, _) in comps.items():
+        key = f"{where}.mixture.{name}" if data_cfg.mixture else where
+        if kind not in SOURCES:
+            raise ConfigError(f"{key}.source: unknown source {kind!r}; use one of {', '.join(SOURCES)}")
+        if kind == "reward_pairs" and path not in BASE_SOURCES:
+            raise ConfigError(f"{key}.path: reward_pairs pairs captions of a bundled source; got {path!r}, "
+                              f"use one of {', '.join(BASE_SOURCES)}")
+        if kind in _PATH_SOURCES:
+            if not path:
+                raise ConfigError(f"{key}.path: source {kind!r} needs {_PATH_SOURCES[kind]} (--{key}.path=...)")
+            if not _is_url(path) and not os.path.exists(path):
+                raise ConfigError(f"{key}.path: {path!r} does not exist")
+    eval_path = data_cfg.get("eval_path", "")
+    if eval_path and not _is_url(eval_path) and not os.path.exists(eval_path):
+        raise ConfigError(f"{where}.eval_path: {eval_path!r} does not exist")
+
+
+def validate_workdir(workdir: str) -> None:
+    """The workdir can be created and written: no file in its place or above it, a writable parent."""
+    if not workdir:
+        raise ConfigError("--workdir is empty")
+    if _is_url(workdir):
+        return  # a remote filesystem answers for itself when the run opens it
+    path = os.path.abspath(workdir)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"--workdir {workdir!r} is a file, not a directory")
+    parent = os.path.dirname(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ConfigError(f"--workdir {workdir!r}: {parent!r} is a file, not a directory")
+    existing = path if os.path.exists(path) else parent
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--workdir {workdir!r}: {existing!r} is not writable")
