@@ -71,9 +71,9 @@ class _SkipLog:
         self.counts[e.kind] = self.counts.get(e.kind, 0) + 1
 
 
-def _readable(source, total: int, skips: _SkipLog):
-    """(index, raw sample) of every sample among the first `total` that loads and has a caption."""
-    for index in range(total):
+def _readable(source, indices, skips: _SkipLog):
+    """(index, raw sample) of every sample among `indices` that loads and has a caption."""
+    for index in indices:
         try:
             raw = source.load(index, index)
             if not isinstance(raw.get("caption"), str) or not raw["caption"].strip():
@@ -88,16 +88,78 @@ def _total(source, limit: int) -> int:
     return len(source) if limit < 0 else min(limit, len(source))
 
 
+# The helpers below define the output once for both runners (this process, ray_runner.py).
+
+
+def images_header(source, total: int, written: int, skipped: dict) -> dict:
+    """The header of an image shard directory (records.ShardWriter.close adds format and shard list)."""
+    return {
+        "kind": "images", "source": source.name, "channels": source.channels, "scene_labels": source.scene_labels,
+        "tags": list(source.tags), "counts": {"read": total, "written": written, "skipped": skipped},
+    }
+
+
 def write_source(source, out_dir: str, *, num_shards: int, limit: int = -1) -> dict:
     """Write every readable sample of `source` as an image record; returns the header."""
     writer = records.ShardWriter(out_dir, num_shards)
     skips, total = _SkipLog(source), _total(source, limit)
-    for _, raw in _readable(source, total, skips):
+    for _, raw in _readable(source, range(total), skips):
         writer.write(*_image_record(raw))
-    return writer.close({
-        "kind": "images", "source": source.name, "channels": source.channels, "scene_labels": source.scene_labels,
-        "tags": list(source.tags), "counts": {"read": total, "written": writer.count, "skipped": skips.counts},
-    })
+    return writer.close(images_header(source, total, writer.count, skips.counts))
+
+
+def latent_layout(source, codec, data_cfg) -> tuple[int, samples.Layout, list]:
+    """(channels, layout, bucket list) of latent records; ValueError if a bucket does not fit the VAE."""
+    channels = data_cfg.channels if data_cfg.channels != -1 else source.channels
+    layout = samples.Layout(channels=channels, max_text_len=data_cfg.max_text_len, scene_labels=source.scene_labels)
+    bucket_list = buckets_lib.parse_buckets(data_cfg.buckets, data_cfg.image_size)
+    for b in bucket_list:
+        if b[0] % codec.downsample_factor or b[1] % codec.downsample_factor:
+            raise ValueError(f"data.buckets: {buckets_lib.bucket_name(b)} is not divisible by the VAE's "
+                             f"downsampling factor {codec.downsample_factor}")
+    return channels, layout, bucket_list
+
+
+def latent_row(source, index: int, raw: dict, bucket, layout: samples.Layout) -> dict:
+    """A readable sample fitted to its bucket, with caption and tags; BadSample if it cannot be."""
+    row = samples.finalize(raw, bucket, layout, raw.get("where", f"{source.name}#{index}"))
+    row.update(caption=raw["caption"], tags=list(raw.get("tags", ())))
+    return row
+
+
+def latent_batches(keyed_items, batch_size: int):
+    """Lists of items, each of one key (bucket), in the order they are encoded and written: a
+    key's batch as soon as it is full, then the partial ones in the order their keys first came.
+    Batch composition is part of the output: a batched encode is only bit-exact for the same batch."""
+    pending: dict = {}
+    for key, item in keyed_items:
+        pending.setdefault(key, []).append(item)
+        if len(pending[key]) == batch_size:
+            yield pending[key]
+            pending[key] = []
+    for items in pending.values():
+        if items:
+            yield items
+
+
+def latent_fields(row: dict, latent: np.ndarray) -> dict:
+    """The record of one encoded row (latent_row output)."""
+    fields = {"latent": latent, "target_size": row["target_size"], "caption": row["caption"],
+              "defect_box": row["defect_box"], "defect_kind": row["defect_kind"]}
+    fields.update({k: row[k] for k in LABEL_KEYS if k in row and k not in fields})
+    if row["tags"]:
+        fields["tags"] = "\n".join(row["tags"])
+    return fields
+
+
+def latents_header(source, channels: int, codec, total: int, written: int, skipped: dict) -> dict:
+    return {
+        "kind": "latents", "source": source.name, "channels": channels, "scene_labels": source.scene_labels,
+        "tags": list(source.tags), "shapes": {"latent": [-1, -1, codec.latent_channels]},
+        "vae": {"downsample_factor": codec.downsample_factor, "scaling_factor": float(codec.scaling_factor),
+                "shift_factor": float(codec.shift_factor)},
+        "counts": {"read": total, "written": written, "skipped": skipped},
+    }
 
 
 def write_latents(source, out_dir: str, codec, data_cfg, *, num_shards: int, limit: int = -1,
@@ -107,50 +169,26 @@ def write_latents(source, out_dir: str, codec, data_cfg, *, num_shards: int, lim
     Images are fitted to their resolution bucket (data.buckets / data.image_size) first, so a
     latent is [H / f, W / f, c] of its bucket; defect boxes follow the crop, labels are kept.
     """
-    channels = data_cfg.channels if data_cfg.channels != -1 else source.channels
-    layout = samples.Layout(channels=channels, max_text_len=data_cfg.max_text_len, scene_labels=source.scene_labels)
-    bucket_list = buckets_lib.parse_buckets(data_cfg.buckets, data_cfg.image_size)
-    for b in bucket_list:
-        if b[0] % codec.downsample_factor or b[1] % codec.downsample_factor:
-            raise ValueError(f"data.buckets: {buckets_lib.bucket_name(b)} is not divisible by the VAE's "
-                             f"downsampling factor {codec.downsample_factor}")
+    channels, layout, bucket_list = latent_layout(source, codec, data_cfg)
     assigned = buckets_lib.assign_buckets(source.sizes(), bucket_list)
     writer = records.ShardWriter(out_dir, num_shards)
     skips, total = _SkipLog(source), _total(source, limit)
-    pending: dict[int, list] = {}
 
-    def flush(b: int) -> None:
-        rows, pending[b] = pending[b], []
-        latents = codec.encode(np.stack([row["image"] for row in rows]))
-        for row, latent in zip(rows, latents):
-            fields = {"latent": latent, "target_size": row["target_size"], "caption": row["caption"],
-                      "defect_box": row["defect_box"], "defect_kind": row["defect_kind"]}
-            fields.update({k: row[k] for k in LABEL_KEYS if k in row and k not in fields})
-            if row["tags"]:
-                fields["tags"] = "\n".join(row["tags"])
-            writer.write(fields, latent.shape[:2])
+    def rows():
+        for index, raw in _readable(source, range(total), skips):
+            b = int(assigned[index])
+            try:
+                row = latent_row(source, index, raw, bucket_list[b], layout)
+            except BadSample as e:
+                skips.add(e)
+                continue
+            yield b, row
 
-    for index, raw in _readable(source, total, skips):
-        b = int(assigned[index])
-        try:
-            row = samples.finalize(raw, bucket_list[b], layout, raw.get("where", f"{source.name}#{index}"))
-        except BadSample as e:
-            skips.add(e)
-            continue
-        row.update(caption=raw["caption"], tags=list(raw.get("tags", ())))
-        pending.setdefault(b, []).append(row)
-        if len(pending[b]) == batch_size:
-            flush(b)
-    for b in list(pending):
-        if pending[b]:
-            flush(b)
-    return writer.close({
-        "kind": "latents", "source": source.name, "channels": channels, "scene_labels": source.scene_labels,
-        "tags": list(source.tags), "shapes": {"latent": [-1, -1, codec.latent_channels]},
-        "vae": {"downsample_factor": codec.downsample_factor, "scaling_factor": float(codec.scaling_factor),
-                "shift_factor": float(codec.shift_factor)},
-        "counts": {"read": total, "written": writer.count, "skipped": skips.counts},
-    })
+    for batch in latent_batches(rows(), batch_size):
+        latents = codec.encode(np.stack([row["image"] for row in batch]))
+        for row, latent in zip(batch, latents):
+            writer.write(latent_fields(row, latent), latent.shape[:2])
+    return writer.close(latents_header(source, channels, codec, total, writer.count, skips.counts))
 
 
 def main(argv=None) -> int:
