@@ -16,13 +16,14 @@ The table is printed and appended to BENCHMARKS.md.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
 import sys
 
 import numpy as np
+
+from seedjax import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TAIL_DIGITS, TAIL_COLORS = (5, 6, 7, 8, 9), (3, 4, 5)
@@ -143,8 +144,9 @@ def measure_dual_axis(off: str, on: str, num: int, seed: int, grid: str | None =
     return lines
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+@cli.entry("data_pipelines.measure")
+def main(argv: list[str]) -> int:
+    parser = cli.Parser("data_pipelines.measure", __doc__)
     parser.add_argument("study", choices=("defects", "dual_axis"))
     parser.add_argument("--off", required=True, help="workdir of the run without the technique")
     parser.add_argument("--on", required=True, help="workdir of the run with the technique")
@@ -153,7 +155,7 @@ def main(argv=None) -> int:
     parser.add_argument("--grid", default="", help="dual_axis: also write tail-digit samples (off | on) to this PNG")
     parser.add_argument("--no-append", dest="append", action="store_false",
                         help="print only; do not append to BENCHMARKS.md")
-    args = parser.parse_args(argv)
+    args = parser.parse(argv)
     for workdir in (args.off, args.on):
         if not os.path.isfile(os.path.join(workdir, "config.json")):
             print(f"measure: {workdir}: not a seedjax workdir (no config.json)", file=sys.stderr)

@@ -16,7 +16,6 @@ Exit codes: 0 written, 2 bad arguments, 1 nothing valid to write.
 
 from __future__ import annotations
 
-import argparse
 import io
 import logging
 import sys
@@ -27,6 +26,8 @@ from data_pipelines import buckets as buckets_lib
 from data_pipelines import config as config_lib
 from data_pipelines import pipeline, records, samples
 from data_pipelines.samples import BadSample
+from seedjax import cli
+from seedjax.config import apply_overrides
 
 log = logging.getLogger("data_pipelines.prepare")
 
@@ -191,8 +192,9 @@ def write_latents(source, out_dir: str, codec, data_cfg, *, num_shards: int, lim
     return writer.close(latents_header(source, channels, codec, total, writer.count, skips.counts))
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+@cli.entry("data_pipelines.prepare")
+def main(argv: list[str]) -> int:
+    parser = cli.Parser("data_pipelines.prepare", __doc__, overrides="data")
     parser.add_argument("--source", required=True, choices=[s for s in config_lib.SOURCES if s != "shards"])
     parser.add_argument("--path", default="", help="image folder or JSONL manifest")
     parser.add_argument("--out", "--workdir", dest="out", required=True,
@@ -204,14 +206,10 @@ def main(argv=None) -> int:
     parser.add_argument("--vae", "--init_from", dest="vae", default="",
                         help="VAE stage workdir: write latents instead of encoded images (--init_from: as a pipeline "
                              "tool step starting from a VAE stage names it)")
-    args, rest = parser.parse_known_args(argv)
+    args = parser.parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     data_cfg = config_lib.default_config()
-    try:
-        config_lib.apply_overrides(data_cfg, rest)
-    except ValueError as e:
-        print(f"prepare: {e}", file=sys.stderr)
-        return 2
+    apply_overrides(data_cfg, args.overrides, prefix="data")  # a bad key or value: exit 2 (cli.entry)
     if args.num_shards < 1:
         print(f"prepare: --num_shards must be >= 1, got {args.num_shards}", file=sys.stderr)
         return 2

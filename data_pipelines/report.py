@@ -11,7 +11,6 @@ same as bar charts to `--png`, and the weights to `--weights_out` for `data.dual
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 
@@ -19,6 +18,8 @@ import numpy as np
 
 from data_pipelines import config as config_lib
 from data_pipelines import dual_axis, pipeline
+from seedjax import cli
+from seedjax.config import apply_overrides
 
 
 def shares(ids: np.ndarray, weights: np.ndarray, num: int) -> np.ndarray:
@@ -121,22 +122,19 @@ def write_png(s: dict, path: str, name: str) -> None:
     img.save(path)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+@cli.entry("data_pipelines.report")
+def main(argv: list[str]) -> int:
+    parser = cli.Parser("data_pipelines.report", __doc__, overrides="data")
     parser.add_argument("--source", default="digits", choices=config_lib.SOURCES)
     parser.add_argument("--path", default="")
     parser.add_argument("--split", default="train")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--png", default="dual_axis.png")
     parser.add_argument("--weights_out", default="", help="write the weights (.npy) for data.dual_axis.weights_file")
-    args, rest = parser.parse_known_args(argv)
+    args = parser.parse(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     data_cfg = config_lib.default_config()
-    try:
-        config_lib.apply_overrides(data_cfg, rest)
-    except ValueError as e:
-        print(f"report: {e}", file=sys.stderr)
-        return 2
+    apply_overrides(data_cfg, args.overrides, prefix="data")  # a bad key or value: exit 2 (cli.entry)
     try:
         source = pipeline.open_source(args.source, args.path, data_cfg, split=args.split, seed=args.seed)
         analysis = dual_axis.analyse(source, data_cfg, args.seed)

@@ -126,7 +126,12 @@ def load_config(spec: str, overrides: dict[str, str] | None = None) -> ml_collec
         raise ConfigError(f"config file {path!r} failed to load: {type(e).__name__}: {e}") from e
     if not hasattr(module, "get_config"):
         raise ConfigError(f"config file {path!r} has no get_config(arg) function")
-    config = module.get_config(arg or None)
+    try:
+        config = module.get_config(arg or None)
+    except ConfigError:
+        raise
+    except ValueError as e:  # config files reject a bad variant or arg with ValueError
+        raise ConfigError(f"{spec}: {e}") from None
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f"{path}: get_config must return an ml_collections.ConfigDict")
     config.lock()

@@ -24,7 +24,6 @@ report.md (the table), report.json and grid.png (one row per stage, same prompts
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -32,6 +31,8 @@ import time
 
 import jax
 import numpy as np
+
+from seedjax import cli
 
 COLUMNS = (("nfe", "NFE", "{:d}"), ("frechet_distance", "FD", "{:.2f}"), ("prompt_accuracy", "prompt acc", "{:.3f}"),
            ("diversity", "diversity", "{:.3f}"), ("ms_per_image", "ms / image", "{:.1f}"))
@@ -106,8 +107,9 @@ def grid_image(rows: dict[str, np.ndarray]):
     return canvas
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+@cli.entry("seedjax.eval.report")
+def main(argv: list[str]) -> int:
+    parser = cli.Parser("seedjax.eval.report", __doc__)
     parser.add_argument("--workdir", required=True, help="the pipeline's root workdir")
     parser.add_argument("--pipeline", default="", help="pipeline file (stage order); or give --stages")
     parser.add_argument("--stages", default="", help="comma-separated stage names (subdirectories of --workdir)")
@@ -120,7 +122,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="")
-    args = parser.parse_args(argv)
+    args = parser.parse(argv)
     from seedjax.tools.sample import load_run, override_sampling
 
     try:

@@ -17,7 +17,6 @@ Exit codes: 0 written, 2 bad arguments or a workdir without a usable checkpoint.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections import Counter
@@ -27,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from seedjax import cli
 from seedjax.kernels import paro
 
 
@@ -149,8 +149,9 @@ def summarize(plan: paro.ParoPlan) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m seedjax.tools.calibrate_paro", description=__doc__.split("\n")[0])
+@cli.entry("seedjax.tools.calibrate_paro")
+def main(argv: list[str]) -> int:
+    p = cli.Parser("seedjax.tools.calibrate_paro", __doc__)
     p.add_argument("--workdir", required=True)
     p.add_argument("--density", type=float, required=True, help="fraction of visual blocks computed, in (0, 1]")
     p.add_argument("--out", default="", help="plan file (default WORKDIR/paro/plan_d<density>.safetensors)")
@@ -161,10 +162,7 @@ def main(argv=None) -> int:
     p.add_argument("--quant_weight", type=float, default=0.25)
     p.add_argument("--no_reorder", action="store_true", help="keep the natural token order (ablation)")
     p.add_argument("--seed", type=int, default=0)
-    try:
-        args = p.parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
+    args = p.parse(argv)
     try:
         if not 0.0 < args.density <= 1.0:
             raise ValueError(f"--density must be in (0, 1], got {args.density}")

@@ -18,7 +18,6 @@ there), 2 bad arguments or source run.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -27,6 +26,8 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from seedjax import cli
 
 log = logging.getLogger("seedjax.ode_pairs")
 
@@ -130,8 +131,9 @@ def _finished(out_dir: str, wanted: dict) -> bool:
     return all(made.get(k) == v for k, v in wanted.items())
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+@cli.entry("seedjax.tools.ode_pairs")
+def main(argv: list[str]) -> int:
+    parser = cli.Parser("seedjax.tools.ode_pairs", __doc__)
     parser.add_argument("--init_from", required=True, help="workdir of the run that generates the pairs")
     parser.add_argument("--workdir", required=True, help="output shard directory")
     parser.add_argument("--num", type=int, default=4096)
@@ -141,7 +143,7 @@ def main(argv=None) -> int:
     parser.add_argument("--num_shards", type=int, default=4)
     parser.add_argument("--steps", type=int, default=0, help="override the run's sampling steps")
     parser.add_argument("--guidance", type=float, default=0.0, help="override the run's guidance scale")
-    args = parser.parse_args(argv)
+    args = parser.parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     for name, value in (("num", args.num), ("batch", args.batch), ("num_shards", args.num_shards)):
         if value < 1:

@@ -13,7 +13,6 @@ wall time per image. Exit codes: 0 written, 2 bad arguments or workdir.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib
 import os
@@ -23,6 +22,8 @@ import time
 import jax
 import numpy as np
 from flax import nnx
+
+from seedjax import cli
 
 
 @dataclasses.dataclass
@@ -94,8 +95,9 @@ def prompt_batch(captions: list[str], config) -> dict:
     return {"tokens": tokens, "text_mask": mask, "target_size": size}
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+@cli.entry("seedjax.tools.sample")
+def main(argv: list[str]) -> int:
+    parser = cli.Parser("seedjax.tools.sample", __doc__)
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--prompt", action="append", required=True, help="repeat for several prompts")
     parser.add_argument("--num", type=int, default=8, help="samples per prompt")
@@ -104,7 +106,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=0)
     parser.add_argument("--guidance", type=float, default=0.0)
     parser.add_argument("--step", type=int, default=-1, help="checkpoint step (default: the latest)")
-    args = parser.parse_args(argv)
+    args = parser.parse(argv)
     if args.num < 1:
         print(f"sample: --num must be >= 1, got {args.num}", file=sys.stderr)
         return 2
