@@ -205,10 +205,16 @@ def _component_streams(name: str, source, data_cfg, layout, *, seed: int) -> tup
 
 
 def make_train_iterator(data_cfg, *, global_batch_size: int, seed: int, process_index: int,
-                        process_count: int) -> TrainIterator:
-    """Infinite iterator over this process's slice of the training batches (see module doc)."""
-    if global_batch_size % process_count:
-        raise ValueError(f"batch_size {global_batch_size} is not divisible by the {process_count} processes")
+                        process_count: int, rows: tuple[int, int] | None = None) -> TrainIterator:
+    """Infinite iterator over this process's slice of the training batches (see module doc).
+
+    `rows`: the rows [start, stop) of each global batch this process loads (the loop passes
+    the rows its devices hold); default: the process's equal share."""
+    if rows is None:
+        if global_batch_size % process_count:
+            raise ValueError(f"batch_size {global_batch_size} is not divisible by the {process_count} processes")
+        local = global_batch_size // process_count
+        rows = (process_index * local, (process_index + 1) * local)
     comps = components(data_cfg)
     if data_cfg.dual_axis.enabled and data_cfg.dual_axis.weights_file and len(comps) > 1:
         raise ValueError("data.dual_axis.weights_file holds one source's weights; it cannot serve a mixture")
@@ -226,8 +232,8 @@ def make_train_iterator(data_cfg, *, global_batch_size: int, seed: int, process_
     if data_cfg.balance_resolutions:  # each bucket of a component as likely as the others
         counts = {name: {bucket: 1 for bucket in per} for name, per in counts.items()}
     plan = streams_lib.bucket_plan({n: w for n, (_, _, w) in comps.items()}, counts, stream_sources)
-    ds = streams_lib.ScheduledBatches(streams, plan, global_batch_size // process_count, seed, process_index,
-                                      process_count, read_threads=data_cfg.read_threads)
+    ds = streams_lib.ScheduledBatches(streams, plan, global_batch_size, seed, rows,
+                                      read_threads=data_cfg.read_threads)
     if data_cfg.num_workers == 0 and data_cfg.read_buffer > 0:  # read ahead in a background thread
         ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=data_cfg.read_buffer)
     if data_cfg.num_workers > 0:

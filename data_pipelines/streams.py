@@ -8,9 +8,10 @@ random-access, so a stream's state is one integer: how many positions have been 
 `ScheduledBatches` reads the streams: global batch g takes its bucket, and each of its slots
 its stream (by mixture weight within that bucket), from draws seeded by (seed, g) alone. Slot j
 gets the next unused position of its stream in slot order, so the global batch — content and
-order — is the same whatever the number of processes or prefetch workers; process p loads
-slots [p * b, (p + 1) * b) (b = local batch), which is exactly the part of the global array the
-loop places on its devices. A sample that fails to load is replaced by a deterministic spare
+order — is the same whatever the number of processes or prefetch workers; a process loads the
+rows [start, stop) of the global batch that its devices hold (by default process p of P loads
+[p * B/P, (p + 1) * B/P)); processes whose devices hold the same rows (a tensor or sequence
+axis across hosts) load the same samples. A sample that fails to load is replaced by a deterministic spare
 (the same for every process) and counted; the counts ride along with the batch under
 `_skipped` so that the main process can account for them whatever process decoded them.
 """
@@ -97,13 +98,15 @@ class BatchPlan:
 class ScheduledBatches(grain.IterDataset):
     """Local batches drawn from named streams by a seeded schedule (see the module doc)."""
 
-    def __init__(self, streams: dict[str, grain.MapDataset], plan: BatchPlan, batch_size: int, seed: int,
-                 process_index: int, process_count: int, read_threads: int = 1):
+    def __init__(self, streams: dict[str, grain.MapDataset], plan: BatchPlan, global_batch_size: int, seed: int,
+                 rows: tuple[int, int], read_threads: int = 1):
         super().__init__()
         self.streams = streams
         self.names = tuple(streams)
-        self.plan, self.batch_size, self.seed = plan, batch_size, seed
-        self.process_index, self.process_count = process_index, process_count
+        self.plan, self.global_batch_size, self.seed = plan, global_batch_size, seed
+        self.rows = (int(rows[0]), int(rows[1]))  # this process's rows [start, stop) of every global batch
+        if not 0 <= self.rows[0] < self.rows[1] <= global_batch_size:
+            raise ValueError(f"rows {rows} are not a slice of a global batch of {global_batch_size}")
         self.read_threads = max(int(read_threads), 1)
         self.worker, self.workers = 0, 1
 
@@ -115,7 +118,7 @@ class ScheduledBatches(grain.IterDataset):
         return _ScheduledBatchIterator(self)
 
     def __str__(self) -> str:
-        return f"ScheduledBatches(streams={self.names}, batch_size={self.batch_size})"
+        return f"ScheduledBatches(streams={self.names}, global_batch_size={self.global_batch_size}, rows={self.rows})"
 
 
 class _ScheduledBatchIterator(grain.DatasetIterator):
@@ -133,7 +136,7 @@ class _ScheduledBatchIterator(grain.DatasetIterator):
         bucket = np.random.default_rng([self.ds.seed, global_batch]).choice(len(plan.bucket_names), p=plan.bucket_probs)
         names, probs = plan.streams[bucket]
         picks = np.random.default_rng([self.ds.seed, global_batch, 1]).choice(
-            len(names), size=self.ds.batch_size * self.ds.process_count, p=probs)
+            len(names), size=self.ds.global_batch_size, p=probs)
         return [names[i] for i in picks]
 
     def _load(self, name: str, position: int) -> tuple[dict, list]:
@@ -164,8 +167,8 @@ class _ScheduledBatchIterator(grain.DatasetIterator):
             self.used[name] += n
         self.counted_to = global_batch + 1
 
-        start = self.ds.process_index * self.ds.batch_size
-        mine = list(zip(slots[start:start + self.ds.batch_size], positions[start:start + self.ds.batch_size]))
+        start, stop = self.ds.rows
+        mine = list(zip(slots[start:stop], positions[start:stop]))
         loaded = list(self._pool.map(lambda a: self._load(*a), mine)) if self._pool else [self._load(*a) for a in mine]
         skipped: dict[str, list] = {}
         for _, failures in loaded:

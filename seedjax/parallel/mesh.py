@@ -69,8 +69,21 @@ def check_batch_divisible(batch_size: int, mesh: jax.sharding.Mesh, batch_axes=(
             f"config.batch_size={batch_size} is not divisible by the batch-parallel mesh size "
             f"{n} ({' x '.join(f'{a}={mesh.shape[a]}' for a in batch_axes)})"
         )
-    if batch_size % jax.process_count():
-        raise MeshError(f"config.batch_size={batch_size} is not divisible by {jax.process_count()} processes")
+
+
+def process_batch_rows(sharding: jax.sharding.Sharding, global_batch: int) -> tuple[int, int]:
+    """The rows [start, stop) of a global batch that this process's devices hold under `sharding`.
+
+    With the batch split over processes each loads its own share; with a tensor or sequence
+    axis across processes, processes that hold the same rows must load the same samples."""
+    slices = [index[0] for index in sharding.addressable_devices_indices_map((global_batch,)).values()]
+    spans = sorted({(sl.start or 0, global_batch if sl.stop is None else sl.stop) for sl in slices})
+    start, stop = spans[0][0], spans[-1][1]
+    covered = sum(b - a for a, b in spans)
+    if covered != stop - start or any(b[0] < a[1] for a, b in zip(spans, spans[1:])):
+        raise MeshError(f"this process's devices hold non-contiguous batch rows {spans}; order config.mesh so that "
+                        f"each host's devices are neighbours on the batch axes (data, fsdp)")
+    return start, stop
 
 
 def _env_first(*names: str) -> str | None:

@@ -27,6 +27,7 @@ from flax import nnx
 
 from seedjax.eval import augment
 from seedjax.models.reward import RewardModel
+from seedjax.parallel.host import to_host
 from seedjax.train.state import make_optimizer, nonfinite_streak, total_nonfinite, value_and_grad
 
 HEAD_NEGATIVES = {"alignment": "caption", "quality": "image"}  # what makes a "no" for each head kind
@@ -224,7 +225,7 @@ def evaluate(state: RewardState, config, rng: jax.Array) -> dict:
     keys = ("image", "tokens", "text_mask", "negative_tokens", "negative_text_mask")
     outs = [scores(params, {k: batch[k][i:i + config.eval.batch_size] for k in keys}, jax.random.fold_in(rng, i))
             for i in range(0, len(batch["image"]), config.eval.batch_size)]
-    (s_match, s_caption, s_image), degradation = jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
+    (s_match, s_caption, s_image), degradation = jax.tree.map(lambda *xs: np.concatenate(xs), *to_host(outs))
     results = {}
     for head, (win, lose, extra_yes) in head_pairs(config.reward_model.heads, s_match, s_caption, s_image).items():
         yes = win if extra_yes is None else np.concatenate([win, extra_yes])

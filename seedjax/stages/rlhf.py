@@ -34,6 +34,7 @@ from seedjax.diffusion.sampling import EulerSampler
 from seedjax.models import mmdit
 from seedjax.models.reward import RewardModel
 from seedjax.distill.params import freeze
+from seedjax.parallel.host import to_host
 from seedjax.stages import pretrain, reward, sft
 from seedjax.stages.pretrain import DiffusionModel, sample  # noqa: F401  (stage API)
 from seedjax.train.state import EMA, make_optimizer, nonfinite_streak, total_nonfinite
@@ -315,7 +316,7 @@ def evaluate(state: RLHFState, config, rng: jax.Array) -> dict:
 
     outs = [rewards(rparams, images[i:i + chunk], batch["tokens"][i:i + chunk], batch["text_mask"][i:i + chunk])
             for i in range(0, len(images), chunk)]
-    total, parts = jax.tree.map(lambda *xs: np.concatenate(xs)[: len(images)], *outs)
+    total, parts = jax.tree.map(lambda *xs: np.concatenate(xs)[: len(images)], *to_host(outs))
     results["reward"] = float(np.mean(total))
     results.update({name: float(np.mean(values)) for name, values in parts.items()})
     return results

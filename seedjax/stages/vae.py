@@ -38,6 +38,7 @@ from seedjax.distill.losses import discriminator_loss, generator_loss
 from seedjax.models import discriminators, perceptual
 from seedjax.models.vae import ImageVAE, VAEConfig, image_vae_config, kl_divergence, sample_posterior
 from seedjax.models.video_vae import VideoVAE, VideoVAEConfig, video_vae_config
+from seedjax.parallel.host import to_host
 from seedjax.train.state import EMA, make_optimizer, nonfinite_streak, optimizer_config, total_nonfinite
 
 log = logging.getLogger(__name__)
@@ -357,7 +358,7 @@ class LatentCodec:
         return self.vae.config.latent_channels
 
     def _batched(self, fn, x: np.ndarray) -> np.ndarray:
-        out = [np.asarray(fn(self._params, jnp.asarray(x[i: i + self.batch_size], jnp.float32)))
+        out = [to_host(fn(self._params, jnp.asarray(x[i: i + self.batch_size], jnp.float32)))
                for i in range(0, len(x), self.batch_size)]
         return np.concatenate(out)
 

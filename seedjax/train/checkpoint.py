@@ -1,47 +1,38 @@
 """Checkpoints: one orbax step directory holds the train state, run metadata and the data
-iterator state of every process.
+iterator position.
 
-    workdir/checkpoints/<step>/state/   model(s), optimizer(s), EMA (orbax, sharded arrays)
-                             /meta/    {"step", "seed", "stage", "rng_impl"}
-                             /data/    process_<i>-of-<n>.json (Grain iterator states)
+    workdir/checkpoints/<step>/state/      model(s), optimizer(s), EMA (orbax, sharded arrays)
+                             /meta/       {"step", "seed", "stage"}
+                             /iterator/   the data iterator state (JSON)
 
-Saves are asynchronous. Orbax writes into a temporary directory and renames it when the
-save is complete, so a crash leaves either a finished checkpoint or a temporary one;
-`restore_latest` skips a checkpoint that fails to restore and falls back to the previous
-complete one, with a warning.
+The data iterator state is the position of the *global* batch stream (see
+data_pipelines/streams.py), identical on every process, so process 0 writes it once and a
+checkpoint written by N processes resumes with M. Checkpoints written before this layout
+hold it as Grain's per-process files `data/process_<i>-of-<n>.json`; process 0's is read.
+
+Saves are asynchronous. Orbax writes into a temporary directory and renames it (or, on
+object stores, writes a commit marker) when the save is complete, so a crash leaves either
+a finished checkpoint or a half-written one. `restore_latest` ignores half-written ones
+with a warning; a finished checkpoint that does not fit the config or fails to restore
+raises `RestoreError` (the loop exits 2): progress is never thrown away by starting over.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 
-import grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 
 log = logging.getLogger(__name__)
 
 
-class _JsonIteratorState:
-    """Adapts any iterator with get_state() -> dict / set_state(dict) to Grain's handler."""
-
-    def __init__(self, iterator):
-        self.iterator = iterator
-
-    def get_state(self) -> bytes:
-        return json.dumps(self.iterator.get_state(), sort_keys=True).encode()
-
-    def set_state(self, state: bytes) -> None:
-        self.iterator.set_state(json.loads(state.decode()))
-
-    def start_prefetch(self) -> None:  # called by Grain's handler after a restore
-        start = getattr(self.iterator, "start_prefetch", None)
-        if start is not None:
-            start()
+class RestoreError(RuntimeError):
+    """A finished checkpoint that cannot be restored into this run (exit code 2)."""
 
 
 def pure(state) -> dict:
@@ -49,9 +40,33 @@ def pure(state) -> dict:
     return nnx.to_pure_dict(state)
 
 
+def _flat_shapes(tree) -> dict[str, tuple]:
+    """'a/b/0' -> shape for every leaf with a shape (arrays, abstract arrays, orbax metadata)."""
+    leaves = jax.tree_util.tree_leaves_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))
+    return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): tuple(leaf.shape)
+            for path, leaf in leaves if hasattr(leaf, "shape")}
+
+
+def describe_mismatch(saved: dict[str, tuple], wanted: dict[str, tuple], limit: int = 3) -> str:
+    """One line naming how two flat {name: shape} trees differ ('' when they agree)."""
+    missing = sorted(set(wanted) - set(saved))
+    extra = sorted(set(saved) - set(wanted))
+    reshaped = sorted(k for k in set(saved) & set(wanted) if saved[k] != wanted[k])
+    parts = []
+    for label, names in (("not in the checkpoint", missing), ("only in the checkpoint", extra)):
+        if names:
+            more = f" and {len(names) - limit} more" if len(names) > limit else ""
+            parts.append(f"{len(names)} {label} ({', '.join(names[:limit])}{more})")
+    if reshaped:
+        shown = ", ".join(f"{k} {saved[k]} -> {wanted[k]}" for k in reshaped[:limit])
+        more = f" and {len(reshaped) - limit} more" if len(reshaped) > limit else ""
+        parts.append(f"{len(reshaped)} with another shape ({shown}{more})")
+    return "; ".join(parts)
+
+
 class Checkpointer:
     def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
-        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        self.directory = epath.Path(workdir) / "checkpoints"
         self._warn_about_partial_saves()
         self.manager = ocp.CheckpointManager(
             self.directory,
@@ -64,16 +79,16 @@ class Checkpointer:
             item_handlers={
                 "state": ocp.StandardCheckpointHandler(),
                 "meta": ocp.JsonCheckpointHandler(),
-                "data": grain.checkpoint.CheckpointHandler(),
+                "iterator": ocp.JsonCheckpointHandler(),
             },
         )
 
     def _warn_about_partial_saves(self) -> None:
-        if not os.path.isdir(self.directory):
+        if not self.directory.exists():
             return
-        for name in sorted(os.listdir(self.directory)):
-            if re.match(r"^\d+\.orbax-checkpoint-tmp", name):
-                log.warning("checkpoint %s was left half-written (crash during save); it is ignored", name)
+        for path in sorted(self.directory.iterdir()):
+            if re.match(r"^\d+\.orbax-checkpoint-tmp", path.name):
+                log.warning("checkpoint %s was left half-written (crash during save); it is ignored", path.name)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -84,33 +99,51 @@ class Checkpointer:
             "meta": ocp.args.JsonSave(dict(meta, step=int(step))),
         }
         if data_iterator is not None:
-            items["data"] = grain.checkpoint.CheckpointSave(_JsonIteratorState(data_iterator))
+            items["iterator"] = ocp.args.JsonSave(data_iterator.get_state())
         self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
+    def check_fits(self, step: int, abstract_state) -> None:
+        """Raise RestoreError naming the differences when checkpoint `step` holds another model."""
+        saved = _flat_shapes(self.manager.item_metadata(step)["state"])
+        difference = describe_mismatch(saved, _flat_shapes(pure(abstract_state)))
+        if difference:
+            raise RestoreError(f"checkpoint {step} in {self.directory} holds another model than this config: "
+                               f"{difference}")
+
     def restore(self, step: int, abstract_state, shardings, data_iterator=None):
-        """Restore `step` onto `shardings` (any mesh); returns (state, meta)."""
+        """Restore `step` onto `shardings` (any mesh, any process count); returns (state, meta)."""
         target = jax.tree.map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
             pure(abstract_state),
             pure(shardings),
         )
         items = {"state": ocp.args.StandardRestore(target), "meta": ocp.args.JsonRestore()}
-        if data_iterator is not None:
-            items["data"] = grain.checkpoint.CheckpointRestore(_JsonIteratorState(data_iterator))
+        step_dir = self.directory / str(step)
+        new_layout = (step_dir / "iterator").exists()
+        if data_iterator is not None and new_layout:
+            items["iterator"] = ocp.args.JsonRestore()
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        if data_iterator is not None:
+            data_iterator.set_state(restored["iterator"] if new_layout else _legacy_iterator_state(step_dir))
         state = nnx.State(abstract_state) if not isinstance(abstract_state, nnx.State) else abstract_state
         nnx.replace_by_pure_dict(state, restored["state"])
         return state, restored["meta"]
 
     def restore_latest(self, abstract_state, shardings, data_iterator=None):
-        """(state, meta) of the newest checkpoint that restores, or (None, None)."""
-        for step in sorted(self.manager.all_steps(), reverse=True):
-            try:
-                return self.restore(step, abstract_state, shardings, data_iterator)
-            except Exception as e:  # a damaged checkpoint must not lose the run
-                log.warning("checkpoint at step %d could not be restored (%s: %s); trying the previous one",
-                            step, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
-        return None, None
+        """(state, meta) of the newest finished checkpoint, or (None, None) when there is none.
+
+        Raises RestoreError when that checkpoint holds another model or fails to restore:
+        falling back to an older one or to step 0 would silently throw progress away."""
+        step = self.manager.latest_step()
+        if step is None:
+            return None, None
+        self.check_fits(step, abstract_state)
+        try:
+            return self.restore(step, abstract_state, shardings, data_iterator)
+        except Exception as e:  # storage errors, damaged files: stop, name the cause, keep the files
+            cause = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise RestoreError(f"checkpoint {step} in {self.directory} could not be restored "
+                               f"({type(e).__name__}: {cause[:300]})") from e
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -120,21 +153,29 @@ class Checkpointer:
         self.manager.close()
 
 
+def _legacy_iterator_state(step_dir: epath.Path) -> dict:
+    """The data position of a checkpoint saved with Grain's per-process files (all equal)."""
+    files = sorted((step_dir / "data").glob("process_0-of-*.json"))
+    if not files:
+        raise RestoreError(f"{step_dir} has neither iterator/ nor data/process_0-of-N.json")
+    return json.loads(files[0].read_text())
+
+
 def load_state_tree(path: str) -> dict:
     """The saved train state of another run, as a nested dict of host arrays (`config.init_from`).
 
     `path` is a workdir (its latest checkpoint) or a step directory. Stages pick what they
     need from it (e.g. ['model'] or ['ema']['params']) in `load_pretrained`.
     """
-    path = os.path.abspath(path)
-    ckpt_dir = os.path.join(path, "checkpoints")
-    if os.path.isdir(ckpt_dir):
-        steps = [int(n) for n in os.listdir(ckpt_dir) if n.isdigit()]
+    path = epath.Path(path)
+    ckpt_dir = path / "checkpoints"
+    if ckpt_dir.is_dir():
+        steps = [int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()]
         if not steps:
             raise FileNotFoundError(f"config.init_from: no checkpoint in {ckpt_dir}")
-        state_dir = os.path.join(ckpt_dir, str(max(steps)), "state")
-    elif os.path.isdir(os.path.join(path, "state")):
-        state_dir = os.path.join(path, "state")
+        state_dir = ckpt_dir / str(max(steps)) / "state"
+    elif (path / "state").is_dir():
+        state_dir = path / "state"
     else:
         raise FileNotFoundError(f"config.init_from: {path} is neither a workdir with checkpoints/ nor a step directory")
     return _int_keys(ocp.StandardCheckpointer().restore(state_dir))

@@ -18,15 +18,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import data_pipelines
 from seedjax import config as config_lib
 from seedjax.parallel import mesh as mesh_lib
 from seedjax.parallel import sharding as sharding_lib
+from seedjax.parallel.host import to_host
 from seedjax.train import checkpoint as ckpt_lib
 from seedjax.train import metrics as metrics_lib
 from seedjax.train import perf
+from seedjax.train import workdir as workdir_lib
 from seedjax.train.state import lr_schedule
 
 log = logging.getLogger("seedjax")
@@ -37,10 +40,16 @@ class TrainingAborted(RuntimeError):
 
 
 def run(config, workdir: str, stop_at_step: int = 0) -> int:
-    """Train `config.stage` in `workdir`; resume if it holds a checkpoint. Returns an exit code."""
+    """Train `config.stage` in `workdir`; resume if it holds a checkpoint. Returns an exit code:
+    0 finished (or stopped by --stop_at_step), 2 bad config/mesh/workdir or a checkpoint that
+    does not fit, `config.preemption_exit_code` when SIGTERM stopped an unfinished run."""
     try:
+        workdir_lib.check_workdir(workdir)
         return _run(config, workdir, stop_at_step)
-    except mesh_lib.MeshError as e:
+    except (mesh_lib.MeshError, config_lib.ConfigError) as e:
+        print(f"seedjax: error: {e}", file=sys.stderr)
+        return 2
+    except ckpt_lib.RestoreError as e:
         print(f"seedjax: error: {e}", file=sys.stderr)
         return 2
     except TrainingAborted as e:
@@ -65,10 +74,12 @@ def _run(config, workdir: str, stop_at_step: int) -> int:
     mesh = mesh_lib.make_mesh(config.mesh)
     mesh_lib.check_batch_divisible(config.batch_size, mesh)
     rules = sharding_lib.rules_from_config(config.sharding.rules)
-    if jax.process_index() == 0:
-        config_lib.save_config(config, workdir)
-    log.info("stage %s | mesh %s | %d processes, %d devices (%s)", config.stage, dict(mesh.shape),
-             jax.process_count(), jax.device_count(), jax.devices()[0].device_kind)
+    batch_spec = sharding_lib.logical_to_spec(("batch",), rules=rules, mesh=mesh)
+    # The rows of each global batch this process's devices hold: its own share when the batch
+    # axes span the processes, the whole batch when e.g. a tensor axis does.
+    rows = mesh_lib.process_batch_rows(NamedSharding(mesh, P(*batch_spec)), config.batch_size)
+    log.info("stage %s | mesh %s | %d processes, %d devices (%s) | batch rows %d:%d here", config.stage,
+             dict(mesh.shape), jax.process_count(), jax.device_count(), jax.devices()[0].device_kind, *rows)
 
     # Abstract init outside the mesh context: NNX would otherwise try to read our logical
     # names as mesh axes. Shapes and logical names are all we need from it.
@@ -81,12 +92,12 @@ def _run(config, workdir: str, stop_at_step: int) -> int:
         # =================================================================
         data_iter = data_pipelines.make_train_iterator(
             config.data, global_batch_size=config.batch_size, seed=config.seed,
-            process_index=jax.process_index(), process_count=jax.process_count())
-        batch_spec = sharding_lib.logical_to_spec(("batch",), rules=rules, mesh=mesh)
+            process_index=jax.process_index(), process_count=jax.process_count(), rows=rows)
 
         def to_global(local_batch):
             return {k: jax.make_array_from_process_local_data(
-                NamedSharding(mesh, P(*batch_spec, *([None] * (np.ndim(v) - 1)))), np.asarray(v))
+                NamedSharding(mesh, P(*batch_spec, *([None] * (np.ndim(v) - 1)))), np.asarray(v),
+                (config.batch_size, *np.shape(v)[1:]))
                 for k, v in local_batch.items()}
 
         # =================================================================
@@ -100,7 +111,15 @@ def _run(config, workdir: str, stop_at_step: int) -> int:
         # Restore (same workdir: exact resume) or initialise (+ init_from parameters)
         # =================================================================
         checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
-        state, meta = checkpointer.restore_latest(abstract_state, shardings, data_iter)
+        try:
+            state, meta = checkpointer.restore_latest(abstract_state, shardings, data_iter)
+        except ckpt_lib.RestoreError as e:
+            raise ckpt_lib.RestoreError(f"{e}{_config_change_hint(config, workdir)}") from e
+        # Only now is config.json written: a workdir holding another model's checkpoints keeps its own.
+        if jax.process_index() == 0:
+            workdir_lib.write_text(workdir_lib.as_path(workdir) / "config.json", config_lib.to_json(config))
+            if int(meta["step"] if state is not None else 0) < total_steps:
+                workdir_lib.clear_done(workdir)
         if state is not None:
             start_step = int(meta["step"])
             log.info("resumed from %s at step %d", checkpointer.directory, start_step)
@@ -141,7 +160,7 @@ def _run(config, workdir: str, stop_at_step: int) -> int:
         # =================================================================
         writer = metrics_lib.MetricWriter(workdir, total_steps)
         meter = metrics_lib.Throughput(start_step, total_steps)
-        preemption = _PreemptionFlag()
+        preemption = _Preemption()
         pending: list[dict] = []
         step = start_step
         meta_out = {"seed": int(config.seed), "stage": config.stage}
@@ -177,12 +196,13 @@ def _run(config, workdir: str, stop_at_step: int) -> int:
                 writer.write(step, {f"eval/{k}": v for k, v in results.items()})
                 log.info("eval at step %d: %s", step, _fmt(results))
 
-            stop = preemption.agreed() or step == stop_at_step
+            preempted = preemption.reached(step)
+            stop = preempted or step == stop_at_step
             if step % config.checkpoint_every == 0 or step == total_steps or stop:
                 checkpointer.save(step, state, meta_out, data_iter, force=True)
             if stop:
                 log.info("stopping at step %d (%s); the checkpoint is in %s", step,
-                         "SIGTERM" if preemption.raised else "--stop_at_step", checkpointer.directory)
+                         "SIGTERM" if preempted else "--stop_at_step", checkpointer.directory)
                 break
 
         # =================================================================
@@ -192,8 +212,16 @@ def _run(config, workdir: str, stop_at_step: int) -> int:
         writer.close()
         if hasattr(data_iter, "close"):
             data_iter.close()
+        finished = step >= total_steps
         if jax.process_index() == 0:
-            print(f"seedjax: done at step {step}; workdir {workdir}", file=sys.stderr)
+            if finished:
+                workdir_lib.write_done(workdir, step, total_steps, config.stage)
+                print(f"seedjax: done at step {step}; workdir {workdir}", file=sys.stderr)
+            else:
+                print(f"seedjax: stopped at step {step} of {total_steps}; the same command resumes it",
+                      file=sys.stderr)
+    if preemption.raised and not finished:
+        return int(config.get("preemption_exit_code", 143))
     return 0
 
 
@@ -221,11 +249,22 @@ def _make_sampler(stage, config, graphdef):
     batch = data_pipelines.make_eval_batch(config.data, num=config.num_samples, seed=config.seed)
     sample = jax.jit(lambda state, batch, rng: stage.sample(nnx.merge(graphdef, state), config, rng, batch))
     key = jax.random.key(config.seed + 1)  # the same noise at every sample step: the grid shows progress
-    return lambda state, step: np.asarray(jax.device_get(sample(state, batch, key)))
+    return lambda state, step: to_host(sample(state, batch, key))
+
+
+def _config_change_hint(config, workdir: str) -> str:
+    """For a checkpoint that does not fit: the config keys that changed, and the way forward."""
+    saved = workdir_lib.read_json(workdir_lib.as_path(workdir) / "config.json")
+    changed = workdir_lib.differing_keys(saved, config.to_dict()) if saved else []
+    changed = [c for c in changed if not c.startswith(("total_steps", "stop_at_step"))]
+    shown = f"; config keys that differ from the workdir's config.json: {', '.join(changed[:6])}" if changed else ""
+    more = f" and {len(changed) - 6} more" if len(changed) > 6 else ""
+    return (f"{shown}{more}. Resume with the config the run was started with, or start a new run from these "
+            f"weights in another workdir with --config.init_from={workdir}")
 
 
 def _mean_metrics(pending: list[dict]) -> dict[str, float]:
-    host = jax.device_get(pending)
+    host = to_host(pending)
     keys = host[0].keys()
     return {k: float(np.mean([np.asarray(m[k], np.float64) for m in host])) for k in keys}
 
@@ -247,20 +286,23 @@ def _fmt(results: dict) -> str:
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in results.items())
 
 
-class _PreemptionFlag:
-    """SIGTERM sets a flag; all processes agree on it each step so they stop together."""
+class _Preemption:
+    """Has SIGTERM (a preemption notice) reached this run? Answered at every step.
+
+    One process: a signal handler sets a flag. Several: JAX's preemption service (set up by
+    jax.distributed.initialize) catches SIGTERM on any host and agrees on a step at which
+    every process stops together, with no per-step collective."""
 
     def __init__(self):
         self.raised = False
-        signal.signal(signal.SIGTERM, self._handle)
+        self.multi = jax.process_count() > 1
+        if not self.multi:  # a Python handler would replace the preemption service's own
+            signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame):
         self.raised = True
 
-    def agreed(self) -> bool:
-        if jax.process_count() == 1:
-            return self.raised
-        from jax.experimental import multihost_utils
-
-        flags = multihost_utils.process_allgather(np.asarray(int(self.raised), np.int32))
-        return bool(np.max(flags))
+    def reached(self, step: int) -> bool:
+        if self.multi and multihost_utils.reached_preemption_sync_point(step):
+            self.raised = True
+        return self.raised

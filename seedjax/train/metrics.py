@@ -1,43 +1,74 @@
 """Where numbers go: metrics.jsonl, TensorBoard, the console line, sample grids.
 
-Only process 0 writes; other processes get a writer that does nothing.
+Only process 0 writes; other processes get a writer that does nothing. The workdir may be
+an object-store URL (see workdir.py): metrics.jsonl is then rewritten whole at each log
+step (object stores cannot append), and TensorBoard events are written to a local staging
+directory and copied to workdir/tb/ at most every `sync_s` seconds and at the end.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
+import pathlib
+import shutil
 import sys
+import tempfile
 import time
 
 import jax
 import numpy as np
 from PIL import Image
 
+from seedjax.train import workdir as workdir_lib
+
 
 class MetricWriter:
-    def __init__(self, workdir: str, total_steps: int, enabled: bool | None = None):
+    def __init__(self, workdir: str, total_steps: int, enabled: bool | None = None, sync_s: float = 30.0):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self.total_steps = total_steps
-        self.workdir = workdir
+        self.root = workdir_lib.as_path(workdir)
+        self.remote = bool(workdir_lib.scheme(workdir))
+        self.sync_s, self._synced_at = sync_s, time.monotonic()
         self._tb = None
         self._jsonl = None
         if self.enabled:
-            os.makedirs(workdir, exist_ok=True)
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+            self.root.mkdir(parents=True, exist_ok=True)
+            metrics = self.root / "metrics.jsonl"
+            if self.remote:  # kept in memory, written whole
+                self._lines = metrics.read_text().splitlines(keepends=True) if metrics.exists() else []
+            else:
+                self._jsonl = open(metrics, "a", buffering=1)
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(os.path.join(workdir, "tb"), flush_secs=10)
+            self._tb_dir = tempfile.mkdtemp(prefix="seedjax_tb_") if self.remote else str(self.root / "tb")
+            self._tb = SummaryWriter(self._tb_dir, flush_secs=10)
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
             return
         row = {"step": int(step), **{k: _plain(v) for k, v in scalars.items()}}
-        self._jsonl.write(json.dumps(row) + "\n")
+        line = json.dumps(row) + "\n"
+        if self.remote:
+            self._lines.append(line)
+            workdir_lib.write_text(self.root / "metrics.jsonl", "".join(self._lines))
+        else:
+            self._jsonl.write(line)
         for k, v in row.items():
             if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
                 self._tb.add_scalar(k, v, step)
+        if self.remote and time.monotonic() - self._synced_at > self.sync_s:
+            self._sync_tb()
+
+    def _sync_tb(self) -> None:
+        """Copy the staged TensorBoard event files to workdir/tb/ (remote workdirs)."""
+        self._tb.flush()
+        target = self.root / "tb"
+        target.mkdir(parents=True, exist_ok=True)
+        for path in sorted(pathlib.Path(self._tb_dir).iterdir()):
+            (target / path.name).write_bytes(path.read_bytes())
+        self._synced_at = time.monotonic()
 
     def progress(self, step: int, scalars: dict[str, float], eta_s: float | None) -> None:
         if not self.enabled:
@@ -52,14 +83,22 @@ class MetricWriter:
         if not self.enabled:
             return None
         grid = make_grid(images)
-        path = os.path.join(self.workdir, "samples", f"step_{step}.png")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        Image.fromarray(grid).save(path)
+        path = self.root / "samples" / f"step_{step}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        Image.fromarray(grid).save(buffer, format="PNG")
+        path.write_bytes(buffer.getvalue())
         self._tb.add_image(name, grid, step, dataformats="HWC")
-        return path
+        return str(path)
 
     def close(self) -> None:
-        if self.enabled:
+        if not self.enabled:
+            return
+        if self.remote:
+            self._sync_tb()
+            self._tb.close()
+            shutil.rmtree(self._tb_dir, ignore_errors=True)
+        else:
             self._jsonl.close()
             self._tb.close()
 
