@@ -33,7 +33,8 @@ import jax
 from seedjax import cli
 from seedjax.config import load_config
 from seedjax.parallel import mesh as mesh_lib
-from seedjax.train.validate import validate_config, validate_workdir
+from seedjax.train import workdir as workdir_lib
+from seedjax.train.validate import validate_config
 
 PROG = "seedjax"
 
@@ -74,7 +75,7 @@ def main(argv: list[str]) -> int:
     config = load_config(args.config, args.overrides)
     validate_config(config)
     if args.workdir:
-        validate_workdir(args.workdir)
+        workdir_lib.check_workdir(args.workdir)
     if args.dry_run:
         return dry_run(config)
 

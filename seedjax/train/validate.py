@@ -1,7 +1,7 @@
 """Checks on a resolved config that are cheap and must fail before anything is written.
 
-Every entry point that trains calls `validate_config` (and `validate_workdir`) after
-`seedjax.config.load_config`; a ConfigError here is one line on stderr and exit code 2,
+Every entry point that trains calls `validate_config` after `seedjax.config.load_config`
+(and `seedjax.train.workdir.check_workdir` for its workdir); a ConfigError here is one line on stderr and exit code 2,
 with the workdir untouched. What a check needs from the data is read from data_pipelines'
 own constants, so the two never disagree on what a source is.
 """
@@ -92,22 +92,3 @@ def validate_data(data_cfg, where: str) -> None:
     eval_path = data_cfg.get("eval_path", "")
     if eval_path and not _is_url(eval_path) and not os.path.exists(eval_path):
         raise ConfigError(f"{where}.eval_path: {eval_path!r} does not exist")
-
-
-def validate_workdir(workdir: str) -> None:
-    """The workdir can be created and written: no file in its place or above it, a writable parent."""
-    if not workdir:
-        raise ConfigError("--workdir is empty")
-    if _is_url(workdir):
-        return  # a remote filesystem answers for itself when the run opens it
-    path = os.path.abspath(workdir)
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ConfigError(f"--workdir {workdir!r} is a file, not a directory")
-    parent = os.path.dirname(path)
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise ConfigError(f"--workdir {workdir!r}: {parent!r} is a file, not a directory")
-    existing = path if os.path.exists(path) else parent
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"--workdir {workdir!r}: {existing!r} is not writable")
