@@ -1,14 +1,56 @@
 #!/usr/bin/env bash
-# Create the environment if missing, install seedjax, run the quickstart pipeline on CPU on
-# the bundled handwritten digits, and print where the pictures and numbers are.
-#   bash launch/quickstart.sh [tiny]        (tiny: the seconds-long CI variant)
-source "$(dirname "$0")/env.sh"
-variant="${1:-quickstart}"
-root="${SEEDJAX_QUICKSTART_DIR:-runs/quickstart}"
-[ "$variant" = tiny ] && root="${SEEDJAX_QUICKSTART_DIR:-runs/quickstart_tiny}"
-export JAX_PLATFORMS=cpu
+# Create the environment if missing, install seedjax, train on the bundled handwritten digits
+# on CPU, and print where the sample grid and the numbers (prompt accuracy) are.
+#   bash launch/quickstart.sh          one stage: text-to-image pretraining, a few minutes
+#   bash launch/quickstart.sh full     pretrain -> SFT -> reward model -> RLHF, about half an hour
+#   bash launch/quickstart.sh tiny     the full chain in seconds-long variants (CI)
+#   add --dry_run to print the plan and exit without installing or training
+# Results go to runs/quickstart, runs/quickstart_full or runs/quickstart_tiny
+# (or $SEEDJAX_QUICKSTART_DIR). The stages and their expected durations (2 idle CPU cores;
+# longer on a busy machine) mirror experiments/quickstart/pipeline.py.
+set -euo pipefail
+usage="usage: bash launch/quickstart.sh [full|tiny] [--dry_run]"
+variant="" dry_run=0
+for a in "$@"; do
+  case "$a" in
+    -h|--help) echo "$usage"; sed -n '2,10p' "$0" | cut -c3-; exit 0 ;;
+    --dry_run) dry_run=1 ;;
+    full|tiny) [ -z "$variant" ] || { echo "quickstart.sh: one variant at most; $usage" >&2; exit 2; }; variant="$a" ;;
+    *) echo "quickstart.sh: unknown argument '$a'; $usage" >&2; exit 2 ;;
+  esac
+done
+case "$variant" in
+  "")   pipeline=fast; root_default=runs/quickstart
+        stages=(pretrain); about=("about 6 min") ;;
+  full) pipeline=full; root_default=runs/quickstart_full
+        stages=(pretrain sft reward rlhf); about=("about 9 min" "about 3 min" "about 6 min" "about 2 min") ;;
+  tiny) pipeline=tiny; root_default=runs/quickstart_tiny
+        stages=(pretrain sft reward rlhf); about=("about 1 min" "about 1 min" "about 1 min" "about 1 min") ;;
+esac
+root="${SEEDJAX_QUICKSTART_DIR:-$root_default}"
+spec="experiments/quickstart/pipeline.py:variant=$pipeline"
+n=${#stages[@]}
+if [ "$dry_run" = 1 ]; then
+  echo "quickstart ${variant:-default}: $spec -> $root"
+  for i in "${!stages[@]}"; do echo "[$((i + 1))/$n] ${stages[$i]}: ${about[$i]} on 2 CPU cores"; done
+  exit 0
+fi
+
 start=$(date +%s)
-python -m seedjax.pipeline --pipeline="experiments/quickstart/pipeline.py:variant=$variant" --workdir="$root"
+source "$(dirname "$0")/env.sh"
+export JAX_PLATFORMS=cpu
+timings=""
+for i in "${!stages[@]}"; do
+  stage="${stages[$i]}"
+  echo "[$((i + 1))/$n] $stage: ${about[$i]} on 2 CPU cores (started $(date +%H:%M:%S))" >&2
+  t0=$(date +%s)
+  python -m seedjax.pipeline --pipeline="$spec" --workdir="$root" --only="$stage"
+  t=$(( $(date +%s) - t0 ))
+  echo "[$((i + 1))/$n] $stage: done in $t s" >&2
+  timings="$timings${timings:+, }\"$stage\": $t"
+done
+# Each --only run wrote its own stage's time; keep all of them for the summary.
+echo "{$timings}" > "$root/pipeline_timings.json"
 echo
-echo "seedjax quickstart finished in $(( $(date +%s) - start )) s. Results:"
+echo "seedjax quickstart ($(basename "$root")) finished in $(( $(date +%s) - start )) s, install included. Results:"
 python -m seedjax.tools.summary "$root"

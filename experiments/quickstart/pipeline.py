@@ -1,18 +1,33 @@
-"""The quickstart pipeline behind `bash launch/quickstart.sh`: pretrain -> SFT -> reward -> RLHF.
+"""The quickstart pipelines behind `bash launch/quickstart.sh [full|tiny]`.
 
-    python -m seedjax.pipeline --pipeline=experiments/quickstart/pipeline.py[:tiny] --workdir=runs/quickstart
+    python -m seedjax.pipeline --pipeline=experiments/quickstart/pipeline.py[:VARIANT] --workdir=runs/quickstart_full
+
+Variants:
+  fast   one stage: pretraining with a shorter schedule (experiments/quickstart/pretrain.py:fast);
+         what `bash launch/quickstart.sh` runs by default, a few minutes on a 2-core CPU.
+  full   (default; `quickstart` is the same) pretrain -> SFT -> reward -> RLHF, with the
+         1200-step pretraining; `bash launch/quickstart.sh full`.
+  tiny   the full chain's stages in their seconds-long CI variants; `bash launch/quickstart.sh tiny`.
 
 SFT starts from pretraining; the reward model trains on its own (real digits, perturbed
 captions, degraded images); RLHF starts from SFT and maximises the reward model's composite
 reward (alignment + a quarter of quality) with a flow-matching regulariser on real digits.
+launch/quickstart.sh lists the same stages (with their expected durations); keep the two in step
+(tests/test_quickstart_launch.py checks it).
 """
 
 from seedjax.config import parse_arg
 
+VARIANTS = ("fast", "full", "quickstart", "tiny")
+
 
 def get_pipeline(arg=None):
-    arg = parse_arg(arg, variant="quickstart")
-    v = arg.variant
+    arg = parse_arg(arg, variant="full")
+    if arg.variant not in VARIANTS:
+        raise ValueError(f"unknown quickstart pipeline variant {arg.variant!r} (fast | full | tiny)")
+    if arg.variant == "fast":
+        return [dict(name="pretrain", config="experiments/quickstart/pretrain.py:variant=fast")]
+    v = "tiny" if arg.variant == "tiny" else "quickstart"  # the stage configs' variant
     rewards = "{root}/reward#alignment:1,{root}/reward#quality:0.25"
     return [
         dict(name="pretrain", config=f"experiments/quickstart/pretrain.py:variant={v}"),

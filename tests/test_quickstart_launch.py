@@ -1,0 +1,65 @@
+"""`bash launch/quickstart.sh [full|tiny]`: arguments are checked before anything is installed or trained.
+
+The chains themselves run elsewhere (tests/test_rlhf.py::test_tiny_post_training_pipeline runs the
+tiny chain); here only the argument handling and the plan each variant prints.
+"""
+
+import os
+import subprocess
+
+import pytest
+
+from seedjax.pipeline import load_pipeline
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def quickstart(tmp_path, *args):
+    env = dict(os.environ, SEEDJAX_VENV=str(tmp_path / "venv"), SEEDJAX_QUICKSTART_DIR=str(tmp_path / "runs"))
+    proc = subprocess.run(["bash", "launch/quickstart.sh", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=60)
+    # Nothing is installed and nothing is trained on any of these calls.
+    assert not (tmp_path / "venv").exists() and not (tmp_path / "runs").exists()
+    return proc
+
+
+@pytest.mark.parametrize("args", [["bogus"], ["tiny", "full"], ["--tiny"], ["full", "extra"], ["Full"]])
+def test_rejects_other_arguments_with_exit_2(tmp_path, args):
+    proc = quickstart(tmp_path, *args)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    last = proc.stderr.strip().splitlines()
+    assert len(last) == 1 and "usage: bash launch/quickstart.sh [full|tiny]" in last[0]
+
+
+@pytest.mark.parametrize("args, pipeline_variant, stages", [
+    ([], "fast", ["pretrain"]),
+    (["full"], "full", ["pretrain", "sft", "reward", "rlhf"]),
+    (["tiny"], "tiny", ["pretrain", "sft", "reward", "rlhf"]),
+])
+def test_accepts_default_full_and_tiny(tmp_path, args, pipeline_variant, stages):
+    proc = quickstart(tmp_path, *args, "--dry_run")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    spec = f"experiments/quickstart/pipeline.py:variant={pipeline_variant}"
+    assert lines[0].endswith(f"{spec} -> {tmp_path / 'runs'}")
+    # One progress line per stage with its expected duration, the same stages as the pipeline file.
+    assert [line.split(":")[0] for line in lines[1:]] == [f"[{i + 1}/{len(stages)}] {s}" for i, s in enumerate(stages)]
+    assert all(" min on 2 CPU cores" in line for line in lines[1:])
+    assert [s["name"] for s in load_pipeline(os.path.join(ROOT, spec))] == stages
+
+
+def test_default_pretrains_briefly_and_full_keeps_the_long_schedule():
+    from seedjax.config import load_config
+
+    fast = load_pipeline(os.path.join(ROOT, "experiments/quickstart/pipeline.py:fast"))
+    full = load_pipeline(os.path.join(ROOT, "experiments/quickstart/pipeline.py:full"))
+    fast_cfg = load_config(os.path.join(ROOT, fast[0]["config"]))
+    full_cfg = load_config(os.path.join(ROOT, full[0]["config"]))
+    assert full_cfg.total_steps == 1200
+    assert fast_cfg.total_steps < full_cfg.total_steps
+    assert fast_cfg.eval_every and fast_cfg.sample_every  # the default still ends with a grid and the accuracy
+
+
+def test_help_exits_0(tmp_path):
+    proc = quickstart(tmp_path, "--help")
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: bash launch/quickstart.sh")
