@@ -11,11 +11,15 @@ Images keep their original encoded bytes when they come from files (PNG otherwis
 `--vae=WORKDIR` (a trained VAE stage) the records hold latents of the images fitted to their
 resolution bucket instead. Samples that cannot be read are skipped, counted in the header and
 reported once per kind.
+`--runner=ray` does the same work as Ray tasks (a new local Ray instance, or the cluster at
+`--ray_address`) and writes the same shards, byte for byte (see data_pipelines/ray_runner.py).
 Exit codes: 0 written, 2 bad arguments, 1 nothing valid to write.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
 import logging
 import sys
@@ -192,6 +196,27 @@ def write_latents(source, out_dir: str, codec, data_cfg, *, num_shards: int, lim
     return writer.close(latents_header(source, channels, codec, total, writer.count, skips.counts))
 
 
+RUNNERS = ("local", "ray")
+
+
+def _runner(args):
+    """(session, image writer, latent writer) of --runner; None once it has said why it cannot run."""
+    if args.runner == "local":
+        if args.ray_address or args.ray_num_cpus:
+            print("prepare: --ray_address and --ray_num_cpus need --runner=ray", file=sys.stderr)
+            return None
+        return contextlib.nullcontext(), write_source, write_latents
+    try:
+        from data_pipelines import ray_runner  # ray: an optional dependency, imported only here
+    except ModuleNotFoundError as e:
+        if e.name != "ray":
+            raise
+        print("prepare: --runner=ray needs Ray; install it with: pip install -e '.[ray]'", file=sys.stderr)
+        return None
+    return (ray_runner.session(args.ray_address, args.ray_num_cpus), ray_runner.write_source,
+            functools.partial(ray_runner.write_latents, vae_workdir=args.vae))
+
+
 @cli.entry("data_pipelines.prepare")
 def main(argv: list[str]) -> int:
     parser = cli.Parser("data_pipelines.prepare", __doc__, overrides="data")
@@ -206,6 +231,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--vae", "--init_from", dest="vae", default="",
                         help="VAE stage workdir: write latents instead of encoded images (--init_from: as a pipeline "
                              "tool step starting from a VAE stage names it)")
+    parser.add_argument("--runner", default="local", choices=RUNNERS,
+                        help="local: this process | ray: Ray tasks writing the same shards (pip install -e '.[ray]')")
+    parser.add_argument("--ray_address", default="",
+                        help="--runner=ray: the Ray cluster to use (default: a new local instance, shut down after)")
+    parser.add_argument("--ray_num_cpus", type=int, default=0,
+                        help="--runner=ray without --ray_address: CPUs of the local instance (default: all)")
     args = parser.parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     data_cfg = config_lib.default_config()
@@ -213,15 +244,21 @@ def main(argv: list[str]) -> int:
     if args.num_shards < 1:
         print(f"prepare: --num_shards must be >= 1, got {args.num_shards}", file=sys.stderr)
         return 2
+    runner = _runner(args)
+    if runner is None:
+        return 2
+    session, write_images, write_encoded = runner
     try:
-        source = pipeline.open_source(args.source, args.path, data_cfg, split=args.split, seed=args.seed)
-        if args.vae:
-            from seedjax.stages.vae import LatentCodec
+        with session:
+            source = pipeline.open_source(args.source, args.path, data_cfg, split=args.split, seed=args.seed)
+            if args.vae:
+                from seedjax.stages.vae import LatentCodec
 
-            codec = LatentCodec.from_workdir(args.vae)
-            header = write_latents(source, args.out, codec, data_cfg, num_shards=args.num_shards, limit=args.limit)
-        else:
-            header = write_source(source, args.out, num_shards=args.num_shards, limit=args.limit)
+                codec = LatentCodec.from_workdir(args.vae)
+                header = write_encoded(source, args.out, codec, data_cfg, num_shards=args.num_shards,
+                                       limit=args.limit)
+            else:
+                header = write_images(source, args.out, num_shards=args.num_shards, limit=args.limit)
     except ValueError as e:
         print(f"prepare: {e}", file=sys.stderr)
         return 1
