@@ -174,13 +174,15 @@ def vae_workdir(tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow  # a minute on a busy 2-core machine: each actor imports JAX, loads the VAE, compiles
 def test_latents_encoded_by_vae_actors(cluster, vae_workdir, tmp_path):
-    # 150 digits: flush batches of 64, 64, 22, in three encode calls over two actors.
-    flags = ["--source=digits", "--limit=150", "--num_shards=3", f"--vae={vae_workdir}"]
+    # 128 digits: two batches of 64 in two encode calls, one per actor; the second call's records
+    # start at position 64, in shard 64 % 3 = 1 (one shape to compile, so one compile per actor).
+    flags = ["--source=digits", "--limit=128", "--num_shards=3", f"--vae={vae_workdir}"]
     assert _prepare(tmp_path / "local", *flags) == 0
     assert _prepare(tmp_path / "ray", *flags, "--runner=ray") == 0
     header = _assert_same_shards(tmp_path / "local", tmp_path / "ray")
-    assert header["kind"] == "latents" and header["num_records"] == 150 and header["vae"]["scaling_factor"] == 0.5
+    assert header["kind"] == "latents" and header["num_records"] == 128 and header["vae"]["scaling_factor"] == 0.5
     record = records.decode_record(_shard_records(str(tmp_path / "ray" / header["shards"][2]["file"]))[-1])
     assert record["latent"].shape == (8, 8, 4) and np.isfinite(record["latent"]).all()
 
