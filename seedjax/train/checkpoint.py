@@ -31,6 +31,10 @@ from flax import nnx
 log = logging.getLogger(__name__)
 
 
+# The file orbax writes last into a finished step directory on GCS (orbax's CommitFileTemporaryPath).
+COMMIT_MARKER = "commit_success.txt"
+
+
 class RestoreError(RuntimeError):
     """A finished checkpoint that cannot be restored into this run (exit code 2)."""
 
@@ -84,10 +88,15 @@ class Checkpointer:
         )
 
     def _warn_about_partial_saves(self) -> None:
+        """Name the checkpoints a crash left half-written: on local disks a step directory still
+        under orbax's temporary name; on GCS (no atomic rename) a step directory without orbax's
+        commit marker. Orbax ignores both and removes them (cleanup_tmp_directories)."""
         if not self.directory.exists():
             return
+        on_gcs = str(self.directory).startswith("gs://")
         for path in sorted(self.directory.iterdir()):
-            if re.match(r"^\d+\.orbax-checkpoint-tmp", path.name):
+            if re.match(r"^\d+\.orbax-checkpoint-tmp", path.name) or (
+                    on_gcs and path.name.isdigit() and not (path / COMMIT_MARKER).exists()):
                 log.warning("checkpoint %s was left half-written (crash during save); it is ignored", path.name)
 
     def latest_step(self) -> int | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 
 from etils import epath
@@ -17,6 +18,10 @@ from etils import epath
 from seedjax.config import ConfigError
 
 DONE = "done.json"
+
+# gcsfs logs each file it opens at INFO ("AdaptiveReadaheadCache enabled ..."), which would fill
+# the run's log (INFO) on a gs:// workdir; its warnings and errors still show.
+logging.getLogger("gcsfs").setLevel(logging.WARNING)
 
 # URL scheme -> (fsspec module that serves it, the install command that brings it)
 BACKENDS = {
