@@ -10,3 +10,18 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("SEEDJAX_CACHE", os.path.join(os.path.dirname(__file__), "..", ".cache", "seedjax"))
+
+
+import pytest  # noqa: E402  (after the environment above)
+
+
+@pytest.fixture(scope="session")
+def straight(tmp_path_factory):
+    """20 uninterrupted steps of the tiny quickstart on one device, sampling off, a loss row per
+    step: the reference run of the end-to-end tests (tests/test_train_e2e.py, test_multihost.py)."""
+    from tests.runner import run_main
+
+    workdir = str(tmp_path_factory.mktemp("straight"))
+    proc = run_main("experiments/quickstart/pretrain.py:tiny", workdir, "sample_every=0", "log_every=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir

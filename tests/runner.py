@@ -18,6 +18,9 @@ def env_for(devices: int = 1, **extra) -> dict:
     env["PYTHONUNBUFFERED"] = "1"
     # Subprocess runs of the same config compile the same programs: share them on disk.
     env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(ROOT, ".cache", "jax"))
+    # A size limit turns on JAX's file lock around cache reads and writes; without it a process
+    # can read an executable another process is still writing (seen as SIGBUS under load).
+    env.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 << 30))
     env.update({k: str(v) for k, v in extra.items()})
     return env
 

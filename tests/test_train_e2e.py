@@ -4,6 +4,7 @@ Exact resume, SIGTERM, a second mesh and a second process count must all reprodu
 losses (and, where the mesh is the same, the parameters bitwise) of one uninterrupted run.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -31,14 +32,6 @@ def assert_ok(proc):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-@pytest.fixture(scope="module")
-def straight(tmp_path_factory):
-    """20 uninterrupted steps on one device (the reference for the other tests)."""
-    workdir = str(tmp_path_factory.mktemp("straight"))
-    assert_ok(run_main(CONFIG, workdir, *FAST))
-    return workdir
-
-
 def test_workdir_contract(straight):
     rows = read_metrics(straight)
     for key in ("step", "loss", "lr", "grad_norm", "steps_per_sec", "examples_per_sec", "tflops_per_device", "mfu"):
@@ -48,12 +41,15 @@ def test_workdir_contract(straight):
     assert sorted(os.listdir(os.path.join(straight, "checkpoints"))) == ["10", "20"]
     assert os.listdir(os.path.join(straight, "tb"))
     assert rows[-1]["loss"] < rows[0]["loss"]
+    with open(os.path.join(straight, "done.json")) as f:  # the completion marker
+        assert json.load(f) == {"step": 20, "total_steps": 20, "stage": "pretrain"}
 
 
 def test_exact_resume_after_stop_is_bitwise_equal(straight, tmp_path):
     workdir = str(tmp_path / "resumed")
     assert_ok(run_main(CONFIG, workdir, *FAST, extra_flags=("--stop_at_step=10",)))
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10"]
+    assert not os.path.exists(os.path.join(workdir, "done.json"))  # stopped, not finished
     second = run_main(CONFIG, workdir, *FAST)
     assert_ok(second)
     assert "resumed from" in second.stderr
@@ -75,14 +71,17 @@ def test_sigterm_saves_checkpoint_and_next_run_resumes(tmp_path):
         time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err[-2000:]
+    # An unfinished run that checkpointed exits with the preemption code (SLURM requeues on it).
+    assert proc.returncode == 143, err[-2000:]
     assert "SIGTERM" in err
+    assert not os.path.exists(os.path.join(workdir, "done.json"))
     saved = [int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit()]
     assert len(saved) == 1 and saved[0] >= 3
     again = run_main(CONFIG, workdir, *FAST, f"total_steps={saved[0] + 2}")
     assert_ok(again)
     assert f"at step {saved[0]}" in again.stderr
     assert max(losses(workdir)) == saved[0] + 2
+    assert os.path.exists(os.path.join(workdir, "done.json"))
 
 
 def test_mesh_parity_and_restore_onto_another_mesh(straight, tmp_path):
@@ -105,21 +104,27 @@ def test_mesh_parity_and_restore_onto_another_mesh(straight, tmp_path):
         assert losses(moved)[step] == pytest.approx(ref[step], rel=2e-3), step
 
 
-def test_two_processes_match_one_and_a_dead_process_fails_the_launch(straight, tmp_path):
+def test_two_processes_sample_evaluate_and_match_one_and_a_dead_process_fails_the_launch(straight, tmp_path):
+    # Sampling and evaluation on, as every shipped config has them: each gathers global arrays.
     workdir = str(tmp_path / "two")
     cmd = [sys.executable, "-m", "launch.local", "--num_processes=2", "--", sys.executable, "-m", "seedjax.main",
-           f"--config={CONFIG}", f"--workdir={workdir}", "--config.total_steps=5", *[f"--config.{o}" for o in FAST]]
+           f"--config={CONFIG}", f"--workdir={workdir}", "--config.total_steps=20", "--config.log_every=1",
+           "--config.sample_every=3", "--config.eval_every=3", "--stop_at_step=3"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env_for(1), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "[rank 1]" in proc.stdout
     ref = losses(straight)
     for step, loss in losses(workdir).items():
         assert loss == pytest.approx(ref[step], rel=1e-4), step
+    assert os.path.isfile(os.path.join(workdir, "samples", "step_3.png"))
+    evals = [r for r in read_metrics(workdir) if "eval/prompt_accuracy" in r]
+    assert [r["step"] for r in evals] == [3]  # written once (process 0), not once per process
 
     # Kill one of two processes mid-run: the launcher stops the other and exits non-zero.
     workdir2 = str(tmp_path / "killed")
     cmd[cmd.index(f"--workdir={workdir}")] = f"--workdir={workdir2}"
-    cmd[cmd.index("--config.total_steps=5")] = "--config.total_steps=100000"
+    cmd[cmd.index("--config.total_steps=20")] = "--config.total_steps=100000"
+    cmd.remove("--stop_at_step=3")
     launcher = subprocess.Popen(cmd, cwd=ROOT, env=env_for(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True)
     metrics = os.path.join(workdir2, "metrics.jsonl")
@@ -148,21 +153,53 @@ def test_init_from_loads_parameters_only(straight, tmp_path):
     assert read_metrics(workdir)[0]["step"] == 1  # the step count starts over
 
 
-def test_half_written_or_damaged_checkpoint_falls_back_to_previous(straight, tmp_path):
+def test_half_written_checkpoint_is_skipped(straight, tmp_path):
+    import shutil
+
+    workdir = str(tmp_path / "half")
+    shutil.copytree(straight, workdir)
+    ckpts = os.path.join(workdir, "checkpoints")
+    shutil.copytree(os.path.join(ckpts, "20"), os.path.join(ckpts, "30.orbax-checkpoint-tmp-1234"))
+    proc = run_main(CONFIG, workdir, *FAST, "total_steps=21")
+    assert_ok(proc)
+    assert "half-written" in proc.stderr
+    assert "resumed from" in proc.stderr and "at step 20" in proc.stderr
+    assert max(losses(workdir)) == 21
+
+
+def test_damaged_checkpoint_stops_the_run_instead_of_starting_over(straight, tmp_path):
     import shutil
 
     workdir = str(tmp_path / "damaged")
     shutil.copytree(straight, workdir)
-    ckpts = os.path.join(workdir, "checkpoints")
-    shutil.copytree(os.path.join(ckpts, "20"), os.path.join(ckpts, "30.orbax-checkpoint-tmp-1234"))
-    for name in os.listdir(os.path.join(ckpts, "20", "state")):  # damage the newest complete one
-        path = os.path.join(ckpts, "20", "state", name)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-    proc = run_main(CONFIG, workdir, *FAST, "total_steps=12")
-    assert_ok(proc)
-    assert "half-written" in proc.stderr
-    assert "could not be restored" in proc.stderr and "at step 10" in proc.stderr
+    state_dir = os.path.join(workdir, "checkpoints", "20", "state")
+    for name in os.listdir(state_dir):  # damage the newest finished checkpoint
+        if os.path.isdir(os.path.join(state_dir, name)):
+            shutil.rmtree(os.path.join(state_dir, name))
+    before = read_metrics(workdir)
+    proc = run_main(CONFIG, workdir, *FAST, "total_steps=30")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "checkpoint 20" in last and "could not be restored" in last, last
+    assert read_metrics(workdir) == before  # nothing trained, nothing appended
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20"]
+
+
+def test_checkpoint_of_another_model_exits_2_naming_the_changed_keys(straight, tmp_path):
+    import shutil
+
+    workdir = str(tmp_path / "changed")
+    shutil.copytree(straight, workdir)
+    with open(os.path.join(workdir, "config.json")) as f:
+        config_before = f.read()
+    proc = run_main(CONFIG, workdir, *FAST, "model.depth_double=2", "total_steps=30")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "holds another model" in last and "model.depth_double: 1 -> 2" in last, last
+    assert f"--config.init_from={workdir}" in last
+    with open(os.path.join(workdir, "config.json")) as f:
+        assert f.read() == config_before  # the workdir's config is not overwritten
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20"]
 
 
 def test_nonfinite_updates_abort_with_a_clear_message(tmp_path):

@@ -146,9 +146,11 @@ class Checkpointer:
         step = self.manager.latest_step()
         if step is None:
             return None, None
-        self.check_fits(step, abstract_state)
         try:
+            self.check_fits(step, abstract_state)
             return self.restore(step, abstract_state, shardings, data_iterator)
+        except RestoreError:
+            raise
         except Exception as e:  # storage errors, damaged files: stop, name the cause, keep the files
             cause = str(e).strip().splitlines()[0] if str(e).strip() else ""
             raise RestoreError(f"checkpoint {step} in {self.directory} could not be restored "
