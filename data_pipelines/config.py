@@ -70,23 +70,3 @@ def default_config() -> ml_collections.ConfigDict:
     c.dual_axis.weights_file = ""  # precomputed by `python -m data_pipelines.report --weights_out=`
     return c
 
-
-def apply_overrides(data_cfg, overrides: list[str]) -> None:
-    """Apply `--data.a.b=value` arguments, keeping each option's type."""
-    for item in overrides:
-        if not item.startswith("--data.") or "=" not in item:
-            raise ValueError(f"unknown argument {item!r} (use --data.<key>=<value>)")
-        key, value = item[len("--data."):].split("=", 1)
-        *parents, leaf = key.split(".")
-        node = data_cfg
-        for part in parents:
-            node = node.get(part)
-            if not isinstance(node, ml_collections.ConfigDict):
-                raise ValueError(f"unknown data option {key!r}")
-        if leaf not in node or isinstance(node[leaf], ml_collections.ConfigDict):
-            raise ValueError(f"unknown data option {key!r}")
-        kind = type(node[leaf])
-        try:
-            node[leaf] = (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
-        except ValueError:
-            raise ValueError(f"--data.{key}={value!r} is not a {kind.__name__}") from None
