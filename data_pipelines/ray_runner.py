@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import os
+import socket
 
 import numpy as np
 import ray
@@ -49,6 +50,8 @@ _MAX_ROWS_PER_CALL = 1024
 def session(address: str = "", num_cpus: int = 0):
     """Ray for one prepare run. Reuses an existing connection (and leaves it open); otherwise
     connects to `address`, or starts a local instance with `num_cpus` (0: all), and shuts down."""
+    if address:
+        _check_reachable(address)
     if ray.is_initialized():
         yield
         return
@@ -66,6 +69,17 @@ def session(address: str = "", num_cpus: int = 0):
         yield
     finally:
         ray.shutdown()
+
+
+def _check_reachable(address: str) -> None:
+    """Ray retries an address where nothing listens for minutes; say so in seconds instead."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not (sep and host and port.isdigit()):
+        return  # 'auto' and other forms are Ray's to resolve
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as e:
+        raise ValueError(f"--ray_address={address}: cannot connect to {host}:{port} ({e})") from None
 
 
 def _get(refs):

@@ -187,10 +187,15 @@ def test_latents_encoded_by_vae_actors(cluster, vae_workdir, tmp_path):
     assert record["latent"].shape == (8, 8, 4) and np.isfinite(record["latent"]).all()
 
 
-def test_runner_flags_that_cannot_work_exit_2(tmp_path, monkeypatch, capsys):
+def test_runner_flags_that_cannot_work(tmp_path, monkeypatch, capsys):
     out = str(tmp_path / "out")
     assert _prepare(out, "--source=digits", "--runner=spark") == 2
     assert _prepare(out, "--source=digits", "--ray_address=127.0.0.1:6379") == 2
+    # No cluster at the address: one line within seconds (Ray itself retries for minutes).
+    capsys.readouterr()
+    assert _prepare(out, "--source=digits", "--runner=ray", "--ray_address=127.0.0.1:1") == 1
+    err = capsys.readouterr().err.strip()
+    assert "--ray_address=127.0.0.1:1: cannot connect" in err and "\n" not in err, err
     # Without Ray installed: the install command, before anything is read or written.
     import data_pipelines
 
