@@ -64,7 +64,7 @@ def session(address: str = "", num_cpus: int = 0):
             ray.init(address="local", num_cpus=num_cpus or None, include_dashboard=False,
                      logging_level=logging.WARNING)
     except ConnectionError as e:
-        raise ValueError(f"--ray_address={address}: cannot connect to Ray ({e})") from None
+        raise ValueError(f"Ray at {address or 'a new local instance'}: cannot connect ({e})") from None
     try:
         yield
     finally:
