@@ -243,8 +243,11 @@ def make_train_iterator(data_cfg, *, global_batch_size: int, seed: int, process_
     return TrainIterator(ds, scan_counts)
 
 
-def make_eval_batch(data_cfg, *, num: int, seed: int, split: str = "test") -> dict:
-    """`num` held-out samples (real images, tokens, labels) at the first bucket's size."""
+def make_eval_batch(data_cfg, *, num: int, seed: int, split: str = "test", allow_fewer: bool = False) -> dict:
+    """`num` held-out samples (real images, tokens, labels) at the first bucket's size.
+
+    A split with fewer valid samples is read twice (repeats) to reach `num`; with
+    `allow_fewer`, once, and the batch holds every valid sample it has (at least one)."""
     path = data_cfg.eval_path or data_cfg.path
     source = open_source(data_cfg.source, path, data_cfg, split=split, seed=seed)
     layout = layout_for({data_cfg.source: source}, data_cfg)
@@ -257,11 +260,13 @@ def make_eval_batch(data_cfg, *, num: int, seed: int, split: str = "test") -> di
     order = np.random.default_rng(seed).permutation(len(source))
     loader = streams_lib.LoadSample(source, order, bucket, layout)
     rows = []
-    for position in range(len(order) * 2):  # at most two passes (num may exceed the split)
+    for position in range(len(order) * (1 if allow_fewer else 2)):  # num may exceed the split
         row = loader(position, position % len(order))
         if "_skip" not in row:
             rows.append(row)
         if len(rows) == num:
-            return {key: np.stack([r[key] for r in rows]) for key in rows[0]}
+            break
+    if len(rows) == num or (allow_fewer and rows):
+        return {key: np.stack([r[key] for r in rows]) for key in rows[0]}
     raise ValueError(f"{source.name}: only {len(rows)} valid samples for an eval batch of {num}")
 

@@ -273,3 +273,16 @@ def test_prepare_latents_with_a_vae_reads_back_with_latent_masks(tmp_path):
         np.testing.assert_allclose(batch["latent"][j], expected, rtol=1e-5, atol=1e-5)
         boxes = defects.valid_boxes(s["defect_box"], s["defect_kind"])
         np.testing.assert_array_equal(batch["latent_loss_mask"][j], defects.box_mask(boxes, 8, 8))
+
+
+def test_eval_batch_of_a_small_folder_repeats_or_with_allow_fewer_takes_each_image_once(tmp_path):
+    root = tmp_path / "few"
+    _good_folder(root, n=4)
+    cfg = _cfg("folder", root, image_size=32)
+    repeated = dp.make_eval_batch(cfg, num=6, seed=0)  # a second pass fills the batch
+    assert len(repeated["image"]) == 6
+    once = dp.make_eval_batch(cfg, num=256, seed=0, allow_fewer=True)
+    assert len(once["image"]) == 4
+    assert len({float(img[0, 0, 0]) for img in once["image"]}) == 4  # four distinct images
+    with pytest.raises(ValueError, match="only 8 valid samples"):
+        dp.make_eval_batch(cfg, num=256, seed=0)

@@ -153,6 +153,29 @@ def test_init_from_loads_parameters_only(straight, tmp_path):
     assert read_metrics(workdir)[0]["step"] == 1  # the step count starts over
 
 
+def test_checkpoint_with_grain_per_process_data_files_still_resumes(straight, tmp_path):
+    """Checkpoints saved before the iterator/ item held Grain's data/process_<i>-of-<n>.json."""
+    import shutil
+
+    workdir = str(tmp_path / "legacy")
+    shutil.copytree(straight, workdir)
+    shutil.rmtree(os.path.join(workdir, "checkpoints", "20"))
+    os.remove(os.path.join(workdir, "done.json"))
+    step_dir = os.path.join(workdir, "checkpoints", "10")
+    with open(os.path.join(step_dir, "iterator", "metadata")) as f:
+        position = f.read()
+    shutil.rmtree(os.path.join(step_dir, "iterator"))
+    os.makedirs(os.path.join(step_dir, "data"))
+    with open(os.path.join(step_dir, "data", "process_0-of-1.json"), "w") as f:
+        f.write(position)
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        kept = [line for line in f if json.loads(line)["step"] <= 10]
+    with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+        f.writelines(kept)
+    assert_ok(run_main(CONFIG, workdir, *FAST))
+    assert losses(workdir) == losses(straight)
+
+
 def test_half_written_checkpoint_is_skipped(straight, tmp_path):
     import shutil
 

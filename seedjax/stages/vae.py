@@ -433,6 +433,7 @@ def run_config(workdir: str):
 def _estimate_scale(codec: LatentCodec, config, num: int) -> float:
     import data_pipelines
 
-    batch = data_pipelines.make_eval_batch(config.data, num=num, seed=int(config.seed))
+    # At most `num` held-out images: a small folder calibrates on what it has.
+    batch = data_pipelines.make_eval_batch(config.data, num=num, seed=int(config.seed), allow_fewer=True)
     return float(1.0 / max(np.std(codec.encode_raw(np.asarray(batch["image"], np.float32))), 1e-6))
 
