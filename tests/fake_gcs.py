@@ -387,7 +387,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     "content_type": self.headers.get("X-Upload-Content-Type") or meta.get("contentType", ""),
                     "metadata": meta.get("metadata"),
                 }
-            location = f"{gcs.url}/upload/storage/v1/b/{quote(bucket, safe='')}/o?uploadType=resumable&upload_id={upload_id}"
+            location = (f"{gcs.url}/upload/storage/v1/b/{quote(bucket, safe='')}/o"
+                        f"?uploadType=resumable&upload_id={upload_id}")
             return self._send(200, b"", {"Location": location})
         raise _Error(400, f"uploadType={kind} is not supported")
 
