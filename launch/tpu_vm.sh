@@ -38,6 +38,7 @@ fi
 cd ~/seedjax
 SEEDJAX_EXTRAS=tpu,gcs bash launch/env.sh || { echo \"seedjax-exit: \$(hostname) 1\"; exit 1; }
 source .venv/bin/activate
+export SEEDJAX_DISTRIBUTED=1  # jax.distributed.initialize() on every worker; JAX reads the slice from TPU metadata
 set +e
 python -m seedjax.main --config=$(q "$config") --workdir=$(q "$workdir") --config.preemption_exit_code=$preempted$overrides
 rc=\$?

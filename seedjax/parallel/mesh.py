@@ -98,7 +98,8 @@ def maybe_initialize_distributed(coordinator: str = "", num_processes: int = 0, 
 
     Sources, first match wins: explicit flags; SEEDJAX_COORDINATOR / SEEDJAX_NUM_PROCESSES /
     SEEDJAX_PROCESS_ID (set by `launch.local`); SLURM (`SLURM_NTASKS` > 1, which JAX's
-    own cluster detection reads); TPU VM metadata (JAX detects it with no arguments).
+    own cluster detection reads); SEEDJAX_DISTRIBUTED=1 (set by launch/tpu_vm.sh: every worker
+    of a TPU slice, where JAX finds the coordinator from the TPU metadata with no arguments).
     Returns True if the runtime was initialized here.
     """
     coordinator = coordinator or _env_first("SEEDJAX_COORDINATOR") or ""
@@ -115,7 +116,8 @@ def maybe_initialize_distributed(coordinator: str = "", num_processes: int = 0, 
         )
         log.info("distributed: process %d of %d (coordinator %s)", process_id, num_processes, coordinator)
         return True
-    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 or os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:
+    if (int(os.environ.get("SLURM_NTASKS", "1")) > 1 or os.environ.get("SEEDJAX_DISTRIBUTED") == "1"
+            or os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0):
         jax.distributed.initialize()  # JAX's cluster auto-detection (SLURM, TPU VM, GKE)
         return True
     return False
