@@ -49,9 +49,9 @@ def generate(workdir: str, prompts: dict, seed: int, chunk: int = 64) -> np.ndar
 
 
 def _config(workdir: str):
-    from seedjax.config import config_from_json
+    from seedjax.config import workdir_config
 
-    return config_from_json(os.path.join(workdir, "config.json"))
+    return workdir_config(workdir)
 
 
 def _last_counters(workdir: str) -> dict:
@@ -139,7 +139,7 @@ def measure_dual_axis(off: str, on: str, num: int, seed: int, grid: str | None =
              "| prompts | " + " | ".join(checks.values()) + " |", "|---|" + "---:|" * len(checks)]
     lines += [f"| {g} ({int(m.sum())}) | " + " | ".join(f"{results['off'][g, c]:.1%} -> {results['on'][g, c]:.1%}"
                                                        for c in checks) + " |" for g, m in groups.items()]
-    lines += ["", f"The real held-out scenes of these prompts, scored the same way: "
+    lines += ["", "The real held-out scenes of these prompts, scored the same way: "
               + ", ".join(f"{label} {np.mean(real[c]):.1%}" for c, label in checks.items()) + "."]
     return lines
 
@@ -157,7 +157,7 @@ def main(argv: list[str]) -> int:
                         help="print only; do not append to BENCHMARKS.md")
     args = parser.parse(argv)
     for workdir in (args.off, args.on):
-        if not os.path.isfile(os.path.join(workdir, "config.json")):
+        if _config(workdir) is None:
             print(f"measure: {workdir}: not a seedjax workdir (no config.json)", file=sys.stderr)
             return 2
     if args.study == "defects":

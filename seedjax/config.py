@@ -20,6 +20,7 @@ import os
 from typing import Any, Iterable
 
 import ml_collections
+from etils import epath
 
 import data_pipelines
 
@@ -260,10 +261,15 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     os.replace(tmp, os.path.join(workdir, "config.json"))
 
 
-def config_from_json(path: str) -> ml_collections.ConfigDict:
-    """The config a workdir was run with (tuples come back as lists)."""
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+def config_from_json(path) -> ml_collections.ConfigDict:
+    """The config a workdir was run with (tuples come back as lists); `path` may be a URL."""
+    return ml_collections.ConfigDict(json.loads(epath.Path(path).read_text()))
+
+
+def workdir_config(workdir: str) -> ml_collections.ConfigDict | None:
+    """The config.json of a run's workdir (a local path or a gs:// URL), or None when it has none."""
+    path = epath.Path(workdir) / "config.json"
+    return config_from_json(path) if path.exists() else None
 
 
 # --------------------------------------------------------------------------- defaults

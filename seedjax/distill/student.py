@@ -71,13 +71,13 @@ def check_architecture(config) -> None:
 
     `init_from` is a workdir or one of its step directories (workdir/checkpoints/N).
     """
-    import os
+    from etils import epath
 
     from seedjax.config import config_from_json
 
-    path = os.path.abspath(config.init_from)
-    candidates = [os.path.join(path, "config.json"), os.path.join(path, "..", "..", "config.json")]
-    found = next((c for c in candidates if os.path.isfile(c)), None)
+    path = epath.Path(config.init_from)
+    candidates = [path / "config.json", path.parent.parent / "config.json"]
+    found = next((c for c in candidates if c.exists()), None)
     if found is None:
         return  # nothing to compare with; loading the parameters will still check every shape
     source = config_from_json(found)
@@ -87,7 +87,7 @@ def check_architecture(config) -> None:
                 continue
             mine, theirs = config[group][key], source[group][key]
             if (list(mine) if isinstance(mine, (tuple, list)) else mine) != theirs:
-                raise ValueError(f"config.{group}.{key}={mine!r}, but the init_from run ({os.path.dirname(found)}) was "
+                raise ValueError(f"config.{group}.{key}={mine!r}, but the init_from run ({found.parent}) was "
                                  f"trained with {theirs!r}; the chain keeps the teacher's architecture "
                                  f"(override --config.{group}.{key}=...)")
 

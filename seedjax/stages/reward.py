@@ -16,7 +16,6 @@ degradation kind) comes from `evaluate`; `load_reward_model` gives RLHF a traine
 
 from __future__ import annotations
 
-import os
 
 import jax
 import jax.numpy as jnp
@@ -271,12 +270,11 @@ def agreement_with_classifier(scores: np.ndarray, correct: np.ndarray) -> dict[s
 
 def reward_model_config_of(workdir: str) -> ml_collections.ConfigDict:
     """The reward-model config of a reward-stage workdir; a clear error for any other kind of run."""
-    from seedjax.config import config_from_json
+    from seedjax.config import workdir_config
 
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
+    saved = workdir_config(workdir)
+    if saved is None:
         raise ValueError(f"{workdir}: not a seedjax workdir (no config.json); expected a reward-stage workdir")
-    saved = config_from_json(path)
     if saved.get("stage") != "reward" or "reward_model" not in saved:
         raise ValueError(f"{workdir} is a {saved.get('stage')!r}-stage workdir, not a reward model; "
                          f"train one with stage 'reward' (e.g. experiments/quickstart/reward.py)")

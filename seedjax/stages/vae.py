@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 
 import jax
 import jax.numpy as jnp
@@ -421,10 +420,9 @@ def run_config(workdir: str):
     """The config of the image VAE stage run in `workdir` (its config.json; no weights read)."""
     from seedjax import config as config_lib
 
-    config_path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(config_path):
+    config = config_lib.workdir_config(workdir)
+    if config is None:
         raise FileNotFoundError(f"VAE workdir {workdir!r} has no config.json (is it a VAE stage workdir?)")
-    config = config_lib.config_from_json(config_path)
     if config.get("stage") != "vae" or config.vae.kind != "image":
         raise ValueError(f"{workdir} is a {config.get('stage')!r} run, not an image VAE stage run")
     return config

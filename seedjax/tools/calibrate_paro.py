@@ -32,17 +32,16 @@ from seedjax.kernels import paro
 
 def load_model(workdir: str):
     """(DiffusionModel with the run's sampling parameters, config) of a pretrain-style run."""
-    from seedjax.config import config_from_json
+    from seedjax.config import workdir_config
     from seedjax.stages.pretrain import DiffusionModel
     from seedjax.train.checkpoint import load_state_tree
 
-    config_path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(config_path):
+    config = workdir_config(workdir)
+    if config is None:
         raise ValueError(f"{workdir}: no config.json; not a seedjax workdir")
-    config = config_from_json(config_path)
     for key in ("model", "text", "input", "sampling", "data"):
         if key not in config:
-            raise ValueError(f"{config_path}: no '{key}' section; calibrate_paro needs a text-to-image DiT run")
+            raise ValueError(f"{workdir}/config.json: no '{key}' section; calibrate_paro needs a text-to-image DiT run")
     tree = load_state_tree(workdir)
     use_ema = config.sampling.get("use_ema", False) and tree.get("ema")
     params = tree["ema"]["params"] if use_ema else tree.get("model")

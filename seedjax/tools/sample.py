@@ -38,13 +38,12 @@ class Run:
 
 def load_run(workdir: str, step: int = -1) -> Run:
     """The run in `workdir` (its config.json and latest checkpoint, or checkpoint `step`)."""
-    from seedjax.config import config_from_json
+    from seedjax.config import workdir_config
     from seedjax.train.checkpoint import load_state_tree
 
-    config_path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(config_path):
+    config = workdir_config(workdir)
+    if config is None:
         raise ValueError(f"{workdir}: no config.json (not a seedjax workdir)")
-    config = config_from_json(config_path)
     stage = importlib.import_module(f"seedjax.stages.{config.stage}")
     path = workdir if step < 0 else os.path.join(workdir, "checkpoints", str(step))
     try:
