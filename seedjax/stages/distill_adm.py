@@ -27,9 +27,10 @@ from seedjax.distill import dmd, generator, student
 from seedjax.distill.discriminator import Discriminator
 from seedjax.distill.losses import discriminator_loss, generator_loss
 from seedjax.distill.params import load_params, pick_params
-from seedjax.distill.student import evaluate, nfe, sample  # noqa: F401 (stage hooks)
+from seedjax.distill.student import evaluate, nfe, sample
 from seedjax.stages.distill_dmd import load_pretrained as _load_with_fake_score
 from seedjax.train.state import make_optimizer
+from seedjax.train.stage import Stage
 
 
 def adm_config(**overrides) -> ml_collections.ConfigDict:
@@ -117,3 +118,7 @@ def train_step(state: AdmState, batch: dict, rng: jax.Array, config) -> dict:
     student.update_ema(state)
     return {"loss": loss, **aux, **fake_metrics, **d_aux, "grad_norm": grad_norm, "disc_grad_norm": d_norm,
             **student.guard_metrics(state.optimizer, state.fake_optimizer, state.disc_optimizer)}
+
+
+STAGE = Stage(init=init, train_step=train_step, sample=sample, evaluate=evaluate, load_pretrained=load_pretrained, nfe=nfe,
+              validate_config=validate_config)

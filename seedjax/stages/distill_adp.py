@@ -28,10 +28,11 @@ from seedjax.distill import generator, student
 from seedjax.distill.discriminator import Discriminator
 from seedjax.distill.losses import discriminator_loss, generator_loss
 from seedjax.distill.params import load_params, pick_params
-from seedjax.distill.student import StudentState, evaluate, nfe, sample  # noqa: F401 (stage hooks)
+from seedjax.distill.student import StudentState, evaluate, nfe, sample
 from seedjax.models.discriminators import PatchDiscriminator
 from seedjax.tools.ode_pairs import split_pairs
 from seedjax.train.state import make_optimizer
+from seedjax.train.stage import Stage
 
 
 def adp_config(**overrides) -> ml_collections.ConfigDict:
@@ -149,3 +150,7 @@ def train_step(state: AdpState, batch: dict, rng: jax.Array, config) -> dict:
     student.update_ema(state)
     return {"loss": loss, **aux, **d_aux, "grad_norm": grad_norm, "disc_grad_norm": d_norm,
             **student.guard_metrics(state.optimizer, state.disc_optimizer)}
+
+
+STAGE = Stage(init=init, train_step=train_step, sample=sample, evaluate=evaluate, load_pretrained=load_pretrained, nfe=nfe,
+              validate_config=validate_config)

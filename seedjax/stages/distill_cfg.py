@@ -18,8 +18,9 @@ import ml_collections
 
 from seedjax.diffusion import flow
 from seedjax.distill import generator, student
-from seedjax.distill.student import StudentState, evaluate, load_pretrained, nfe, sample  # noqa: F401 (stage hooks)
+from seedjax.distill.student import StudentState, evaluate, load_pretrained, nfe, sample
 from seedjax.models import mmdit, text
+from seedjax.train.stage import Stage
 
 
 def cfg_config(**overrides) -> ml_collections.ConfigDict:
@@ -70,3 +71,7 @@ def flops_per_example(config) -> float:
     train = mmdit.train_flops_per_example(config.model, h * h, config.data.max_text_len) + \
         text.train_flops_per_example(config.text, config.data.max_text_len)
     return train * (1.0 + 2.0 / 3.0)
+
+
+STAGE = Stage(init=init, train_step=train_step, sample=sample, evaluate=evaluate, flops_per_example=flops_per_example,
+              load_pretrained=load_pretrained, validate_config=validate_config, nfe=nfe)

@@ -26,7 +26,8 @@ from flax import nnx
 from seedjax.distill import dmd, generator, student
 from seedjax.distill.losses import dmd_loss, generator_loss
 from seedjax.distill.params import load_params, pick_params
-from seedjax.distill.student import evaluate, nfe, sample  # noqa: F401 (stage hooks)
+from seedjax.distill.student import evaluate, nfe, sample
+from seedjax.train.stage import Stage
 
 
 validate_config = dmd.validate_config
@@ -77,3 +78,7 @@ def train_step(state: DmdState, batch: dict, rng: jax.Array, config) -> dict:
     student.update_ema(state)
     return {"loss": loss, **aux, **fake_metrics, "grad_norm": grad_norm,
             **student.guard_metrics(state.optimizer, state.fake_optimizer)}
+
+
+STAGE = Stage(init=init, train_step=train_step, sample=sample, evaluate=evaluate, load_pretrained=load_pretrained, nfe=nfe,
+              validate_config=validate_config)

@@ -28,9 +28,10 @@ from seedjax.diffusion.sampling import uniform_sigmas
 from seedjax.distill import generator, student
 from seedjax.distill.discriminator import Discriminator
 from seedjax.distill.losses import discriminator_loss, generator_loss
-from seedjax.distill.student import StudentState, evaluate, load_pretrained as _load_student, nfe, sample  # noqa: F401
+from seedjax.distill.student import StudentState, evaluate, load_pretrained as _load_student, nfe, sample
 from seedjax.distill.params import load_params, pick_params
 from seedjax.train.state import make_optimizer
+from seedjax.train.stage import Stage
 
 
 def tscd_config(**overrides) -> ml_collections.ConfigDict:
@@ -153,3 +154,7 @@ def train_step(state: TscdState, batch: dict, rng: jax.Array, config) -> dict:
                                             lambda m, b: student_loss(m, state.disc, b, config), work, accum)
     student.update_ema(state)
     return {"loss": loss, **aux, **metrics, "grad_norm": grad_norm, **student.guard_metrics(*optimizers)}
+
+
+STAGE = Stage(init=init, train_step=train_step, sample=sample, evaluate=evaluate, load_pretrained=load_pretrained, nfe=nfe,
+              validate_config=validate_config)

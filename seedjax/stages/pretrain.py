@@ -23,6 +23,7 @@ from seedjax.diffusion import flow
 from seedjax.diffusion.sampling import EulerSampler
 from seedjax.models import mmdit, text, tokenizer
 from seedjax.train.state import EMA, make_optimizer, nonfinite_streak, total_nonfinite, value_and_grad
+from seedjax.train.stage import Stage
 
 
 def input_config(**overrides) -> ml_collections.ConfigDict:
@@ -336,3 +337,7 @@ def load_pretrained(state: PretrainState, source: dict, config) -> None:
     nnx.update(state.model, params)
     if state.ema is not None:
         state.ema.load(params)
+
+
+STAGE = Stage(init=init, train_step=train_step, sample=sample, evaluate=evaluate, flops_per_example=flops_per_example,
+              load_pretrained=load_pretrained, validate_config=validate_config)

@@ -28,6 +28,7 @@ from seedjax.eval import augment
 from seedjax.models.reward import RewardModel
 from seedjax.parallel.host import to_host
 from seedjax.train.state import make_optimizer, nonfinite_streak, total_nonfinite, value_and_grad
+from seedjax.train.stage import Stage
 
 HEAD_NEGATIVES = {"alignment": "caption", "quality": "image"}  # what makes a "no" for each head kind
 DEGRADATIONS = ("blur", "noise", "stamp", "mosaic")
@@ -300,3 +301,6 @@ def load_reward_model(workdir: str) -> RewardModel:
 
 def validate_config(config) -> None:
     check_data(config)
+
+
+STAGE = Stage(init=init, train_step=train_step, evaluate=evaluate, validate_config=validate_config)

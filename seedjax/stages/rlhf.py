@@ -36,8 +36,9 @@ from seedjax.models.reward import RewardModel
 from seedjax.distill.params import freeze
 from seedjax.parallel.host import to_host
 from seedjax.stages import pretrain, reward, sft
-from seedjax.stages.pretrain import DiffusionModel, sample  # noqa: F401  (stage API)
+from seedjax.stages.pretrain import DiffusionModel, sample
 from seedjax.train.state import EMA, make_optimizer, nonfinite_streak, total_nonfinite
+from seedjax.train.stage import Stage
 
 LOSSES = ("reward", "relu")
 TRANSFORMS = ("prob", "logit")
@@ -320,3 +321,7 @@ def evaluate(state: RLHFState, config, rng: jax.Array) -> dict:
     results["reward"] = float(np.mean(total))
     results.update({name: float(np.mean(values)) for name, values in parts.items()})
     return results
+
+
+STAGE = Stage(init=init, train_step=train_step, sample=sample, evaluate=evaluate, load_pretrained=load_pretrained,
+              validate_config=validate_config)

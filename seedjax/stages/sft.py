@@ -28,7 +28,8 @@ from flax import nnx
 
 from seedjax.distill.params import load_params, pick_params
 from seedjax.stages import pretrain
-from seedjax.stages.pretrain import flops_per_example, sample, train_step  # noqa: F401  (stage API)
+from seedjax.stages.pretrain import flops_per_example, sample, train_step
+from seedjax.train.stage import Stage
 
 
 def sft_config(**overrides) -> ml_collections.ConfigDict:
@@ -102,3 +103,7 @@ def evaluate(state: pretrain.PretrainState, config, rng: jax.Array) -> dict:
         results["target_share"] = target_share(images, prompts, expression)
         results["target_share_real"] = target_share(batch["image"], prompts, expression)
     return results
+
+
+STAGE = Stage(init=init, train_step=train_step, sample=sample, evaluate=evaluate, flops_per_example=flops_per_example,
+              load_pretrained=load_pretrained, validate_config=validate_config)

@@ -39,6 +39,7 @@ from seedjax.models.vae import ImageVAE, VAEConfig, image_vae_config, kl_diverge
 from seedjax.models.video_vae import VideoVAE, VideoVAEConfig, video_vae_config
 from seedjax.parallel.host import to_host
 from seedjax.train.state import EMA, make_optimizer, nonfinite_streak, optimizer_config, total_nonfinite
+from seedjax.train.stage import Stage
 
 log = logging.getLogger(__name__)
 
@@ -435,3 +436,6 @@ def _estimate_scale(codec: LatentCodec, config, num: int) -> float:
     batch = data_pipelines.make_eval_batch(config.data, num=num, seed=int(config.seed), allow_fewer=True)
     return float(1.0 / max(np.std(codec.encode_raw(np.asarray(batch["image"], np.float32))), 1e-6))
 
+
+STAGE = Stage(init=init, train_step=train_step, sample=sample, evaluate=evaluate, flops_per_example=flops_per_example,
+              load_pretrained=load_pretrained)

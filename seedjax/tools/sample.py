@@ -14,7 +14,6 @@ wall time per image. Exit codes: 0 written, 2 bad arguments or workdir.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import os
 import sys
 import time
@@ -24,15 +23,16 @@ import numpy as np
 from flax import nnx
 
 from seedjax import cli
+from seedjax.train.stage import Stage, load_stage
 
 
 @dataclasses.dataclass
 class Run:
-    """A trained run loaded back: its config, stage module and train state."""
+    """A trained run loaded back: its config, stage (hooks) and train state."""
 
     workdir: str
     config: object
-    stage: object
+    stage: Stage
     state: nnx.Module
 
 
@@ -44,7 +44,7 @@ def load_run(workdir: str, step: int = -1) -> Run:
     config = workdir_config(workdir)
     if config is None:
         raise ValueError(f"{workdir}: no config.json (not a seedjax workdir)")
-    stage = importlib.import_module(f"seedjax.stages.{config.stage}")
+    stage = load_stage(config.stage)
     path = workdir if step < 0 else os.path.join(workdir, "checkpoints", str(step))
     try:
         tree = load_state_tree(path)
@@ -69,7 +69,7 @@ def override_sampling(config, steps: int = 0, guidance: float = 0.0) -> None:
 
 def run_nfe(run: Run) -> int:
     """Network evaluations per image at the run's sampling settings (true CFG counts twice)."""
-    if hasattr(run.stage, "nfe"):
+    if run.stage.nfe:
         return int(run.stage.nfe(run.config))
     from seedjax.diffusion.sampling import EulerSampler
 
@@ -79,7 +79,7 @@ def run_nfe(run: Run) -> int:
 
 def run_sampler(run: Run):
     """(params, batch, rng) -> images [N, H, W, C] in [-1, 1]; params = the run's state (for `generate_all`)."""
-    if not hasattr(run.stage, "sample"):
+    if not run.stage.sample:
         raise ValueError(f"{run.workdir}: stage {run.config.stage!r} has no sample() hook")
     graphdef, params = nnx.split(run.state)
     return (lambda p, b, r: run.stage.sample(nnx.merge(graphdef, p), run.config, r, b)), params

@@ -1,14 +1,13 @@
 """THE training loop. Every stage (pretrain, vae, sft, rlhf, distill_*) runs through here.
 
 Read top to bottom: config and logging, mesh, data, model and optimizer, restore,
-compiled step, loop, final checkpoint. A stage module supplies only `init` and
-`train_step` (plus optional `sample`, `evaluate`, `flops_per_example`,
-`load_pretrained`); see docs/internals.md.
+compiled step, loop, final checkpoint. A stage module declares what it supplies as
+`STAGE = Stage(init=..., train_step=..., [sample, evaluate, flops_per_example,
+load_pretrained, validate_config, nfe])` (seedjax/train/stage.py); see docs/internals.md.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import signal
 import sys
@@ -30,6 +29,7 @@ from seedjax.train import checkpoint as ckpt_lib
 from seedjax.train import metrics as metrics_lib
 from seedjax.train import perf
 from seedjax.train import workdir as workdir_lib
+from seedjax.train.stage import load_stage
 from seedjax.train.state import lr_schedule
 
 log = logging.getLogger("seedjax")
@@ -65,7 +65,7 @@ def _run(config, workdir: str, stop_at_step: int) -> int:
                         datefmt="%H:%M:%S", stream=sys.stderr, force=True)
     for noisy in ("absl", "orbax", "jax._src", "grain"):  # their INFO lines drown the progress line
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    stage = importlib.import_module(f"seedjax.stages.{config.stage}")
+    stage = load_stage(config.stage)
     total_steps = int(config.total_steps)
 
     # =====================================================================
@@ -151,7 +151,7 @@ def _run(config, workdir: str, stop_at_step: int) -> int:
             return compiled[key](state, batch, step)
 
         sampler = _make_sampler(stage, config, graphdef)
-        flops_per_example = getattr(stage, "flops_per_example", lambda c: 0.0)(config)
+        flops_per_example = stage.flops_per_example(config) if stage.flops_per_example else 0.0
         peak = perf.peak_tflops_per_device(config.peak_tflops_per_device)
         schedule = lr_schedule(config.optimizer, total_steps)
 
@@ -189,7 +189,7 @@ def _run(config, workdir: str, stop_at_step: int) -> int:
                 path = writer.images(step, sampler(state, step))
                 if path:
                     log.info("samples: %s", path)
-            if hasattr(stage, "evaluate") and config.eval_every and (
+            if stage.evaluate and config.eval_every and (
                     step % config.eval_every == 0 or step == total_steps):
                 eval_key = jax.random.fold_in(jax.random.fold_in(base_key, step), 1)  # not the step's train key
                 results = stage.evaluate(nnx.merge(graphdef, state), config, eval_key)
@@ -232,7 +232,7 @@ def _load_pretrained(stage, config, graphdef, state, shardings):
     """`config.init_from`: parameters only, from another stage's workdir or step directory."""
     source = ckpt_lib.load_state_tree(config.init_from)
     module = nnx.merge(graphdef, state)
-    if hasattr(stage, "load_pretrained"):
+    if stage.load_pretrained:
         stage.load_pretrained(module, source, config)
     else:
         if "model" not in source:
@@ -244,7 +244,7 @@ def _load_pretrained(stage, config, graphdef, state, shardings):
 
 
 def _make_sampler(stage, config, graphdef):
-    if not hasattr(stage, "sample") or not config.sample_every:
+    if not stage.sample or not config.sample_every:
         return None
     batch = data_pipelines.make_eval_batch(config.data, num=config.num_samples, seed=config.seed)
     sample = jax.jit(lambda state, batch, rng: stage.sample(nnx.merge(graphdef, state), config, rng, batch))

@@ -8,7 +8,6 @@ own constants, so the two never disagree on what a source is.
 
 from __future__ import annotations
 
-import importlib
 import os
 
 import ml_collections
@@ -17,6 +16,7 @@ from data_pipelines.config import SOURCES
 from data_pipelines.pipeline import components
 from data_pipelines.reward_data import BASE_SOURCES
 from seedjax.config import ConfigError
+from seedjax.train.stage import load_stage
 from seedjax.train.state import make_tx
 
 # Sources read from `path` (the others are generated or bundled).
@@ -24,13 +24,8 @@ _PATH_SOURCES = {"folder": "an image folder", "jsonl": "a JSONL manifest", "shar
 
 
 def validate_config(config) -> None:
-    try:
-        stage = importlib.import_module(f"seedjax.stages.{config.stage}")
-    except ModuleNotFoundError as e:
-        if e.name == f"seedjax.stages.{config.stage}":
-            raise ConfigError(f"config.stage: unknown stage {config.stage!r} (no module seedjax.stages.{config.stage})")
-        raise
-    if hasattr(stage, "validate_config"):  # the stage's own checks (e.g. the kind of its input checkpoints)
+    stage = load_stage(config.stage)
+    if stage.validate_config:  # the stage's own checks (e.g. the kind of its input checkpoints)
         try:
             stage.validate_config(config)
         except ValueError as e:

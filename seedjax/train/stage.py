@@ -1,0 +1,50 @@
+"""What a stage module gives the training loop, declared once as `STAGE = Stage(...)`.
+
+A stage is a thin module in seedjax/stages/: its state (NNX modules and optimizers), its
+train step and the optional hooks below. Declaring them on one object, instead of the loop
+probing the module with hasattr, makes a misspelt hook an error at import time (an unknown
+keyword) rather than a feature that silently never runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any, Callable
+
+from seedjax.config import ConfigError
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Stage:
+    # (config, nnx.Rngs) -> the state module (models, optimizers, EMA)
+    init: Callable[..., Any]
+    # (state, batch, rng, config) -> metrics; updates the state in place (the loop jits it)
+    train_step: Callable[..., dict]
+    # (state, config, rng, prompt batch) -> images [N, H, W, C] in [-1, 1]; grids every sample_every
+    sample: Callable[..., Any] | None = None
+    # (state, config, rng) -> {name: number}; every eval_every steps, logged as eval/<name>
+    evaluate: Callable[..., dict] | None = None
+    # config -> training FLOPs per example (MFU); None = not counted
+    flops_per_example: Callable[..., float] | None = None
+    # (state, source tree, config): parameters from config.init_from; None = copy source['model']
+    load_pretrained: Callable[..., None] | None = None
+    # config -> None, raising ValueError for a config this stage cannot run (before anything is written)
+    validate_config: Callable[..., None] | None = None
+    # config -> network evaluations per sample; None = the Euler sampler's count at config.sampling
+    nfe: Callable[..., int] | None = None
+
+
+def load_stage(name: str) -> Stage:
+    """The Stage declared by seedjax/stages/<name>.py; ConfigError (exit 2) for an unknown name."""
+    module_name = f"seedjax.stages.{name}"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name == module_name:
+            raise ConfigError(f"config.stage: unknown stage {name!r} (no module {module_name})") from None
+        raise
+    stage = getattr(module, "STAGE", None)
+    if not isinstance(stage, Stage):
+        raise ConfigError(f"config.stage: {module_name} declares no STAGE = Stage(...)")
+    return stage
