@@ -23,7 +23,7 @@ case "$variant" in
   "")   pipeline=fast; root_default=runs/quickstart
         stages=(pretrain); about=("about 6 min") ;;
   full) pipeline=full; root_default=runs/quickstart_full
-        stages=(pretrain sft reward rlhf); about=("about 9 min" "about 3 min" "about 6 min" "about 2 min") ;;
+        stages=(pretrain sft reward rlhf); about=("about 7 min" "about 3 min" "about 6 min" "about 2 min") ;;
   tiny) pipeline=tiny; root_default=runs/quickstart_tiny
         stages=(pretrain sft reward rlhf); about=("about 1 min" "about 1 min" "about 1 min" "about 1 min") ;;
 esac

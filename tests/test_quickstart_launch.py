@@ -57,7 +57,10 @@ def test_default_pretrains_briefly_and_full_keeps_the_long_schedule():
     full_cfg = load_config(os.path.join(ROOT, full[0]["config"]))
     assert full_cfg.total_steps == 1200
     assert fast_cfg.total_steps < full_cfg.total_steps
-    assert fast_cfg.eval_every and fast_cfg.sample_every  # the default still ends with a grid and the accuracy
+    # The default still ends with one sample grid and the prompt accuracy, also with a shorter `steps`.
+    assert fast_cfg.eval_every == fast_cfg.sample_every == fast_cfg.total_steps
+    short = load_config(os.path.join(ROOT, "experiments/quickstart/pretrain.py:fast,steps=40"))
+    assert short.total_steps == short.eval_every == short.sample_every == 40
 
 
 def test_help_exits_0(tmp_path):

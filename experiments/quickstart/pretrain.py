@@ -35,14 +35,15 @@ def get_config(arg=None):
     if arg.variant == "tiny":
         make_tiny(cfg)
     elif arg.variant == "fast":
-        cfg.total_steps = FAST_STEPS
+        steps = arg.steps if arg.steps > 0 else FAST_STEPS
+        cfg.total_steps = steps
         cfg.optimizer.update(lr=FAST_LR, warmup_steps=FAST_WARMUP)
         # The EMA is what samples: 0.995 would still lean on the weights of ~200 steps ago,
         # before the model has learnt to follow the caption.
         cfg.ema_decay = FAST_EMA
-        cfg.checkpoint_every = FAST_STEPS // 2
-        cfg.sample_every = FAST_STEPS  # one grid, at the end (each sampling costs a compile)
-        cfg.eval_every = FAST_STEPS
+        cfg.checkpoint_every = steps // 2
+        cfg.sample_every = steps  # one grid, at the end (each sampling costs a compile)
+        cfg.eval_every = steps
     elif arg.variant != "quickstart":
         raise ValueError(f"unknown variant {arg.variant!r} (quickstart | fast | tiny)")
     if arg.steps > 0:
