@@ -28,23 +28,23 @@ case "$variant" in
         stages=(pretrain sft reward rlhf); about=("about 1 min" "about 1 min" "about 1 min" "about 1 min") ;;
 esac
 root="${SEEDJAX_QUICKSTART_DIR:-$root_default}"
-spec="experiments/quickstart/pipeline.py:variant=$pipeline"
+qs_pipeline="experiments/quickstart/pipeline.py:variant=$pipeline"  # (env.sh sets its own $spec)
 n=${#stages[@]}
 if [ "$dry_run" = 1 ]; then
-  echo "quickstart ${variant:-default}: $spec -> $root"
+  echo "quickstart ${variant:-default}: $qs_pipeline -> $root"
   for i in "${!stages[@]}"; do echo "[$((i + 1))/$n] ${stages[$i]}: ${about[$i]} on 2 CPU cores"; done
   exit 0
 fi
 
 start=$(date +%s)
-source "$(dirname "$0")/env.sh"
+source "$(dirname "$0")/env.sh" ""  # no extras (not this script's arguments)
 export JAX_PLATFORMS=cpu
 timings=""
 for i in "${!stages[@]}"; do
   stage="${stages[$i]}"
   echo "[$((i + 1))/$n] $stage: ${about[$i]} on 2 CPU cores (started $(date +%H:%M:%S))" >&2
   t0=$(date +%s)
-  python -m seedjax.pipeline --pipeline="$spec" --workdir="$root" --only="$stage"
+  python -m seedjax.pipeline --pipeline="$qs_pipeline" --workdir="$root" --only="$stage"
   t=$(( $(date +%s) - t0 ))
   echo "[$((i + 1))/$n] $stage: done in $t s" >&2
   timings="$timings${timings:+, }\"$stage\": $t"

@@ -66,3 +66,19 @@ def test_default_pretrains_briefly_and_full_keeps_the_long_schedule():
 def test_help_exits_0(tmp_path):
     proc = quickstart(tmp_path, "--help")
     assert proc.returncode == 0 and proc.stdout.startswith("usage: bash launch/quickstart.sh")
+
+
+def test_quickstart_variables_survive_sourcing_env_sh():
+    """env.sh is sourced into quickstart.sh: a variable both assign is clobbered when env.sh installs
+    (a fresh clone once ran the pipeline file named by env.sh's $spec, the repository root)."""
+    import re
+
+    def assigned(path):
+        text = open(os.path.join(ROOT, path)).read()
+        return set(re.findall(r"(?:^|[\s;(])([A-Za-z_][A-Za-z0-9_]*)=", text, re.M))
+
+    ours = assigned("launch/quickstart.sh") - {"SEEDJAX_QUICKSTART_DIR", "JAX_PLATFORMS"}
+    assert not ours & assigned("launch/env.sh")
+    # env.sh reads its extras from $1: quickstart.sh sources it with an explicit empty argument.
+    assert re.search(r'^source "\$\(dirname "\$0"\)/env.sh" ""', open(os.path.join(ROOT, "launch/quickstart.sh")).read(),
+                     re.M)
