@@ -39,6 +39,8 @@ fi
 start=$(date +%s)
 source "$(dirname "$0")/env.sh" ""  # no extras (not this script's arguments)
 export JAX_PLATFORMS=cpu
+# An absolute workdir (env.sh moved to the repository root): orbax refuses relative checkpoint paths.
+case "$root" in /*|*://*) ;; *) root="$PWD/$root" ;; esac
 timings=""
 for i in "${!stages[@]}"; do
   stage="${stages[$i]}"
