@@ -141,16 +141,17 @@ def test_two_processes_sample_evaluate_and_match_one_and_a_dead_process_fails_th
 
 
 def test_init_from_loads_parameters_only(straight, tmp_path):
-    workdir = str(tmp_path / "child")
-    proc = run_main(CONFIG, workdir, *FAST, f"init_from={straight}", "total_steps=1", "optimizer.lr=0.0",
-                    "ema_decay=0.0")
+    # Both paths relative to the working directory, as users type them.
+    workdir = os.path.relpath(tmp_path / "child", ROOT)
+    proc = run_main(CONFIG, workdir, *FAST, f"init_from={os.path.relpath(straight, ROOT)}", "total_steps=1",
+                    "optimizer.lr=0.0", "ema_decay=0.0")
     assert_ok(proc)
-    a, b = params_at(straight, 20), params_at(workdir, 1)
+    a, b = params_at(straight, 20), params_at(str(tmp_path / "child"), 1)
     model_keys = [k for k in a if k.startswith("['model']")]
     assert model_keys
     for k in model_keys:  # lr = 0: the child's parameters are exactly the parent's
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-    assert read_metrics(workdir)[0]["step"] == 1  # the step count starts over
+    assert read_metrics(str(tmp_path / "child"))[0]["step"] == 1  # the step count starts over
 
 
 def test_checkpoint_with_grain_per_process_data_files_still_resumes(straight, tmp_path):

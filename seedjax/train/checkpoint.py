@@ -22,11 +22,15 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
+import time
 
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
+
+from seedjax.train import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +41,10 @@ COMMIT_MARKER = "commit_success.txt"
 
 class RestoreError(RuntimeError):
     """A finished checkpoint that cannot be restored into this run (exit code 2)."""
+
+
+class CheckpointMismatch(RestoreError):
+    """A finished checkpoint of another model (another architecture) than the config's."""
 
 
 def pure(state) -> dict:
@@ -70,7 +78,7 @@ def describe_mismatch(saved: dict[str, tuple], wanted: dict[str, tuple], limit: 
 
 class Checkpointer:
     def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
-        self.directory = epath.Path(workdir) / "checkpoints"
+        self.directory = workdir_lib.as_path(workdir) / "checkpoints"  # orbax wants absolute paths
         self._warn_about_partial_saves()
         self.manager = ocp.CheckpointManager(
             self.directory,
@@ -116,7 +124,7 @@ class Checkpointer:
         saved = _flat_shapes(self.manager.item_metadata(step)["state"])
         difference = describe_mismatch(saved, _flat_shapes(pure(abstract_state)))
         if difference:
-            raise RestoreError(f"checkpoint {step} in {self.directory} holds another model than this config: "
+            raise CheckpointMismatch(f"checkpoint {step} in {self.directory} holds another model than this config: "
                                f"{difference}")
 
     def restore(self, step: int, abstract_state, shardings, data_iterator=None):
@@ -150,11 +158,15 @@ class Checkpointer:
             self.check_fits(step, abstract_state)
             return self.restore(step, abstract_state, shardings, data_iterator)
         except RestoreError:
+            self.close()
             raise
         except Exception as e:  # storage errors, damaged files: stop, name the cause, keep the files
+            _quiet_failed_restore()
+            self.close()
             cause = str(e).strip().splitlines()[0] if str(e).strip() else ""
             raise RestoreError(f"checkpoint {step} in {self.directory} could not be restored "
-                               f"({type(e).__name__}: {cause[:300]})") from e
+                               f"({type(e).__name__}: {cause[:300]}); its files are kept: repair them, or move "
+                               f"{self.directory / str(step)} away to resume from the previous checkpoint") from e
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -162,6 +174,15 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _quiet_failed_restore() -> None:
+    """After a failed restore, orbax's other pending reads finish into a closed event loop and
+    asyncio reports each of them on stderr, some at interpreter exit. The cause is already in
+    the RestoreError: wait for the stragglers and silence asyncio, so it stays the last line."""
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    threading.excepthook = lambda args: None
+    time.sleep(2.0)
 
 
 def _legacy_iterator_state(step_dir: epath.Path) -> dict:
@@ -178,7 +199,7 @@ def load_state_tree(path: str) -> dict:
     `path` is a workdir (its latest checkpoint) or a step directory. Stages pick what they
     need from it (e.g. ['model'] or ['ema']['params']) in `load_pretrained`.
     """
-    path = epath.Path(path)
+    path = workdir_lib.as_path(path)
     ckpt_dir = path / "checkpoints"
     if ckpt_dir.is_dir():
         steps = [int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()]

@@ -113,8 +113,8 @@ def _run(config, workdir: str, stop_at_step: int) -> int:
         checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
         try:
             state, meta = checkpointer.restore_latest(abstract_state, shardings, data_iter)
-        except ckpt_lib.RestoreError as e:
-            raise ckpt_lib.RestoreError(f"{e}{_config_change_hint(config, workdir)}") from e
+        except ckpt_lib.CheckpointMismatch as e:
+            raise ckpt_lib.CheckpointMismatch(f"{e}{_config_change_hint(config, workdir)}") from e
         # Only now is config.json written: a workdir holding another model's checkpoints keeps its own.
         if jax.process_index() == 0:
             workdir_lib.write_text(workdir_lib.as_path(workdir) / "config.json", config_lib.to_json(config))
