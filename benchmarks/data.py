@@ -8,7 +8,7 @@ window gives samples per second. The quickstart consumption rate is measured by 
 quickstart training itself (`python -m seedjax.main`, experiments/quickstart/pretrain.py) for
 a short while and reading `examples_per_sec` from its metrics, on the same machine. The folder
 source is a generated set of photos-like PNG/JPEG images of mixed sizes (3 buckets); the
-shards source is the same set written with `python -m data_pipelines.prepare`.
+shards source is the same set written with `python -m data_pipelines.cli.prepare`.
 A table is printed and appended to BENCHMARKS.md.
 """
 
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quickstart_steps", type=int, default=60)
     parser.add_argument("--no-append", dest="append", action="store_false")
     args = parser.parse_args(argv)
-    from data_pipelines import prepare
+    from data_pipelines.cli import prepare
 
     consumption = quickstart_consumption(args.quickstart_steps)
     rows = []

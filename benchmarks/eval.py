@@ -44,7 +44,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ["SEEDJAX_CACHE"] = tempfile.mkdtemp(prefix="seedjax_bench_eval_")
 
-    from data_pipelines.scenes import SceneConfig, make_scene
+    from data_pipelines.sources.scenes import SceneConfig, make_scene
     from seedjax.eval.classifier import digit_images, get_classifier
     from seedjax.eval.scenes import score_scenes
     from seedjax.eval.stamps import get_stamp_detector, labelled_scenes

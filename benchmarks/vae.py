@@ -76,7 +76,7 @@ def held_out_photo_crops() -> np.ndarray:
 
 
 def digit_images(split: str, limit: int | None = None) -> np.ndarray:
-    from data_pipelines import glyphs
+    from data_pipelines.sources import glyphs
 
     images = glyphs.upsample(glyphs.load_digits(split)[0][:limit], SIZE)
     return np.repeat(images[..., None], 3, -1) * 2 - 1
@@ -202,7 +202,7 @@ def image_row(setting: str, steps: int, batch: int, data: TrainImages, held_out:
 
 
 def video_row(steps: int, batch: int) -> dict:
-    from data_pipelines.moving_digits import moving_digit_clips
+    from data_pipelines.sources.moving_digits import moving_digit_clips
     from seedjax.models.video_vae import video_vae_config
 
     model = dict(in_channels=1, base_channels=8, channel_mult=(1, 2, 2, 4, 4), layers_per_block=1, norm_groups=8)

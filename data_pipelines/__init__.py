@@ -1,9 +1,29 @@
 """Grain data pipelines: sources, Seedream 3.0 data techniques, and the iterators the loop consumes.
 
     from data_pipelines import default_config, make_train_iterator, make_eval_batch
+
+core/        Grain streams, resolution buckets, mixtures, the sample contract, ArrayRecord shards,
+             the tokenizer, the config and the iterators (core/pipeline.py)
+sources/     digits, digit scenes, moving digits, image folders and manifests, reward pairs
+techniques/  defect-aware training, dual-axis sampling, curation filters
+cli/         prepare, report, measure (python -m data_pipelines.cli.<name>): the only part that
+             imports seedjax
+
+`import data_pipelines` stays light (configs import it): Grain, and with it JAX, loads only when
+`make_train_iterator` or `make_eval_batch` is first used.
 """
 
-from data_pipelines.config import default_config
-from data_pipelines.pipeline import channels, make_eval_batch, make_train_iterator
+from data_pipelines.core.config import default_config
+from data_pipelines.core.mixtures import channels
 
 __all__ = ["default_config", "make_train_iterator", "make_eval_batch", "channels"]
+
+_PIPELINE = ("make_train_iterator", "make_eval_batch")
+
+
+def __getattr__(name: str):
+    if name in _PIPELINE:
+        from data_pipelines.core import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module 'data_pipelines' has no attribute {name!r}")

@@ -80,9 +80,11 @@ def main(argv: list[str]) -> int:
         return dry_run(config)
 
     mesh_lib.maybe_initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
-    from seedjax.train import loop  # after distributed start-up: nothing may touch the backend before it
+    # After distributed start-up: nothing may touch the backend before it.
+    from seedjax.eval.classifier import digit_features  # data.dual_axis.visual_features='classifier'
+    from seedjax.train import loop
 
-    return loop.run(config, args.workdir, stop_at_step=args.stop_at_step)
+    return loop.run(config, args.workdir, stop_at_step=args.stop_at_step, classifier_features=digit_features)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ from tests.runner import ROOT, env_for
 
 TINY = f"{ROOT}/experiments/quickstart/pretrain.py:tiny"
 ENTRY_POINTS = ["seedjax.main", "seedjax.pipeline", "seedjax.tools.sample", "seedjax.tools.ode_pairs",
-                "seedjax.tools.calibrate_paro", "seedjax.eval.report", "data_pipelines.prepare",
-                "data_pipelines.report", "data_pipelines.measure"]
+                "seedjax.tools.calibrate_paro", "seedjax.eval.report", "data_pipelines.cli.prepare",
+                "data_pipelines.cli.report", "data_pipelines.cli.measure"]
 
 
 def one_line_error(capsys) -> str:
@@ -58,9 +58,9 @@ REQUIRED = {
     "seedjax.tools.ode_pairs": ["--workdir=W", "--init_from=I"],
     "seedjax.tools.calibrate_paro": ["--workdir=W", "--density=0.5"],
     "seedjax.eval.report": ["--workdir=W"],
-    "data_pipelines.prepare": ["--source=digits", "--out=W"],
-    "data_pipelines.report": [],
-    "data_pipelines.measure": ["defects", "--off=A", "--on=B"],
+    "data_pipelines.cli.prepare": ["--source=digits", "--out=W"],
+    "data_pipelines.cli.report": [],
+    "data_pipelines.cli.measure": ["defects", "--off=A", "--on=B"],
 }
 
 
@@ -76,12 +76,12 @@ def test_unknown_flag_exits_2_with_one_line(module, tmp_path, capsys, monkeypatc
 @pytest.mark.parametrize("module, argv, message", [
     ("seedjax.tools.sample", ["--workdir=W", "--prompt=a", "--num=many"], "argument --num: invalid int value"),
     ("seedjax.tools.calibrate_paro", ["--workdir=W"], "required: --density"),
-    ("data_pipelines.prepare", ["--source=digits", "--out=W", "--data.defects.enabled=ture"],
+    ("data_pipelines.cli.prepare", ["--source=digits", "--out=W", "--data.defects.enabled=ture"],
      "data.defects.enabled: expected a bool (true/false), got 'ture'"),
-    ("data_pipelines.prepare", ["--source=digits", "--out=W", "--data.defect.enabled=1"],
+    ("data_pipelines.cli.prepare", ["--source=digits", "--out=W", "--data.defect.enabled=1"],
      "unknown data key 'data.defect'"),
-    ("data_pipelines.report", ["--data.dual_axis.alpha=much"], "data.dual_axis.alpha: expected a float"),
-    ("data_pipelines.measure", ["shapes", "--off=A", "--on=B"], "invalid choice: 'shapes'"),
+    ("data_pipelines.cli.report", ["--data.dual_axis.alpha=much"], "data.dual_axis.alpha: expected a float"),
+    ("data_pipelines.cli.measure", ["shapes", "--off=A", "--on=B"], "invalid choice: 'shapes'"),
 ])
 def test_bad_values_exit_2_with_one_line(module, argv, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)

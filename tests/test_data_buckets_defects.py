@@ -8,9 +8,11 @@ import pytest
 from PIL import Image
 
 import data_pipelines as dp
-from data_pipelines import buckets, defects, samples, scene_source, scenes
+from data_pipelines.core import buckets, samples
+from data_pipelines.core.tokenizer import detokenize
+from data_pipelines.sources import scene_source, scenes
+from data_pipelines.techniques import defects
 from seedjax.diffusion import flow
-from seedjax.models.tokenizer import detokenize
 
 
 # ----------------------------------------------------------------------------- defect geometry

@@ -8,8 +8,11 @@ from PIL import Image
 from sklearn.metrics import adjusted_rand_score
 
 import data_pipelines as dp
-from data_pipelines import dual_axis, pipeline, report
-from seedjax.models.tokenizer import detokenize
+from data_pipelines.cli import report
+from data_pipelines.core import pipeline
+from data_pipelines.core.tokenizer import detokenize
+from data_pipelines.techniques import dual_axis
+from seedjax.eval.classifier import digit_features
 
 COLORS = {"A": (230, 30, 30), "B": (30, 200, 40), "C": (40, 60, 240)}
 CAPTIONS = {"x": "a photo of a cat on a sofa", "y": "a drawing of a boat at sea"}
@@ -135,10 +138,12 @@ def test_classifier_features_cluster_digits_by_class():
     cfg = dp.default_config()
     cfg.dual_axis.update(dict(visual_features="classifier", coarse_clusters=10, fine_clusters=1, text_clusters=10))
     source = pipeline.open_source("digits", "", cfg, split="test", seed=0)
-    a = dual_axis.analyse(source, cfg, seed=0)
+    a = dual_axis.analyse(source, cfg, seed=0, classifier_features=digit_features)
     assert adjusted_rand_score(source.labels, a.coarse) > 0.6  # the classifier's features know digits
     pixels = dual_axis.analyse(source, dict_update(cfg, visual_features="pixels"), seed=0)
     assert adjusted_rand_score(source.labels, a.coarse) > adjusted_rand_score(source.labels, pixels.coarse)
+    with pytest.raises(ValueError, match="needs the digit classifier's features"):  # data_pipelines has no classifier
+        dual_axis.visual_features("classifier", np.zeros((2, 32, 32, 1), np.float32), False, seed=0)
 
 
 def dict_update(cfg, **dual):
@@ -148,10 +153,10 @@ def dict_update(cfg, **dual):
 
 
 def test_latent_features_from_latent_shards(tmp_path):
-    from data_pipelines import records
+    from data_pipelines.core import shards
 
     rng = np.random.default_rng(0)
-    writer = records.ShardWriter(str(tmp_path), 1)
+    writer = shards.ShardWriter(str(tmp_path), 1)
     for i in range(60):
         center = (i % 3) * 5.0  # three well separated latent clusters
         writer.write({"latent": (center + rng.normal(size=(8, 8, 4))).astype(np.float32), "target_size": [64, 64],

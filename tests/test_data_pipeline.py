@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import data_pipelines as dp
-from data_pipelines import glyphs
-from seedjax.models.tokenizer import detokenize
+from data_pipelines.core.tokenizer import detokenize
+from data_pipelines.sources import glyphs
 
 
 def _cfg(**overrides):

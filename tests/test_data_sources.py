@@ -9,8 +9,11 @@ import pytest
 from PIL import Image
 
 import data_pipelines as dp
-from data_pipelines import defects, pipeline, prepare, records, scene_source, scenes
-from seedjax.models.tokenizer import detokenize
+from data_pipelines.cli import prepare
+from data_pipelines.core import pipeline, shards
+from data_pipelines.core.tokenizer import detokenize
+from data_pipelines.sources import scene_source, scenes
+from data_pipelines.techniques import defects
 
 
 def _cfg(source, path, **overrides):
@@ -153,7 +156,7 @@ def test_prepare_writes_shards_that_read_back_like_the_folder(tmp_path):
     (root / "junk.txt").write_text("junk")
     out = tmp_path / "shards"
     assert prepare.main(["--source=folder", f"--path={root}", f"--out={out}", "--num_shards=3"]) == 0
-    meta = records.read_metadata(str(out))
+    meta = shards.read_metadata(str(out))
     assert meta["num_records"] == 6 and len(meta["shards"]) == 3
     assert meta["counts"]["skipped"] == {"unreadable_image": 1}
     cfg_f = _cfg("folder", root, buckets="32x32")
@@ -181,7 +184,7 @@ def test_prepare_digit_scenes_keeps_labels(tmp_path):
 
 
 def _latent_shards(out, rows):
-    writer = records.ShardWriter(str(out), 2)
+    writer = shards.ShardWriter(str(out), 2)
     for fields in rows:
         writer.write(fields, fields["latent"].shape[:2])
     writer.close({"kind": "latents", "source": "test", "channels": 3, "shapes": {"latent": [4, 4, 8]}})
@@ -227,16 +230,16 @@ def test_latent_shards_skip_wrong_shapes_nan_and_corrupt_records(tmp_path, caplo
 def test_record_codec_round_trips_and_rejects_garbage():
     fields = {"latent": np.arange(24, dtype=np.float32).reshape(2, 3, 4), "caption": "a caption, ünïcode",
               "label": np.int32(7), "image_bytes": np.frombuffer(b"\x89PNG...", np.uint8), "empty": np.zeros((0, 4))}
-    out = records.decode_record(records.encode_record(fields))
+    out = shards.decode_record(shards.encode_record(fields))
     assert out.keys() == fields.keys() and out["caption"] == fields["caption"]
     for key in ("latent", "label", "image_bytes", "empty"):
         np.testing.assert_array_equal(out[key], fields[key])
         assert out[key].dtype == np.asarray(fields[key]).dtype
-    for bad in (b"", b"garbage", records.encode_record(fields)[:-3]):
+    for bad in (b"", b"garbage", shards.encode_record(fields)[:-3]):
         with pytest.raises(ValueError):
-            records.decode_record(bad)
+            shards.decode_record(bad)
     with pytest.raises(ValueError, match="field 'names'"):
-        records.encode_record({"names": np.array(["a", "b"])})
+        shards.encode_record({"names": np.array(["a", "b"])})
 
 
 class _PoolCodec:

@@ -6,7 +6,7 @@ import scipy.linalg
 import scipy.ndimage
 from safetensors.numpy import load_file, save_file
 
-from data_pipelines import glyphs
+from data_pipelines.sources import glyphs
 from seedjax.eval import cnn
 from seedjax.eval.classifier import digit_images, get_classifier
 from seedjax.eval.metrics import (

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import scipy.ndimage
 
-from data_pipelines import glyphs
-from data_pipelines.scenes import COLOR_NAMES, SceneConfig, make_scene, render_scene
+from data_pipelines.sources import glyphs
+from data_pipelines.sources.scenes import COLOR_NAMES, SceneConfig, make_scene, render_scene
 from seedjax.eval.classifier import get_classifier
 from seedjax.eval.scenes import detect_objects, score_scenes
 

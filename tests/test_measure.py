@@ -1,4 +1,4 @@
-"""data_pipelines.measure on tiny runs: the on/off tables are built from the right workdirs.
+"""data_pipelines.cli.measure on tiny runs: the on/off tables are built from the right workdirs.
 
 The full studies (2000- and 3000-step runs) are in BENCHMARKS.md; here both sides of each table are the
 same tiny run, so the two columns must agree exactly (same weights, prompts and noise).
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_pipelines import measure
+from data_pipelines.cli import measure
 from seedjax.eval import stamps
 from seedjax.main import main
 from tests.runner import ROOT

@@ -1,4 +1,4 @@
-"""`python -m data_pipelines.prepare --runner=ray` writes the shards the single-process writer writes.
+"""`python -m data_pipelines.cli.prepare --runner=ray` writes the shards the single-process writer writes.
 
 Each case prepares the same source with the default runner and with Ray into two directories and
 compares them: the records of every shard (bytes, order, shard), sizes.npy and metadata.json
@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import ray
 
-from data_pipelines import prepare, ray_runner, records
+from data_pipelines.cli import prepare, ray_runner
+from data_pipelines.core import shards
 from tests.runner import ROOT, env_for
 
 
@@ -80,19 +81,19 @@ def _shard_records(path: str) -> list[bytes]:
 
 
 def _assert_same_shards(a: str, b: str) -> dict:
-    with open(os.path.join(a, records.METADATA), "rb") as f:
+    with open(os.path.join(a, shards.METADATA), "rb") as f:
         text = f.read()
-    with open(os.path.join(b, records.METADATA), "rb") as f:
+    with open(os.path.join(b, shards.METADATA), "rb") as f:
         assert f.read() == text  # bytes: the counters' order too
     header = json.loads(text)
-    np.testing.assert_array_equal(np.load(os.path.join(b, records.SIZES)), np.load(os.path.join(a, records.SIZES)))
+    np.testing.assert_array_equal(np.load(os.path.join(b, shards.SIZES)), np.load(os.path.join(a, shards.SIZES)))
     assert sorted(os.listdir(a)) == sorted(os.listdir(b))
     for shard in header["shards"]:
         expected = _shard_records(os.path.join(a, shard["file"]))
         got = _shard_records(os.path.join(b, shard["file"]))
         assert len(expected) == shard["records"] and len(got) == len(expected), shard["file"]
         for i, (x, y) in enumerate(zip(expected, got)):
-            assert x == y, f"{shard['file']} record {i} differs: {sorted(records.decode_record(y))}"
+            assert x == y, f"{shard['file']} record {i} differs: {sorted(shards.decode_record(y))}"
     return header
 
 
@@ -103,7 +104,7 @@ def test_digit_scenes_with_labels_and_defects(cluster, tmp_path):
     assert _prepare(tmp_path / "ray", *flags, "--runner=ray") == 0
     header = _assert_same_shards(tmp_path / "local", tmp_path / "ray")
     assert header["num_records"] == 40 and [s["records"] for s in header["shards"]] == [14, 13, 13]
-    record = records.decode_record(_shard_records(str(tmp_path / "ray" / header["shards"][0]["file"]))[0])
+    record = shards.decode_record(_shard_records(str(tmp_path / "ray" / header["shards"][0]["file"]))[0])
     assert {"image_bytes", "caption", "scene_box", "defect_box", "tags"} <= set(record)
 
 
@@ -133,13 +134,13 @@ def _image_folder(root) -> None:
 
 
 def test_folder_with_bad_files_through_a_cluster_address(cluster, tmp_path):
-    """The Ray run is a separate `python -m data_pipelines.prepare` joining the running
+    """The Ray run is a separate `python -m data_pipelines.cli.prepare` joining the running
     instance by its address, as a user joins a cluster."""
     root = str(tmp_path / "images")
     _image_folder(root)
     flags = ["--source=folder", f"--path={root}", "--num_shards=4"]
     assert _prepare(tmp_path / "local", *flags) == 0
-    proc = subprocess.run([sys.executable, "-m", "data_pipelines.prepare", f"--out={tmp_path / 'ray'}", *flags,
+    proc = subprocess.run([sys.executable, "-m", "data_pipelines.cli.prepare", f"--out={tmp_path / 'ray'}", *flags,
                            "--runner=ray", f"--ray_address={cluster}"],
                           cwd=ROOT, env=env_for(1), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -183,7 +184,7 @@ def test_latents_encoded_by_vae_actors(cluster, vae_workdir, tmp_path):
     assert _prepare(tmp_path / "ray", *flags, "--runner=ray") == 0
     header = _assert_same_shards(tmp_path / "local", tmp_path / "ray")
     assert header["kind"] == "latents" and header["num_records"] == 128 and header["vae"]["scaling_factor"] == 0.5
-    record = records.decode_record(_shard_records(str(tmp_path / "ray" / header["shards"][2]["file"]))[-1])
+    record = shards.decode_record(_shard_records(str(tmp_path / "ray" / header["shards"][2]["file"]))[-1])
     assert record["latent"].shape == (8, 8, 4) and np.isfinite(record["latent"]).all()
 
 
@@ -197,11 +198,11 @@ def test_runner_flags_that_cannot_work(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert "--ray_address=127.0.0.1:1: cannot connect" in err and "\n" not in err, err
     # Without Ray installed: the install command, before anything is read or written.
-    import data_pipelines
+    import data_pipelines.cli
 
     monkeypatch.setitem(sys.modules, "ray", None)
-    monkeypatch.delitem(sys.modules, "data_pipelines.ray_runner")
-    monkeypatch.delattr(data_pipelines, "ray_runner")  # else `from data_pipelines import` finds it there
+    monkeypatch.delitem(sys.modules, "data_pipelines.cli.ray_runner")
+    monkeypatch.delattr(data_pipelines.cli, "ray_runner")  # else `from data_pipelines.cli import` finds it there
     capsys.readouterr()
     assert _prepare(out, "--source=digits", "--runner=ray") == 2
     assert "pip install -e '.[ray]'" in capsys.readouterr().err

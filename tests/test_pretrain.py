@@ -26,7 +26,7 @@ def tiny(**overrides):
 def batch_for(cfg, n=4, seed=0):
     rng = np.random.default_rng(seed)
     s = cfg.data.image_size
-    from seedjax.models.tokenizer import tokenize
+    from data_pipelines.core.tokenizer import tokenize
 
     tokens, mask = tokenize([f"a handwritten digit {w}" for w in ("one", "two", "three", "four")][:n],
                             cfg.data.max_text_len)
@@ -56,7 +56,7 @@ def test_caption_dropout_uses_the_empty_caption():
     cfg = tiny()
     batch = batch_for(cfg)
     dropped = pretrain.drop_captions(batch, jax.random.key(0), 1.0)
-    from seedjax.models.tokenizer import tokenize
+    from data_pipelines.core.tokenizer import tokenize
 
     empty, empty_mask = tokenize([""], cfg.data.max_text_len)
     np.testing.assert_array_equal(dropped["tokens"], np.repeat(empty, 4, 0))

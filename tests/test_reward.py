@@ -11,11 +11,11 @@ import pytest
 from flax import nnx
 
 import data_pipelines
-from data_pipelines import digits as digits_lib
-from data_pipelines import reward_data, scenes
-from data_pipelines.curation import image_statistics
+from data_pipelines.core.tokenizer import tokenize
+from data_pipelines.sources import digits as digits_lib
+from data_pipelines.sources import reward_pairs, scenes
+from data_pipelines.techniques.curation import image_statistics
 from seedjax.models.reward import RewardModel, default_config
-from seedjax.models.tokenizer import tokenize
 from seedjax.stages import reward
 
 
@@ -33,23 +33,23 @@ def test_scene_caption_perturbations_contradict_one_attribute():
     obj = r"a (\w+) (\d) left of a (\w+) (\d)"
     for seed in range(20):
         rng = np.random.default_rng(seed)
-        got = re.fullmatch(obj, reward_data.perturb_scene_caption(scene_raw(), "digit", rng)).groups()
+        got = re.fullmatch(obj, reward_pairs.perturb_scene_caption(scene_raw(), "digit", rng)).groups()
         assert (got[0], got[2]) == ("red", "blue") and ((got[1] != "3") + (got[3] != "7")) == 1
-        got = re.fullmatch(obj, reward_data.perturb_scene_caption(scene_raw(), "color", rng)).groups()
+        got = re.fullmatch(obj, reward_pairs.perturb_scene_caption(scene_raw(), "color", rng)).groups()
         assert (got[1], got[3]) == ("3", "7") and ((got[0] != "red") + (got[2] != "blue")) == 1
         assert got[0] in scenes.COLOR_NAMES and got[2] in scenes.COLOR_NAMES
-        count = reward_data.perturb_scene_caption(scene_raw(), "count", rng)
+        count = reward_pairs.perturb_scene_caption(scene_raw(), "count", rng)
         assert count == "a red 3" or re.fullmatch(r"a red 3 left of a blue 7, and a \w+ \d", count), count
     rng = np.random.default_rng(0)
-    assert reward_data.perturb_scene_caption(scene_raw(), "position", rng) == "a red 3 right of a blue 7"
+    assert reward_pairs.perturb_scene_caption(scene_raw(), "position", rng) == "a red 3 right of a blue 7"
     # The phrasing template of the true caption is kept.
-    assert reward_data.perturb_scene_caption(scene_raw(1), "position", rng) == "two digits: a red 3 right of a blue 7"
+    assert reward_pairs.perturb_scene_caption(scene_raw(1), "position", rng) == "two digits: a red 3 right of a blue 7"
 
 
 def test_digit_caption_perturbation_keeps_the_template():
     for variant in range(len(digits_lib.CAPTION_TEMPLATES)):
         raw = {"label": 4, "caption": digits_lib.caption_for(4, variant)}
-        negative = reward_data.perturb_digit_caption(raw, np.random.default_rng(variant))
+        negative = reward_pairs.perturb_digit_caption(raw, np.random.default_rng(variant))
         assert negative in {digits_lib.caption_for(d, variant) for d in range(10) if d != 4}
 
 

@@ -13,12 +13,12 @@ import pytest
 from flax import nnx
 
 import data_pipelines
+from data_pipelines.core.tokenizer import tokenize
 from experiments.common import link_widths
 from experiments.quickstart import reward as reward_experiment
 from experiments.quickstart import rlhf as rlhf_experiment
 from seedjax import config as config_lib
 from seedjax.diffusion.sampling import EulerSampler
-from seedjax.models.tokenizer import tokenize
 from seedjax.stages import pretrain, rlhf
 from tests.runner import ROOT, env_for, read_metrics
 

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 import data_pipelines
-from data_pipelines import glyphs, scene_source
-from data_pipelines.scenes import (
+from data_pipelines.sources import glyphs, scene_source
+from data_pipelines.sources.scenes import (
     COLOR_NAMES,
     DEFECT_KINDS,
     PALETTE,

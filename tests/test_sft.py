@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import data_pipelines
-from data_pipelines.curation import SampleFilter, image_statistics, sample_metadata
-from data_pipelines.digits import DigitsSource
+from data_pipelines.sources.digits import DigitsSource
+from data_pipelines.techniques.curation import SampleFilter, image_statistics, sample_metadata
 
 
 def test_filter_expressions_evaluate_like_python():

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from seedjax.models import text, tokenizer
+from data_pipelines.core import tokenizer
+from seedjax.models import text
 
 torch = pytest.importorskip("torch")
 

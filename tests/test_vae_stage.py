@@ -36,7 +36,7 @@ def tiny_config(kind="image", **loss):
 
 
 def digits(n=4, size=16):
-    from data_pipelines.glyphs import load_digits, upsample
+    from data_pipelines.sources.glyphs import load_digits, upsample
 
     return jnp.asarray(upsample(load_digits("train")[0][:n], size)[..., None] * 2 - 1)
 

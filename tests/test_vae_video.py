@@ -132,7 +132,7 @@ def test_sequence_sharded_forward_matches_one_device():
 
 
 def test_moving_digit_clips():
-    from data_pipelines.moving_digits import moving_digit_clips
+    from data_pipelines.sources.moving_digits import moving_digit_clips
 
     clips = moving_digit_clips("test", num=3, frames=5, size=32, seed=7)
     assert clips.shape == (3, 5, 32, 32, 1) and clips.min() == -1.0 and clips.max() <= 1.0

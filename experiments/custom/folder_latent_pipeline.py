@@ -5,7 +5,7 @@
     python -m seedjax.pipeline --pipeline=experiments/custom/folder_latent_pipeline.py:tiny,path=/data/images \
         --workdir=/tmp/mine_tiny
 
-vae (folder_vae.py on the images) -> latents (`python -m data_pipelines.prepare --vae=<root>/vae`:
+vae (folder_vae.py on the images) -> latents (`python -m data_pipelines.cli.prepare --vae=<root>/vae`:
 every image fitted to `size` and encoded, as ArrayRecord shards with its caption) ->
 latent_pretrain (folder_latent_pretrain.py on those shards; sample grids decoded by the frozen
 VAE). Args: `path` (image folder or .jsonl manifest, required), `source` ('' = from path),
@@ -27,7 +27,7 @@ def get_pipeline(arg=None):
     common = f"variant={arg.variant},size={size}"
     return [
         dict(name="vae", config=f"{c}/folder_vae.py:{common},path={arg.path},source={source}"),
-        dict(name="latents", module="data_pipelines.prepare", init_from="vae",
+        dict(name="latents", module="data_pipelines.cli.prepare", init_from="vae",
              args={"source": source, "path": arg.path, "data.image_size": size, "num_shards": arg.num_shards}),
         dict(name="latent_pretrain", config=f"{c}/folder_latent_pretrain.py:{common}",
              overrides={"data.path": "{root}/latents", "input.vae_workdir": "{root}/vae"}),

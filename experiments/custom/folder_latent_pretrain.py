@@ -1,7 +1,7 @@
 """Text-to-image pretraining in the latent space of your own VAE, on your own images' cached latents.
 
     python -m seedjax.main --config=experiments/custom/folder_vae.py:path=/data/images --workdir=runs/mine/vae
-    python -m data_pipelines.prepare --source=folder --path=/data/images --data.image_size=64 \
+    python -m data_pipelines.cli.prepare --source=folder --path=/data/images --data.image_size=64 \
         --vae=runs/mine/vae --out=runs/mine/latents
     python -m seedjax.main --config=experiments/custom/folder_latent_pretrain.py --workdir=runs/mine/latent_pretrain \
         --config.data.path=runs/mine/latents --config.input.vae_workdir=runs/mine/vae

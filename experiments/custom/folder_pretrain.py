@@ -6,7 +6,7 @@
     python -m seedjax.main --config=experiments/custom/folder_pretrain.py:tiny --workdir=/tmp/mine_tiny \
         --config.data.path=/data/images
 
-Data (`data_pipelines/folders.py`): a folder holds images (png, jpg, webp, ...) with a
+Data (`data_pipelines/sources/folders.py`): a folder holds images (png, jpg, webp, ...) with a
 same-name `.txt` caption next to each (`cat.jpg` + `cat.txt`), found recursively; images
 without a caption and files that are not readable images are skipped and counted
 (`data/scan_skipped_<kind>` in metrics.jsonl). A JSONL manifest lists

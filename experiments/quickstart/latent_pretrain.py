@@ -1,7 +1,7 @@
 """Quickstart in latent space: the MMDiT on cached latents of the quickstart VAE, on CPU.
 
     python -m seedjax.main --config=experiments/quickstart/vae.py --workdir=runs/qs/vae
-    python -m data_pipelines.prepare --source=digits --data.image_size=32 --vae=runs/qs/vae --out=runs/qs/latents
+    python -m data_pipelines.cli.prepare --source=digits --data.image_size=32 --vae=runs/qs/vae --out=runs/qs/latents
     python -m seedjax.main --config=experiments/quickstart/latent_pretrain.py --workdir=runs/qs/latent_pretrain \
         --config.data.path=runs/qs/latents --config.input.vae_workdir=runs/qs/vae
 

@@ -2,7 +2,7 @@
 
     python -m seedjax.main --config=experiments/seedream/defect_aware.py:masking=on --workdir=runs/defects_on
     python -m seedjax.main --config=experiments/seedream/defect_aware.py:masking=off --workdir=runs/defects_off
-    python -m data_pipelines.measure defects --off=runs/defects_off --on=runs/defects_on
+    python -m data_pipelines.cli.measure defects --off=runs/defects_off --on=runs/defects_on
 
 masking=on drops images whose stamps cover more than 20% of the image and masks the loss
 inside the stamps of the others; masking=off trains on every image as it is.

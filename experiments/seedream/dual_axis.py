@@ -2,7 +2,7 @@
 
     python -m seedjax.main --config=experiments/seedream/dual_axis.py:sampling=off --workdir=runs/dual_off
     python -m seedjax.main --config=experiments/seedream/dual_axis.py:sampling=on --workdir=runs/dual_on
-    python -m data_pipelines.measure dual_axis --off=runs/dual_off --on=runs/dual_on
+    python -m data_pipelines.cli.measure dual_axis --off=runs/dual_off --on=runs/dual_on
 
 Digits and colors follow a Zipf law (exponent 1.5: digit 0 and red are half of the data, 9 and
 purple about 1.5%), one object per scene. sampling=on draws images with the dual-axis weights

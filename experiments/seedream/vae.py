@@ -4,7 +4,7 @@
         --workdir=runs/seedream/vae
 
 Args: `variant` (default | tiny), `preset` (f8c16 | f16c64 | f32c128 | any fNcM), `data_path` (ArrayRecord shards from
-`python -m data_pipelines.prepare`, or an image folder with `data_source=folder`), `vgg`
+`python -m data_pipelines.cli.prepare`, or an image folder with `data_source=folder`), `vgg`
 (a local torchvision VGG16 state dict for the perceptual loss; empty = the random-feature
 fallback, logged), `lpips` (optional LPIPS heads), `diffusers` (optional local diffusers
 AutoencoderKL directory to start from; its layout must match the preset).

@@ -1,7 +1,7 @@
 """The digit classifier that judges generated digits: prompt accuracy, features for FD.
 
 A small CNN (`seedjax.eval.cnn.SmallCNN`) trained on the real digits 'train' split (the one split
-of `data_pipelines.glyphs`), with augmentation that imitates what generators get wrong (shift,
+of `data_pipelines.sources.glyphs`), with augmentation that imitates what generators get wrong (shift,
 scale, rotation, stroke thickness, blur, contrast, noise). Training is seeded and deterministic,
 takes well under a minute on two CPU cores, and is cached as safetensors under `$SEEDJAX_CACHE`
 keyed by the settings and `CODE_VERSION` (bump it whenever a change here alters the weights).
@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from data_pipelines import glyphs
+from data_pipelines.sources import glyphs
 from seedjax.eval import augment, cnn
 
 CODE_VERSION = "3"
@@ -148,6 +148,12 @@ def _train(model: cnn.SmallCNN, settings: ClassifierSettings, log_every: int = 0
     distorted_accuracy = float((classifier.predict(np.asarray(distorted)) == test_y).mean())
     return {"test_accuracy": test_accuracy, "distorted_test_accuracy": distorted_accuracy,
             "code_version": CODE_VERSION}
+
+
+def digit_features(images) -> np.ndarray:
+    """The default classifier's features of images [N, H, W, C] in [-1, 1]: what data_pipelines'
+    dual-axis sampling clusters with data.dual_axis.visual_features='classifier'."""
+    return get_classifier(32).features(images)
 
 
 @functools.lru_cache(maxsize=None)

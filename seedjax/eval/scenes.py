@@ -27,7 +27,7 @@ import scipy.ndimage as ndi
 from PIL import Image
 from skimage.color import rgb2hsv
 
-from data_pipelines.scenes import PALETTE, relation
+from data_pipelines.sources.scenes import PALETTE, relation
 from seedjax.eval.classifier import DigitClassifier, get_classifier
 
 HUE_TOLERANCE = 30.0  # degrees

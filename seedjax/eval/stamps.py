@@ -26,7 +26,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from data_pipelines.scenes import DEFECT_KINDS, MOSAIC_BLOCK, MOSAIC_SIDE, SceneConfig, make_scene
+from data_pipelines.sources.scenes import DEFECT_KINDS, MOSAIC_BLOCK, MOSAIC_SIDE, SceneConfig, make_scene
 from seedjax.eval import augment, cnn
 
 CODE_VERSION = "1"

@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from seedjax.models import layers, mmdit, tokenizer
+from data_pipelines.core import tokenizer
+from seedjax.models import layers, mmdit
 from seedjax.models.text import TextLayer
 from seedjax.parallel.sharding import constrain
 

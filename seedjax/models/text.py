@@ -1,6 +1,6 @@
 """A small text encoder trained jointly with the DiT, and the one way stages get text conditioning.
 
-Byte tokens (`seedjax.models.tokenizer`) -> token embedding + learned positions -> pre-norm
+Byte tokens (`data_pipelines.core.tokenizer`) -> token embedding + learned positions -> pre-norm
 transformer layers (padding keys masked) -> final LayerNorm -> per-token embeddings
 [B, T, width] and their masked mean `pooled` [B, width]. The MMDiT takes both
 (cfg.text_dim = cfg.pooled_dim = width).
@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from seedjax.models import layers, tokenizer
+from data_pipelines.core import tokenizer
+from seedjax.models import layers
 from seedjax.models.attention import attention
 from seedjax.parallel.sharding import constrain
 

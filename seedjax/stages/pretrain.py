@@ -4,7 +4,7 @@ The loss here (`flow_matching_loss`) is the one every velocity-trained stage reu
 the regulariser in RLHF, the teacher side of distillation).
 
 With `config.input.key = 'latent'` the MMDiT denoises cached VAE latents (`data.path`: shards
-from `python -m data_pipelines.prepare --vae=WORKDIR`); `data.image_size` stays the pixel size,
+from `python -m data_pipelines.cli.prepare --vae=WORKDIR`); `data.image_size` stays the pixel size,
 and the frozen VAE in `config.input.vae_workdir` decodes samples to pixels for the grids and
 the evaluation (see "latent space" below).
 """
@@ -19,9 +19,10 @@ import ml_collections
 import optax
 from flax import nnx
 
+from data_pipelines.core import tokenizer
 from seedjax.diffusion import flow
 from seedjax.diffusion.sampling import EulerSampler
-from seedjax.models import mmdit, text, tokenizer
+from seedjax.models import mmdit, text
 from seedjax.train.state import EMA, make_optimizer, nonfinite_streak, total_nonfinite, value_and_grad
 from seedjax.train.stage import Stage
 
@@ -274,8 +275,8 @@ def vae_model_config(workdir: str):
 def latent_factors(config) -> dict:
     """The `vae` entry of the latent shards' header (scaling/shift factors), checked against
     config.input.vae_workdir, config.input.patch_size and config.model.in_channels."""
-    from data_pipelines.pipeline import components
-    from data_pipelines.records import read_metadata
+    from data_pipelines.core.mixtures import components
+    from data_pipelines.core.shards import read_metadata
 
     vae = vae_model_config(config.input.vae_workdir)
     factors = []
@@ -286,7 +287,7 @@ def latent_factors(config) -> dict:
             raise ValueError(f"config.data.path: {e}") from None
         if header.get("kind") != "latents" or "vae" not in header:
             raise ValueError(f"config.input.key=latent needs VAE latent shards at config.data.path (python -m "
-                             f"data_pipelines.prepare --vae=WORKDIR); got data.source={kind!r}, path={path!r}")
+                             f"data_pipelines.cli.prepare --vae=WORKDIR); got data.source={kind!r}, path={path!r}")
         made_by = (header["vae"]["downsample_factor"], header["shapes"]["latent"][-1])
         if made_by != (vae.downsample_factor, vae.latent_channels):
             raise ValueError(f"config.input.vae_workdir: its VAE (f{vae.downsample_factor}c{vae.latent_channels}) did "

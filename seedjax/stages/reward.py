@@ -1,6 +1,6 @@
 """Reward-model training: yes/no answers and Bradley-Terry preferences, one loss per head.
 
-Each batch of `reward_pairs` data (see data_pipelines/reward_data.py) holds real images with
+Each batch of `reward_pairs` data (see data_pipelines/sources/reward_pairs.py) holds real images with
 their true caption and a perturbed caption. On device, each image also gets a degraded copy
 (blur, noise, a stamp or a mosaic patch). What each head learns from:
 
@@ -210,7 +210,7 @@ def train_step(state: RewardState, batch: dict, rng: jax.Array, config) -> dict:
 def evaluate(state: RewardState, config, rng: jax.Array) -> dict:
     """Held-out accuracy per head (yes/no and pairwise), per perturbation and degradation kind."""
     import data_pipelines
-    from data_pipelines.reward_data import PERTURBATIONS
+    from data_pipelines.sources.reward_pairs import PERTURBATIONS
 
     batch = data_pipelines.make_eval_batch(config.data, num=config.eval.num_prompts, seed=config.seed)
     tag_names = _tag_vocabulary(config)
@@ -245,10 +245,10 @@ def evaluate(state: RewardState, config, rng: jax.Array) -> dict:
 
 
 def _tag_vocabulary(config) -> tuple[str, ...]:
-    from data_pipelines import pipeline
+    from data_pipelines.core import mixtures, pipeline
 
     source = pipeline.open_source(config.data.source, config.data.path, config.data, split="train", seed=config.seed)
-    return pipeline.layout_for({config.data.source: source}, config.data).tags
+    return mixtures.layout_for({config.data.source: source}, config.data).tags
 
 
 def agreement_with_classifier(scores: np.ndarray, correct: np.ndarray) -> dict[str, float]:

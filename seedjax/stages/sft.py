@@ -7,7 +7,7 @@ makes a run SFT is its config:
 
   config.init_from                  the pretrained (or earlier SFT) workdir (required)
   config.data.filter                the curated subset, an expression over sample metadata
-                                    (data_pipelines/curation.py), e.g. "ink >= 0.325"
+                                    (data_pipelines/techniques/curation.py), e.g. "ink >= 0.325"
   config.data.balance_resolutions   every resolution bucket drawn equally often
   config.optimizer.lr               lower than pretraining's
   config.sft.target                 the attribute the curation targets, as an expression over
@@ -43,7 +43,7 @@ def target_expression(config) -> str:
 
 
 def validate_config(config) -> None:
-    from data_pipelines.curation import SampleFilter
+    from data_pipelines.techniques.curation import SampleFilter
 
     if not config.init_from:
         raise ValueError("SFT fine-tunes a pretrained model: set config.init_from to a pretrain (or SFT) workdir")
@@ -71,8 +71,8 @@ def load_pretrained(state: pretrain.PretrainState, source: dict, config) -> None
 def target_share(images: np.ndarray, prompts: dict, expression: str) -> float:
     """Fraction of images [N, H, W, C] in [-1, 1] whose metadata (image statistics and the
     prompt's labels) satisfies `expression`."""
-    from data_pipelines.curation import SampleFilter, image_statistics
-    from seedjax.models.tokenizer import detokenize
+    from data_pipelines.techniques.curation import SampleFilter, image_statistics
+    from data_pipelines.core.tokenizer import detokenize
 
     selected = SampleFilter(expression, "sft.target")
     stats = image_statistics((np.asarray(images, np.float32) + 1.0) / 2.0)

@@ -18,7 +18,7 @@ The discriminator is a 2D PatchGAN for images and a hybrid 2D/3D one for videos
 [B, T, H, W, C], in [-1, 1].
 
 Other stages use a trained VAE through `LatentCodec.from_workdir(workdir)` (latent caching
-in `data_pipelines.prepare --vae=WORKDIR`, decoding samples of latent-space models).
+in `data_pipelines.cli.prepare --vae=WORKDIR`, decoding samples of latent-space models).
 """
 
 from __future__ import annotations

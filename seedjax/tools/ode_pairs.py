@@ -69,8 +69,8 @@ def ode_solution(run, batch: dict, noise: jax.Array) -> jax.Array:
 
 def prompts(config, split: str, num: int, seed: int) -> list[dict]:
     """`num` raw samples (caption + labels) of the run's training data, in a seeded order."""
-    from data_pipelines.pipeline import open_source
-    from data_pipelines.samples import BadSample
+    from data_pipelines.core.pipeline import open_source
+    from data_pipelines.core.samples import BadSample
 
     source = open_source(config.data.source, config.data.path, config.data, split=split, seed=seed)
     order = np.random.default_rng(seed).permutation(len(source))
@@ -88,7 +88,7 @@ def prompts(config, split: str, num: int, seed: int) -> list[dict]:
 
 
 def write_pairs(run, out_dir: str, *, num: int, batch: int, seed: int, split: str, num_shards: int) -> dict:
-    from data_pipelines.records import ShardWriter
+    from data_pipelines.core.shards import ShardWriter
     from seedjax.distill import generator
     from seedjax.tools.sample import prompt_batch, run_nfe
 

@@ -87,7 +87,7 @@ def run_sampler(run: Run):
 
 def prompt_batch(captions: list[str], config) -> dict:
     """Tokenized captions (+ target size) in the batch layout the models take."""
-    from seedjax.models.tokenizer import tokenize
+    from data_pipelines.core.tokenizer import tokenize
 
     tokens, mask = tokenize(captions, config.data.max_text_len)
     size = np.tile(np.asarray([[config.data.image_size, config.data.image_size]], np.int32), (len(captions), 1))

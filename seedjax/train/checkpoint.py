@@ -6,7 +6,7 @@ iterator position.
                              /iterator/   the data iterator state (JSON)
 
 The data iterator state is the position of the *global* batch stream (see
-data_pipelines/streams.py), identical on every process, so process 0 writes it once and a
+data_pipelines/core/streams.py), identical on every process, so process 0 writes it once and a
 checkpoint written by N processes resumes with M. Checkpoints written before this layout
 hold it as Grain's per-process files `data/process_<i>-of-<n>.json`; process 0's is read.
 

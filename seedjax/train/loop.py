@@ -39,13 +39,14 @@ class TrainingAborted(RuntimeError):
     """A failure with a one-line cause (non-finite updates, replicated parameters...)."""
 
 
-def run(config, workdir: str, stop_at_step: int = 0) -> int:
+def run(config, workdir: str, stop_at_step: int = 0, classifier_features=None) -> int:
     """Train `config.stage` in `workdir`; resume if it holds a checkpoint. Returns an exit code:
     0 finished (or stopped by --stop_at_step), 2 bad config/mesh/workdir or a checkpoint that
-    does not fit, `config.preemption_exit_code` when SIGTERM stopped an unfinished run."""
+    does not fit, `config.preemption_exit_code` when SIGTERM stopped an unfinished run.
+    `classifier_features` goes to the data pipeline (data.dual_axis.visual_features='classifier')."""
     try:
         workdir_lib.check_workdir(workdir)
-        return _run(config, workdir, stop_at_step)
+        return _run(config, workdir, stop_at_step, classifier_features)
     except (mesh_lib.MeshError, config_lib.ConfigError) as e:
         print(f"seedjax: error: {e}", file=sys.stderr)
         return 2
@@ -57,7 +58,7 @@ def run(config, workdir: str, stop_at_step: int = 0) -> int:
         return 1
 
 
-def _run(config, workdir: str, stop_at_step: int) -> int:
+def _run(config, workdir: str, stop_at_step: int, classifier_features) -> int:
     # =====================================================================
     # Config and logging
     # =====================================================================
@@ -92,7 +93,8 @@ def _run(config, workdir: str, stop_at_step: int) -> int:
         # =================================================================
         data_iter = data_pipelines.make_train_iterator(
             config.data, global_batch_size=config.batch_size, seed=config.seed,
-            process_index=jax.process_index(), process_count=jax.process_count(), rows=rows)
+            process_index=jax.process_index(), process_count=jax.process_count(), rows=rows,
+            classifier_features=classifier_features)
 
         def to_global(local_batch):
             return {k: jax.make_array_from_process_local_data(

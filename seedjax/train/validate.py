@@ -12,9 +12,9 @@ import os
 
 import ml_collections
 
-from data_pipelines.config import SOURCES
-from data_pipelines.pipeline import components
-from data_pipelines.reward_data import BASE_SOURCES
+from data_pipelines.core.config import SOURCES
+from data_pipelines.core.mixtures import components
+from data_pipelines.sources.reward_pairs import BASE_SOURCES
 from seedjax.config import ConfigError
 from seedjax.train.stage import load_stage
 from seedjax.train.state import make_tx

@@ -1,7 +1,7 @@
 """Measure what the data techniques do to a trained model (runs of experiments/seedream/*.py).
 
-    python -m data_pipelines.measure defects --off=runs/defects_off --on=runs/defects_on [--num=512]
-    python -m data_pipelines.measure dual_axis --off=runs/dual_off --on=runs/dual_on [--num=512] [--grid=out.png]
+    python -m data_pipelines.cli.measure defects --off=runs/defects_off --on=runs/defects_on [--num=512]
+    python -m data_pipelines.cli.measure dual_axis --off=runs/dual_off --on=runs/dual_on [--num=512] [--grid=out.png]
 
 defects: both models draw images for the same held-out (clean) prompts; the stamp detector
 (seedjax.eval.stamps) counts how many come out stamped, per kind. Also printed: the same rates
@@ -25,7 +25,7 @@ import numpy as np
 
 from seedjax import cli
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
 TAIL_DIGITS, TAIL_COLORS = (5, 6, 7, 8, 9), (3, 4, 5)
 
 
@@ -62,7 +62,7 @@ def _last_counters(workdir: str) -> dict:
 
 def measure_defects(off: str, on: str, num: int, seed: int) -> list[str]:
     import data_pipelines
-    from data_pipelines.scenes import DEFECT_KINDS
+    from data_pipelines.sources.scenes import DEFECT_KINDS
     from seedjax.eval.stamps import get_stamp_detector, labelled_scenes
 
     config = _config(on)
@@ -144,9 +144,9 @@ def measure_dual_axis(off: str, on: str, num: int, seed: int, grid: str | None =
     return lines
 
 
-@cli.entry("data_pipelines.measure")
+@cli.entry("data_pipelines.cli.measure")
 def main(argv: list[str]) -> int:
-    parser = cli.Parser("data_pipelines.measure", __doc__)
+    parser = cli.Parser("data_pipelines.cli.measure", __doc__)
     parser.add_argument("study", choices=("defects", "dual_axis"))
     parser.add_argument("--off", required=True, help="workdir of the run without the technique")
     parser.add_argument("--on", required=True, help="workdir of the run with the technique")
@@ -167,8 +167,8 @@ def main(argv: list[str]) -> int:
     steps = _last_counters(args.on).get("step", "?")
     title = "Defect-aware training" if args.study == "defects" else "Dual-axis collaborative sampling"
     machine = f"{platform.machine()} {os.cpu_count()} cores"
-    text = "\n".join(["", f"## {title} (data_pipelines/measure.py)", "",
-                      f"`python -m data_pipelines.measure {args.study} --off={args.off} --on={args.on} --num={args.num}` "
+    text = "\n".join(["", f"## {title} (data_pipelines/cli/measure.py)", "",
+                      f"`python -m data_pipelines.cli.measure {args.study} --off={args.off} --on={args.on} --num={args.num}` "
                       f"on {machine}; runs of experiments/seedream/{'defect_aware' if args.study == 'defects' else 'dual_axis'}"
                       f".py, {steps} steps.", "", *lines])
     print(text)

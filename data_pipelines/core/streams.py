@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grain
 import numpy as np
 
-from data_pipelines import samples as samples_lib
+from data_pipelines.core import samples as samples_lib
 
 
 def stream_seed(seed: int, name: str) -> int:

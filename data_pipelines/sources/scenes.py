@@ -1,6 +1,6 @@
 """`digit_scenes`: real digit glyphs composed into colored scenes, with labels and defects.
 
-A scene is 1 to `max_objects` real handwritten digits (from `data_pipelines.glyphs`, so the
+A scene is 1 to `max_objects` real handwritten digits (from `data_pipelines.sources.glyphs`, so the
 train/test split is the project's one split), each upsampled to a random size, tinted with a
 palette color and placed without overlap on a dark background. The caption states the digits,
 their colors, the count and the spatial relation between the first two objects. The structured
@@ -22,7 +22,7 @@ import functools
 
 import numpy as np
 
-from data_pipelines import glyphs
+from data_pipelines.sources import glyphs
 
 # Six hues at least 40 degrees apart, so a color is recognisable from its hue alone even after
 # blending with the background or blurring (the scene scorer classifies pixels by hue).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from data_pipelines import glyphs
+from data_pipelines.sources import glyphs
 
 CAPTION_TEMPLATES = (
     "a handwritten digit {word}",

@@ -14,97 +14,44 @@ import logging
 import grain
 import numpy as np
 
-from data_pipelines import buckets as buckets_lib
-from data_pipelines import samples as samples_lib
-from data_pipelines import streams as streams_lib
-from data_pipelines.config import SOURCES
+from data_pipelines.core import buckets as buckets_lib
+from data_pipelines.core import samples as samples_lib
+from data_pipelines.core import streams as streams_lib
+from data_pipelines.core.config import SOURCES
+from data_pipelines.core.mixtures import components, layout_for
 
 log = logging.getLogger("data_pipelines")
 
 
 def open_source(kind: str, path: str, data_cfg, *, split: str, seed: int):
-    """A random-access source object (see digits.DigitsSource for the interface)."""
+    """A random-access source object (see sources/digits.py, DigitsSource, for the interface)."""
     if kind not in SOURCES:
         raise ValueError(f"data.source: unknown source {kind!r}; use one of {', '.join(SOURCES)}")
     if kind == "digits":
-        from data_pipelines.digits import DigitsSource
+        from data_pipelines.sources.digits import DigitsSource
 
         return DigitsSource(split, data_cfg.image_size, seed)
     if kind == "digit_scenes":
-        from data_pipelines.scene_source import SceneSource
+        from data_pipelines.sources.scene_source import SceneSource
 
         return SceneSource(data_cfg, split=split, seed=seed)
     if kind == "reward_pairs":
-        from data_pipelines.reward_data import open_reward_source
+        from data_pipelines.sources.reward_pairs import open_reward_source
 
         return open_reward_source(path, open_source, data_cfg, split=split, seed=seed)
     if not path:
         raise ValueError(f"data.path: source {kind!r} needs a path")
     if kind == "folder":
-        from data_pipelines.folders import FolderSource
+        from data_pipelines.sources.folders import FolderSource
 
         return FolderSource(path)
     if kind == "jsonl":
-        from data_pipelines.folders import ManifestSource
+        from data_pipelines.sources.folders import ManifestSource
 
         return ManifestSource(path)
-    from data_pipelines.records import ShardSource
+    from data_pipelines.core.shards import ShardSource
 
     return ShardSource(path, max_text_len=data_cfg.max_text_len)
-
-
-def components(data_cfg) -> dict[str, tuple[str, str, float]]:
-    """Mixture components: name -> (source kind, path, weight)."""
-    if not data_cfg.mixture:
-        return {data_cfg.source: (data_cfg.source, data_cfg.path, 1.0)}
-    out = {}
-    for name, comp in data_cfg.mixture.items():
-        weight = float(comp.get("weight", 1.0))
-        if weight < 0:
-            raise ValueError(f"data.mixture.{name}.weight must be >= 0, got {weight}")
-        if weight > 0:
-            out[name] = (comp.get("source", name), comp.get("path", ""), weight)
-    if not out:
-        raise ValueError("data.mixture: every component has weight 0")
-    return out
-
-
-def layout_for(sources: dict, data_cfg) -> samples_lib.Layout:
-    """The common sample layout of all components (keys a component lacks are filled)."""
-    kinds = {name: (s.latent, s.text_features) for name, s in sources.items()}
-    if len(set(kinds.values())) > 1:
-        raise ValueError(f"data.mixture: components disagree on latents/text features: {kinds}")
-    channels = data_cfg.channels
-    if channels == -1:
-        native = {name: s.channels for name, s in sources.items()}
-        if len(set(native.values())) > 1:
-            raise ValueError(f"data.channels: components have different channels {native}; set data.channels")
-        channels = next(iter(native.values()))
-    if channels not in (1, 3):
-        raise ValueError(f"data.channels must be 1, 3 or -1, got {channels}")
-    if data_cfg.tags:
-        tags = tuple(t.strip() for t in data_cfg.tags.split(",") if t.strip())
-    else:
-        tags = tuple(sorted({t for s in sources.values() for t in s.tags}))
-    latent, text_features = next(iter(kinds.values()))
-    return samples_lib.Layout(
-        channels=channels,
-        max_text_len=data_cfg.max_text_len,
-        scene_labels=any(s.scene_labels for s in sources.values()),
-        tags=tags,
-        defect_aware=bool(data_cfg.defects.enabled),
-        max_defect_area=float(data_cfg.defects.max_area),
-        latent=latent,
-        text_features=text_features,
-    )
-
-
-def channels(data_cfg) -> int:
-    """Image channels the pipeline will produce for this config (for sizing models)."""
-    if data_cfg.channels != -1:
-        return int(data_cfg.channels)
-    kinds = {path if kind == "reward_pairs" else kind for kind, path, _ in components(data_cfg).values()}
-    return 1 if kinds == {"digits"} else 3
 
 
 def _bucket_members(source, data_cfg) -> dict[tuple[int, int], np.ndarray]:
@@ -181,19 +128,20 @@ class TrainIterator:
         self._iterator.close()
 
 
-def _component_streams(name: str, source, data_cfg, layout, *, seed: int) -> tuple[dict, dict]:
+def _component_streams(name: str, source, data_cfg, layout, *, seed: int,
+                       classifier_features=None) -> tuple[dict, dict]:
     """One component's streams (one per resolution bucket) and its sample count per bucket."""
     members = _bucket_members(source, data_cfg)
     if data_cfg.filter:
-        from data_pipelines.curation import filter_members
+        from data_pipelines.techniques.curation import filter_members
 
         members = filter_members(source, members, data_cfg.filter)
     _check_has_valid_sample(source, members, layout)
     weights = None
     if data_cfg.dual_axis.enabled:
-        from data_pipelines import dual_axis
+        from data_pipelines.techniques import dual_axis
 
-        weights = dual_axis.weights_for(source, data_cfg, seed=seed)
+        weights = dual_axis.weights_for(source, data_cfg, seed=seed, classifier_features=classifier_features)
     streams, counts = {}, {}
     for bucket, idx in members.items():
         bname = buckets_lib.bucket_name(bucket)
@@ -205,11 +153,14 @@ def _component_streams(name: str, source, data_cfg, layout, *, seed: int) -> tup
 
 
 def make_train_iterator(data_cfg, *, global_batch_size: int, seed: int, process_index: int,
-                        process_count: int, rows: tuple[int, int] | None = None) -> TrainIterator:
+                        process_count: int, rows: tuple[int, int] | None = None,
+                        classifier_features=None) -> TrainIterator:
     """Infinite iterator over this process's slice of the training batches (see module doc).
 
     `rows`: the rows [start, stop) of each global batch this process loads (the loop passes
-    the rows its devices hold); default: the process's equal share."""
+    the rows its devices hold); default: the process's equal share.
+    `classifier_features`: images -> features, for data.dual_axis.visual_features='classifier'
+    (see techniques/dual_axis.py; this package does not import seedjax's classifier)."""
     if rows is None:
         if global_batch_size % process_count:
             raise ValueError(f"batch_size {global_batch_size} is not divisible by the {process_count} processes")
@@ -226,7 +177,8 @@ def make_train_iterator(data_cfg, *, global_batch_size: int, seed: int, process_
     for name, source in sources.items():
         for key, n in _report_scan_skips(source).items():
             scan_counts[key] = scan_counts.get(key, 0) + n
-        comp_streams, counts[name] = _component_streams(name, source, data_cfg, layout, seed=seed)
+        comp_streams, counts[name] = _component_streams(name, source, data_cfg, layout, seed=seed,
+                                                        classifier_features=classifier_features)
         streams.update(comp_streams)
         stream_sources.update({stream: source.name for stream in comp_streams})
     if data_cfg.balance_resolutions:  # each bucket of a component as likely as the others

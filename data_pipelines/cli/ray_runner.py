@@ -1,9 +1,9 @@
-"""`python -m data_pipelines.prepare ... --runner=ray [--ray_address=ADDR]`: the same shards, written by Ray tasks.
+"""`python -m data_pipelines.cli.prepare ... --runner=ray [--ray_address=ADDR]`: the same shards, written by Ray tasks.
 
 The output equals the single-process writers' in prepare.py (same bytes in every record, the same
 record at the same place of the same shard, the same header, sizes and skip counts), so a run can
 move between runners freely. A record's shard is its rank among the usable samples modulo the
-number of shards (records.ShardWriter's round robin), so no record can be placed before every
+number of shards (shards.ShardWriter's round robin), so no record can be placed before every
 earlier sample is known to be usable. Hence the work runs in passes:
 
 1. scan: tasks over contiguous index ranges load every sample (latents: also fit it to its
@@ -34,9 +34,10 @@ import socket
 import numpy as np
 import ray
 
-from data_pipelines import buckets as buckets_lib
-from data_pipelines import prepare, records
-from data_pipelines.samples import BadSample
+from data_pipelines.cli import prepare
+from data_pipelines.core import buckets as buckets_lib
+from data_pipelines.core import shards
+from data_pipelines.core.samples import BadSample
 
 # Scan ranges: a few per CPU so that one slow range does not hold up the rest, bounded so that a
 # failed range is cheap to retry. Latent encode calls: bounded in rows so that one call's records
@@ -143,7 +144,7 @@ def _scan_all(source_ref, total: int, skips, *fit) -> np.ndarray:
 
 
 class _ShardFile:
-    """One ArrayRecord shard, opened as records.ShardWriter opens it."""
+    """One ArrayRecord shard, opened as shards.ShardWriter opens it."""
 
     def __init__(self, path: str):
         from array_record.python.array_record_module import ArrayRecordWriter
@@ -165,7 +166,7 @@ def _write_image_shard(source, indices: np.ndarray, path: str) -> list:
     shard = _ShardFile(path)
     for _, raw in prepare._readable(source, (int(i) for i in indices), _MustRead()):
         fields, size = prepare._image_record(raw)
-        shard.write(records.encode_record(fields), size)
+        shard.write(shards.encode_record(fields), size)
     return shard.close()
 
 
@@ -180,12 +181,12 @@ def _write_parts(path: str, *parts) -> list:
 
 
 def _finish(out_dir: str, files: list[str], per_shard: list[list], header: dict) -> dict:
-    """sizes.npy and metadata.json exactly as records.ShardWriter.close writes them."""
+    """sizes.npy and metadata.json exactly as shards.ShardWriter.close writes them."""
     sizes = np.asarray([s for shard in per_shard for s in shard], np.int64).reshape(-1, 2)
-    np.save(os.path.join(out_dir, records.SIZES), sizes)
-    header = {"format": records.FORMAT, **header, "num_records": sum(len(p) for p in per_shard),
+    np.save(os.path.join(out_dir, shards.SIZES), sizes)
+    header = {"format": shards.FORMAT, **header, "num_records": sum(len(p) for p in per_shard),
               "shards": [{"file": f, "records": len(p)} for f, p in zip(files, per_shard)]}
-    with open(os.path.join(out_dir, records.METADATA), "w") as f:
+    with open(os.path.join(out_dir, shards.METADATA), "w") as f:
         json.dump(header, f, indent=2)
     return header
 
@@ -231,7 +232,7 @@ class _Encoder:
                     _MustRead().add(e)
             latents = self.codec.encode(np.stack([row["image"] for row in rows]))
             for row, latent in zip(rows, latents):
-                parts[position % num_shards].append((records.encode_record(prepare.latent_fields(row, latent)),
+                parts[position % num_shards].append((shards.encode_record(prepare.latent_fields(row, latent)),
                                                      latent.shape[:2]))
                 position += 1
         return (position - first, *parts)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from data_pipelines import scenes
+from data_pipelines.sources import scenes
 
 
 def scene_config(data_cfg, split: str = "train") -> scenes.SceneConfig:

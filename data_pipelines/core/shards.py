@@ -1,4 +1,4 @@
-"""ArrayRecord shards: the random-access on-disk format `python -m data_pipelines.prepare` writes.
+"""ArrayRecord shards: the random-access on-disk format `python -m data_pipelines.cli.prepare` writes.
 
 A shard directory holds
 
@@ -22,7 +22,7 @@ import os
 
 import numpy as np
 
-from data_pipelines.samples import BadSample
+from data_pipelines.core.samples import BadSample
 
 FORMAT = "seedjax-shards/1"
 METADATA = "metadata.json"
@@ -110,7 +110,7 @@ def read_metadata(path: str) -> dict:
             meta = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"{meta_path}: cannot read the shard header ({e}); write shards with "
-                         "`python -m data_pipelines.prepare`") from None
+                         "`python -m data_pipelines.cli.prepare`") from None
     if meta.get("format") != FORMAT:
         raise ValueError(f"{meta_path}: format {meta.get('format')!r} is not {FORMAT!r}")
     return meta

@@ -5,10 +5,13 @@ features -- a fixed random projection of pixels, the digit classifier's features
 cached latents. Textual axis: k-means over TF-IDF vectors of the captions. Every sample gets
 weight (size of its joint (fine visual, text) cluster) ** -alpha: alpha = 0 keeps the data
 distribution, alpha = 1 makes every joint cluster equally likely. The streams then draw
-samples with these weights (deterministic in the seed, resumable: see streams.WeightedDraws).
+samples with these weights (deterministic in the seed, resumable: see core/streams.py,
+WeightedDraws). The digit classifier lives in seedjax, which this package does not import: its
+features come in as `classifier_features` (seedjax's training loop and
+`python -m data_pipelines.cli.report` pass them).
 
 Clustering is single-threaded (threadpoolctl) so every process and every restart computes the
-same weights; for large sources compute them once with `python -m data_pipelines.report
+same weights; for large sources compute them once with `python -m data_pipelines.cli.report
 --weights_out=FILE` and set `data.dual_axis.weights_file`.
 """
 
@@ -19,7 +22,7 @@ import logging
 
 import numpy as np
 
-from data_pipelines import samples as samples_lib
+from data_pipelines.core import samples as samples_lib
 
 log = logging.getLogger("data_pipelines")
 
@@ -81,17 +84,23 @@ def _load_all(source, image_size: int, channels: int):
     return valid, inputs, captions, stacked
 
 
-def visual_features(kind: str, inputs: np.ndarray, latent_source: bool, seed: int) -> np.ndarray:
-    """[N, D] features for the visual axis (see module doc) from `_load_all`'s visual inputs."""
+def visual_features(kind: str, inputs: np.ndarray, latent_source: bool, seed: int,
+                    classifier_features=None) -> np.ndarray:
+    """[N, D] features for the visual axis (see module doc) from `_load_all`'s visual inputs.
+
+    `classifier_features`: images [N, 32, 32, C] in [-1, 1] -> features [N, D]; needed for
+    kind 'classifier' only (seedjax.eval.classifier: `get_classifier(32).features`)."""
     if kind not in ("pixels", "classifier", "latents"):
         raise ValueError(f"data.dual_axis.visual_features: {kind!r} is not pixels, classifier or latents")
     if (kind == "latents") != latent_source:
         raise ValueError(f"data.dual_axis.visual_features={kind!r}: 'latents' needs a latent shard source and "
                          "latent shards need 'latents'")
     if kind == "classifier":
-        from seedjax.eval.classifier import get_classifier
-
-        return get_classifier(32).features(inputs)
+        if classifier_features is None:
+            raise ValueError("data.dual_axis.visual_features='classifier' needs the digit classifier's features "
+                             "(classifier_features=...), which seedjax's training loop and "
+                             "`python -m data_pipelines.cli.report` pass; this caller passed none")
+        return classifier_features(inputs)
     if kind == "latents":
         return inputs
     flat = inputs.reshape(len(inputs), -1)
@@ -132,8 +141,8 @@ def balance_weights(visual: np.ndarray, text: np.ndarray, alpha: float) -> np.nd
     return w / w.mean()
 
 
-def analyse(source, data_cfg, seed: int) -> Analysis:
-    """Cluster a source on both axes and weight its samples."""
+def analyse(source, data_cfg, seed: int, classifier_features=None) -> Analysis:
+    """Cluster a source on both axes and weight its samples (`classifier_features`: see visual_features)."""
     from threadpoolctl import threadpool_limits
 
     cfg = data_cfg.dual_axis
@@ -142,7 +151,7 @@ def analyse(source, data_cfg, seed: int) -> Analysis:
     valid, inputs, captions, labels = _load_all(source, size, channels)
     if not valid.any():
         raise ValueError(f"{source.name}: no valid sample to cluster")
-    feats = visual_features(cfg.visual_features, inputs, source.latent, seed)
+    feats = visual_features(cfg.visual_features, inputs, source.latent, seed, classifier_features)
     idx = np.flatnonzero(valid)
     with threadpool_limits(1):
         coarse_v, fine_v = two_level_kmeans(feats[idx], cfg.coarse_clusters, cfg.fine_clusters, seed)
@@ -154,7 +163,7 @@ def analyse(source, data_cfg, seed: int) -> Analysis:
     return out
 
 
-def weights_for(source, data_cfg, *, seed: int) -> np.ndarray:
+def weights_for(source, data_cfg, *, seed: int, classifier_features=None) -> np.ndarray:
     """Sampling weights [N] for a source: from `dual_axis.weights_file` if set, else computed."""
     path = data_cfg.dual_axis.weights_file
     if path:
@@ -166,4 +175,4 @@ def weights_for(source, data_cfg, *, seed: int) -> np.ndarray:
             raise ValueError(f"{path}: {weights.shape[0]} weights for {len(source)} samples of {source.name}")
         return weights
     log.info("data: dual-axis clustering of %s (%d samples)", source.name, len(source))
-    return analyse(source, data_cfg, seed).weights
+    return analyse(source, data_cfg, seed, classifier_features).weights

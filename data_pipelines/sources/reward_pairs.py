@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from data_pipelines import digits as digits_lib
-from data_pipelines import scenes
+from data_pipelines.sources import digits as digits_lib
+from data_pipelines.sources import scenes
 
 PERTURBATIONS = ("digit", "color", "count", "position")
 PERTURBATION_TAGS = tuple(f"perturb:{kind}" for kind in PERTURBATIONS)

@@ -1,18 +1,18 @@
-"""Write a source into ArrayRecord shards (see records.py for the format).
+"""Write a source into ArrayRecord shards (see data_pipelines/core/shards.py for the format).
 
-    python -m data_pipelines.prepare --source=folder --path=/data/imgs --out=/data/shards [--num_shards=8]
-    python -m data_pipelines.prepare --source=digit_scenes --out=/tmp/scenes --data.scenes.num_samples=5000 \
+    python -m data_pipelines.cli.prepare --source=folder --path=/data/imgs --out=/data/shards [--num_shards=8]
+    python -m data_pipelines.cli.prepare --source=digit_scenes --out=/tmp/scenes --data.scenes.num_samples=5000 \
         --data.scenes.defect_fraction=0.3
 
 `--data.<key>=<value>` sets any data option (types as in data_pipelines.default_config()).
-In a `seedjax.pipeline` tool step (`module='data_pipelines.prepare'`) the step's workdir is
+In a `seedjax.pipeline` tool step (`module='data_pipelines.cli.prepare'`) the step's workdir is
 `--out` and its `init_from` stage is `--vae` (see experiments/quickstart/latent_pipeline.py).
 Images keep their original encoded bytes when they come from files (PNG otherwise). With
 `--vae=WORKDIR` (a trained VAE stage) the records hold latents of the images fitted to their
 resolution bucket instead. Samples that cannot be read are skipped, counted in the header and
 reported once per kind.
 `--runner=ray` does the same work as Ray tasks (a new local Ray instance, or the cluster at
-`--ray_address`) and writes the same shards, byte for byte (see data_pipelines/ray_runner.py).
+`--ray_address`) and writes the same shards, byte for byte (see data_pipelines/cli/ray_runner.py).
 Exit codes: 0 written, 2 bad arguments, 1 nothing valid to write.
 """
 
@@ -26,14 +26,14 @@ import sys
 
 import numpy as np
 
-from data_pipelines import buckets as buckets_lib
-from data_pipelines import config as config_lib
-from data_pipelines import pipeline, records, samples
-from data_pipelines.samples import BadSample
+from data_pipelines.core import buckets as buckets_lib
+from data_pipelines.core import config as config_lib
+from data_pipelines.core import pipeline, samples, shards
+from data_pipelines.core.samples import BadSample
 from seedjax import cli
 from seedjax.config import apply_overrides
 
-log = logging.getLogger("data_pipelines.prepare")
+log = logging.getLogger("data_pipelines.cli.prepare")
 
 LABEL_KEYS = ("label", "scene_digit", "scene_color", "scene_box", "scene_count", "defect_box", "defect_kind")
 
@@ -97,7 +97,7 @@ def _total(source, limit: int) -> int:
 
 
 def images_header(source, total: int, written: int, skipped: dict) -> dict:
-    """The header of an image shard directory (records.ShardWriter.close adds format and shard list)."""
+    """The header of an image shard directory (shards.ShardWriter.close adds format and shard list)."""
     return {
         "kind": "images", "source": source.name, "channels": source.channels, "scene_labels": source.scene_labels,
         "tags": list(source.tags), "counts": {"read": total, "written": written, "skipped": skipped},
@@ -106,7 +106,7 @@ def images_header(source, total: int, written: int, skipped: dict) -> dict:
 
 def write_source(source, out_dir: str, *, num_shards: int, limit: int = -1) -> dict:
     """Write every readable sample of `source` as an image record; returns the header."""
-    writer = records.ShardWriter(out_dir, num_shards)
+    writer = shards.ShardWriter(out_dir, num_shards)
     skips, total = _SkipLog(source), _total(source, limit)
     for _, raw in _readable(source, range(total), skips):
         writer.write(*_image_record(raw))
@@ -176,7 +176,7 @@ def write_latents(source, out_dir: str, codec, data_cfg, *, num_shards: int, lim
     """
     channels, layout, bucket_list = latent_layout(source, codec, data_cfg)
     assigned = buckets_lib.assign_buckets(source.sizes(), bucket_list)
-    writer = records.ShardWriter(out_dir, num_shards)
+    writer = shards.ShardWriter(out_dir, num_shards)
     skips, total = _SkipLog(source), _total(source, limit)
 
     def rows():
@@ -207,7 +207,7 @@ def _runner(args):
             return None
         return contextlib.nullcontext(), write_source, write_latents
     try:
-        from data_pipelines import ray_runner  # ray: an optional dependency, imported only here
+        from data_pipelines.cli import ray_runner  # ray: an optional dependency, imported only here
     except ModuleNotFoundError as e:
         if e.name != "ray":
             raise
@@ -217,9 +217,9 @@ def _runner(args):
             functools.partial(ray_runner.write_latents, vae_workdir=args.vae))
 
 
-@cli.entry("data_pipelines.prepare")
+@cli.entry("data_pipelines.cli.prepare")
 def main(argv: list[str]) -> int:
-    parser = cli.Parser("data_pipelines.prepare", __doc__, overrides="data")
+    parser = cli.Parser("data_pipelines.cli.prepare", __doc__, overrides="data")
     parser.add_argument("--source", required=True, choices=[s for s in config_lib.SOURCES if s != "shards"])
     parser.add_argument("--path", default="", help="image folder or JSONL manifest")
     parser.add_argument("--out", "--workdir", dest="out", required=True,

@@ -16,8 +16,9 @@ import dataclasses
 
 import numpy as np
 
-from data_pipelines import buckets as buckets_lib
-from data_pipelines import defects
+from data_pipelines.core import buckets as buckets_lib
+from data_pipelines.core.tokenizer import tokenize
+from data_pipelines.techniques import defects
 
 # Every reason a sample can be skipped. `defect_area` is by design (Seedream's drop rule);
 # the others are bad input.
@@ -94,8 +95,6 @@ def _finite(name: str, value, where: str) -> np.ndarray:
 
 def finalize(raw: dict, bucket: tuple[int, int], layout: Layout, where: str) -> dict:
     """Raw sample -> dict of numpy arrays following the batch contract (one row, no batch axis)."""
-    from seedjax.models.tokenizer import tokenize
-
     caption = raw.get("caption", "")
     if not isinstance(caption, str) or not caption.strip():
         raise BadSample("missing_caption", where)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from data_pipelines import glyphs
+from data_pipelines.sources import glyphs
 
 
 def moving_digit_clips(split: str, num: int, frames: int, size: int, seed: int = 0,

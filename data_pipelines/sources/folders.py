@@ -22,8 +22,8 @@ import os
 
 import numpy as np
 
-from data_pipelines import defects
-from data_pipelines.samples import BadSample
+from data_pipelines.techniques import defects
+from data_pipelines.core.samples import BadSample
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 

@@ -151,7 +151,7 @@ def select(source, indices: np.ndarray, sample_filter: SampleFilter, threads: in
     Every candidate is loaded once (threads: folder and manifest sources decode files). A
     sample that fails to load is left out (the stream would skip it anyway).
     """
-    from data_pipelines.samples import BadSample
+    from data_pipelines.core.samples import BadSample
 
     def keep(index: int) -> bool:
         try:

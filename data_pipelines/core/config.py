@@ -29,7 +29,7 @@ def default_config() -> ml_collections.ConfigDict:
     # (False: in proportion to its sample count).
     c.balance_resolutions = False
     # Curated subset for training: a filter expression over sample metadata, e.g.
-    # "ink >= 0.325 and 'count:1' in tags" (see data_pipelines/curation.py); '' = all samples.
+    # "ink >= 0.325 and 'count:1' in tags" (see data_pipelines/techniques/curation.py); '' = all samples.
     c.filter = ""
 
     # Throughput: threads reading and decoding the samples of a batch, batches read ahead in a
@@ -67,6 +67,6 @@ def default_config() -> ml_collections.ConfigDict:
     c.dual_axis.coarse_clusters = 8
     c.dual_axis.fine_clusters = 4  # per coarse cluster (two-level k-means)
     c.dual_axis.text_clusters = 64
-    c.dual_axis.weights_file = ""  # precomputed by `python -m data_pipelines.report --weights_out=`
+    c.dual_axis.weights_file = ""  # precomputed by `python -m data_pipelines.cli.report --weights_out=`
     return c
 

@@ -1,6 +1,6 @@
 """Dual-axis sampling report: cluster sizes and the distribution before and after balancing.
 
-    python -m data_pipelines.report --source=digit_scenes --data.scenes.long_tail=1.5 \
+    python -m data_pipelines.cli.report --source=digit_scenes --data.scenes.long_tail=1.5 \
         --data.dual_axis.alpha=1.0 --png=dual_axis.png [--weights_out=weights.npy]
 
 Prints the visual (coarse, fine) and text cluster sizes, the joint (visual, text) clusters'
@@ -16,10 +16,12 @@ import sys
 
 import numpy as np
 
-from data_pipelines import config as config_lib
-from data_pipelines import dual_axis, pipeline
+from data_pipelines.core import config as config_lib
+from data_pipelines.core import pipeline
+from data_pipelines.techniques import dual_axis
 from seedjax import cli
 from seedjax.config import apply_overrides
+from seedjax.eval.classifier import digit_features
 
 
 def shares(ids: np.ndarray, weights: np.ndarray, num: int) -> np.ndarray:
@@ -60,7 +62,7 @@ def summarize(analysis: dual_axis.Analysis) -> dict:
     }
     names = {"label": [str(d) for d in range(10)], "scene_digit": [str(d) for d in range(10)]}
     if "scene_color" in analysis.labels:
-        from data_pipelines.scenes import COLOR_NAMES
+        from data_pipelines.sources.scenes import COLOR_NAMES
 
         names["scene_color"] = list(COLOR_NAMES)
     for key, ids in analysis.labels.items():
@@ -122,9 +124,9 @@ def write_png(s: dict, path: str, name: str) -> None:
     img.save(path)
 
 
-@cli.entry("data_pipelines.report")
+@cli.entry("data_pipelines.cli.report")
 def main(argv: list[str]) -> int:
-    parser = cli.Parser("data_pipelines.report", __doc__, overrides="data")
+    parser = cli.Parser("data_pipelines.cli.report", __doc__, overrides="data")
     parser.add_argument("--source", default="digits", choices=config_lib.SOURCES)
     parser.add_argument("--path", default="")
     parser.add_argument("--split", default="train")
@@ -137,7 +139,7 @@ def main(argv: list[str]) -> int:
     apply_overrides(data_cfg, args.overrides, prefix="data")  # a bad key or value: exit 2 (cli.entry)
     try:
         source = pipeline.open_source(args.source, args.path, data_cfg, split=args.split, seed=args.seed)
-        analysis = dual_axis.analyse(source, data_cfg, args.seed)
+        analysis = dual_axis.analyse(source, data_cfg, args.seed, classifier_features=digit_features)
     except ValueError as e:
         print(f"report: {e}", file=sys.stderr)
         return 1

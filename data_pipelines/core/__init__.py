@@ -1,0 +1,1 @@
+"""The pipeline itself: config, mixtures, buckets, streams, the sample contract, shards, tokenizer."""
