@@ -117,7 +117,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import data_pipelines
-    from seedjax.stages.reward import agreement_with_classifier, load_reward_model
+    from seedjax.stages.reward import agreement_with_classifier
+    from seedjax.train.params import load_reward_model
     from seedjax.stages.sft import target_share
 
     root = args.root

@@ -39,3 +39,41 @@ def read_metrics(workdir: str) -> list[dict]:
 
 def losses(workdir: str) -> dict[int, float]:
     return {row["step"]: row["loss"] for row in read_metrics(workdir) if "loss" in row}
+
+
+# --------------------------------------------------------------------------- reference losses
+
+REFERENCE_LOSSES = os.path.join(ROOT, "tests", "reference_losses.json")
+
+
+def loss_rows(workdir: str) -> list[dict]:
+    """Every logged loss of a run: 'loss' and each '*_loss' metric, per log step."""
+    return [{k: v for k, v in row.items() if k == "step" or k == "loss" or k.endswith("_loss")}
+            for row in read_metrics(workdir) if "loss" in row]
+
+
+def check_reference_losses(name: str, workdir: str) -> None:
+    """The run's losses equal those written down in tests/reference_losses.json under `name`.
+
+    The values were recorded before the generator core moved out of the stages (issue 13) and
+    must not change with refactors: on the recording machine they are reproduced bit for bit.
+    The tolerance (rtol 2e-5) only absorbs another CPU's code generation; a changed RNG split,
+    loss or model changes them by orders of magnitude more. SEEDJAX_RECORD_LOSSES=1 writes the
+    current values instead (after a deliberate change of results, with a note in the commit).
+    """
+    import numpy as np
+
+    rows = loss_rows(workdir)
+    table = json.load(open(REFERENCE_LOSSES)) if os.path.exists(REFERENCE_LOSSES) else {}
+    if os.environ.get("SEEDJAX_RECORD_LOSSES") == "1":
+        table[name] = rows
+        with open(REFERENCE_LOSSES, "w") as f:
+            json.dump(table, f, indent=1, sort_keys=True)
+        return
+    assert name in table, f"no reference losses for {name!r}; record them with SEEDJAX_RECORD_LOSSES=1"
+    expected = table[name]
+    assert [r["step"] for r in rows] == [r["step"] for r in expected], name
+    for got, want in zip(rows, expected):
+        assert got.keys() == want.keys(), (name, got.keys(), want.keys())
+        for key in want:
+            np.testing.assert_allclose(got[key], want[key], rtol=2e-5, atol=1e-7, err_msg=f"{name} step {got['step']} {key}")

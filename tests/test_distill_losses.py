@@ -10,9 +10,15 @@ import pytest
 from flax import nnx
 
 from seedjax.config import load_config
-from seedjax.diffusion.sampling import EulerSampler, uniform_sigmas
-from seedjax.distill import dmd, generator, losses, student
-from seedjax.distill.params import Frozen, freeze, load_params
+from seedjax.diffusion import guidance as guidance_lib
+from seedjax.diffusion import sampling
+from seedjax.diffusion.sampling import Sampler, uniform_sigmas
+from seedjax.distill import dmd, losses, student, teachers
+from seedjax.models import generator as models_generator
+from seedjax.models.frozen import Frozen, freeze
+from seedjax.models.generator import drop_captions
+from seedjax.models.geometry import Geometry
+from seedjax.train.params import load_params
 
 
 def tiny(spec: str, **overrides):
@@ -93,7 +99,7 @@ def test_dmd_loss_gradient_is_the_normalised_score_difference():
 
 def test_freeze_keeps_values_and_names_but_leaves_no_trainable_param():
     cfg = tiny("distill_cfg.py:tiny")
-    model = generator.build_model(cfg, nnx.Rngs(0), guidance_embed=False)
+    model = models_generator.build(cfg, nnx.Rngs(0), guidance_embed=False)
     before = params_of(model)
     frozen = freeze(model)
     assert not jax.tree.leaves(nnx.state(frozen, nnx.Param))
@@ -107,7 +113,7 @@ def test_freeze_keeps_values_and_names_but_leaves_no_trainable_param():
 
 def test_load_params_names_the_mismatch():
     cfg = tiny("distill_cfg.py:tiny")
-    model = generator.build_model(cfg, nnx.Rngs(0), guidance_embed=False)
+    model = models_generator.build(cfg, nnx.Rngs(0), guidance_embed=False)
     tree = nnx.to_pure_dict(nnx.state(model))
     bad = jax.tree.map(lambda x: x, tree)
     del bad["dit"]["proj_out"]["bias"]
@@ -117,7 +123,7 @@ def test_load_params_names_the_mismatch():
     bad["dit"]["proj_out"]["bias"] = np.zeros(3)
     with pytest.raises(ValueError, match=r"dit/proj_out/bias has shape \(3,\)"):
         load_params(model, bad, "test")
-    guided = generator.build_model(cfg, nnx.Rngs(1), guidance_embed=True)
+    guided = models_generator.build(cfg, nnx.Rngs(1), guidance_embed=True)
     assert load_params(guided, tree, "test", allow_missing=("guidance_embedder",))  # reported, not fatal
     with pytest.raises(ValueError, match="does not"):
         load_params(model, nnx.to_pure_dict(nnx.state(guided)), "test")  # an extra embedder
@@ -128,13 +134,12 @@ def test_load_params_names_the_mismatch():
 
 def test_bind_cfg_matches_two_evaluations_and_counts_them():
     cfg = tiny("distill_cfg.py:tiny")
-    geo = generator.Geometry.of(cfg)
-    model = generator.build_model(cfg, nnx.Rngs(0), guidance_embed=False)
+    geo = Geometry.of(cfg)
+    model = models_generator.build(cfg, nnx.Rngs(0), guidance_embed=False)
     perturb(model)
     b = batch_for(cfg)
     x = jax.random.normal(jax.random.key(0), (2, *geo.token_shape))
     t = jnp.array([0.3, 0.8])
-    from seedjax.stages.pretrain import drop_captions
 
     calls = []
     original = type(model.dit).__call__
@@ -146,10 +151,10 @@ def test_bind_cfg_matches_two_evaluations_and_counts_them():
     @nnx.jit
     def three_ways(model):
         empty = {k: v for k, v in b.items() if k in ("tokens", "text_mask")}
-        uncond = generator.bind(model, drop_captions(empty, jax.random.key(0), 1.0), geo)(x, t)
-        cond = generator.bind(model, b, geo)(x, t)
+        uncond = guidance_lib.bind(model, drop_captions(empty, jax.random.key(0), 1.0), geo)(x, t)
+        cond = guidance_lib.bind(model, b, geo)(x, t)
         calls.clear()
-        guided = generator.bind(model, b, geo, cfg_scale=jnp.array([1.5, 4.0]))(x, t)
+        guided = guidance_lib.bind(model, b, geo, cfg_scale=jnp.array([1.5, 4.0]))(x, t)
         return guided, cond, uncond
 
     type(model.dit).__call__ = counting
@@ -160,11 +165,11 @@ def test_bind_cfg_matches_two_evaluations_and_counts_them():
     assert calls == [4]  # one batched call of cond + uncond: 2 evaluations per example
     expected = uncond + jnp.array([1.5, 4.0])[:, None, None] * (cond - uncond)
     np.testing.assert_allclose(guided, expected, rtol=1e-4, atol=1e-5)
-    assert generator.teacher_nfe_per_call(model, 3.0) == 2
+    assert teachers.teacher_nfe_per_call(model, 3.0) == 2
 
 
 def test_nfe_counts_cfg_twice_and_students_once():
-    assert EulerSampler.make(50, 1.0, 3.0).nfe == 100
+    assert Sampler.make(50, 1.0, 3.0).nfe == 100
     cfg = tiny("distill_cfg.py:tiny")
     assert student.nfe(cfg) == cfg.sampling.num_steps  # the guidance is embedded
     tscd = tiny("distill_tscd.py:tiny")
@@ -182,20 +187,20 @@ def test_rollout_and_one_step_x0_match_a_float64_euler_reference():
         return jnp.asarray(a, jnp.float32) * x + t[:, None, None]
 
     noise = np.random.default_rng(0).normal(size=(2, 3, 2))
-    states = np.asarray(generator.rollout(velocity, jnp.asarray(noise, jnp.float32), sigmas))
+    states = np.asarray(sampling.rollout(velocity, jnp.asarray(noise, jnp.float32), sigmas))
     ref = [noise]
     for i in range(4):
         x = ref[-1]
         ref.append(x + (float(sigmas[i + 1]) - float(sigmas[i])) * (a * x + float(sigmas[i])))
     np.testing.assert_allclose(states, np.stack(ref), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(generator.integrate(velocity, jnp.asarray(noise, jnp.float32), sigmas), ref[-1],
+    np.testing.assert_allclose(sampling.integrate(velocity, jnp.asarray(noise, jnp.float32), sigmas), ref[-1],
                                rtol=1e-5, atol=1e-5)
-    x0 = generator.x0_prediction(velocity, jnp.asarray(ref[1], jnp.float32), jnp.full((2,), sigmas[1]))
+    x0 = sampling.x0_prediction(velocity, jnp.asarray(ref[1], jnp.float32), jnp.full((2,), sigmas[1]))
     np.testing.assert_allclose(x0, ref[1] - sigmas[1] * (a * ref[1] + sigmas[1]), rtol=1e-5, atol=1e-5)
 
 
 def test_high_noise_timesteps_follow_the_cubic_schedule():
-    t = np.asarray(generator.high_noise_t(jax.random.key(0), 200_000))
+    t = np.asarray(teachers.high_noise_t(jax.random.key(0), 200_000))
     assert t.min() >= 0 and t.max() <= 1
     # t = 1 - u^3: E[t] = 3/4, P(t > 1/2) = P(u < 2^(-1/3)) = 0.7937
     assert abs(t.mean() - 0.75) < 3e-3
@@ -268,14 +273,14 @@ def test_dmd_generator_gradient_never_reaches_the_fake_score_and_fake_score_lear
     # The generator's step moves its sample along the DMD direction, toward the real score's
     # prediction and away from the fake score's (first order in the step size).
     rng_step, rng_noise = jax.random.split(jax.random.key(2))
-    geo, guidance = generator.Geometry.of(cfg), cfg.distill.teacher_guidance
+    geo, guidance = Geometry.of(cfg), cfg.distill.teacher_guidance
 
     @nnx.jit
     def sample_and_direction(model, teacher, fake):
         x0 = dmd.generator_x0(model, work, rng_step, cfg)
         x_t, t, _ = dmd.renoise(x0, rng_noise, cfg.dmd.t_min, cfg.dmd.t_max)
-        real = generator.x0_prediction(generator.teacher_velocity(teacher, work, geo, guidance), x_t, t)
-        return x0, real - generator.x0_prediction(fake.velocity(work, geo, guidance), x_t, t)
+        real = sampling.x0_prediction(teachers.teacher_velocity(teacher, work, geo, guidance), x_t, t)
+        return x0, real - sampling.x0_prediction(fake.velocity(work, geo, guidance), x_t, t)
 
     x0_before, direction = sample_and_direction(state.model, state.teacher, state.fake_score)
     descent(lambda m: distill_dmd.dmd_generator_loss(m, state.teacher, state.fake_score, work, jax.random.key(2),

@@ -18,7 +18,8 @@ import jax
 import numpy as np
 import pytest
 
-from tests.runner import ROOT, env_for, read_metrics
+from tests.bundles import assert_bundle_loads
+from tests.runner import ROOT, check_reference_losses, env_for, read_metrics
 
 PIPELINE = "experiments/quickstart/distill_pipeline.py:tiny"
 STAGES = ("teacher", "cfg", "tscd", "dmdo", "adp", "adm", "dmd2")
@@ -43,6 +44,8 @@ def run(*args, timeout=1500):
 def root(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("distill"))
     run("seedjax.pipeline", f"--pipeline={PIPELINE}", f"--workdir={workdir}", *SMALL)
+    for stage in STAGES:
+        check_reference_losses(f"distill_tiny/{stage}", os.path.join(workdir, stage))
     return workdir
 
 
@@ -101,23 +104,36 @@ def test_each_network_has_its_own_optimizer(root):
 def test_ode_pairs_round_trip(root):
     """The stored pairs read back through the data pipeline are the 6-NFE student's exact (noise, sample)."""
     import data_pipelines
-    from seedjax.distill import generator
-    from seedjax.tools.ode_pairs import ode_solution, split_pairs
-    from seedjax.tools.sample import load_run
+    from seedjax import inference
+    from seedjax.distill.teachers import split_pairs
+    from seedjax.tools.ode_pairs import ode_solution
 
     with open(os.path.join(root, "ode_pairs", "metadata.json")) as f:
         meta = json.load(f)
     assert meta["num_records"] == 16 and meta["ode_pairs"]["nfe"] == 6 and meta["ode_pairs"]["stage"] == "distill_dmd"
-    run_ = load_run(os.path.join(root, "dmdo"))
+    bundle = inference.load(os.path.join(root, "dmdo"))
     data = data_pipelines.default_config()
     data.update(source="shards", path=os.path.join(root, "ode_pairs"), channels=1, max_text_len=32)
     batch = next(data_pipelines.make_train_iterator(data, global_batch_size=4, seed=0, process_index=0,
                                                     process_count=1))
     x0, noise = split_pairs(batch, 1)
-    geo = generator.Geometry.of(run_.config)
-    solved = jax.jit(lambda b, z: geo.images(ode_solution(run_, b, geo.tokens(z))))(
+    geo = bundle.geometry
+    solved = jax.jit(lambda b, z: geo.images_of(ode_solution(bundle, b, geo.tokens(z))))(
         {k: batch[k] for k in ("tokens", "text_mask", "target_size")}, noise)
     np.testing.assert_allclose(np.asarray(solved), x0, rtol=1e-4, atol=1e-4)
+
+
+def test_inference_bundle_of_every_stage(root):
+    """Each stage's bundle holds only the generator (no optimizer, teacher, fake score or
+    discriminator is built), with the checkpoint's EMA parameters and the stage's sampler."""
+    nfe = {}
+    for stage in STAGES:
+        bundle = assert_bundle_loads(os.path.join(root, stage))
+        nfe[stage] = bundle.nfe
+        assert bundle.model.guidance_embedded == (stage != "teacher")
+    assert nfe == {"teacher": 8, "cfg": 4, "tscd": 6, "dmdo": 6, "adp": 1, "adm": 1, "dmd2": 1}
+    step = os.path.join(root, "adm", "checkpoints", sorted(os.listdir(os.path.join(root, "adm", "checkpoints")))[-1])
+    assert assert_bundle_loads(step).step_path == step
 
 
 def test_sample_tool_runs_a_stage_at_its_nfe(root, tmp_path):

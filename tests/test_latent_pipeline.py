@@ -11,10 +11,12 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
-from tests.runner import ROOT, env_for, read_metrics
+from tests.bundles import assert_bundle_loads, assert_no_generator
+from tests.runner import ROOT, check_reference_losses, env_for, read_metrics
 
 PIPELINE = "experiments/quickstart/latent_pipeline.py:tiny"
 LATENT = "experiments/quickstart/latent_pretrain.py:tiny"
@@ -29,6 +31,8 @@ def root(tmp_path_factory):
     proc = subprocess.run([sys.executable, "-m", "seedjax.pipeline", f"--pipeline={PIPELINE}", f"--workdir={workdir}"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    for stage in ("vae", "latent_pretrain"):
+        check_reference_losses(f"latent_tiny/{stage}", os.path.join(workdir, stage))
     return workdir
 
 
@@ -61,17 +65,28 @@ def test_latent_pretrain_evaluates_decoded_images(root):
 
 def test_sampling_decodes_with_the_factors_the_latents_were_made_with(root):
     from seedjax.config import load_config
-    from seedjax.stages import pretrain
+    from seedjax.models.geometry import Geometry
+    from seedjax.train.params import latent_codec, to_pixels
 
     cfg = load_config(LATENT)
     cfg.data.path, cfg.input.vae_workdir = os.path.join(root, "latents"), os.path.join(root, "vae")
-    assert pretrain.image_shape(cfg) == (8, 8, 4)
-    codec = pretrain.latent_codec(cfg)
+    assert Geometry.of(cfg).shape == (1, 8, 8, 4)
+    codec = latent_codec(cfg)
     with open(os.path.join(root, "latents", "metadata.json")) as f:
         made_with = json.load(f)["vae"]
     assert (codec.scaling_factor, codec.shift_factor) == (made_with["scaling_factor"], made_with["shift_factor"])
-    latents = np.random.default_rng(0).normal(size=(2, 8, 8, 4)).astype(np.float32)
-    np.testing.assert_allclose(np.asarray(pretrain.to_pixels(latents, cfg)), codec.decode(latents), atol=1e-5)
+    latents = np.random.default_rng(0).normal(size=(2, 1, 8, 8, 4)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(to_pixels(latents, cfg))[:, 0], codec.decode(latents[:, 0]), atol=1e-5)
+
+
+def test_inference_bundle_of_a_latent_run_decodes_pixels(root):
+    """The latent generator's bundle carries its VAE and samples decoded 32x32 pixels; the VAE
+    run itself has no generator to load."""
+    bundle = assert_bundle_loads(os.path.join(root, "latent_pretrain"))
+    assert bundle.codec is not None and bundle.geometry.shape == (1, 8, 8, 4)
+    images = bundle.generate(bundle.prompts(["a handwritten 3"]), jax.random.key(0))
+    assert images.shape[:4] == (1, 1, 32, 32)
+    assert_no_generator(os.path.join(root, "vae"))
 
 
 @pytest.mark.parametrize("config, overrides, key", [

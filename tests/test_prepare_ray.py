@@ -155,13 +155,13 @@ def test_folder_with_bad_files_through_a_cluster_address(cluster, tmp_path):
 @pytest.fixture(scope="module")
 def vae_workdir(tmp_path_factory):
     """A tiny image-VAE workdir (config.json + checkpoint) with random weights: what
-    LatentCodec.from_workdir reads, made without the minutes of compiling a training step."""
+    seedjax.train.params.load_codec reads, made without the minutes of compiling a training step."""
     import jax
     import orbax.checkpoint as ocp
     from flax import nnx
 
     from seedjax.config import load_config, save_config
-    from seedjax.stages.vae import abstract_vae
+    from seedjax.models.codec import abstract_vae
 
     workdir = str(tmp_path_factory.mktemp("vae"))
     cfg = load_config("experiments/quickstart/vae.py:tiny")

@@ -7,6 +7,8 @@ import pytest
 from flax import nnx
 
 from seedjax.config import load_config
+from seedjax.diffusion.objectives import flow_matching_loss
+from seedjax.models.generator import drop_captions
 from seedjax.stages import pretrain
 from tests.runner import ROOT
 
@@ -42,9 +44,9 @@ def test_defect_mask_removes_masked_pixels_from_the_loss():
     masked = dict(batch, loss_mask=batch["loss_mask"].at[:, :16].set(0.0))
     poisoned = dict(masked, image=masked["image"].at[:, :16].set(50.0))  # only inside the masked rows
     rng = jax.random.key(1)
-    loss_masked, _ = pretrain.flow_matching_loss(state.model, masked, rng, cfg)
-    loss_poisoned, _ = pretrain.flow_matching_loss(state.model, poisoned, rng, cfg)
-    loss_unmasked_poisoned, _ = pretrain.flow_matching_loss(state.model, dict(poisoned, loss_mask=batch["loss_mask"]),
+    loss_masked, _ = flow_matching_loss(state.model, masked, rng, cfg)
+    loss_poisoned, _ = flow_matching_loss(state.model, poisoned, rng, cfg)
+    loss_unmasked_poisoned, _ = flow_matching_loss(state.model, dict(poisoned, loss_mask=batch["loss_mask"]),
                                                            rng, cfg)
     # The poisoned pixels shift the model input (attention sees everything) but their targets are
     # excluded, so the masked loss stays in the normal range while the unmasked one explodes.
@@ -55,13 +57,13 @@ def test_defect_mask_removes_masked_pixels_from_the_loss():
 def test_caption_dropout_uses_the_empty_caption():
     cfg = tiny()
     batch = batch_for(cfg)
-    dropped = pretrain.drop_captions(batch, jax.random.key(0), 1.0)
+    dropped = drop_captions(batch, jax.random.key(0), 1.0)
     from data_pipelines.core.tokenizer import tokenize
 
     empty, empty_mask = tokenize([""], cfg.data.max_text_len)
     np.testing.assert_array_equal(dropped["tokens"], np.repeat(empty, 4, 0))
     np.testing.assert_array_equal(dropped["text_mask"], np.repeat(empty_mask, 4, 0))
-    kept = pretrain.drop_captions(batch, jax.random.key(0), 0.0)
+    kept = drop_captions(batch, jax.random.key(0), 0.0)
     np.testing.assert_array_equal(kept["tokens"], batch["tokens"])
 
 
@@ -74,7 +76,7 @@ def test_train_step_lowers_loss_and_updates_ema():
     @jax.jit
     def step(st, i):
         s = nnx.merge(graphdef, st)
-        m = pretrain.train_step(s, batch, jax.random.fold_in(jax.random.key(0), i % 2), cfg)
+        m = pretrain.STAGE.train_step(s, batch, jax.random.fold_in(jax.random.key(0), i % 2), cfg)
         return nnx.state(s), m
 
     first = None
@@ -94,7 +96,7 @@ def test_repa_loss_trains_the_projector_and_the_blocks_below_its_layer():
     batch = batch_for(cfg)
 
     def repa_only(mods):
-        _, aux = pretrain.flow_matching_loss(mods[0], batch, jax.random.key(0), cfg, mods[1])
+        _, aux = flow_matching_loss(mods[0], batch, jax.random.key(0), cfg, mods[1])
         return aux["repa_loss"]
 
     mods = nnx.List([state.model, state.repa])
@@ -108,21 +110,46 @@ def test_repa_loss_trains_the_projector_and_the_blocks_below_its_layer():
         pretrain.init(tiny(**{"repa.weight": 0.5, "model.repa_layer": -1}), nnx.Rngs(0))
 
 
-def test_sample_shapes_and_cfg_doubles_nfe():
-    from seedjax.diffusion.sampling import EulerSampler
+def test_sample_shapes_and_nfe_counted_by_model_calls():
+    """The sample hook gives [N, 1, H, W, C] in [-1, 1]; the sampler's NFE equals the generator
+    evaluations counted by wrapping its call (the scan unrolled with jit off): true CFG counts
+    twice, a guidance-embedded student once."""
+    from seedjax.diffusion.sampling import Sampler
+    from seedjax.models.generator import DiffusionModel
+    from seedjax.models.geometry import Geometry
 
-    cfg = tiny()
+    cfg = tiny(**{"sampling.num_steps": 3})
     state = pretrain.init(cfg, nnx.Rngs(0))
     batch = {k: v[:2] for k, v in batch_for(cfg).items() if k in ("tokens", "text_mask")}
     images = pretrain.sample(state, cfg, jax.random.key(0), batch)
     s = cfg.data.image_size
-    assert images.shape == (2, s, s, 1) and float(jnp.abs(images).max()) <= 1.0
-    assert EulerSampler.make(cfg.sampling.num_steps, guidance_scale=cfg.sampling.guidance_scale).nfe == \
-        2 * cfg.sampling.num_steps
+    assert images.shape == (2, 1, s, s, 1) and float(jnp.abs(images).max()) <= 1.0
+
+    evaluations = []
+    original = DiffusionModel.__call__
+
+    def counted(self, x, *args, **kwargs):
+        evaluations.append(x.shape[0] // 2)  # examples evaluated / prompts: 2 under CFG's doubled batch
+        return original(self, x, *args, **kwargs)
+
+    embedded = pretrain.init(tiny(**{"model.guidance_embed": True}), nnx.Rngs(0)).model
+    geometry = Geometry.of(cfg)
+    cases = [(state.model, Sampler.make(3, cfg_scale=1.0)), (state.model, Sampler.make(3, cfg_scale=3.0)),
+             (embedded, Sampler.make(3, guidance=3.0)), (state.model, Sampler.make(1, cfg_scale=2.0))]
+    try:
+        DiffusionModel.__call__ = counted
+        for model, sampler in cases:
+            evaluations.clear()
+            with jax.disable_jit():
+                sampler.generate(model, batch, geometry, jax.random.key(0))
+            assert sum(evaluations) == sampler.nfe, (sampler, evaluations)
+    finally:
+        DiffusionModel.__call__ = original
+    assert [sampler.nfe for _, sampler in cases] == [3, 6, 3, 2]
 
 
 def test_paro_backend_without_a_plan_is_a_clear_error():
     cfg = tiny(**{"model.attention_backend": "paro"})
     state = pretrain.init(cfg, nnx.Rngs(0))
     with pytest.raises(ValueError, match="paro_plan"):
-        pretrain.flow_matching_loss(state.model, batch_for(cfg), jax.random.key(0), cfg)
+        flow_matching_loss(state.model, batch_for(cfg), jax.random.key(0), cfg)

@@ -18,9 +18,12 @@ from experiments.common import link_widths
 from experiments.quickstart import reward as reward_experiment
 from experiments.quickstart import rlhf as rlhf_experiment
 from seedjax import config as config_lib
-from seedjax.diffusion.sampling import EulerSampler
-from seedjax.stages import pretrain, rlhf
-from tests.runner import ROOT, env_for, read_metrics
+from seedjax.diffusion.sampling import Sampler, refl_x0
+from seedjax.models.generator import DiffusionModel, empty_captions
+from seedjax.models.geometry import Geometry
+from seedjax.stages import rlhf
+from tests.bundles import assert_bundle_loads, assert_no_generator
+from tests.runner import ROOT, check_reference_losses, env_for, read_metrics
 
 
 def tiny_generator_config(reward_models: str = ""):
@@ -72,7 +75,7 @@ def reference_x0(params, graphdef, noise, sigmas, stop, k, leak=False):
 
 def test_gradients_reach_the_generator_only_through_the_last_k_steps():
     graphdef, params = nnx.split(ToyGenerator(nnx.Rngs(0)))
-    sigmas = jnp.asarray(EulerSampler.make(8, 1.0).sigmas)
+    sigmas = jnp.asarray(Sampler.make(8, 1.0).sigmas)
     noise = jax.random.normal(jax.random.key(1), (3, 5, 8))
     weights = jax.random.normal(jax.random.key(2), (3, 5, 8))
     velocity = lambda m, x, sigma, frozen=False: m.velocity(x, sigma)
@@ -82,7 +85,7 @@ def test_gradients_reach_the_generator_only_through_the_last_k_steps():
             if reference:
                 x0 = reference_x0(params, graphdef, noise, sigmas, stop, k, leak)
             else:
-                x0 = rlhf.refl_x0(nnx.merge(graphdef, params), velocity, noise, sigmas, jnp.asarray(stop), k, remat)
+                x0 = refl_x0(nnx.merge(graphdef, params), velocity, noise, sigmas, jnp.asarray(stop), k, remat)
             return jnp.sum(x0 * weights)
 
         return jax.tree.leaves(jax.jit(jax.grad(loss))(params))
@@ -109,12 +112,12 @@ def test_remat_keeps_memory_flat_in_k():
             return self.down(jnp.tanh(self.up(x * (1.0 + sigma))))
 
     graphdef, params = nnx.split(Wide(nnx.Rngs(0)))
-    sigmas = jnp.asarray(EulerSampler.make(8, 1.0).sigmas)
+    sigmas = jnp.asarray(Sampler.make(8, 1.0).sigmas)
     noise = jnp.ones((4, 64, 32))
     velocity = lambda m, x, sigma, frozen=False: m.velocity(x, sigma)
 
     def temp_bytes(k, remat):
-        loss = lambda p: jnp.sum(rlhf.refl_x0(nnx.merge(graphdef, p), velocity, noise, sigmas, jnp.asarray(8), k,
+        loss = lambda p: jnp.sum(refl_x0(nnx.merge(graphdef, p), velocity, noise, sigmas, jnp.asarray(8), k,
                                               remat) ** 2)
         return jax.jit(jax.grad(loss)).lower(params).compile().memory_analysis().temp_size_in_bytes
 
@@ -125,17 +128,18 @@ def test_remat_keeps_memory_flat_in_k():
 
 def test_guided_velocity_is_classifier_free_guidance():
     cfg = tiny_generator_config()
-    model = pretrain.DiffusionModel(cfg, nnx.Rngs(0))
+    model = DiffusionModel(cfg, nnx.Rngs(0))
+    geometry = Geometry.image(16, 16, 1, 4)
     model.dit.proj_out.kernel[...] = 0.05 * jax.random.normal(jax.random.key(1), model.dit.proj_out.kernel.shape)
     prompts = prompts_for(cfg, ["a 3", "the digit seven"])
     x = jax.random.normal(jax.random.key(2), (2, 16, 16))
 
     @nnx.jit
     def both(model, x):
-        guided = rlhf.guided_velocity(model, cfg, prompts, 2.5, (4, 4))(model, x, jnp.float32(0.4))
+        guided = rlhf.guided_velocity(model, prompts, 2.5, geometry)(model, x, jnp.float32(0.4))
         t = jnp.full((2,), 0.4)
-        v_c = model(x, t, model.condition(prompts), (4, 4))
-        v_u = model(x, t, model.condition(pretrain.drop_captions(prompts, jax.random.key(0), 1.0)), (4, 4))
+        v_c = model(x, t, model.condition(prompts), geometry)
+        v_u = model(x, t, model.condition(empty_captions(prompts)), geometry)
         return guided, v_u + 2.5 * (v_c - v_u)
 
     guided, expected = both(model, x)
@@ -250,6 +254,8 @@ def test_tiny_post_training_pipeline(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     timings = json.loads((root / "pipeline_timings.json").read_text())
     assert list(timings) == ["pretrain", "sft", "reward", "rlhf"]
+    for name in timings:
+        check_reference_losses(f"post_training_tiny/{name}", str(root / name))
 
     evals = {name: [r for r in read_metrics(str(root / name)) if any(k.startswith("eval/") for k in r)]
              for name in ("sft", "reward", "rlhf")}
@@ -267,6 +273,11 @@ def test_tiny_post_training_pipeline(tmp_path):
     for a, b in zip(jax.tree.leaves(rl["reward_models"]["0"]), jax.tree.leaves(rw["model"])):
         np.testing.assert_array_equal(a, b)
     assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(rl["model"]), jax.tree.leaves(sft["model"])))
+
+    # Inference bundles: the generator alone (never the reward models RLHF keeps in its state).
+    for name in ("pretrain", "sft", "rlhf"):
+        assert_bundle_loads(str(root / name))
+    assert_no_generator(str(root / "reward"))
 
 
 @pytest.mark.parametrize("spec", [f"experiments/{family}/{stage}.py:{variant}"

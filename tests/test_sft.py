@@ -99,7 +99,7 @@ def test_sft_is_pretraining_step_on_other_data():
     from seedjax.config import load_config
     from seedjax.stages import pretrain, sft
 
-    assert sft.train_step is pretrain.train_step  # the same loss code, not a copy
+    assert sft.STAGE.train_step is pretrain.STAGE.train_step  # the same loss code, not a copy
     config = load_config("experiments/quickstart/sft.py:tiny")
     with pytest.raises(ValueError, match="config.init_from"):
         sft.validate_config(config)

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.runner import ROOT, env_for, losses, read_metrics, run_main
+from tests.runner import ROOT, check_reference_losses, env_for, losses, read_metrics, run_main
 
 CONFIG = "experiments/quickstart/pretrain.py:tiny"
 FAST = ("sample_every=0", "log_every=1")
@@ -33,6 +33,7 @@ def assert_ok(proc):
 
 
 def test_workdir_contract(straight):
+    check_reference_losses("pretrain_tiny", straight)
     rows = read_metrics(straight)
     for key in ("step", "loss", "lr", "grad_norm", "steps_per_sec", "examples_per_sec", "tflops_per_device", "mfu"):
         assert key in rows[-1], key

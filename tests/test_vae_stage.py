@@ -9,8 +9,11 @@ import pytest
 from flax import nnx
 
 from seedjax.config import base_config
+from seedjax.models import codec as codec_lib
 from seedjax.models import discriminators, perceptual
 from seedjax.models.vae import kl_divergence, sample_posterior
+from seedjax.schema.models import patch_discriminator_config, perceptual_config
+from seedjax.schema.stages import vae_config
 from seedjax.stages import vae as stage
 
 
@@ -22,10 +25,10 @@ def rngs(seed=0):
 def tiny_config(kind="image", **loss):
     cfg = base_config(stage="vae")
     if kind == "image":
-        cfg.vae = stage.vae_config("image", "f2c4", in_channels=1, base_channels=8, channel_mult=(1, 2),
+        cfg.vae = vae_config("image", "f2c4", in_channels=1, base_channels=8, channel_mult=(1, 2),
                                    layers_per_block=1, norm_groups=4)
     else:
-        cfg.vae = stage.vae_config("video", "t2s2c4", in_channels=1, base_channels=8, channel_mult=(1, 1),
+        cfg.vae = vae_config("video", "t2s2c4", in_channels=1, base_channels=8, channel_mult=(1, 1),
                                    layers_per_block=1, norm_groups=4)
     cfg.vae.discriminator.update(channels=8, num_layers=2 if kind == "image" else 1, norm_groups=4)
     cfg.vae.perceptual.depth = 1
@@ -131,7 +134,7 @@ def test_hybrid_discriminator_scores_frames_and_clips():
 
 def test_patch_discriminator_matches_the_taming_layout():
     torch = pytest.importorskip("torch")
-    cfg = discriminators.discriminator_config(channels=8, num_layers=3, norm_groups=4)
+    cfg = patch_discriminator_config(channels=8, num_layers=3, norm_groups=4)
     disc = discriminators.PatchDiscriminator(3, cfg, rngs=rngs())
     x = np.random.default_rng(0).uniform(-1, 1, (2, 64, 64, 3)).astype(np.float32)
     (logits,) = disc(jnp.asarray(x))
@@ -176,7 +179,7 @@ def test_perceptual_distance_matches_torch_vgg_with_loaded_weights(tmp_path, cap
     heads = {f"lin{l}.model.1.weight": g.uniform(0, 1, (1, c, 1, 1)).astype(np.float32) for l, c in enumerate((64, 128))}
     save_file(sd, str(tmp_path / "vgg.safetensors"))
     save_file(heads, str(tmp_path / "lpips.safetensors"))
-    cfg = perceptual.perceptual_config(weights=str(tmp_path / "vgg.safetensors"),
+    cfg = perceptual_config(weights=str(tmp_path / "vgg.safetensors"),
                                        lpips_weights=str(tmp_path / "lpips.safetensors"), depth=2)
     dist = perceptual.make_perceptual(cfg)
     x, y = (g.uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32) for _ in range(2))
@@ -210,18 +213,18 @@ def test_perceptual_distance_matches_torch_vgg_with_loaded_weights(tmp_path, cap
     assert not jax.tree.leaves(nnx.state(dist, nnx.Param))
     # Without weights: the documented fallback, announced in the log.
     with caplog.at_level("WARNING"):
-        perceptual.make_perceptual(perceptual.perceptual_config(depth=1))
+        perceptual.make_perceptual(perceptual_config(depth=1))
     assert "fallback" in caplog.text
     with pytest.raises(KeyError, match="features.5.weight"):
         sd.pop("features.5.weight")
         save_file(sd, str(tmp_path / "broken.safetensors"))
-        perceptual.make_perceptual(perceptual.perceptual_config(weights=str(tmp_path / "broken.safetensors"), depth=2))
+        perceptual.make_perceptual(perceptual_config(weights=str(tmp_path / "broken.safetensors"), depth=2))
 
 
 def test_latent_codec_scaling_round_trip():
     cfg = tiny_config()
-    vae = stage.build_vae(cfg.vae, rngs())
-    codec = stage.LatentCodec(vae, scaling_factor=2.0, shift_factor=0.5)
+    vae = codec_lib.build_vae(cfg.vae, rngs())
+    codec = codec_lib.LatentCodec(vae, scaling_factor=2.0, shift_factor=0.5)
     x = np.asarray(digits(5))
     z = codec.encode(x)
     assert z.shape == (5, 8, 8, 4)
@@ -234,4 +237,4 @@ def test_model_config_errors_name_the_field():
     with cfg.vae.unlocked() if hasattr(cfg.vae, "unlocked") else ml_collections.ConfigDict().unlocked():
         cfg.vae.model.bogus = 1
     with pytest.raises(ValueError, match="bogus"):
-        stage.model_config(cfg.vae)
+        codec_lib.vae_architecture(cfg.vae)

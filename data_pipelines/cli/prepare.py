@@ -169,7 +169,7 @@ def latents_header(source, channels: int, codec, total: int, written: int, skipp
 
 def write_latents(source, out_dir: str, codec, data_cfg, *, num_shards: int, limit: int = -1,
                   batch_size: int = 64) -> dict:
-    """Encode every readable sample with `codec` (a trained VAE, see seedjax.stages.vae.LatentCodec).
+    """Encode every readable sample with `codec` (a trained VAE, see seedjax.models.codec.LatentCodec).
 
     Images are fitted to their resolution bucket (data.buckets / data.image_size) first, so a
     latent is [H / f, W / f, c] of its bucket; defect boxes follow the crop, labels are kept.
@@ -252,9 +252,9 @@ def main(argv: list[str]) -> int:
         with session:
             source = pipeline.open_source(args.source, args.path, data_cfg, split=args.split, seed=args.seed)
             if args.vae:
-                from seedjax.stages.vae import LatentCodec
+                from seedjax.train.params import load_codec
 
-                codec = LatentCodec.from_workdir(args.vae)
+                codec = load_codec(args.vae)
                 header = write_encoded(source, args.out, codec, data_cfg, num_shards=args.num_shards,
                                        limit=args.limit)
             else:

@@ -213,10 +213,10 @@ class _Encoder:
     """Holds the VAE (loaded once) and encodes groups of batches into records split by shard."""
 
     def __init__(self, vae_workdir: str, scaling_factor: float, shift_factor: float):
-        from seedjax.stages.vae import LatentCodec
+        from seedjax.train.params import load_codec
 
         # The driver's factors (possibly estimated there): identical latents, no second estimate.
-        self.codec = LatentCodec.from_workdir(vae_workdir, scaling_factor=scaling_factor, shift_factor=shift_factor)
+        self.codec = load_codec(vae_workdir, scaling_factor=scaling_factor, shift_factor=shift_factor)
 
     def encode(self, source, batches: list, first: int, num_shards: int, layout, bucket_list):
         """`batches`: (bucket, indices) in write order, the first row at write position `first`.
@@ -252,7 +252,7 @@ def _group(batches: list, target_rows: int) -> list[list]:
 
 def write_latents(source, out_dir: str, codec, data_cfg, *, vae_workdir: str, num_shards: int, limit: int = -1,
                   batch_size: int = 64) -> dict:
-    """prepare.write_latents on Ray. `codec` is the driver's LatentCodec.from_workdir(vae_workdir):
+    """prepare.write_latents on Ray. `codec` is the driver's load_codec(vae_workdir):
     the header and the checks come from it; the actors load the same VAE with its factors."""
     channels, layout, bucket_list = prepare.latent_layout(source, codec, data_cfg)
     assigned = buckets_lib.assign_buckets(source.sizes(), bucket_list)

@@ -16,27 +16,13 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 from flax import nnx
 
-from seedjax.distill.generator import Geometry, build_model, extras_for
-from seedjax.distill.params import freeze
-from seedjax.models import layers, mmdit
+from seedjax.models import generator, layers, mmdit
+from seedjax.models.frozen import freeze
+from seedjax.models.geometry import Geometry
 from seedjax.models.attention import TokenLayout
 from seedjax.parallel.sharding import constrain
-
-
-def discriminator_config(**overrides) -> ml_collections.ConfigDict:
-    cfg = ml_collections.ConfigDict(dict(
-        levels=(-1,),  # blocks (double blocks first, then single; negative = from the end) that feed a head
-        head_hidden=256,
-        train_backbone=False,  # False: frozen teacher backbone, heads only
-        t_min=0.0,  # discriminator timesteps ~ U[t_min, t_max] (the noise added to real and fake inputs)
-        t_max=1.0,
-        loss="hinge",  # hinge | logistic
-    ))
-    cfg.update(overrides)
-    return cfg
 
 
 def block_indices(dit: mmdit.MMDiT, levels) -> tuple[int, ...]:
@@ -102,8 +88,8 @@ class MultiLevelHeads(nnx.Module):
 
     def __call__(self, backbone, x: jax.Array, t: jax.Array, batch: dict, geometry: Geometry, guidance=None):
         cond = backbone.condition(batch)
-        extras = extras_for(backbone, batch, x.shape[0], guidance)
-        feats = trunk_features(backbone.dit, x, t, cond, geometry.grid, extras, self.indices)
+        extras = generator.extras(backbone.dit.cfg, batch, x.shape[0], guidance)
+        feats = trunk_features(backbone.dit, x, t, cond, geometry.grid_hw, extras, self.indices)
         return jnp.concatenate([head(f) for head, f in zip(self.heads, feats)], axis=1)
 
 
@@ -111,7 +97,7 @@ class Discriminator(nnx.Module):
     """A diffusion backbone (frozen or trainable) with multi-level heads; see the module doc."""
 
     def __init__(self, config, disc_cfg, rngs: nnx.Rngs, *, guidance_embed: bool):
-        backbone = build_model(config, rngs, guidance_embed)
+        backbone = generator.build(config, rngs, guidance_embed)
         self.backbone = backbone if disc_cfg.train_backbone else freeze(backbone)
         self.heads = MultiLevelHeads(backbone, disc_cfg, rngs)
 

@@ -18,43 +18,34 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import nnx
 
 from seedjax.diffusion import flow
-from seedjax.distill import generator
+from seedjax.diffusion import guidance as guidance_lib
+from seedjax.diffusion import sampling
+from seedjax.diffusion.guidance import VelocityFn
+from seedjax.diffusion.objectives import clean_tokens
+from seedjax.diffusion.sampling import Sampler
 from seedjax.distill.discriminator import MultiLevelHeads
 from seedjax.distill.losses import discriminator_loss
-from seedjax.distill.student import StudentState, clean_tokens, optimize, validate_config as validate_student
+from seedjax.distill.student import StudentState, load_pretrained as load_student, validate_config as validate_student
+from seedjax.models import generator as models_generator
+from seedjax.models.geometry import Geometry
+from seedjax.train.params import load_params, pick_params
+from seedjax.train.updates import optimize
 from seedjax.train.state import make_optimizer
-
-
-def dmd_config(**overrides) -> ml_collections.ConfigDict:
-    cfg = ml_collections.ConfigDict(dict(
-        # dmd2: the fake score learns the student's samples with fresh noise.
-        # dmdo: it learns the rollout's own (noise, sample) pairs: x_t = (1 - t) x0 + t x_T, target x_T - x0.
-        variant="dmd2",
-        fake_updates_per_step=5,
-        segments=0,  # the generator steps from the state at the start of a random segment; 0 = every step is one
-        t_min=0.02,  # DMD / fake-score timesteps ~ U[t_min, t_max]
-        t_max=0.98,
-        gan_weight=0.0,  # DMD2's GAN term for the generator (reference 5e-3); > 0 adds heads on the fake score
-        gan_disc_weight=1e-2,  # weight of the heads' classification loss in the fake-score update
-    ))
-    cfg.update(overrides)
-    return cfg
 
 
 class FakeScore(nnx.Module):
     """The fake score network (a DiffusionModel, teacher-initialised) with optional GAN heads on its trunk."""
 
     def __init__(self, config, rngs: nnx.Rngs, *, guidance_embed: bool, heads_cfg=None):
-        self.model = generator.build_model(config, rngs, guidance_embed)
+        self.model = models_generator.build(config, rngs, guidance_embed)
         self.heads = MultiLevelHeads(self.model, heads_cfg, rngs) if heads_cfg is not None else None
 
-    def velocity(self, batch: dict, geometry, guidance) -> generator.VelocityFn:
-        return generator.bind(self.model, batch, geometry, guidance=guidance)
+    def velocity(self, batch: dict, geometry, guidance) -> VelocityFn:
+        return guidance_lib.bind(self.model, batch, geometry, guidance=guidance)
 
     def logits(self, x, t, batch: dict, geometry, guidance) -> jax.Array:
         return self.heads(self.model, x, t, batch, geometry, guidance)
@@ -79,11 +70,11 @@ def student_rollout(model, batch: dict, rng: jax.Array, config) -> dict:
     Returns {'noise': [B, N, C], 'states': [B, K + 1, N, C] (states[:, 0] = noise,
     states[:, -1] = the sample)}, batch-major so gradient accumulation can split them.
     """
-    geo = generator.Geometry.of(config)
-    n = generator.batch_size(batch)
+    geo = Geometry.of(config)
+    n = models_generator.batch_size(batch)
     noise = jax.random.normal(rng, (n, *geo.token_shape), jnp.float32)
-    velocity = generator.bind(model, batch, geo, guidance=config.distill.guidance)
-    states = generator.rollout(velocity, noise, generator.student_sigmas(config.sampling))
+    velocity = guidance_lib.bind(model, batch, geo, guidance=config.distill.guidance)
+    states = sampling.rollout(velocity, noise, Sampler.from_config(config.sampling).sigmas)
     return jax.lax.stop_gradient({"noise": noise, "states": jnp.moveaxis(states, 0, 1)})
 
 
@@ -96,14 +87,14 @@ def segment_starts(config) -> np.ndarray:
 
 def generator_x0(model, batch: dict, rng: jax.Array, config) -> jax.Array:
     """x̂0 with gradient: one student step from the stored state at the start of a random segment."""
-    sigmas = jnp.asarray(generator.student_sigmas(config.sampling), jnp.float32)
+    sigmas = jnp.asarray(Sampler.from_config(config.sampling).sigmas, jnp.float32)
     states = batch["states"]
     n = states.shape[0]
     starts = jnp.asarray(segment_starts(config))
     step = starts[jax.random.randint(rng, (n,), 0, len(starts))]
     x, t = states[jnp.arange(n), step], sigmas[step]
-    velocity = generator.bind(model, batch, generator.Geometry.of(config), guidance=config.distill.guidance)
-    return generator.x0_prediction(velocity, x, t)
+    velocity = guidance_lib.bind(model, batch, Geometry.of(config), guidance=config.distill.guidance)
+    return sampling.x0_prediction(velocity, x, t)
 
 
 def renoise(x0: jax.Array, rng: jax.Array, t_min: float, t_max: float):
@@ -120,7 +111,7 @@ def renoise(x0: jax.Array, rng: jax.Array, t_min: float, t_max: float):
 def fake_score_loss(fake: FakeScore, batch: dict, rng: jax.Array, config):
     """Flow matching of the fake score on the student's samples (+ the GAN heads' loss, DMD2)."""
     c = config.dmd
-    geo = generator.Geometry.of(config)
+    geo = Geometry.of(config)
     sample = batch["states"][:, -1]
     rng_t, rng_noise, rng_real = jax.random.split(rng, 3)
     t = jax.random.uniform(rng_t, (sample.shape[0],), minval=c.t_min, maxval=c.t_max)
@@ -188,3 +179,10 @@ def repeat(n: int, update, *modules) -> dict:
     state, total = jax.lax.fori_loop(0, n, body, (state, zeros))
     nnx.update(modules, state)
     return jax.tree.map(lambda x: x / n, total)
+
+
+def load_with_fake_score(state: FakeScoreState, source: dict, config) -> None:
+    """Student and teacher as every distillation stage; the fake score starts as the teacher."""
+    load_student(state, source, config)
+    what = f"config.init_from={config.init_from} ({config.distill.teacher_from} -> fake score)"
+    load_params(state.fake_score.model, pick_params(source, config.distill.teacher_from, what), what)

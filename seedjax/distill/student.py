@@ -16,25 +16,18 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
+from etils import epath
 from flax import nnx
 
-from seedjax.distill import generator
-from seedjax.distill.params import freeze, load_params, pick_params
-from seedjax.stages import pretrain
-from seedjax.train.state import EMA, make_optimizer, nonfinite_streak, total_nonfinite, value_and_grad
-
-
-def distill_config(**overrides) -> ml_collections.ConfigDict:
-    cfg = ml_collections.ConfigDict(dict(
-        guidance=3.0,  # guidance scale the student is conditioned on (its guidance embedder), in training and sampling
-        teacher_guidance=3.0,  # guidance scale of the teacher's velocity (true CFG, or its embedder)
-        teacher_guidance_embed=True,  # the teacher was CFG-distilled (False: true CFG, two evaluations)
-        student_from="ema",  # entry of the init_from checkpoint the student starts from: ema | model
-        teacher_from="teacher",  # entry that becomes the frozen teacher: teacher | ema | model
-    ))
-    cfg.update(overrides)
-    return cfg
+import data_pipelines
+from seedjax.config import config_from_json
+from seedjax.models import codec
+from seedjax.models import generator as models_generator
+from seedjax.models.frozen import freeze
+from seedjax.train.generation import generate_pixels, sampler_of
+from seedjax.train.params import load_params, pick_params
+from seedjax.train.state import EMA, make_optimizer
+from seedjax.train.updates import ema_model
 
 
 def validate_config(config) -> None:
@@ -43,7 +36,7 @@ def validate_config(config) -> None:
     if not config.init_from:
         raise ValueError(f"stage {config.stage}: distillation starts from a trained model; set config.init_from "
                          "to the previous stage's workdir")
-    pretrain.require_pixel_space(config, f"stage {config.stage} (distillation)")
+    codec.require_pixel_space(config, f"stage {config.stage} (distillation)")
     if d.student_from not in ("ema", "model"):
         raise ValueError(f"config.distill.student_from={d.student_from!r}: choose ema or model")
     if d.teacher_from not in ("teacher", "ema", "model"):
@@ -53,6 +46,10 @@ def validate_config(config) -> None:
                          f"num_steps {config.sampling.num_steps} (>= 1)")
     if d.guidance <= 0 or d.teacher_guidance <= 0:
         raise ValueError(f"config.distill: guidance scales must be positive, got {d.guidance}, {d.teacher_guidance}")
+    channels = config.model.in_channels // config.input.patch_size**2
+    if channels != data_pipelines.channels(config.data):
+        raise ValueError(f"config.model.in_channels={config.model.in_channels} does not match "
+                         f"{data_pipelines.channels(config.data)}-channel images in {config.input.patch_size}^2 patches")
     check_architecture(config)
 
 
@@ -71,10 +68,6 @@ def check_architecture(config) -> None:
 
     `init_from` is a workdir or one of its step directories (workdir/checkpoints/N).
     """
-    from etils import epath
-
-    from seedjax.config import config_from_json
-
     path = epath.Path(config.init_from)
     candidates = [path / "config.json", path.parent.parent / "config.json"]
     found = next((c for c in candidates if c.exists()), None)
@@ -96,43 +89,10 @@ class StudentState(nnx.Module):
     """The student (guidance-embedded), its optimizer and EMA, and the frozen teacher."""
 
     def __init__(self, config, rngs: nnx.Rngs):
-        self.model = generator.build_model(config, rngs, guidance_embed=True)
-        self.teacher = freeze(generator.build_model(config, rngs, config.distill.teacher_guidance_embed))
+        self.model = models_generator.build(config, rngs, guidance_embed=True)
+        self.teacher = freeze(models_generator.build(config, rngs, config.distill.teacher_guidance_embed))
         self.optimizer = make_optimizer(self.model, config.optimizer, config.total_steps)
         self.ema = EMA(self.model, config.ema_decay) if config.ema_decay > 0 else None
-
-
-# --------------------------------------------------------------------------- training helpers
-
-
-def optimize(module: nnx.Module, optimizer: nnx.Optimizer, loss_fn, batch: dict, accum_steps: int = 1):
-    """One update of `module` (its nnx.Param only) on `loss_fn(module, batch) -> (loss, aux)`.
-
-    Returns (loss, aux, grad_norm). Everything else `loss_fn` touches (teachers, other
-    networks) is read, never differentiated or updated.
-    """
-    (loss, aux), grads = value_and_grad(loss_fn, module, batch, accum_steps)
-    optimizer.update(module, grads)
-    return loss, aux, optax.tree.norm(grads)
-
-
-def guard_metrics(*optimizers: nnx.Optimizer) -> dict:
-    """The loop's non-finite guard over several optimizers: the longest current streak."""
-    return {"nonfinite_streak": jnp.max(jnp.stack([nonfinite_streak(o) for o in optimizers])),
-            "nonfinite_total": sum(total_nonfinite(o) for o in optimizers)}
-
-
-def update_ema(state: StudentState) -> None:
-    if state.ema is not None:
-        state.ema.update(state.model)
-
-
-def clean_tokens(batch: dict, config) -> jax.Array:
-    """The batch's clean input as patch tokens (pixels or latents, `config.input.key`)."""
-    key = config.input.key
-    if key not in batch:
-        raise ValueError(f"batch has no {key!r} (config.input.key); it has {sorted(batch)}")
-    return generator.Geometry.of(config).tokens(batch[key])
 
 
 # --------------------------------------------------------------------------- stage hooks
@@ -155,31 +115,14 @@ def load_pretrained(state: StudentState, source: dict, config) -> None:
     load_params(state.teacher, pick_params(source, d.teacher_from, what), f"{what} ({d.teacher_from} -> teacher)")
 
 
-def sampling_model(state: StudentState, config):
-    if state.ema is None or not config.sampling.use_ema:
-        return state.model
-    model = nnx.clone(state.model)
-    state.ema.copy_into(model)
-    return model
-
-
-def generate(model, config, rng: jax.Array, batch: dict) -> jax.Array:
-    """Images [N, H, W, C] in [-1, 1] from the student at its NFE (`config.sampling`)."""
-    geo = generator.Geometry.of(config)
-    s = config.sampling
-    velocity = generator.bind(model, batch, geo, guidance=config.distill.guidance, cfg_scale=s.guidance_scale)
-    noise = jax.random.normal(rng, (generator.batch_size(batch), *geo.token_shape), jnp.float32)
-    x = generator.integrate(velocity, noise, generator.student_sigmas(s))
-    return jnp.clip(geo.images(x), -1.0, 1.0)
-
-
 def sample(state: StudentState, config, rng: jax.Array, batch: dict) -> jax.Array:
-    return generate(sampling_model(state, config), config, rng, batch)
+    """Images [N, 1, H, W, C] in [-1, 1] from the student (EMA) at its NFE (`config.sampling`)."""
+    return generate_pixels(ema_model(state, config.sampling.use_ema), config, rng, batch)
 
 
 def nfe(config) -> int:
     """Network evaluations per image at sampling time (a true-CFG step counts twice)."""
-    return config.sampling.num_steps * (1 if config.sampling.guidance_scale == 1.0 else 2)
+    return sampler_of(config).nfe
 
 
 def evaluation_config(config):
@@ -195,7 +138,7 @@ def evaluation_config(config):
 def evaluate(state: StudentState, config, rng: jax.Array) -> dict:
     from seedjax.eval.samples import evaluate_generator
 
-    graphdef, params = nnx.split(sampling_model(state, config))
-    results = evaluate_generator(lambda p, b, r: generate(nnx.merge(graphdef, p), config, r, b), params,
+    graphdef, params = nnx.split(ema_model(state, config.sampling.use_ema))
+    results = evaluate_generator(lambda p, b, r: generate_pixels(nnx.merge(graphdef, p), config, r, b), params,
                                  evaluation_config(config), rng)
     return {**results, "nfe": float(nfe(config))}

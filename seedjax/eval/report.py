@@ -62,19 +62,20 @@ def evaluate_stage(run, batch: dict, args) -> tuple[dict, np.ndarray]:
     """The metrics of one stage and its first `--grid_prompts` images."""
     from seedjax.eval import metrics
     from seedjax.eval.classifier import get_classifier
-    from seedjax.eval.samples import generate_all, score_images
-    from seedjax.tools.sample import run_nfe, run_sampler
+    from seedjax.eval.samples import generate_all, score_images, still_images
 
-    generate, params = run_sampler(run)
+    generate, params = run.generate_fn()
     rng = jax.random.key(args.seed)
     prompts = {k: v for k, v in batch.items() if k in ("tokens", "text_mask", "target_size")}
     chunk = min(args.batch, len(batch["tokens"]))
     images, seconds = generate_all(generate, params, prompts, rng, chunk)
+    images = still_images(images)
     results = score_images(images, batch, images.shape[1])
     repeated, ids = repeat_prompts(batch, args.diversity_prompts, args.samples_per_prompt)
     many, _ = generate_all(generate, params, repeated, jax.random.fold_in(rng, 1), chunk)  # same compiled shape
+    many = still_images(many)
     results["diversity"] = metrics.diversity(get_classifier(images.shape[1]).features(many), ids)
-    results["nfe"] = run_nfe(run)
+    results["nfe"] = run.nfe
     results["ms_per_image"] = seconds * 1e3
     return results, images[: args.grid_prompts]
 
@@ -123,7 +124,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="")
     args = parser.parse(argv)
-    from seedjax.tools.sample import load_run, override_sampling
+    from seedjax import inference
 
     try:
         names = args.stages.split(",") if args.stages else pipeline_stages(args.pipeline) if args.pipeline else []
@@ -132,11 +133,11 @@ def main(argv: list[str]) -> int:
         if min(args.num_prompts, args.diversity_prompts, args.batch) < 1 or args.samples_per_prompt < 2:
             raise ValueError("--num_prompts, --diversity_prompts, --batch must be >= 1 and --samples_per_prompt >= 2")
         steps = dict(item.split("=") for item in args.steps.split(",") if item)
-        runs = {name: load_run(os.path.join(args.workdir, name.split("@")[0])) for name in names}
+        runs = {name: inference.load(os.path.join(args.workdir, name.split("@")[0])) for name in names}
         for name, n in steps.items():
             if name not in runs:
                 raise ValueError(f"--steps names {name!r}, which is not among the stages {names}")
-            override_sampling(runs[name].config, steps=int(n))
+            runs[name] = runs[name].with_sampling(steps=int(n))
     except Exception as e:  # a bad pipeline file, a missing or unfinished stage run
         print(f"report: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
@@ -147,7 +148,7 @@ def main(argv: list[str]) -> int:
     results, grids = {}, {}
     for name, run in runs.items():
         if "distill" not in run.config and name not in steps:
-            override_sampling(run.config, steps=args.teacher_steps)
+            run = run.with_sampling(steps=args.teacher_steps)
         t0 = time.perf_counter()
         results[name], grids[name] = evaluate_stage(run, batch, args)
         print(f"report: {name}: " + ", ".join(f"{k}={v:.4g}" for k, v in results[name].items())

@@ -16,7 +16,7 @@ import numpy as np
 import data_pipelines
 from seedjax.parallel.host import to_host
 
-# (params, prompt batch, rng) -> images [N, H, W, C] in [-1, 1]; params are passed (not closed
+# (params, prompt batch, rng) -> samples [N, F, H, W, C] in [-1, 1]; params are passed (not closed
 # over) so that large models are arguments of the compiled function, not constants in it.
 Generator = Callable[[object, dict, jax.Array], jax.Array]
 
@@ -38,6 +38,15 @@ def generate_all(generate: Generator, params, batch: dict, rng: jax.Array, chunk
         outs.append(images)
     per_image = elapsed / max(n - min(chunk, n), 1) if n > chunk else float("nan")
     return np.concatenate(outs), per_image
+
+
+def still_images(samples: np.ndarray) -> np.ndarray:
+    """Samples [N, 1, H, W, C] (the `sample` hooks' frame axis) -> images [N, H, W, C]."""
+    if samples.ndim == 4:
+        return samples
+    if samples.ndim != 5 or samples.shape[1] != 1:
+        raise ValueError(f"expected still images [N, 1, H, W, C], got samples of shape {samples.shape}")
+    return samples[:, 0]
 
 
 DIGIT_SOURCES = ("digits", "digit_scenes")  # data the digit classifier can judge
@@ -73,6 +82,7 @@ def score_images(images: np.ndarray, batch: dict, image_size: int, digit_data: b
 
     if not (is_digit_data(batch) if digit_data is None else digit_data):
         return {}
+    images = still_images(images)
     clf = get_classifier(image_size)
     out: dict[str, float] = {"classifier_test_accuracy": clf.test_accuracy}
     if "label" in batch:

@@ -22,6 +22,8 @@ from typing import Callable
 
 import jax
 
+from seedjax.kernels import paro
+
 AttentionBackend = Callable[..., jax.Array]
 
 _BACKENDS: dict[str, AttentionBackend] = {}
@@ -104,8 +106,6 @@ def paro_attention(q: jax.Array, k: jax.Array, v: jax.Array, **kwargs) -> jax.Ar
     """PAROAttention: block-sparse attention over per-head reordered image tokens
     (`seedjax.kernels.paro.paro_backend`). Backend kwargs: `plan` (ParoPlan or plan file
     path), `timestep` ([B] flow times); optional `impl`, `int8_qk`, `int8_pv`."""
-    from seedjax.kernels import paro  # lazy: the kernels pull in Pallas
-
     return paro.paro_backend(q, k, v, **kwargs)
 
 
@@ -113,6 +113,4 @@ def paro_attention(q: jax.Array, k: jax.Array, v: jax.Array, **kwargs) -> jax.Ar
 def paro_capture_attention(q: jax.Array, k: jax.Array, v: jax.Array, **kwargs) -> jax.Array:
     """Dense attention that records PARO calibration statistics
     (`seedjax.kernels.paro.capture_backend`; kwargs `calibration`, `timestep`)."""
-    from seedjax.kernels import paro
-
     return paro.capture_backend(q, k, v, **kwargs)

@@ -20,23 +20,19 @@ generator once, each network with its own optimizer.
 from __future__ import annotations
 
 import jax
-import ml_collections
 from flax import nnx
 
-from seedjax.distill import dmd, generator, student
+from seedjax.distill import dmd, teachers
 from seedjax.distill.discriminator import Discriminator
+from seedjax.distill.dmd import load_with_fake_score
 from seedjax.distill.losses import discriminator_loss, generator_loss
-from seedjax.distill.params import load_params, pick_params
 from seedjax.distill.student import evaluate, nfe, sample
-from seedjax.stages.distill_dmd import load_pretrained as _load_with_fake_score
+from seedjax.diffusion.guidance import VelocityFn
+from seedjax.models.geometry import Geometry
+from seedjax.train import updates
+from seedjax.train.params import load_params, pick_params
 from seedjax.train.state import make_optimizer
 from seedjax.train.stage import Stage
-
-
-def adm_config(**overrides) -> ml_collections.ConfigDict:
-    cfg = ml_collections.ConfigDict(dict(ode_dt=1.0 / 64))
-    cfg.update(overrides)
-    return cfg
 
 
 def validate_config(config) -> None:
@@ -58,7 +54,7 @@ def init(config, rngs) -> AdmState:
 
 def load_pretrained(state: AdmState, source: dict, config) -> None:
     """Student, teacher and fake score as in DMD; the discriminator's backbone is the teacher."""
-    _load_with_fake_score(state, source, config)
+    load_with_fake_score(state, source, config)
     what = f"config.init_from={config.init_from} ({config.distill.teacher_from} -> discriminator backbone)"
     load_params(state.disc.backbone, pick_params(source, config.distill.teacher_from, what), what)
 
@@ -71,18 +67,18 @@ def noisy_points(x0: jax.Array, rng: jax.Array, config):
     return dmd.renoise(x0, rng, max(config.dmd.t_min, config.adm.ode_dt), config.dmd.t_max)
 
 
-def ode_step(velocity: generator.VelocityFn, x_t: jax.Array, t: jax.Array, dt: float) -> jax.Array:
+def ode_step(velocity: VelocityFn, x_t: jax.Array, t: jax.Array, dt: float) -> jax.Array:
     return x_t - dt * velocity(x_t, t)
 
 
 def _logits(disc: Discriminator, x, t, batch, config):
-    return disc(x, t, batch, generator.Geometry.of(config), guidance=config.distill.teacher_guidance)
+    return disc(x, t, batch, Geometry.of(config), guidance=config.distill.teacher_guidance)
 
 
 def adm_disc_loss(disc: Discriminator, teacher, fake: dmd.FakeScore, batch: dict, rng: jax.Array, config):
-    geo, dt, guidance = generator.Geometry.of(config), config.adm.ode_dt, config.distill.teacher_guidance
+    geo, dt, guidance = Geometry.of(config), config.adm.ode_dt, config.distill.teacher_guidance
     x_t, t, _ = noisy_points(batch["states"][:, -1], rng, config)
-    x_real = ode_step(generator.teacher_velocity(teacher, batch, geo, guidance), x_t, t, dt)
+    x_real = ode_step(teachers.teacher_velocity(teacher, batch, geo, guidance), x_t, t, dt)
     x_fake = ode_step(fake.velocity(batch, geo, guidance), x_t, t, dt)
     x_real, x_fake = jax.lax.stop_gradient((x_real, x_fake))
     real, fake_logits = _logits(disc, x_real, t - dt, batch, config), _logits(disc, x_fake, t - dt, batch, config)
@@ -92,7 +88,7 @@ def adm_disc_loss(disc: Discriminator, teacher, fake: dmd.FakeScore, batch: dict
 
 def adm_generator_loss(model, fake: dmd.FakeScore, disc: Discriminator, batch: dict, rng: jax.Array, config):
     rng_step, rng_noise = jax.random.split(rng)
-    geo, dt = generator.Geometry.of(config), config.adm.ode_dt
+    geo, dt = Geometry.of(config), config.adm.ode_dt
     x0 = dmd.generator_x0(model, batch, rng_step, config)
     x_t, t, _ = noisy_points(x0, rng_noise, config)
     x_fake = ode_step(fake.velocity(batch, geo, config.distill.teacher_guidance), x_t, t, dt)
@@ -109,15 +105,15 @@ def train_step(state: AdmState, batch: dict, rng: jax.Array, config) -> dict:
     work = dict(batch, **dmd.student_rollout(state.model, batch, rng_rollout, config))
 
     fake_metrics = dmd.update_fake_score(state, work, rng_fake, config)
-    _, d_aux, d_norm = student.optimize(
+    _, d_aux, d_norm = updates.optimize(
         state.disc, state.disc_optimizer,
         lambda d, b: adm_disc_loss(d, state.teacher, state.fake_score, b, rng_disc, config), work, accum)
-    loss, aux, grad_norm = student.optimize(
+    loss, aux, grad_norm = updates.optimize(
         state.model, state.optimizer, lambda m, b: adm_generator_loss(m, state.fake_score, state.disc, b, rng_gen, config),
         work, accum)
-    student.update_ema(state)
+    updates.update_ema(state)
     return {"loss": loss, **aux, **fake_metrics, **d_aux, "grad_norm": grad_norm, "disc_grad_norm": d_norm,
-            **student.guard_metrics(state.optimizer, state.fake_optimizer, state.disc_optimizer)}
+            **updates.guard_metrics(state.optimizer, state.fake_optimizer, state.disc_optimizer)}
 
 
 STAGE = Stage(init=init, train_step=train_step, sample=sample, evaluate=evaluate, load_pretrained=load_pretrained, nfe=nfe,

@@ -20,30 +20,21 @@ The discriminators have their own optimizer; the generator's loss never updates 
 from __future__ import annotations
 
 import jax
-import ml_collections
 from flax import nnx
 
 from seedjax.diffusion import flow
-from seedjax.distill import generator, student
+from seedjax.diffusion import guidance as guidance_lib
+from seedjax.distill import student, teachers
 from seedjax.distill.discriminator import Discriminator
 from seedjax.distill.losses import discriminator_loss, generator_loss
-from seedjax.distill.params import load_params, pick_params
 from seedjax.distill.student import StudentState, evaluate, nfe, sample
+from seedjax.distill.teachers import split_pairs
 from seedjax.models.discriminators import PatchDiscriminator
-from seedjax.tools.ode_pairs import split_pairs
+from seedjax.models.geometry import Geometry
+from seedjax.train import updates
+from seedjax.train.params import load_params, pick_params
 from seedjax.train.state import make_optimizer
 from seedjax.train.stage import Stage
-
-
-def adp_config(**overrides) -> ml_collections.ConfigDict:
-    cfg = ml_collections.ConfigDict(dict(
-        regression_weight=1.0,
-        adversarial_weight=0.1,
-        latent_weight=0.85,
-        pixel_weight=0.15,
-    ))
-    cfg.update(overrides)
-    return cfg
 
 
 class LatentPixelDiscriminator(nnx.Module):
@@ -51,12 +42,12 @@ class LatentPixelDiscriminator(nnx.Module):
 
     def __init__(self, config, rngs: nnx.Rngs):
         self.latent = Discriminator(config, config.disc, rngs, guidance_embed=config.distill.teacher_guidance_embed)
-        channels = generator.Geometry.of(config).image_shape[2]
+        channels = Geometry.of(config).channels
         self.pixel = PatchDiscriminator(channels, config.pixel_disc, rngs=rngs) if config.adp.pixel_weight > 0 else None
 
     def __call__(self, x0: jax.Array, batch: dict, rng: jax.Array, config) -> tuple[jax.Array, jax.Array | None]:
         """(latent logits, pixel logits or None) for clean tokens x0 [B, N, C]."""
-        geo = generator.Geometry.of(config)
+        geo = Geometry.of(config)
         rng_t, rng_noise = jax.random.split(rng)
         t = jax.random.uniform(rng_t, (x0.shape[0],), minval=config.disc.t_min, maxval=config.disc.t_max)
         x_t = flow.interpolate(x0, jax.random.normal(rng_noise, x0.shape), t)
@@ -64,7 +55,7 @@ class LatentPixelDiscriminator(nnx.Module):
         if self.pixel is None:
             return latent, None
         # Pixel-space inputs: "decoding" is unpatchifying (latent runs are refused by student.validate_config).
-        pixel = self.pixel(geo.images(x0))[0]
+        pixel = self.pixel(geo.images_of(x0))[0]
         return latent, pixel.reshape(pixel.shape[0], -1)
 
 
@@ -99,16 +90,16 @@ def load_pretrained(state: AdpState, source: dict, config) -> None:
 
 def pair_points(batch: dict, rng: jax.Array, config) -> dict:
     """The pair as tokens, the generator's timestep (biased to noise) and x_t on the pair's line."""
-    geo = generator.Geometry.of(config)
-    x0_img, noise_img = split_pairs(batch, geo.image_shape[2])
+    geo = Geometry.of(config)
+    x0_img, noise_img = split_pairs(batch, geo.channels)
     x0, noise = geo.tokens(x0_img), geo.tokens(noise_img)
-    t = generator.high_noise_t(rng, x0.shape[0])
+    t = teachers.high_noise_t(rng, x0.shape[0])
     return {"pair_x0": x0, "pair_noise": noise, "t": t, "x_t": flow.interpolate(x0, noise, t)}
 
 
 def generator_velocity(model, batch: dict, config) -> jax.Array:
-    geo = generator.Geometry.of(config)
-    return generator.bind(model, batch, geo, guidance=config.distill.guidance)(batch["x_t"], batch["t"])
+    geo = Geometry.of(config)
+    return guidance_lib.bind(model, batch, geo, guidance=config.distill.guidance)(batch["x_t"], batch["t"])
 
 
 def adp_generator_loss(model, disc: LatentPixelDiscriminator, batch: dict, rng: jax.Array, config):
@@ -142,14 +133,14 @@ def train_step(state: AdpState, batch: dict, rng: jax.Array, config) -> dict:
     work = dict(batch, **pair_points(batch, rng_t, config))
     v = jax.lax.stop_gradient(generator_velocity(state.model, work, config))
     work["fake_x0"] = flow.x0_from_velocity(work["x_t"], v, work["t"])
-    _, d_aux, d_norm = student.optimize(state.disc, state.disc_optimizer,
+    _, d_aux, d_norm = updates.optimize(state.disc, state.disc_optimizer,
                                         lambda d, b: adp_disc_loss(d, b, rng_disc, config), work, accum)
-    loss, aux, grad_norm = student.optimize(state.model, state.optimizer,
+    loss, aux, grad_norm = updates.optimize(state.model, state.optimizer,
                                             lambda m, b: adp_generator_loss(m, state.disc, b, rng_gen, config),
                                             work, accum)
-    student.update_ema(state)
+    updates.update_ema(state)
     return {"loss": loss, **aux, **d_aux, "grad_norm": grad_norm, "disc_grad_norm": d_norm,
-            **student.guard_metrics(state.optimizer, state.disc_optimizer)}
+            **updates.guard_metrics(state.optimizer, state.disc_optimizer)}
 
 
 STAGE = Stage(init=init, train_step=train_step, sample=sample, evaluate=evaluate, load_pretrained=load_pretrained, nfe=nfe,

@@ -14,19 +14,16 @@ scale g then costs one evaluation per step instead of two.
 from __future__ import annotations
 
 import jax
-import ml_collections
 
 from seedjax.diffusion import flow
-from seedjax.distill import generator, student
+from seedjax.diffusion import guidance as guidance_lib
+from seedjax.diffusion import objectives
+from seedjax.distill import student, teachers
 from seedjax.distill.student import StudentState, evaluate, load_pretrained, nfe, sample
-from seedjax.models import mmdit, text
+from seedjax.models import generator
+from seedjax.models.geometry import Geometry
+from seedjax.train import updates
 from seedjax.train.stage import Stage
-
-
-def cfg_config(**overrides) -> ml_collections.ConfigDict:
-    cfg = ml_collections.ConfigDict(dict(guidance_min=1.0, guidance_max=5.0))
-    cfg.update(overrides)
-    return cfg
 
 
 def validate_config(config) -> None:
@@ -45,32 +42,29 @@ def init(config, rngs) -> StudentState:
 def cfg_distill_loss(model, teacher, batch: dict, rng: jax.Array, config):
     """MSE between the student's velocity at guidance g and the teacher's CFG velocity at scale g."""
     rng_t, rng_noise, rng_g = jax.random.split(rng, 3)
-    geo = generator.Geometry.of(config)
-    x0 = student.clean_tokens(batch, config)
+    geo = Geometry.of(config)
+    x0 = objectives.clean_tokens(batch, config)
     n = x0.shape[0]
     t = flow.sample_t(rng_t, n, config.diffusion, flow.resolution_shift(x0.shape[1], config.diffusion))
     x_t = flow.interpolate(x0, jax.random.normal(rng_noise, x0.shape), t)
     g = jax.random.uniform(rng_g, (n,), minval=config.cfg_distill.guidance_min, maxval=config.cfg_distill.guidance_max)
-    v_teacher = jax.lax.stop_gradient(generator.teacher_velocity(teacher, batch, geo, g)(x_t, t))
-    v_student = generator.bind(model, batch, geo, guidance=g)(x_t, t)
+    v_teacher = jax.lax.stop_gradient(teachers.teacher_velocity(teacher, batch, geo, g)(x_t, t))
+    v_student = guidance_lib.bind(model, batch, geo, guidance=g)(x_t, t)
     loss = flow.masked_mse(v_student, v_teacher)
     return loss, {"cfg_mse": loss}
 
 
 def train_step(state: StudentState, batch: dict, rng: jax.Array, config) -> dict:
     loss_fn = lambda model, b: cfg_distill_loss(model, state.teacher, b, rng, config)
-    loss, aux, grad_norm = student.optimize(state.model, state.optimizer, loss_fn, batch,
+    loss, aux, grad_norm = updates.optimize(state.model, state.optimizer, loss_fn, batch,
                                             config.optimizer.grad_accum_steps)
-    student.update_ema(state)
-    return {"loss": loss, **aux, "grad_norm": grad_norm, **student.guard_metrics(state.optimizer)}
+    updates.update_ema(state)
+    return {"loss": loss, **aux, "grad_norm": grad_norm, **updates.guard_metrics(state.optimizer)}
 
 
 def flops_per_example(config) -> float:
     """Student forward + backward, teacher forward on the conditional and unconditional inputs."""
-    h = config.data.image_size // config.input.patch_size
-    train = mmdit.train_flops_per_example(config.model, h * h, config.data.max_text_len) + \
-        text.train_flops_per_example(config.text, config.data.max_text_len)
-    return train * (1.0 + 2.0 / 3.0)
+    return generator.train_flops_per_example(config, Geometry.of(config)) * (1.0 + 2.0 / 3.0)
 
 
 STAGE = Stage(init=init, train_step=train_step, sample=sample, evaluate=evaluate, flops_per_example=flops_per_example,

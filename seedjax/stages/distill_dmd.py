@@ -23,10 +23,13 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from seedjax.distill import dmd, generator, student
+from seedjax.diffusion import sampling
+from seedjax.distill import dmd, teachers
+from seedjax.distill.dmd import load_with_fake_score
 from seedjax.distill.losses import dmd_loss, generator_loss
-from seedjax.distill.params import load_params, pick_params
 from seedjax.distill.student import evaluate, nfe, sample
+from seedjax.models.geometry import Geometry
+from seedjax.train import updates
 from seedjax.train.stage import Stage
 
 
@@ -42,22 +45,15 @@ def init(config, rngs) -> DmdState:
     return DmdState(config, rngs)
 
 
-def load_pretrained(state: dmd.FakeScoreState, source: dict, config) -> None:
-    """Student and teacher as every distillation stage; the fake score starts as the teacher."""
-    student.load_pretrained(state, source, config)
-    what = f"config.init_from={config.init_from} ({config.distill.teacher_from} -> fake score)"
-    load_params(state.fake_score.model, pick_params(source, config.distill.teacher_from, what), what)
-
-
 def dmd_generator_loss(model, teacher, fake: dmd.FakeScore, batch: dict, rng: jax.Array, config):
     c = config.dmd
     rng_step, rng_noise = jax.random.split(rng)
-    geo = generator.Geometry.of(config)
+    geo = Geometry.of(config)
     guidance = config.distill.teacher_guidance
     x0 = dmd.generator_x0(model, batch, rng_step, config)
     x_t, t, _ = dmd.renoise(x0, rng_noise, c.t_min, c.t_max)
-    x0_real = generator.x0_prediction(generator.teacher_velocity(teacher, batch, geo, guidance), x_t, t)
-    x0_fake = generator.x0_prediction(fake.velocity(batch, geo, guidance), x_t, t)
+    x0_real = sampling.x0_prediction(teachers.teacher_velocity(teacher, batch, geo, guidance), x_t, t)
+    x0_fake = sampling.x0_prediction(fake.velocity(batch, geo, guidance), x_t, t)
     loss = dmd_loss(x0, x0_real, x0_fake)
     aux = {"dmd_loss": loss}
     if fake.heads is not None:
@@ -74,11 +70,11 @@ def train_step(state: DmdState, batch: dict, rng: jax.Array, config) -> dict:
 
     fake_metrics = dmd.update_fake_score(state, work, rng_fake, config)
     loss_fn = lambda m, b: dmd_generator_loss(m, state.teacher, state.fake_score, b, rng_gen, config)
-    loss, aux, grad_norm = student.optimize(state.model, state.optimizer, loss_fn, work, accum)
-    student.update_ema(state)
+    loss, aux, grad_norm = updates.optimize(state.model, state.optimizer, loss_fn, work, accum)
+    updates.update_ema(state)
     return {"loss": loss, **aux, **fake_metrics, "grad_norm": grad_norm,
-            **student.guard_metrics(state.optimizer, state.fake_optimizer)}
+            **updates.guard_metrics(state.optimizer, state.fake_optimizer)}
 
 
-STAGE = Stage(init=init, train_step=train_step, sample=sample, evaluate=evaluate, load_pretrained=load_pretrained, nfe=nfe,
+STAGE = Stage(init=init, train_step=train_step, sample=sample, evaluate=evaluate, load_pretrained=load_with_fake_score, nfe=nfe,
               validate_config=validate_config)

@@ -19,30 +19,22 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import nnx
 
 from seedjax.diffusion import flow
 from seedjax.diffusion.sampling import uniform_sigmas
-from seedjax.distill import generator, student
+from seedjax.diffusion import guidance as guidance_lib
+from seedjax.diffusion import objectives
+from seedjax.distill import student, teachers
 from seedjax.distill.discriminator import Discriminator
 from seedjax.distill.losses import discriminator_loss, generator_loss
 from seedjax.distill.student import StudentState, evaluate, load_pretrained as _load_student, nfe, sample
-from seedjax.distill.params import load_params, pick_params
+from seedjax.models.geometry import Geometry
+from seedjax.train import updates
+from seedjax.train.params import load_params, pick_params
 from seedjax.train.state import make_optimizer
 from seedjax.train.stage import Stage
-
-
-def tscd_config(**overrides) -> ml_collections.ConfigDict:
-    cfg = ml_collections.ConfigDict(dict(
-        segments=3,
-        grid_steps=48,  # fine grid of teacher ODE steps; a multiple of `segments`
-        mse_weight=1.0,
-        adversarial_weight=0.0,  # > 0 adds a discriminator (config.disc, config.disc_optimizer)
-    ))
-    cfg.update(overrides)
-    return cfg
 
 
 def validate_config(config) -> None:
@@ -90,29 +82,29 @@ def segment_grid(config) -> tuple[np.ndarray, np.ndarray]:
 def consistency_pairs(model, teacher, batch: dict, rng: jax.Array, config) -> dict:
     """x_t, t, the segment end e, and the consistency target sg[f(x_t', t')] for each example."""
     rng_i, rng_noise = jax.random.split(rng)
-    geo = generator.Geometry.of(config)
-    x0 = student.clean_tokens(batch, config)
+    geo = Geometry.of(config)
+    x0 = objectives.clean_tokens(batch, config)
     n = x0.shape[0]
     sigmas, ends = segment_grid(config)
     i = jax.random.randint(rng_i, (n,), 0, config.tscd.grid_steps)
     t, t_next, end = (jnp.asarray(a, jnp.float32)[i] for a in (sigmas[:-1], sigmas[1:], ends))
     x_t = flow.interpolate(x0, jax.random.normal(rng_noise, x0.shape), t)
-    v_teacher = generator.teacher_velocity(teacher, batch, geo, config.distill.teacher_guidance)(x_t, t)
+    v_teacher = teachers.teacher_velocity(teacher, batch, geo, config.distill.teacher_guidance)(x_t, t)
     x_next = x_t + (t_next - t)[:, None, None] * v_teacher
-    v_next = generator.bind(model, batch, geo, guidance=config.distill.guidance)(x_next, t_next)
+    v_next = guidance_lib.bind(model, batch, geo, guidance=config.distill.guidance)(x_next, t_next)
     target = x_next + (end - t_next)[:, None, None] * v_next
     return jax.lax.stop_gradient({"x_t": x_t, "t": t, "end": end, "target": target})
 
 
 def consistency_fn(model, batch: dict, config) -> jax.Array:
     """f_theta(x_t, t) for the pairs in `batch` (keys from `consistency_pairs`)."""
-    geo = generator.Geometry.of(config)
-    v = generator.bind(model, batch, geo, guidance=config.distill.guidance)(batch["x_t"], batch["t"])
+    geo = Geometry.of(config)
+    v = guidance_lib.bind(model, batch, geo, guidance=config.distill.guidance)(batch["x_t"], batch["t"])
     return batch["x_t"] + (batch["end"] - batch["t"])[:, None, None] * v
 
 
 def _disc_logits(disc, x, batch, config):
-    return disc(x, batch["end"], batch, generator.Geometry.of(config), guidance=config.distill.teacher_guidance)
+    return disc(x, batch["end"], batch, Geometry.of(config), guidance=config.distill.teacher_guidance)
 
 
 def student_loss(model, disc, batch: dict, config):
@@ -146,14 +138,14 @@ def train_step(state: TscdState, batch: dict, rng: jax.Array, config) -> dict:
     optimizers = [state.optimizer]
     if state.disc is not None:
         work["pred"] = jax.lax.stop_gradient(consistency_fn(state.model, work, config))
-        _, d_aux, d_norm = student.optimize(state.disc, state.disc_optimizer, lambda d, b: disc_loss(d, b, config),
+        _, d_aux, d_norm = updates.optimize(state.disc, state.disc_optimizer, lambda d, b: disc_loss(d, b, config),
                                             work, accum)
         metrics.update(d_aux, disc_grad_norm=d_norm)
         optimizers.append(state.disc_optimizer)
-    loss, aux, grad_norm = student.optimize(state.model, state.optimizer,
+    loss, aux, grad_norm = updates.optimize(state.model, state.optimizer,
                                             lambda m, b: student_loss(m, state.disc, b, config), work, accum)
-    student.update_ema(state)
-    return {"loss": loss, **aux, **metrics, "grad_norm": grad_norm, **student.guard_metrics(*optimizers)}
+    updates.update_ema(state)
+    return {"loss": loss, **aux, **metrics, "grad_norm": grad_norm, **updates.guard_metrics(*optimizers)}
 
 
 STAGE = Stage(init=init, train_step=train_step, sample=sample, evaluate=evaluate, load_pretrained=load_pretrained, nfe=nfe,

@@ -11,7 +11,7 @@ their true caption and a perturbed caption. On device, each image also gets a de
 Per head the loss is  bce_weight * [BCE on its yes/no examples, classes weighted equally]
                     + bt_weight  * -log sigmoid(score(winner) - score(loser))   (Bradley-Terry)
 with score = the log-odds of "yes". Held-out accuracy per head (and per perturbation or
-degradation kind) comes from `evaluate`; `load_reward_model` gives RLHF a trained model.
+degradation kind) comes from `evaluate`; `seedjax.train.params.load_reward_model` gives RLHF a trained model.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from flax import nnx
@@ -27,22 +26,11 @@ from flax import nnx
 from seedjax.eval import augment
 from seedjax.models.reward import RewardModel
 from seedjax.parallel.host import to_host
+from seedjax.schema.stages import DEGRADATIONS
 from seedjax.train.state import make_optimizer, nonfinite_streak, total_nonfinite, value_and_grad
 from seedjax.train.stage import Stage
 
 HEAD_NEGATIVES = {"alignment": "caption", "quality": "image"}  # what makes a "no" for each head kind
-DEGRADATIONS = ("blur", "noise", "stamp", "mosaic")
-
-
-def reward_config(**overrides) -> ml_collections.ConfigDict:
-    cfg = ml_collections.ConfigDict(dict(
-        bce_weight=1.0,
-        bt_weight=1.0,
-        degradations=",".join(DEGRADATIONS),  # image negatives for the quality head
-        augment=True,  # random affine + stroke jitter of the real images (both sides of every pair)
-    ))
-    cfg.update(overrides)
-    return cfg
 
 
 # --------------------------------------------------------------------------- state
@@ -267,36 +255,6 @@ def agreement_with_classifier(scores: np.ndarray, correct: np.ndarray) -> dict[s
 
 
 # --------------------------------------------------------------------------- loading for other stages
-
-
-def reward_model_config_of(workdir: str) -> ml_collections.ConfigDict:
-    """The reward-model config of a reward-stage workdir; a clear error for any other kind of run."""
-    from seedjax.config import workdir_config
-
-    saved = workdir_config(workdir)
-    if saved is None:
-        raise ValueError(f"{workdir}: not a seedjax workdir (no config.json); expected a reward-stage workdir")
-    if saved.get("stage") != "reward" or "reward_model" not in saved:
-        raise ValueError(f"{workdir} is a {saved.get('stage')!r}-stage workdir, not a reward model; "
-                         f"train one with stage 'reward' (e.g. experiments/quickstart/reward.py)")
-    cfg = ml_collections.ConfigDict(saved["reward_model"])
-    cfg.heads = tuple(cfg.heads)
-    return cfg
-
-
-def load_reward_params(model: RewardModel, workdir: str) -> None:
-    """Fill `model` (trainable or frozen) with the latest parameters saved in the reward workdir."""
-    from seedjax.distill.params import load_params, pick_params
-    from seedjax.train.checkpoint import load_state_tree
-
-    load_params(model, pick_params(load_state_tree(workdir), "model", workdir), f"reward model {workdir}")
-
-
-def load_reward_model(workdir: str) -> RewardModel:
-    """A trained reward model from its workdir (for scoring outside training, e.g. benchmarks)."""
-    model = RewardModel(reward_model_config_of(workdir), nnx.Rngs(0))
-    load_reward_params(model, workdir)
-    return model
 
 
 def validate_config(config) -> None:

@@ -30,37 +30,23 @@ import numpy as np
 import optax
 from flax import nnx
 
-from seedjax.diffusion.sampling import EulerSampler
-from seedjax.models import mmdit
+from seedjax.diffusion import guidance as guidance_lib
+from seedjax.diffusion.objectives import flow_matching_loss
+from seedjax.diffusion.sampling import Sampler, refl_x0
+from seedjax.models import codec
+from seedjax.models.frozen import freeze
+from seedjax.models.generator import DiffusionModel
+from seedjax.models.geometry import Geometry
 from seedjax.models.reward import RewardModel
-from seedjax.distill.params import freeze
 from seedjax.parallel.host import to_host
-from seedjax.stages import pretrain, reward, sft
-from seedjax.stages.pretrain import DiffusionModel, sample
-from seedjax.train.state import EMA, make_optimizer, nonfinite_streak, total_nonfinite
+from seedjax.train.flow_matching import load_generator, sample
+from seedjax.train.params import load_reward_params, reward_model_config_of
+from seedjax.train.state import EMA, make_optimizer
 from seedjax.train.stage import Stage
+from seedjax.train.updates import guard_metrics, update_ema
 
 LOSSES = ("reward", "relu")
 TRANSFORMS = ("prob", "logit")
-
-
-def rlhf_config(**overrides) -> ml_collections.ConfigDict:
-    cfg = ml_collections.ConfigDict(dict(
-        reward_models="",  # 'WORKDIR[#HEAD]:WEIGHT,...' of reward-stage workdirs
-        reward_transform="prob",  # prob: sigmoid(log-odds) = P(yes) | logit: the log-odds
-        loss="reward",  # reward: -r | relu: ReLU(alpha - r) (Hyper-Bagel's ReFL form)
-        alpha=0.95,
-        fm_weight=1.0,  # flow-matching loss on the batch's real images; 0 = no regulariser
-        num_prompts=8,  # prompts sampled per step (the first rows of the batch)
-        num_steps=30,  # the sampler RLHF unrolls (Euler, flow sigmas)
-        guidance_scale=3.0,
-        shift=1.0,
-        grad_steps=1,  # K: sampler steps before the stop that gradients flow through
-        stop_window=(0.0, 0.25),  # sigmas at which sampling may stop and x0 is predicted
-        remat=True,  # rematerialise each differentiated sampler step
-    ))
-    cfg.update(overrides)
-    return cfg
 
 
 # --------------------------------------------------------------------------- reward models
@@ -103,7 +89,7 @@ def reward_setup(config) -> tuple[list[str], list[ml_collections.ConfigDict], li
     for workdir, head, weight in parse_reward_spec(config.rlhf.reward_models):
         if workdir not in workdirs:
             workdirs.append(workdir)
-            configs.append(reward.reward_model_config_of(workdir))
+            configs.append(reward_model_config_of(workdir))
         index = workdirs.index(workdir)
         cfg = configs[index]
         heads = [head] if head else list(cfg.heads)
@@ -113,7 +99,7 @@ def reward_setup(config) -> tuple[list[str], list[ml_collections.ConfigDict], li
             terms.append(RewardTerm(h, index, tuple(cfg.heads).index(h), weight))
     if len(workdirs) > 1:  # name the terms apart: <head>_<model index>
         terms = [dataclasses.replace(t, name=f"{t.name}_{t.model}") for t in terms]
-    channels = pretrain.image_shape(config)[-1]
+    channels = Geometry.of(config).channels
     for workdir, cfg in zip(workdirs, configs):
         if cfg.channels != channels:
             raise ValueError(f"rlhf.reward_models: {workdir} scores {cfg.channels}-channel images; "
@@ -128,9 +114,7 @@ def validate_config(config) -> None:
     r = config.rlhf
     if not config.init_from:
         raise ValueError("RLHF fine-tunes a generator: set config.init_from to an SFT or pretrain workdir")
-    if config.input.key != "image":
-        raise ValueError(f"RLHF scores pixels: input.key={config.input.key!r} generators need a VAE decoder, "
-                         "which this stage does not run")
+    codec.require_pixel_space(config, "RLHF (its reward models score pixels)")
     if r.loss not in LOSSES or r.reward_transform not in TRANSFORMS:
         raise ValueError(f"rlhf.loss must be one of {LOSSES} and rlhf.reward_transform one of {TRANSFORMS}, "
                          f"got {r.loss!r} / {r.reward_transform!r}")
@@ -155,9 +139,9 @@ def stop_candidates(config) -> np.ndarray:
     return steps[ok]
 
 
-def rl_sampler(config) -> EulerSampler:
+def rl_sampler(config) -> Sampler:
     r = config.rlhf
-    return EulerSampler.make(r.num_steps, r.shift, r.guidance_scale)
+    return Sampler.make(r.num_steps, r.shift, r.guidance_scale)
 
 
 # --------------------------------------------------------------------------- state
@@ -179,58 +163,27 @@ def init(config, rngs: nnx.Rngs) -> RLHFState:
 
 def load_pretrained(state: RLHFState, source: dict, config) -> None:
     """The generator from `config.init_from` (as pretraining loads it); the reward models from their workdirs."""
-    sft.load_pretrained(state, source, config)
+    load_generator(state, source, config)
     workdirs, _, _ = reward_setup(config)
     for model, workdir in zip(state.reward_models, workdirs):
-        reward.load_reward_params(model, workdir)
+        load_reward_params(model, workdir)
 
 
 # --------------------------------------------------------------------------- sampling with gradients
 
 
-def guided_velocity(model: DiffusionModel, config, prompts: dict, guidance_scale: float, grid):
-    """(model, x, sigma) -> CFG velocity for these prompts; conditioning is encoded once, by `model`."""
+def guided_velocity(model: DiffusionModel, prompts: dict, cfg_scale: float, geometry: Geometry):
+    """(module, x, sigma, frozen) -> CFG velocity for these prompts, as `refl_x0` calls it. The
+    conditioning is encoded once, by `model`; `frozen` steps see it through a stop-gradient."""
     n = prompts["tokens"].shape[0]
-    cond = model.condition(prompts)
-    uncond = model.condition(pretrain.drop_captions(prompts, jax.random.key(0), 1.0)) if guidance_scale != 1 else None
-    extra = pretrain.model_extras(prompts, config, n)
-    frozen_cond = jax.lax.stop_gradient((cond, uncond))  # outside any loop: no tangent enters one
+    cond = guidance_lib.condition(model, prompts, cfg_scale=cfg_scale)
+    frozen_cond = jax.lax.stop_gradient(cond)  # outside any loop: no tangent enters one
 
     def velocity(m: DiffusionModel, x: jax.Array, sigma: jax.Array, frozen: bool = False) -> jax.Array:
-        c, u = frozen_cond if frozen else (cond, uncond)
         t = jnp.full((n,), sigma, jnp.float32)
-        if u is None:
-            return m(x, t, c, grid, **extra)
-        both = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), c, u)
-        ex = {k: jnp.concatenate([v, v]) for k, v in extra.items()}
-        v = m(jnp.concatenate([x, x]), jnp.concatenate([t, t]), both, grid, **ex)
-        return v[n:] + guidance_scale * (v[:n] - v[n:])
+        return guidance_lib.velocity(m, frozen_cond if frozen else cond, x, t, geometry)
 
     return velocity
-
-
-def refl_x0(model: DiffusionModel, velocity, noise: jax.Array, sigmas: jax.Array, stop: jax.Array,
-            grad_steps: int, remat: bool = True) -> jax.Array:
-    """Predicted clean tokens at sampler step `stop` (traced), differentiable only through the last
-    `grad_steps` Euler steps before it and the x0 prediction at it.
-
-    Steps 0 .. stop - K - 1 run on stop-gradient parameters and conditioning; the K steps
-    stop - K .. stop - 1 run on the live model, each under jax.checkpoint when `remat`.
-    """
-    graphdef, params = nnx.split(model)
-    frozen = nnx.merge(graphdef, jax.lax.stop_gradient(params))
-
-    def frozen_step(i, x):
-        return x + (sigmas[i + 1] - sigmas[i]) * velocity(frozen, x, sigmas[i], frozen=True)
-
-    x = jax.lax.stop_gradient(jax.lax.fori_loop(0, stop - grad_steps, frozen_step, noise))
-
-    def live_step(params, x, i):
-        return x + (sigmas[i + 1] - sigmas[i]) * velocity(nnx.merge(graphdef, params), x, sigmas[i])
-
-    live_step = jax.checkpoint(live_step) if remat else live_step
-    x, _ = jax.lax.scan(lambda x, j: (live_step(params, x, stop - grad_steps + j), None), x, jnp.arange(grad_steps))
-    return x - sigmas[stop] * velocity(model, x, sigmas[stop])
 
 
 def composite_reward(reward_models, terms: list[RewardTerm], images: jax.Array, prompts: dict,
@@ -257,11 +210,10 @@ def train_step(state: RLHFState, batch: dict, rng: jax.Array, config) -> dict:
     r = config.rlhf
     _, _, terms = reward_setup(config)
     sampler = rl_sampler(config)
-    h, w, c = pretrain.image_shape(config)
-    p = config.input.patch_size
+    geometry = Geometry.of(config)
     prompts = {k: batch[k][: r.num_prompts] for k in ("tokens", "text_mask")}
     rng_noise, rng_stop, rng_fm = jax.random.split(rng, 3)
-    noise = jax.random.normal(rng_noise, (r.num_prompts, (h // p) * (w // p), p * p * c), jnp.float32)
+    noise = geometry.noise(rng_noise, r.num_prompts)
     candidates = jnp.asarray(stop_candidates(config))
     stop = candidates[jax.random.randint(rng_stop, (), 0, len(candidates))]
     sigmas = jnp.asarray(sampler.sigmas, jnp.float32)
@@ -269,24 +221,23 @@ def train_step(state: RLHFState, batch: dict, rng: jax.Array, config) -> dict:
     reward_models = nnx.merge(reward_graph, jax.lax.stop_gradient(reward_params))  # frozen
 
     def loss_fn(model: DiffusionModel):
-        velocity = guided_velocity(model, config, prompts, sampler.guidance_scale, (h // p, w // p))
+        velocity = guided_velocity(model, prompts, sampler.cfg_scale, geometry)
         x0 = refl_x0(model, velocity, noise, sigmas, stop, r.grad_steps, r.remat)
-        images = mmdit.unpatchify(x0, p, h, w, c)
+        images = geometry.images_of(x0)
         value, parts = composite_reward(reward_models, terms, images, prompts, r.reward_transform)
         reward_loss = reward_objective(value, r.loss, r.alpha)
         fm = jnp.zeros(())
         if r.fm_weight > 0:
-            fm, _ = pretrain.flow_matching_loss(model, batch, rng_fm, config)
+            fm, _ = flow_matching_loss(model, batch, rng_fm, config)
         aux = {"reward": jnp.mean(value), "reward_loss": reward_loss, "fm_loss": fm,
                **{k: jnp.mean(v) for k, v in parts.items()}}
         return reward_loss + r.fm_weight * fm, aux
 
     (loss, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True)(state.model)
     state.optimizer.update(state.model, grads)
-    if state.ema is not None:
-        state.ema.update(state.model)
+    update_ema(state)
     return {"loss": loss, **aux, "stop_sigma": sigmas[stop], "grad_norm": optax.tree.norm(grads),
-            "nonfinite_streak": nonfinite_streak(state.optimizer), "nonfinite_total": total_nonfinite(state.optimizer)}
+            **guard_metrics(state.optimizer)}
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -297,7 +248,7 @@ def evaluate(state: RLHFState, config, rng: jax.Array) -> dict:
     the reward models' composite reward on the same images (reward up while accuracy falls or
     the distance rises = reward hacking)."""
     import data_pipelines
-    from seedjax.eval.samples import generate_all, score_images
+    from seedjax.eval.samples import generate_all, score_images, still_images
 
     batch = data_pipelines.make_eval_batch(config.data, num=config.eval.num_prompts, seed=config.seed)
     prompts = {k: v for k, v in batch.items() if k != "image"}
@@ -305,6 +256,7 @@ def evaluate(state: RLHFState, config, rng: jax.Array) -> dict:
     chunk = min(config.eval.batch_size, config.eval.num_prompts)
     images, seconds = generate_all(lambda p, b, k: sample(nnx.merge(graphdef, p), config, k, b), params, prompts,
                                    rng, chunk)
+    images = still_images(images)
     results = score_images(images, batch, config.data.image_size)
     results["seconds_per_image"] = seconds
     _, _, terms = reward_setup(config)

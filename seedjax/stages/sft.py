@@ -2,7 +2,7 @@
 
 Seedream 3.0 fine-tunes its continued-training model on a small curated set (aesthetic,
 detailed captions), resolution-balanced, at a lower learning rate. Here the loss and the step
-*are* pretraining's (`seedjax.stages.pretrain.train_step` -> `flow_matching_loss`); what
+*are* pretraining's (`seedjax.train.flow_matching.flow_matching_step`); what
 makes a run SFT is its config:
 
   config.init_from                  the pretrained (or earlier SFT) workdir (required)
@@ -21,21 +21,13 @@ to the same fraction on the real held-out images.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import nnx
 
-from seedjax.distill.params import load_params, pick_params
-from seedjax.stages import pretrain
-from seedjax.stages.pretrain import flops_per_example, sample, train_step
+from seedjax.models import codec, generator
+from seedjax.models.geometry import Geometry
+from seedjax.train.flow_matching import GeneratorState, flow_matching_step, init, load_generator, sample
 from seedjax.train.stage import Stage
-
-
-def sft_config(**overrides) -> ml_collections.ConfigDict:
-    cfg = ml_collections.ConfigDict(dict(target=""))
-    cfg.update(overrides)
-    return cfg
 
 
 def target_expression(config) -> str:
@@ -47,25 +39,15 @@ def validate_config(config) -> None:
 
     if not config.init_from:
         raise ValueError("SFT fine-tunes a pretrained model: set config.init_from to a pretrain (or SFT) workdir")
-    pretrain.require_pixel_space(config, "SFT (its evaluation and sft.target)")
+    codec.require_pixel_space(config, "SFT (its evaluation and sft.target)")
     if config.data.filter:
         SampleFilter(config.data.filter, "data.filter")
     if target_expression(config):
         SampleFilter(target_expression(config), "sft.target")
 
 
-def init(config, rngs: nnx.Rngs) -> pretrain.PretrainState:
-    return pretrain.init(config, rngs)
-
-
-def load_pretrained(state: pretrain.PretrainState, source: dict, config) -> None:
-    """The generator from `config.init_from`: its EMA when `config.init_from_ema`, else its model;
-    every parameter must be there with its shape. The EMA (if any) starts at the loaded weights."""
-    what = f"config.init_from={config.init_from}"
-    entry = "ema" if config.init_from_ema and source.get("ema") else "model"
-    load_params(state.model, pick_params(source, entry, what), f"{what} ({entry})")
-    if state.ema is not None:
-        state.ema.load(jax.tree.map(jnp.copy, nnx.to_pure_dict(nnx.state(state.model, nnx.Param))))
+def flops_per_example(config) -> float:
+    return generator.train_flops_per_example(config, Geometry.of(config))
 
 
 def target_share(images: np.ndarray, prompts: dict, expression: str) -> float:
@@ -87,15 +69,16 @@ def target_share(images: np.ndarray, prompts: dict, expression: str) -> float:
     return float(np.mean(hits))
 
 
-def evaluate(state: pretrain.PretrainState, config, rng: jax.Array) -> dict:
+def evaluate(state: GeneratorState, config, rng: jax.Array) -> dict:
     import data_pipelines
-    from seedjax.eval.samples import generate_all, score_images
+    from seedjax.eval.samples import generate_all, score_images, still_images
 
     batch = data_pipelines.make_eval_batch(config.data, num=config.eval.num_prompts, seed=config.seed)
     prompts = {k: v for k, v in batch.items() if k != "image"}
     graphdef, params = nnx.split(state)
     images, seconds = generate_all(lambda p, b, k: sample(nnx.merge(graphdef, p), config, k, b), params, prompts,
                                    rng, min(config.eval.batch_size, config.eval.num_prompts))
+    images = still_images(images)
     results = score_images(images, batch, config.data.image_size)
     results["seconds_per_image"] = seconds
     expression = target_expression(config)
@@ -105,5 +88,5 @@ def evaluate(state: pretrain.PretrainState, config, rng: jax.Array) -> dict:
     return results
 
 
-STAGE = Stage(init=init, train_step=train_step, sample=sample, evaluate=evaluate, flops_per_example=flops_per_example,
-              load_pretrained=load_pretrained, validate_config=validate_config)
+STAGE = Stage(init=init, train_step=flow_matching_step, sample=sample, evaluate=evaluate,
+              flops_per_example=flops_per_example, load_pretrained=load_generator, validate_config=validate_config)

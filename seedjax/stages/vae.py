@@ -17,79 +17,30 @@ The discriminator is a 2D PatchGAN for images and a hybrid 2D/3D one for videos
 (`config.vae.kind`). Batches carry `image` [B, H, W, C] or, for videos, `video`
 [B, T, H, W, C], in [-1, 1].
 
-Other stages use a trained VAE through `LatentCodec.from_workdir(workdir)` (latent caching
+Other stages use a trained VAE through `seedjax.train.params.load_codec(workdir)` (latent caching
 in `data_pipelines.cli.prepare --vae=WORKDIR`, decoding samples of latent-space models).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import logging
-
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from flax import nnx
 
 from seedjax.distill.losses import discriminator_loss, generator_loss
+from seedjax.interop import autoencoder_kl
 from seedjax.models import discriminators, perceptual
-from seedjax.models.vae import ImageVAE, VAEConfig, image_vae_config, kl_divergence, sample_posterior
-from seedjax.models.video_vae import VideoVAE, VideoVAEConfig, video_vae_config
-from seedjax.parallel.host import to_host
-from seedjax.train.state import EMA, make_optimizer, nonfinite_streak, optimizer_config, total_nonfinite
+from seedjax.models.codec import LatentCodec, build_vae, vae_architecture
+from seedjax.models.vae import ImageVAE, kl_divergence, sample_posterior
+from seedjax.models.video_vae import VideoVAE
+from seedjax.train.state import EMA, make_optimizer, nonfinite_streak, total_nonfinite
 from seedjax.train.stage import Stage
-
-log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- config
-
-
-def vae_config(kind: str = "image", preset: str = "f8c16", **model_overrides) -> ml_collections.ConfigDict:
-    """The `config.vae` group. `model` holds every field of VAEConfig / VideoVAEConfig."""
-    if kind == "image":
-        model = image_vae_config(preset, **model_overrides)
-    elif kind == "video":
-        model = video_vae_config(preset, **model_overrides)
-    else:
-        raise ValueError(f"config.vae.kind must be 'image' or 'video', got {kind!r}")
-    return ml_collections.ConfigDict(
-        dict(
-            kind=kind,
-            model=dataclasses.asdict(model),
-            diffusers_weights="",  # image kind: start from a local diffusers AutoencoderKL directory
-            eval_images=256,  # held-out images (the data config's eval split) scored by evaluate()
-            loss=dict(
-                l1_weight=1.0,
-                kl_weight=1e-6,
-                perceptual_weight=1.0,
-                adversarial_weight=0.5,  # w_adv in the adaptive weight
-                adversarial_start=50_000,  # GAN terms (both sides) are off before this step
-                adaptive_weight=True,  # False: lambda = w_adv
-                gan_loss="hinge",  # hinge | logistic
-                sample_posterior=True,  # decode a posterior sample (False: the mean)
-            ),
-            perceptual=perceptual.perceptual_config(),
-            discriminator=discriminators.discriminator_config(),
-            disc_optimizer=optimizer_config(name="adam", lr=1e-4, b1=0.5, b2=0.9, schedule="constant"),
-        )
-    )
-
-
-def model_config(vae_cfg) -> VAEConfig | VideoVAEConfig:
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(vae_cfg.model).items()}
-    cls = VAEConfig if vae_cfg.kind == "image" else VideoVAEConfig
-    unknown = set(fields) - {f.name for f in dataclasses.fields(cls)}
-    if unknown:
-        raise ValueError(f"config.vae.model: unknown fields {sorted(unknown)} for a {vae_cfg.kind} VAE")
-    return cls(**fields)
-
-
-def build_vae(vae_cfg, rngs: nnx.Rngs) -> ImageVAE | VideoVAE:
-    cfg = model_config(vae_cfg)
-    return ImageVAE(cfg, rngs=rngs) if vae_cfg.kind == "image" else VideoVAE(cfg, rngs=rngs)
+# The `config.vae` group and its defaults: seedjax.schema.stages.vae_config.
 
 
 def data_key(vae_cfg) -> str:
@@ -106,8 +57,6 @@ class VAEState(nnx.Module):
             raise ValueError("config.optimizer.grad_accum_steps: the VAE stage does not accumulate gradients; use 1")
         self.vae = build_vae(v, rngs)
         if v.diffusers_weights:
-            from seedjax.interop import autoencoder_kl
-
             if v.kind != "image":
                 raise ValueError("config.vae.diffusers_weights: only an image VAE can start from AutoencoderKL")
             autoencoder_kl.import_state_dict(self.vae, autoencoder_kl.read_weights(v.diffusers_weights))
@@ -258,12 +207,12 @@ def eval_vae(state: VAEState, config) -> ImageVAE | VideoVAE:
 
 
 def sample(state: VAEState, config, rng: jax.Array, batch: dict) -> jax.Array:
-    """Originals and reconstructions (posterior means, EMA weights) side by side: [2N, H, W, C]."""
+    """Originals, then reconstructions (posterior means, EMA weights): [2N, F, H, W, C] (images: F = 1)."""
     vae = eval_vae(state, config)
     x = batch[data_key(config.vae)]
     recon = vae.decode(vae.encode(x)[0])
-    x, recon = _as_frames(x), _as_frames(recon)
-    return jnp.clip(jnp.concatenate([x, recon]), -1.0, 1.0)
+    both = jnp.concatenate([x, recon])
+    return jnp.clip(both[:, None] if both.ndim == 4 else both, -1.0, 1.0)
 
 
 def evaluate(state: VAEState, config, rng: jax.Array) -> dict:
@@ -288,7 +237,7 @@ def flops_per_example(config) -> float:
     """Training FLOPs per example: 3x the forward FLOPs (XLA's count) of the VAE, the
     perceptual net on the (input, reconstruction) pair and the discriminator on both."""
     v = config.vae
-    cfg = model_config(v)
+    cfg = vae_architecture(v)
     size = config.data.image_size
     shape = (1, size, size, cfg.in_channels) if v.kind == "image" else (1, 1 + cfg.temporal_factor * 2, size, size, cfg.in_channels)
     graphdefs = []
@@ -325,116 +274,6 @@ def load_pretrained(state: VAEState, source: dict, config) -> None:
     nnx.update(state.vae, params)
     if state.ema is not None:
         nnx.update(state.ema.params, params)
-
-
-# --------------------------------------------------------------------------- using a trained VAE
-
-
-class LatentCodec:
-    """A trained VAE for other stages: images <-> latents as the diffusion model sees them.
-
-    `encode` returns (mean - shift) * scale, `decode` inverts it. The scale comes from the
-    VAE config when set (`scaling_factor` != 1.0 or a diffusers import); otherwise
-    `from_workdir` estimates it as 1 / std of the latents of held-out images, as LDM does.
-    """
-
-    def __init__(self, vae: ImageVAE, scaling_factor: float | None = None, shift_factor: float | None = None,
-                 batch_size: int = 64):
-        self.vae = vae
-        self.scaling_factor = vae.config.scaling_factor if scaling_factor is None else scaling_factor
-        self.shift_factor = vae.config.shift_factor if shift_factor is None else shift_factor
-        self.batch_size = batch_size
-        graphdef, params = nnx.split(vae)
-        self._encode = jax.jit(lambda p, x: nnx.merge(graphdef, p).encode(x)[0])
-        self._decode = jax.jit(lambda p, z: nnx.merge(graphdef, p).decode(z))
-        self._params = params
-
-    @property
-    def downsample_factor(self) -> int:
-        return self.vae.config.downsample_factor
-
-    @property
-    def latent_channels(self) -> int:
-        return self.vae.config.latent_channels
-
-    def _batched(self, fn, x: np.ndarray) -> np.ndarray:
-        out = [to_host(fn(self._params, jnp.asarray(x[i: i + self.batch_size], jnp.float32)))
-               for i in range(0, len(x), self.batch_size)]
-        return np.concatenate(out)
-
-    def encode_raw(self, images: np.ndarray) -> np.ndarray:
-        return self._batched(self._encode, images)
-
-    def decode_raw(self, latents: np.ndarray) -> np.ndarray:
-        return self._batched(self._decode, latents)
-
-    def encode(self, images: np.ndarray) -> np.ndarray:
-        """[N, H, W, C] images in [-1, 1] -> [N, H/f, W/f, c] normalised latents (float32)."""
-        return ((self.encode_raw(images) - self.shift_factor) * self.scaling_factor).astype(np.float32)
-
-    def decode(self, latents: np.ndarray) -> np.ndarray:
-        return self.decode_raw(np.asarray(latents) / self.scaling_factor + self.shift_factor)
-
-    def decode_jax(self, latents: jax.Array) -> jax.Array:
-        """Traceable decode of normalised latents (inside another stage's jitted sampler)."""
-        return self.vae.decode(latents / self.scaling_factor + self.shift_factor)
-
-    @classmethod
-    def from_workdir(cls, workdir: str, use_ema: bool = True, calibration_images: int = 256,
-                     scaling_factor: float | None = None, shift_factor: float | None = None) -> "LatentCodec":
-        """The image VAE trained in `workdir` (latest checkpoint; EMA weights when kept).
-
-        `scaling_factor` / `shift_factor`: the ones latents were made with (a latent shard
-        header's `vae` entry); None = the VAE config's, or the estimated scale.
-        """
-        from seedjax.train import checkpoint as ckpt_lib
-
-        config = run_config(workdir)
-        tree = ckpt_lib.load_state_tree(workdir)
-        vae = abstract_vae(config.vae)
-        params = tree["ema"]["params"] if use_ema and tree.get("ema") else tree["vae"]
-        nnx.update(vae, jax.tree.map(jnp.asarray, params))
-        codec = cls(vae, scaling_factor, shift_factor)
-        if scaling_factor is None and codec.scaling_factor == 1.0 and codec.shift_factor == 0.0:
-            codec.scaling_factor = _estimate_scale(codec, config, calibration_images)
-            log.info("VAE %s: latent scaling factor %.4f (1 / std over %d held-out images)", workdir,
-                     codec.scaling_factor, calibration_images)
-        return codec
-
-
-def abstract_vae(vae_cfg) -> ImageVAE | VideoVAE:
-    """The VAE with abstract parameters, to load weights into. jax.eval_shape, not
-    nnx.eval_shape: this may run inside the training loop's mesh (a latent-space stage's
-    decoder), where NNX would read the logical axis names as mesh axes."""
-    graphdefs = []
-
-    def make_state():
-        graphdef, state = nnx.split(build_vae(vae_cfg, nnx.Rngs(0)))
-        graphdefs.append(graphdef)
-        return state
-
-    state = jax.eval_shape(make_state)
-    return nnx.merge(graphdefs[0], state)
-
-
-def run_config(workdir: str):
-    """The config of the image VAE stage run in `workdir` (its config.json; no weights read)."""
-    from seedjax import config as config_lib
-
-    config = config_lib.workdir_config(workdir)
-    if config is None:
-        raise FileNotFoundError(f"VAE workdir {workdir!r} has no config.json (is it a VAE stage workdir?)")
-    if config.get("stage") != "vae" or config.vae.kind != "image":
-        raise ValueError(f"{workdir} is a {config.get('stage')!r} run, not an image VAE stage run")
-    return config
-
-
-def _estimate_scale(codec: LatentCodec, config, num: int) -> float:
-    import data_pipelines
-
-    # At most `num` held-out images: a small folder calibrates on what it has.
-    batch = data_pipelines.make_eval_batch(config.data, num=num, seed=int(config.seed), allow_fewer=True)
-    return float(1.0 / max(np.std(codec.encode_raw(np.asarray(batch["image"], np.float32))), 1e-6))
 
 
 STAGE = Stage(init=init, train_step=train_step, sample=sample, evaluate=evaluate, flops_per_example=flops_per_example,

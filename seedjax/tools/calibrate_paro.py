@@ -26,83 +26,44 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from seedjax import cli
+from seedjax import cli, inference
+from seedjax.diffusion.sampling import Sampler
 from seedjax.kernels import paro
+from seedjax.models import generator
+from seedjax.models.geometry import Geometry
 
 
 def load_model(workdir: str):
-    """(DiffusionModel with the run's sampling parameters, config) of a pretrain-style run."""
-    from seedjax.config import workdir_config
-    from seedjax.stages.pretrain import DiffusionModel
-    from seedjax.train.checkpoint import load_state_tree
-
-    config = workdir_config(workdir)
-    if config is None:
-        raise ValueError(f"{workdir}: no config.json; not a seedjax workdir")
-    for key in ("model", "text", "input", "sampling", "data"):
-        if key not in config:
-            raise ValueError(f"{workdir}/config.json: no '{key}' section; calibrate_paro needs a text-to-image DiT run")
-    tree = load_state_tree(workdir)
-    use_ema = config.sampling.get("use_ema", False) and tree.get("ema")
-    params = tree["ema"]["params"] if use_ema else tree.get("model")
-    if params is None:
-        raise ValueError(f"{workdir}: the checkpoint has no 'model' parameters (it has {sorted(tree)})")
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: DiffusionModel(config, nnx.Rngs(0))))
-    nnx.replace_by_pure_dict(state, params)  # matches orbax's string keys to nnx.List indices
-    return nnx.merge(graphdef, state), config
+    """(generator with the run's sampling parameters, config) of a text-to-image run."""
+    bundle = inference.load(workdir)
+    token_grid(bundle.config)
+    return bundle.model, bundle.config
 
 
 def with_backend(model, config, backend: str):
     """The same parameters in a model whose MMDiT uses attention backend `backend`."""
-    from seedjax.stages.pretrain import DiffusionModel
-
     config = config.copy_and_resolve_references()
     config.model.attention_backend = backend
-    graphdef, _ = nnx.split(nnx.eval_shape(lambda: DiffusionModel(config, nnx.Rngs(0))))
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: generator.build(config, nnx.Rngs(0), model.guidance_embedded)))
     return nnx.merge(graphdef, nnx.state(model))
 
 
 def token_grid(config) -> tuple[int, int]:
-    p = config.input.patch_size
     if config.input.key != "image":
         raise ValueError("calibrate_paro: only pixel-space runs (config.input.key='image') are supported so far")
-    return config.data.image_size // p, config.data.image_size // p
+    return Geometry.of(config).grid_hw
 
 
-def sampler_for(config, num_steps: int = 0):
-    from seedjax.diffusion.sampling import EulerSampler
-
+def sampler_for(config, num_steps: int = 0) -> Sampler:
     s = config.sampling
-    return EulerSampler.make(num_steps or s.num_steps, s.shift, s.guidance_scale)
+    return Sampler.make(num_steps or s.num_steps, s.shift, s.guidance_scale)
 
 
 def sample(model, config, prompts: dict, rng, *, num_steps: int = 0, attention_kwargs=None):
     """Images [N, H, W, C] for `prompts` with the run's sampler; `attention_kwargs(t)` -> dict
     of backend kwargs for velocity evaluations at flow times t [B] (None for dense)."""
-    from seedjax.models import mmdit
-    from seedjax.stages.pretrain import drop_captions, image_shape, model_extras
-
-    h, w, c = image_shape(config)
-    p = config.input.patch_size
-    grid = token_grid(config)
-    sampler = sampler_for(config, num_steps)
-    n = prompts["tokens"].shape[0]
-    noise = jax.random.normal(rng, (n, grid[0] * grid[1], p * p * c), jnp.float32)
-    cond = model.condition(prompts)
-    uncond = None
-    if sampler.guided:
-        empty = {k: v for k, v in prompts.items() if k in ("tokens", "text_mask")}
-        uncond = model.condition(drop_captions(empty, rng, 1.0))
-    extra = model_extras(prompts, config, n)
-
-    def velocity(x, t, c):
-        rep = x.shape[0] // n
-        ex = {k: jnp.concatenate([v] * rep) for k, v in extra.items()}
-        kwargs = None if attention_kwargs is None else attention_kwargs(t)
-        return model.dit(x, t, c["text_embeddings"], c["pooled"], text_mask=c["text_mask"], grid_hw=grid,
-                         attention_kwargs=kwargs, **ex)
-
-    return jnp.clip(mmdit.unpatchify(sampler(velocity, noise, cond, uncond), p, h, w, c), -1.0, 1.0)
+    x = sampler_for(config, num_steps).generate(model, prompts, Geometry.of(config), rng, attention=attention_kwargs)
+    return jnp.clip(x[:, 0], -1.0, 1.0)
 
 
 def bucket_edges(config, num_steps: int, early_buckets: int) -> tuple[float, ...]:

@@ -10,7 +10,7 @@ distilled student (its few-step grid). Prompts come from that run's training dat
 The output is a shard directory of `data_pipelines` (ArrayRecord, kind 'latents'): each record's
 `latent` is concat([x0, noise], axis=-1), [H, W, 2C] float32 (pixels or latents, the run's
 `config.input`), with the caption and the source's labels. Train on it with
-`config.data.source='shards'`, `config.data.path=<this dir>`; `split_pairs` takes a batch
+`config.data.source='shards'`, `config.data.path=<this dir>`; `seedjax.distill.teachers.split_pairs` takes a batch
 apart again. `metadata.json` records how the pairs were made under 'ode_pairs'. Re-running
 with the same arguments on a finished directory does nothing. Exit codes: 0 written (or already
 there), 2 bad arguments or source run.
@@ -27,51 +27,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seedjax import cli
+from data_pipelines.core.pipeline import open_source
+from data_pipelines.core.samples import BadSample
+from data_pipelines.core.shards import ShardWriter
+from seedjax import cli, inference
+from seedjax.inference.bundle import Bundle
+from seedjax.models.codec import require_pixel_space
 
 log = logging.getLogger("seedjax.ode_pairs")
 
 LABEL_KEYS = ("label", "scene_digit", "scene_color", "scene_box", "scene_count")
 
 
-def split_pairs(batch: dict, channels: int) -> tuple[jax.Array, jax.Array]:
-    """A batch of ODE-pair records -> (x0 [B, H, W, C], noise [B, H, W, C])."""
-    if "latent" not in batch or batch["latent"].shape[-1] != 2 * channels:
-        got = batch["latent"].shape if "latent" in batch else f"no 'latent' (keys {sorted(batch)})"
-        raise ValueError(f"expected ODE pairs 'latent' [B, H, W, {2 * channels}] = concat([x0, noise]) from "
-                         f"`python -m seedjax.tools.ode_pairs` (config.data.source='shards'); got {got}")
-    pairs = batch["latent"]
-    return pairs[..., :channels], pairs[..., channels:]
-
-
-def ode_solution(run, batch: dict, noise: jax.Array) -> jax.Array:
-    """The run's sampler applied to the given noise tokens [B, N, C] -> final tokens."""
-    from seedjax.distill import generator
-
-    config = run.config
-    geo = generator.Geometry.of(config)
-    s = config.sampling
-    if "distill" in config:
-        from seedjax.distill import student
-
-        model = student.sampling_model(run.state, config)
-        velocity = generator.bind(model, batch, geo, guidance=config.distill.guidance, cfg_scale=s.guidance_scale)
-        sigmas = generator.student_sigmas(s)
-    else:
-        from seedjax.diffusion.sampling import flow_sigmas
-        from seedjax.stages import pretrain
-
-        model = pretrain.sampling_model(run.state, config)
-        velocity = generator.bind(model, batch, geo, cfg_scale=s.guidance_scale)
-        sigmas = flow_sigmas(s.num_steps, s.shift)
-    return generator.integrate(velocity, noise, sigmas)
+def ode_solution(bundle: Bundle, batch: dict, noise: jax.Array) -> jax.Array:
+    """The bundle's sampler applied to the given noise tokens [B, N, D] -> final tokens."""
+    sampler = bundle.sampler
+    return sampler(sampler.velocity(bundle.model, batch, bundle.geometry), noise)
 
 
 def prompts(config, split: str, num: int, seed: int) -> list[dict]:
     """`num` raw samples (caption + labels) of the run's training data, in a seeded order."""
-    from data_pipelines.core.pipeline import open_source
-    from data_pipelines.core.samples import BadSample
-
     source = open_source(config.data.source, config.data.path, config.data, split=split, seed=seed)
     order = np.random.default_rng(seed).permutation(len(source))
     rows = []
@@ -87,16 +62,12 @@ def prompts(config, split: str, num: int, seed: int) -> list[dict]:
     raise ValueError(f"{source.name}: only {len(rows)} usable prompts for --num={num}")
 
 
-def write_pairs(run, out_dir: str, *, num: int, batch: int, seed: int, split: str, num_shards: int) -> dict:
-    from data_pipelines.core.shards import ShardWriter
-    from seedjax.distill import generator
-    from seedjax.tools.sample import prompt_batch, run_nfe
-
-    config = run.config
-    geo = generator.Geometry.of(config)
-    h, w, c = geo.image_shape
+def write_pairs(bundle: Bundle, out_dir: str, *, num: int, batch: int, seed: int, split: str, num_shards: int) -> dict:
+    config = bundle.config
+    geo = bundle.geometry
+    h, w, c = geo.height, geo.width, geo.channels
     rows = prompts(config, split, num, seed)
-    solve = jax.jit(lambda b, noise: geo.images(ode_solution(run, b, geo.tokens(noise))))
+    solve = jax.jit(lambda b, noise: geo.images_of(ode_solution(bundle, b, geo.tokens(noise))))
     writer = ShardWriter(out_dir, num_shards)
     key = jax.random.key(seed)
     for start in range(0, num, batch):
@@ -104,7 +75,7 @@ def write_pairs(run, out_dir: str, *, num: int, batch: int, seed: int, split: st
         size = len(chunk)
         captions = [r["caption"] for r in chunk] + [chunk[-1]["caption"]] * (batch - size)  # one compiled shape
         noise = jax.random.normal(jax.random.fold_in(key, start), (batch, h, w, c), jnp.float32)
-        x0 = np.asarray(solve(prompt_batch(captions, config), noise))
+        x0 = np.asarray(solve(bundle.prompts(captions), noise))
         noise = np.asarray(noise)
         for i, row in enumerate(chunk):
             fields = {"latent": np.concatenate([x0[i], noise[i]], axis=-1).astype(np.float32),
@@ -113,10 +84,10 @@ def write_pairs(run, out_dir: str, *, num: int, batch: int, seed: int, split: st
             writer.write(fields, (h, w))
         log.info("ode_pairs: %d / %d", min(start + batch, num), num)
     return writer.close({
-        "kind": "latents", "source": f"ode_pairs({run.workdir})", "channels": c,
+        "kind": "latents", "source": f"ode_pairs({bundle.workdir})", "channels": c,
         "scene_labels": "scene_digit" in rows[0], "tags": [], "shapes": {"latent": [h, w, 2 * c]},
         "counts": {"read": num, "written": num, "skipped": {}},
-        "ode_pairs": {"run": os.path.abspath(run.workdir), "stage": config.stage, "nfe": run_nfe(run),
+        "ode_pairs": {"run": os.path.abspath(bundle.workdir), "stage": config.stage, "nfe": bundle.nfe,
                       "num": num, "seed": seed, "split": split, "channels": c,
                       "layout": "latent = concat([x0, noise], axis=-1)"},
     })
@@ -153,14 +124,10 @@ def main(argv: list[str]) -> int:
     if _finished(args.workdir, wanted):
         print(f"ode_pairs: {args.workdir} already holds these {args.num} pairs", file=sys.stderr)
         return 0
-    from seedjax.stages import pretrain
-    from seedjax.tools.sample import load_run, override_sampling
-
     try:
-        run = load_run(args.init_from)
-        pretrain.require_pixel_space(run.config, "ode_pairs")
-        override_sampling(run.config, args.steps, args.guidance)
-        header = write_pairs(run, args.workdir, num=args.num, batch=min(args.batch, args.num), seed=args.seed,
+        bundle = inference.load(args.init_from).with_sampling(args.steps, args.guidance)
+        require_pixel_space(bundle.config, "ode_pairs")
+        header = write_pairs(bundle, args.workdir, num=args.num, batch=min(args.batch, args.num), seed=args.seed,
                              split=args.split, num_shards=args.num_shards)
     except ValueError as e:
         print(f"ode_pairs: {e}", file=sys.stderr)

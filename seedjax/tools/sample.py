@@ -1,97 +1,28 @@
-"""Sample from any stage's trained model at its NFE.
+"""Sample from any stage's trained generator at its NFE.
 
     python -m seedjax.tools.sample --workdir=runs/qs/dmdo --prompt="a handwritten 7" --prompt="the number 3" \
         [--num=8] [--seed=0] [--out=samples.png] [--steps=N] [--guidance=G] [--step=CHECKPOINT_STEP]
 
 Rows of the PNG grid are prompts, columns are seeds. `--steps` / `--guidance` override the
 run's sampling settings (`config.sampling.num_steps`, and the CFG scale for a teacher or the
-embedded scale for a distilled student). Prints the NFE (a true-CFG step counts twice) and the
-wall time per image. Exit codes: 0 written, 2 bad arguments or workdir.
-
-`load_run` and `run_sampler` are what `seedjax.eval.report` and `seedjax.tools.ode_pairs` use.
+embedded scale for a distilled student). Only the generator's parameters are read
+(`seedjax.inference.load`). Prints the NFE (a true-CFG step counts twice) and the wall time
+per image. Exit codes: 0 written, 2 bad arguments or workdir.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import time
 
 import jax
 import numpy as np
-from flax import nnx
+from PIL import Image
 
-from seedjax import cli
-from seedjax.train.stage import Stage, load_stage
-
-
-@dataclasses.dataclass
-class Run:
-    """A trained run loaded back: its config, stage (hooks) and train state."""
-
-    workdir: str
-    config: object
-    stage: Stage
-    state: nnx.Module
-
-
-def load_run(workdir: str, step: int = -1) -> Run:
-    """The run in `workdir` (its config.json and latest checkpoint, or checkpoint `step`)."""
-    from seedjax.config import workdir_config
-    from seedjax.train.checkpoint import load_state_tree
-
-    config = workdir_config(workdir)
-    if config is None:
-        raise ValueError(f"{workdir}: no config.json (not a seedjax workdir)")
-    stage = load_stage(config.stage)
-    path = workdir if step < 0 else os.path.join(workdir, "checkpoints", str(step))
-    try:
-        tree = load_state_tree(path)
-    except FileNotFoundError as e:
-        raise ValueError(str(e)) from None
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: stage.init(config, nnx.Rngs(config.seed))))
-    nnx.replace_by_pure_dict(state, jax.tree.map(np.asarray, tree))
-    return Run(workdir, config, stage, nnx.merge(graphdef, state))
-
-
-def override_sampling(config, steps: int = 0, guidance: float = 0.0) -> None:
-    """Change a run's sampling steps / guidance scale in place (0 = keep)."""
-    with config.unlocked():
-        if steps > 0:
-            config.sampling.num_steps = steps
-        if guidance > 0:
-            if "distill" in config and config.sampling.guidance_scale == 1.0:
-                config.distill.guidance = guidance  # a distilled student: the embedded scale
-            else:
-                config.sampling.guidance_scale = guidance
-
-
-def run_nfe(run: Run) -> int:
-    """Network evaluations per image at the run's sampling settings (true CFG counts twice)."""
-    if run.stage.nfe:
-        return int(run.stage.nfe(run.config))
-    from seedjax.diffusion.sampling import EulerSampler
-
-    s = run.config.sampling
-    return EulerSampler.make(s.num_steps, s.shift, s.guidance_scale).nfe
-
-
-def run_sampler(run: Run):
-    """(params, batch, rng) -> images [N, H, W, C] in [-1, 1]; params = the run's state (for `generate_all`)."""
-    if not run.stage.sample:
-        raise ValueError(f"{run.workdir}: stage {run.config.stage!r} has no sample() hook")
-    graphdef, params = nnx.split(run.state)
-    return (lambda p, b, r: run.stage.sample(nnx.merge(graphdef, p), run.config, r, b)), params
-
-
-def prompt_batch(captions: list[str], config) -> dict:
-    """Tokenized captions (+ target size) in the batch layout the models take."""
-    from data_pipelines.core.tokenizer import tokenize
-
-    tokens, mask = tokenize(captions, config.data.max_text_len)
-    size = np.tile(np.asarray([[config.data.image_size, config.data.image_size]], np.int32), (len(captions), 1))
-    return {"tokens": tokens, "text_mask": mask, "target_size": size}
+from seedjax import cli, inference
+from seedjax.inference.bundle import BundleError
+from seedjax.train.metrics import make_grid
 
 
 @cli.entry("seedjax.tools.sample")
@@ -109,19 +40,15 @@ def main(argv: list[str]) -> int:
     if args.num < 1:
         print(f"sample: --num must be >= 1, got {args.num}", file=sys.stderr)
         return 2
+    path = args.workdir if args.step < 0 else os.path.join(args.workdir, "checkpoints", str(args.step))
     try:
-        run = load_run(args.workdir, args.step)
-        override_sampling(run.config, args.steps, args.guidance)
-        generate, params = run_sampler(run)
-    except ValueError as e:
+        bundle = inference.load(path).with_sampling(args.steps, args.guidance)
+    except BundleError as e:
         print(f"sample: {e}", file=sys.stderr)
         return 2
-    from PIL import Image
-
-    from seedjax.train.metrics import make_grid
-
     captions = [p for p in args.prompt for _ in range(args.num)]
-    batch = prompt_batch(captions, run.config)
+    batch = bundle.prompts(captions)
+    generate, params = bundle.generate_fn()
     jitted = jax.jit(generate)
     rng = jax.random.key(args.seed)
     jax.block_until_ready(jitted(params, batch, rng))  # compile
@@ -129,8 +56,8 @@ def main(argv: list[str]) -> int:
     images = np.asarray(jax.device_get(jitted(params, batch, rng)))
     seconds = (time.perf_counter() - t0) / len(captions)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    Image.fromarray(make_grid(images, cols=args.num)).save(args.out)
-    print(f"sample: {run.config.stage} at {run_nfe(run)} NFE, {seconds * 1e3:.1f} ms/image; wrote {args.out}")
+    Image.fromarray(make_grid(images[:, 0] if images.shape[1] == 1 else images, cols=args.num)).save(args.out)
+    print(f"sample: {bundle.config.stage} at {bundle.nfe} NFE, {seconds * 1e3:.1f} ms/image; wrote {args.out}")
     return 0
 
 

@@ -193,24 +193,47 @@ def _legacy_iterator_state(step_dir: epath.Path) -> dict:
     return json.loads(files[0].read_text())
 
 
-def load_state_tree(path: str) -> dict:
-    """The saved train state of another run, as a nested dict of host arrays (`config.init_from`).
-
-    `path` is a workdir (its latest checkpoint) or a step directory. Stages pick what they
-    need from it (e.g. ['model'] or ['ema']['params']) in `load_pretrained`.
-    """
+def state_dir(path: str) -> epath.Path:
+    """The saved state of a workdir (its latest checkpoint) or of a step directory."""
     path = workdir_lib.as_path(path)
     ckpt_dir = path / "checkpoints"
     if ckpt_dir.is_dir():
         steps = [int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()]
         if not steps:
             raise FileNotFoundError(f"config.init_from: no checkpoint in {ckpt_dir}")
-        state_dir = ckpt_dir / str(max(steps)) / "state"
-    elif (path / "state").is_dir():
-        state_dir = path / "state"
-    else:
-        raise FileNotFoundError(f"config.init_from: {path} is neither a workdir with checkpoints/ nor a step directory")
-    return _int_keys(ocp.StandardCheckpointer().restore(state_dir))
+        return ckpt_dir / str(max(steps)) / "state"
+    if (path / "state").is_dir():
+        return path / "state"
+    raise FileNotFoundError(f"config.init_from: {path} is neither a workdir with checkpoints/ nor a step directory")
+
+
+def load_state_tree(path: str) -> dict:
+    """The saved train state of another run, as a nested dict of host arrays (`config.init_from`).
+
+    `path` is a workdir (its latest checkpoint) or a step directory. Stages pick what they
+    need from it (e.g. ['model'] or ['ema']['params']) in `load_pretrained`.
+    """
+    return _int_keys(ocp.StandardCheckpointer().restore(state_dir(path)))
+
+
+def saved_tree(path: str):
+    """The saved state's tree of array metadata (shapes and dtypes; no array is read)."""
+    return ocp.StandardCheckpointer().metadata(state_dir(path)).item_metadata
+
+
+def restore_part(path: str, target: dict) -> dict:
+    """Read only the arrays named in `target` (a nested dict of jax.ShapeDtypeStruct with
+    shardings, e.g. {'ema': {'params': ...}}) from a saved state, directly onto their shardings."""
+    item = _str_keys(target)
+    restored = ocp.PyTreeCheckpointer().restore(state_dir(path), args=ocp.args.PyTreeRestore(
+        item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True))
+    return _int_keys(restored)
+
+
+def _str_keys(tree):
+    if isinstance(tree, dict):
+        return {str(k): _str_keys(v) for k, v in tree.items()}
+    return tree
 
 
 def _int_keys(tree):

@@ -28,15 +28,12 @@ from seedjax.parallel.host import to_host
 from seedjax.train import checkpoint as ckpt_lib
 from seedjax.train import metrics as metrics_lib
 from seedjax.train import perf
+from seedjax.train.perf import TrainingAborted
 from seedjax.train import workdir as workdir_lib
 from seedjax.train.stage import load_stage
 from seedjax.train.state import lr_schedule
 
 log = logging.getLogger("seedjax")
-
-
-class TrainingAborted(RuntimeError):
-    """A failure with a one-line cause (non-finite updates, replicated parameters...)."""
 
 
 def run(config, workdir: str, stop_at_step: int = 0, classifier_features=None) -> int:
@@ -240,7 +237,9 @@ def _load_pretrained(stage, config, graphdef, state, shardings):
         if "model" not in source:
             raise TrainingAborted(f"config.init_from={config.init_from}: the checkpoint has no 'model' entry "
                                   f"(it has {sorted(source)}); this stage needs a load_pretrained hook")
-        nnx.update(module.model, source["model"])
+        from seedjax.models.mmdit import match_block_layout  # unrolled <-> scan_layers
+
+        nnx.update(module.model, match_block_layout(source["model"], module.model))
     log.info("initialised parameters from %s", config.init_from)
     return jax.device_put(nnx.state(module), shardings)
 

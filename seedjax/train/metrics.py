@@ -79,7 +79,8 @@ class MetricWriter:
         print(f"[step {step}/{self.total_steps}] " + " ".join(parts) + eta, file=sys.stderr, flush=True)
 
     def images(self, step: int, images: np.ndarray, name: str = "samples") -> str | None:
-        """Save a grid of images [N, H, W, C] in [-1, 1] to workdir/samples/step_<N>.png."""
+        """Save a grid of samples [N, F, H, W, C] (or images [N, H, W, C]) in [-1, 1] to
+        workdir/samples/step_<N>.png; a video's frames run along its row."""
         if not self.enabled:
             return None
         grid = make_grid(images)
@@ -104,10 +105,14 @@ class MetricWriter:
 
 
 def make_grid(images: np.ndarray, cols: int | None = None, pad: int = 2) -> np.ndarray:
-    """[N, H, W, C] floats in [-1, 1] -> one uint8 RGB grid."""
+    """[N, H, W, C] floats in [-1, 1] -> one uint8 RGB grid. Samples with a frame axis
+    [N, F, H, W, C]: still images (F = 1) as images; videos one row of F frames each."""
     images = np.asarray(images, np.float32)
+    if images.ndim == 5:
+        n, f = images.shape[:2]
+        return make_grid(images.reshape(n * f, *images.shape[2:]), cols=None if f == 1 else f, pad=pad)
     if images.ndim != 4:
-        raise ValueError(f"make_grid expects [N, H, W, C], got shape {images.shape}")
+        raise ValueError(f"make_grid expects [N, H, W, C] or [N, F, H, W, C], got shape {images.shape}")
     n, h, w, c = images.shape
     if c == 1:
         images = np.repeat(images, 3, axis=-1)

@@ -29,6 +29,10 @@ _PEAK_TFLOPS = {
 }
 
 
+class TrainingAborted(RuntimeError):
+    """A failure with a one-line cause (non-finite updates, replicated parameters...)."""
+
+
 def check_replicated_params(abstract_state, shardings, mesh, policy: str) -> None:
     """With fsdp > 1, a parameter over 1 MiB that ends up fully replicated is a layout bug.
 
@@ -52,8 +56,6 @@ def check_replicated_params(abstract_state, shardings, mesh, policy: str) -> Non
            f"{'; '.join(offenders[:5])}{' ...' if len(offenders) > 5 else ''} "
            f"(give them logical axis names or set config.sharding.replicated_params=warn)")
     if policy == "error":
-        from seedjax.train.loop import TrainingAborted
-
         raise TrainingAborted(msg)
     log.warning("WARNING: %s", msg)
 

@@ -1,0 +1,144 @@
+"""The inference bundle: the EMA generator of any stage's checkpoint, and how it samples.
+
+`load(workdir_or_step)` reads the run's config.json and, of its checkpoint, only the
+generator's parameters (the EMA's when the run kept one and samples with it, else the
+model's), straight onto the shardings of a given mesh. Optimizers, teachers, fake scores,
+discriminators and reward models are never built and their arrays never read: the bundle of
+a distillation checkpoint costs what its generator costs.
+
+What a bundle holds: the config, the generator (text encoder + MMDiT; a guidance embedder when
+the checkpoint has one), its geometry, the sampler (steps, schedule, CFG or embedded guidance:
+`config.sampling`, `config.distill.guidance`) and its NFE, and the frozen VAE of a latent run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+import numpy as np
+from flax import nnx
+
+from data_pipelines.core.tokenizer import tokenize
+from seedjax.config import workdir_config
+from seedjax.diffusion.sampling import Sampler
+from seedjax.models import generator
+from seedjax.models.codec import LatentCodec
+from seedjax.models.geometry import Geometry
+from seedjax.parallel import mesh as mesh_lib
+from seedjax.parallel import sharding as sharding_lib
+from seedjax.train import checkpoint as ckpt_lib
+from seedjax.train.generation import generate_pixels, sampler_of
+from seedjax.train.params import latent_codec
+
+
+class BundleError(ValueError):
+    """A path that holds no loadable generator (exit 2 in the tools)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Bundle:
+    workdir: str
+    step_path: str  # the checkpoint the parameters came from
+    config: object
+    model: generator.DiffusionModel
+    geometry: Geometry
+    sampler: Sampler
+    entry: str  # 'ema' or 'model': which parameters were loaded
+    codec: LatentCodec | None  # the frozen VAE of a latent-space run
+
+    @property
+    def nfe(self) -> int:
+        return self.sampler.nfe
+
+    def with_sampling(self, steps: int = 0, guidance: float = 0.0) -> "Bundle":
+        """The same generator at other sampling settings (0 = keep): steps, and the guidance
+        scale (a guidance-embedded student's embedded scale, else the CFG scale)."""
+        config = self.config.copy_and_resolve_references()
+        with config.unlocked():
+            if steps > 0:
+                config.sampling.num_steps = steps
+            if guidance > 0:
+                if "distill" in config and config.sampling.guidance_scale == 1.0:
+                    config.distill.guidance = guidance
+                else:
+                    config.sampling.guidance_scale = guidance
+        return dataclasses.replace(self, config=config, sampler=sampler_of(config))
+
+    def prompts(self, captions: list[str]) -> dict:
+        """Tokenized captions (+ target size) in the batch layout the generator takes."""
+        tokens, mask = tokenize(captions, self.config.data.max_text_len)
+        size = np.full((len(captions), 2), self.config.data.image_size, np.int32)  # pixels, also for latent runs
+        return {"tokens": tokens, "text_mask": mask, "target_size": size}
+
+    def generate_fn(self):
+        """(params, batch, rng) -> pixels [N, F, H, W, C] in [-1, 1], and the params: parameters
+        are an argument, not constants of the compiled function (`seedjax.eval.samples.generate_all`)."""
+        graphdef, params = nnx.split(self.model)
+        config, sampler = self.config, self.sampler
+        return (lambda p, b, r: generate_pixels(nnx.merge(graphdef, p), config, r, b, sampler)), params
+
+    def generate(self, batch: dict, rng: jax.Array) -> jax.Array:
+        fn, params = self.generate_fn()
+        return jax.jit(fn)(params, batch, rng)
+
+
+def run_config(path: str):
+    """The config.json of the run that `path` (a workdir or one of its step directories) belongs to."""
+    path = os.path.abspath(path) if "://" not in path else path
+    for candidate in (path, os.path.dirname(os.path.dirname(path.rstrip("/")))):
+        config = workdir_config(candidate)
+        if config is not None:
+            return candidate, config
+    raise BundleError(f"{path}: no config.json (not a seedjax workdir or one of its checkpoints/<step>)")
+
+
+def _generator_entry(saved, config, use_ema: bool) -> tuple[str, dict]:
+    """('ema' | 'model', the saved parameter metadata of the generator to load)."""
+    model = saved.get("model") if hasattr(saved, "get") else None
+    if not model or "dit" not in model or "text" not in model:
+        raise BundleError(f"stage {config.get('stage')!r}: its checkpoint holds no text-to-image generator "
+                          f"(entries: {sorted(saved)})")
+    ema = saved.get("ema")
+    if use_ema and config.sampling.get("use_ema", True) and ema and "params" in ema:
+        return "ema", ema["params"]
+    return "model", model
+
+
+def load(path: str, mesh: jax.sharding.Mesh | None = None, use_ema: bool = True) -> Bundle:
+    """The generator of the run at `path` (a workdir: its latest checkpoint; or workdir/checkpoints/N).
+
+    `mesh`: where the parameters go (default: a mesh over every device from the run's
+    `config.mesh`); they are read straight onto their shardings under the run's sharding rules.
+    """
+    workdir, config = run_config(path)
+    step_path = path if os.path.basename(os.path.normpath(path)).isdigit() else workdir
+    try:
+        saved = ckpt_lib.saved_tree(step_path)
+    except FileNotFoundError as e:
+        raise BundleError(str(e)) from None
+    entry, params_meta = _generator_entry(saved, config, use_ema)
+    guidance_embed = "guidance_embedder" in params_meta["dit"] and bool(params_meta["dit"]["guidance_embedder"])
+    mesh = mesh or mesh_lib.make_mesh(config.mesh)
+    rules = sharding_lib.rules_from_config(config.sharding.rules)
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: generator.build(config, nnx.Rngs(0), guidance_embed)))
+    with jax.set_mesh(mesh), sharding_lib.axis_rules(rules):
+        shardings = sharding_lib.state_shardings(abstract, mesh, rules)
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          ckpt_lib.pure(abstract), ckpt_lib.pure(shardings))
+    where = ("ema", "params") if entry == "ema" else ("model",)
+    nested = target
+    for key in reversed(where):
+        nested = {key: nested}
+    try:
+        restored = ckpt_lib.restore_part(step_path, nested)
+    except (ValueError, KeyError) as e:
+        raise BundleError(f"{step_path}: the generator's parameters do not load ({e})") from None
+    for key in where:
+        restored = restored[key]
+    nnx.replace_by_pure_dict(abstract, restored)
+    model = nnx.merge(graphdef, abstract)
+    codec = latent_codec(config) if config.input.key == "latent" else None
+    return Bundle(workdir, str(ckpt_lib.state_dir(step_path).parent), config, model, Geometry.of(config),
+                  sampler_of(config), entry, codec)

@@ -1,0 +1,196 @@
+"""A trained VAE as other code uses it: images <-> normalised latents, and latent-space runs.
+
+`LatentCodec` wraps a VAE stage's weights (latent caching in `data_pipelines.cli.prepare
+--vae=WORKDIR`, decoding the samples of latent-space generators; loaded from a workdir by
+`seedjax.train.params.load_codec`). A diffusion config with `config.input.key = 'latent'`
+denoises cached latents; `input_shape` and `latent_factors` resolve what that needs from
+`config.input.vae_workdir` and the shards' header.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+import data_pipelines
+from data_pipelines.core.mixtures import components
+from data_pipelines.core.shards import read_metadata
+from seedjax import config as config_lib
+from seedjax.models.vae import ImageVAE
+from seedjax.models.video_vae import VideoVAE
+from seedjax.parallel.host import to_host
+from seedjax.schema.models import VAEConfig, VideoVAEConfig
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- the VAE of a config
+
+
+def vae_architecture(vae_cfg) -> VAEConfig | VideoVAEConfig:
+    """The VAEConfig / VideoVAEConfig of a `config.vae` group."""
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(vae_cfg.model).items()}
+    cls = VAEConfig if vae_cfg.kind == "image" else VideoVAEConfig
+    unknown = set(fields) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"config.vae.model: unknown fields {sorted(unknown)} for a {vae_cfg.kind} VAE")
+    return cls(**fields)
+
+
+def build_vae(vae_cfg, rngs: nnx.Rngs) -> ImageVAE | VideoVAE:
+    cfg = vae_architecture(vae_cfg)
+    return ImageVAE(cfg, rngs=rngs) if vae_cfg.kind == "image" else VideoVAE(cfg, rngs=rngs)
+
+
+def abstract_vae(vae_cfg) -> ImageVAE | VideoVAE:
+    """The VAE with abstract parameters, to load weights into. jax.eval_shape, not
+    nnx.eval_shape: this may run inside the training loop's mesh (a latent-space stage's
+    decoder), where NNX would read the logical axis names as mesh axes."""
+    graphdefs = []
+
+    def make_state():
+        graphdef, state = nnx.split(build_vae(vae_cfg, nnx.Rngs(0)))
+        graphdefs.append(graphdef)
+        return state
+
+    state = jax.eval_shape(make_state)
+    return nnx.merge(graphdefs[0], state)
+
+
+def vae_run_config(workdir: str):
+    """The config of the image VAE stage run in `workdir` (its config.json; no weights read)."""
+    config = config_lib.workdir_config(workdir)
+    if config is None:
+        raise FileNotFoundError(f"VAE workdir {workdir!r} has no config.json (is it a VAE stage workdir?)")
+    if config.get("stage") != "vae" or config.vae.kind != "image":
+        raise ValueError(f"{workdir} is a {config.get('stage')!r} run, not an image VAE stage run")
+    return config
+
+
+# --------------------------------------------------------------------------- codec
+
+
+class LatentCodec:
+    """A trained VAE for other stages: images <-> latents as the diffusion model sees them.
+
+    `encode` returns (mean - shift) * scale, `decode` inverts it. The scale comes from the
+    VAE config when set (`scaling_factor` != 1.0 or a diffusers import); otherwise
+    `from_workdir` estimates it as 1 / std of the latents of held-out images, as LDM does.
+    """
+
+    def __init__(self, vae: ImageVAE, scaling_factor: float | None = None, shift_factor: float | None = None,
+                 batch_size: int = 64):
+        self.vae = vae
+        self.scaling_factor = vae.config.scaling_factor if scaling_factor is None else scaling_factor
+        self.shift_factor = vae.config.shift_factor if shift_factor is None else shift_factor
+        self.batch_size = batch_size
+        graphdef, params = nnx.split(vae)
+        self._encode = jax.jit(lambda p, x: nnx.merge(graphdef, p).encode(x)[0])
+        self._decode = jax.jit(lambda p, z: nnx.merge(graphdef, p).decode(z))
+        self._params = params
+
+    @property
+    def downsample_factor(self) -> int:
+        return self.vae.config.downsample_factor
+
+    @property
+    def latent_channels(self) -> int:
+        return self.vae.config.latent_channels
+
+    def _batched(self, fn, x: np.ndarray) -> np.ndarray:
+        out = [to_host(fn(self._params, jnp.asarray(x[i: i + self.batch_size], jnp.float32)))
+               for i in range(0, len(x), self.batch_size)]
+        return np.concatenate(out)
+
+    def encode_raw(self, images: np.ndarray) -> np.ndarray:
+        return self._batched(self._encode, images)
+
+    def decode_raw(self, latents: np.ndarray) -> np.ndarray:
+        return self._batched(self._decode, latents)
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        """[N, H, W, C] images in [-1, 1] -> [N, H/f, W/f, c] normalised latents (float32)."""
+        return ((self.encode_raw(images) - self.shift_factor) * self.scaling_factor).astype(np.float32)
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        return self.decode_raw(np.asarray(latents) / self.scaling_factor + self.shift_factor)
+
+    def decode_jax(self, latents: jax.Array) -> jax.Array:
+        """Traceable decode of normalised latents (inside another stage's jitted sampler)."""
+        return self.vae.decode(latents / self.scaling_factor + self.shift_factor)
+
+    @classmethod
+    def from_params(cls, vae_cfg, params: dict, scaling_factor: float | None = None,
+                    shift_factor: float | None = None) -> "LatentCodec":
+        """A codec over the VAE of `config.vae` group `vae_cfg` holding `params` (a pure tree)."""
+        vae = abstract_vae(vae_cfg)
+        nnx.update(vae, jax.tree.map(jnp.asarray, params))
+        return cls(vae, scaling_factor, shift_factor)
+
+
+# --------------------------------------------------------------------------- latent-space runs
+
+
+def input_shape(config) -> tuple[int, int, int]:
+    """(H, W, C) of what the DiT denoises and the sampler generates: the pixels, or with
+    input.key=latent the latent grid (data.image_size / the VAE's factor, its latent channels)."""
+    size = config.data.image_size
+    if config.input.key == "latent":
+        return vae_architecture_of_run(config.input.vae_workdir).latent_shape(size, size)
+    return (size, size, data_pipelines.channels(config.data))
+
+
+def require_pixel_space(config, what: str) -> None:
+    """For stages and tools that do not decode latents (yet): refuse input.key=latent up front."""
+    if config.input.key != "image":
+        raise ValueError(f"config.input.key={config.input.key!r}: {what} works on pixels only so far "
+                         "(latent-space runs need a VAE decoder there); use input.key=image")
+
+
+@functools.lru_cache(maxsize=None)
+def vae_architecture_of_run(workdir: str):
+    """The VAEConfig of the VAE stage run in `workdir` (its config.json)."""
+    if not workdir:
+        raise ValueError("config.input.key=latent needs config.input.vae_workdir (the VAE stage workdir that "
+                         "made the latents and decodes samples)")
+    try:
+        return vae_architecture(vae_run_config(workdir).vae)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"config.input.vae_workdir: {e}") from None
+
+
+def latent_factors(config) -> dict:
+    """The `vae` entry of the latent shards' header (scaling/shift factors), checked against
+    config.input.vae_workdir, config.input.patch_size and config.model.in_channels."""
+    vae = vae_architecture_of_run(config.input.vae_workdir)
+    factors = []
+    for kind, path, _ in components(config.data).values():
+        try:
+            header = read_metadata(path) if kind == "shards" and path else {}
+        except ValueError as e:
+            raise ValueError(f"config.data.path: {e}") from None
+        if header.get("kind") != "latents" or "vae" not in header:
+            raise ValueError(f"config.input.key=latent needs VAE latent shards at config.data.path (python -m "
+                             f"data_pipelines.cli.prepare --vae=WORKDIR); got data.source={kind!r}, path={path!r}")
+        made_by = (header["vae"]["downsample_factor"], header["shapes"]["latent"][-1])
+        if made_by != (vae.downsample_factor, vae.latent_channels):
+            raise ValueError(f"config.input.vae_workdir: its VAE (f{vae.downsample_factor}c{vae.latent_channels}) did "
+                             f"not make the latents at {path} (f{made_by[0]}c{made_by[1]})")
+        factors.append(header["vae"])
+    if any(f != factors[0] for f in factors):
+        raise ValueError(f"config.data.mixture: latent components were made with different VAE factors {factors}")
+    h, w, c = input_shape(config)
+    p = config.input.patch_size
+    if h % p or w % p:
+        raise ValueError(f"config.input.patch_size={p} does not divide the {h}x{w} latent grid "
+                         f"(data.image_size={config.data.image_size} / {vae.downsample_factor})")
+    if config.model.in_channels != p * p * c:
+        raise ValueError(f"config.model.in_channels={config.model.in_channels}: {c}-channel latents in {p}x{p} "
+                         f"patches need {p * p * c}")
+    return factors[0]
