@@ -45,41 +45,19 @@ def eval_rows(workdir: str) -> list[dict]:
     return [r for r in rows if any(k.startswith("eval/") for k in r)]
 
 
-def load_generator(workdir: str, entry: str):
-    """The DiffusionModel of a pretrain/SFT/RLHF workdir with its 'ema' or 'model' parameters."""
-    from flax import nnx
-
-    from seedjax.distill.params import load_params, pick_params
-    from seedjax.stages.pretrain import DiffusionModel
-    from seedjax.train.checkpoint import load_state_tree
-
-    cfg = read_config(workdir)
-    model = DiffusionModel(cfg, nnx.Rngs(0))
-    tree = load_state_tree(workdir)
-    entry = entry if tree.get(entry) else "model"
-    load_params(model, pick_params(tree, entry, workdir), f"{workdir} ({entry})")
-    return model, cfg
-
-
-def judge(model, cfg, batch: dict, reward_model, target: str, seed: int) -> dict:
-    """Generate for the prompts of `batch` and score: classifier, Frechet distance, target share, reward."""
-    from flax import nnx
-
-    from seedjax.diffusion.sampling import EulerSampler
+def judge(bundle, batch: dict, reward_model, target: str, seed: int) -> dict:
+    """Generate for the prompts of `batch` with a generator's bundle (its config's sampler) and
+    score: classifier, Frechet distance, target share, reward."""
     from seedjax.eval.classifier import get_classifier
-    from seedjax.eval.samples import generate_all, score_images
-    from seedjax.stages import pretrain
+    from seedjax.eval.samples import generate_all, score_images, still_images
     from seedjax.stages.sft import target_share
 
-    s = cfg.sampling
-    sampler = EulerSampler.make(s.num_steps, s.shift, s.guidance_scale)
-    graphdef, params = nnx.split(model)
-    shape = pretrain.image_shape(cfg)
+    cfg = bundle.config
+    generate, params = bundle.generate_fn()
     prompts = {k: v for k, v in batch.items() if k != "image"}
-    generate = lambda p, b, r: pretrain.generate(nnx.merge(graphdef, p), cfg, r, b, sampler, shape)
     t0 = time.perf_counter()
     images, _ = generate_all(generate, params, prompts, jax.random.key(seed), 100)
-    images = np.clip(images, -1.0, 1.0)
+    images = still_images(images)
     seconds = time.perf_counter() - t0
     out = score_images(images, batch, cfg.data.image_size)
     out["target_share"] = target_share(images, prompts, target)
@@ -117,9 +95,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import data_pipelines
+    from seedjax import inference
     from seedjax.stages.reward import agreement_with_classifier
-    from seedjax.train.params import load_reward_model
     from seedjax.stages.sft import target_share
+    from seedjax.train.params import load_reward_model
 
     root = args.root
     reward_dir, sft_dir = os.path.join(root, "reward"), os.path.join(root, "sft")
@@ -140,8 +119,8 @@ def main(argv=None) -> int:
     judged = {}
     for name, workdir, entry in [("pretrain (EMA)", os.path.join(root, "pretrain"), "ema"),
                                  ("SFT (EMA)", sft_dir, "ema")]:
-        model, cfg = load_generator(workdir, entry)
-        judged[name] = judge(model, cfg, batch, reward_model, target, seed=1)
+        bundle = inference.load(workdir, use_ema=entry == "ema")
+        judged[name] = judge(bundle, batch, reward_model, target, seed=1)
         print(f"{name}: prompt_accuracy={judged[name]['prompt_accuracy']:.3f} "
               f"frechet_distance={judged[name]['frechet_distance']:.3f} "
               f"target_share={judged[name]['target_share']:.3f} ({judged[name]['generate_s']:.0f} s)", flush=True)
