@@ -28,9 +28,9 @@ SIZES = {
 
 
 def seedjax_config(s: dict):
-    from seedjax.models import mmdit
+    from seedjax.schema.models import mmdit_config
 
-    cfg = mmdit.default_config()
+    cfg = mmdit_config()
     cfg.num_heads, cfg.head_dim = s["heads"], s["head_dim"]
     cfg.depth_double, cfg.depth_single = s["double"], s["single"]
     cfg.in_channels = s["in_ch"]

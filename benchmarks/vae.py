@@ -108,7 +108,7 @@ class TrainImages:
 
 def stage_config(kind: str, preset: str, steps: int, batch: int, **model):
     from seedjax.config import base_config
-    from seedjax.stages.vae import vae_config
+    from seedjax.schema.stages import vae_config
 
     cfg = base_config(stage="vae")
     cfg.vae = vae_config(kind, preset, **model)
@@ -186,7 +186,7 @@ def num_params(vae) -> int:
 
 
 def image_row(setting: str, steps: int, batch: int, data: TrainImages, held_out: dict) -> dict:
-    from seedjax.models.vae import image_vae_config
+    from seedjax.schema.models import image_vae_config
 
     model = dict(base_channels=16, layers_per_block=1, norm_groups=8)
     cfg = stage_config("image", setting, steps, batch, **model)
@@ -203,7 +203,7 @@ def image_row(setting: str, steps: int, batch: int, data: TrainImages, held_out:
 
 def video_row(steps: int, batch: int) -> dict:
     from data_pipelines.sources.moving_digits import moving_digit_clips
-    from seedjax.models.video_vae import video_vae_config
+    from seedjax.schema.models import video_vae_config
 
     model = dict(in_channels=1, base_channels=8, channel_mult=(1, 2, 2, 4, 4), layers_per_block=1, norm_groups=8)
     cfg = stage_config("video", "t4s16c48", steps, batch, **model)

@@ -6,16 +6,15 @@ import ml_collections
 
 import data_pipelines
 from seedjax.config import base_config
-from seedjax.diffusion.flow import diffusion_config
-from seedjax.models import mmdit, text
-from seedjax.stages.pretrain import input_config, sampling_config
+from seedjax.schema.models import mmdit_preset, text_config
+from seedjax.schema.training import diffusion_config, input_config, sampling_config
 
 
 def diffusion_model_config(stage: str = "pretrain", model_preset: str = "tiny", **overrides) -> ml_collections.ConfigDict:
     """Config for a stage that trains or uses the text encoder + MMDiT."""
     cfg = base_config(stage=stage)
-    cfg.model = mmdit.preset(model_preset)
-    cfg.text = text.default_config()
+    cfg.model = mmdit_preset(model_preset)
+    cfg.text = text_config()
     cfg.data = data_pipelines.default_config()
     cfg.diffusion = diffusion_config()
     cfg.input = input_config()

@@ -23,6 +23,7 @@ import ml_collections
 from etils import epath
 
 import data_pipelines
+from seedjax.schema.training import DEFAULT_RULES, optimizer_config
 
 
 class ConfigError(ValueError):
@@ -278,9 +279,6 @@ def workdir_config(workdir: str) -> ml_collections.ConfigDict | None:
 def base_config(**overrides) -> ml_collections.ConfigDict:
     """The keys every experiment has (DESIGN.md contracts); experiment files add groups
     (model, data, diffusion, ...) and override values."""
-    from seedjax.parallel.sharding import DEFAULT_RULES
-    from seedjax.train.state import optimizer_config
-
     cfg = ml_collections.ConfigDict(
         dict(
             stage="pretrain",

@@ -12,6 +12,7 @@ from flax import nnx  # noqa: E402
 
 from seedjax.interop import flux  # noqa: E402
 from seedjax.models import mmdit  # noqa: E402
+from seedjax.schema.models import mmdit_preset  # noqa: E402
 
 GRID_H, GRID_W, TEXT_LEN, BATCH = 3, 4, 5, 2
 
@@ -82,7 +83,7 @@ def test_matches_diffusers(guidance_embeds):
 
 
 def test_export_import_round_trip_and_diffusers_loads_export(tmp_path):
-    cfg = mmdit.preset("tiny")
+    cfg = mmdit_preset("tiny")
     cfg.guidance_embed = True
     model = mmdit.MMDiT(cfg, nnx.Rngs(3))
     # Fresh models have zero-initialised layers; fill everything so the round trip is meaningful.
@@ -148,11 +149,11 @@ def test_conversion_errors_name_the_problem():
     with pytest.raises(ValueError, match=r"unexpected keys \[time_text_embed\.guidance_embedder\.linear_1\.bias"):
         flux.load_state_dict(mmdit.MMDiT(cfg, nnx.Rngs(0)), state)
 
-    sized = mmdit.preset("tiny")
+    sized = mmdit_preset("tiny")
     sized.size_embed = True
     with pytest.raises(ValueError, match="size embedding"):
         flux.export_state_dict(mmdit.MMDiT(sized, nnx.Rngs(0)))
-    x0 = mmdit.preset("tiny")
+    x0 = mmdit_preset("tiny")
     x0.prediction = "x0"
     with pytest.raises(ValueError, match="predicts a velocity, config predicts 'x0'"):
         flux.export_state_dict(mmdit.MMDiT(x0, nnx.Rngs(0)))

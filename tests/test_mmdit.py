@@ -14,12 +14,13 @@ from seedjax.diffusion import flow
 from seedjax.models import attention as attention_lib
 from seedjax.models import mmdit
 from seedjax.parallel import sharding
+from seedjax.schema.models import mmdit_preset
 
 B, GRID, T = 2, (2, 3), 5
 
 
 def tiny_config(**overrides):
-    cfg = mmdit.preset("tiny")
+    cfg = mmdit_preset("tiny")
     cfg.update(num_heads=2, head_dim=16, axes_dims_rope=(4, 6, 6), depth_double=1, depth_single=1,
                text_dim=24, pooled_dim=20, in_channels=8)
     cfg.update(overrides)

@@ -12,6 +12,7 @@ from flax import nnx
 
 from seedjax.kernels import paro
 from seedjax.models import mmdit
+from seedjax.schema.models import mmdit_preset
 
 # These tests are dominated by XLA compile time and need no optimized code.
 _FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
@@ -193,7 +194,7 @@ def test_full_density_plan_equals_dense_attention():
 def _tiny_model(backend):
     """A tiny MMDiT with the given attention backend and fixed random parameters (built
     abstractly and filled from numpy: no initializer runs)."""
-    cfg = mmdit.preset("tiny")
+    cfg = mmdit_preset("tiny")
     cfg.update(num_heads=2, head_dim=16, axes_dims_rope=(4, 6, 6), depth_double=1, depth_single=1,
                text_dim=24, pooled_dim=20, in_channels=8, attention_backend=backend)
     graphdef, state = nnx.split(nnx.eval_shape(lambda: mmdit.MMDiT(cfg, nnx.Rngs(0))))

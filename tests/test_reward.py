@@ -15,7 +15,9 @@ from data_pipelines.core.tokenizer import tokenize
 from data_pipelines.sources import digits as digits_lib
 from data_pipelines.sources import reward_pairs, scenes
 from data_pipelines.techniques.curation import image_statistics
-from seedjax.models.reward import RewardModel, default_config
+from seedjax.models.reward import RewardModel
+from seedjax.schema.models import reward_model_config
+from seedjax.schema.stages import reward_config
 from seedjax.stages import reward
 
 
@@ -96,7 +98,7 @@ def test_degradations_do_what_they_say():
 
 
 def tiny_reward_config(**overrides) -> ml_collections.ConfigDict:
-    cfg = default_config()
+    cfg = reward_model_config()
     cfg.update(dict(image_size=16, channels=1, patch_size=4, stem_channels=4, width=32, depth=1, num_heads=2,
                     max_text_len=16))
     cfg.update(overrides)
@@ -112,7 +114,7 @@ def test_reward_loss_matches_a_float64_reference():
     ex = {"images": jnp.asarray(rng.uniform(-1, 1, (b, 16, 16, 1)), jnp.float32),
           "degraded": jnp.asarray(rng.uniform(-1, 1, (b, 16, 16, 1)), jnp.float32),
           "tokens": tokens, "text_mask": mask, "negative_tokens": neg_tokens, "negative_text_mask": neg_mask}
-    config = ml_collections.ConfigDict(dict(reward_model=tiny_reward_config(), reward=reward.reward_config(
+    config = ml_collections.ConfigDict(dict(reward_model=tiny_reward_config(), reward=reward_config(
         bce_weight=0.7, bt_weight=1.3)))
     total, metrics = nnx.jit(lambda m, e: reward.reward_loss(m, e, config))(model, ex)
 

@@ -8,12 +8,13 @@ from flax import nnx
 
 from data_pipelines.core import tokenizer
 from seedjax.models import text
+from seedjax.schema.models import text_config
 
 torch = pytest.importorskip("torch")
 
 
 def small_encoder(seed=0):
-    cfg = text.default_config()
+    cfg = text_config()
     cfg.update(width=32, depth=2, num_heads=4, max_len=16)
     model = text.TextEncoder(cfg, rngs=nnx.Rngs(seed))
     rng = np.random.default_rng(seed)  # non-trivial norm scales and biases too

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from seedjax.schema.training import optimizer_config
 from seedjax.train import state as st
 
 
@@ -39,7 +40,7 @@ def test_grad_accumulation_equals_full_batch_gradient():
 
 def test_nonfinite_update_is_skipped_and_counted():
     model = Tiny(nnx.Rngs(0))
-    opt = st.make_optimizer(model, st.optimizer_config(lr=0.1), 100)
+    opt = st.make_optimizer(model, optimizer_config(lr=0.1), 100)
     batch = {"x": jnp.ones((4, 3)), "y": jnp.zeros((4, 2))}
     _, grads = st.value_and_grad(loss_fn, model, batch)
     before = jax.tree.map(lambda v: np.asarray(v), nnx.state(model, nnx.Param))
@@ -68,11 +69,11 @@ def test_ema_tracks_parameters_with_its_decay():
 
 
 def test_lr_schedule_warmup_then_cosine():
-    cfg = st.optimizer_config(lr=1.0, warmup_steps=10, schedule="cosine", end_lr_factor=0.1)
+    cfg = optimizer_config(lr=1.0, warmup_steps=10, schedule="cosine", end_lr_factor=0.1)
     sched = st.lr_schedule(cfg, total_steps=110)
     assert float(sched(0)) == 0.0 and float(sched(5)) == pytest.approx(0.5)
     assert float(sched(10)) == pytest.approx(1.0)
     assert float(sched(60)) == pytest.approx(0.1 + 0.9 * 0.5, rel=1e-5)
     assert float(sched(110)) == pytest.approx(0.1, rel=1e-5)
     with pytest.raises(ValueError, match="schedule"):
-        st.lr_schedule(st.optimizer_config(schedule="steps"), 10)
+        st.lr_schedule(optimizer_config(schedule="steps"), 10)

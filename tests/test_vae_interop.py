@@ -149,7 +149,7 @@ def test_diffusers_config_round_trip():
 
 
 def test_presets_and_bad_input_name_the_shape():
-    from seedjax.models.vae import image_vae_config
+    from seedjax.schema.models import image_vae_config
 
     assert [image_vae_config(n).downsample_factor for n in ("f8c16", "f16c64", "f32c128")] == [8, 16, 32]
     assert image_vae_config("f16c64").latent_shape(256, 256) == (16, 16, 64)

@@ -11,6 +11,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from seedjax.models import video_vae as vv
 from seedjax.parallel import mesh as meshlib, sharding
+from seedjax.schema.models import video_vae_config
 
 TINY = dict(base_channels=8, channel_mult=(1, 2, 2, 2), norm_groups=4, layers_per_block=1, latent_channels=8)
 
@@ -22,7 +23,7 @@ def rngs(seed=0):
 
 @functools.lru_cache(maxsize=None)
 def tiny_vae(name="t4s8c8"):
-    return vv.VideoVAE(vv.video_vae_config(name, **TINY), rngs=rngs())
+    return vv.VideoVAE(video_vae_config(name, **TINY), rngs=rngs())
 
 
 @functools.lru_cache(maxsize=None)
@@ -41,12 +42,12 @@ def max_rel(a, b):
 
 
 def test_config_presets():
-    cfg = vv.video_vae_config()
+    cfg = video_vae_config()
     assert (cfg.temporal_factor, cfg.spatial_factor, cfg.latent_channels) == (4, 16, 48)
-    assert vv.video_vae_config("t8s8c16").temporal_downsample == (True, True, True)
+    assert video_vae_config("t8s8c16").temporal_downsample == (True, True, True)
     assert cfg.latent_frames(33) == 9
     with pytest.raises(ValueError, match="t4s16c48"):
-        vv.video_vae_config("s16t4")
+        video_vae_config("s16t4")
 
 
 def test_shapes_and_encoder_causality():

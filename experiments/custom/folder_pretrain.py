@@ -90,7 +90,7 @@ def get_config(arg=None):
 
 def _base(cfg, size: int) -> None:
     """The cluster-sized model and schedule (see the module doc)."""
-    # The MMDiT `base` preset's sizes (seedjax/models/mmdit.py), with RoPE axes for head_dim 64.
+    # The MMDiT `base` preset's sizes (seedjax/schema/models.py), with RoPE axes for head_dim 64.
     cfg.model.update(num_heads=16, head_dim=64, depth_double=12, depth_single=24, axes_dims_rope=(16, 24, 24),
                      dtype="bfloat16", remat=True)
     cfg.text.update(width=1024, depth=8, num_heads=16, dtype="bfloat16")

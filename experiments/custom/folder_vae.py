@@ -27,7 +27,7 @@ VGG16 weights ship with the repo; give a local torchvision VGG16 state dict with
 import data_pipelines
 from experiments.custom.folder_pretrain import VARIANTS, source_for
 from seedjax.config import base_config, parse_arg
-from seedjax.stages.vae import vae_config
+from seedjax.schema.stages import vae_config
 
 DEFAULT_SIZE = {"default": 64, "tiny": 32, "base": 256}
 DEFAULT_FACTOR = {"default": 8, "tiny": 4, "base": 8}

@@ -14,8 +14,8 @@ import ml_collections
 
 from experiments.quickstart import pretrain
 from seedjax.config import parse_arg
-from seedjax.distill.student import distill_config
-from seedjax.train.state import optimizer_config
+from seedjax.schema.stages import distill_config
+from seedjax.schema.training import optimizer_config
 
 
 def parse(arg, **defaults):

@@ -5,9 +5,7 @@
 """
 
 from experiments.quickstart import _distill_common
-from seedjax.distill.discriminator import discriminator_config
-from seedjax.distill.dmd import dmd_config
-from seedjax.stages.distill_adm import adm_config
+from seedjax.schema.stages import adm_config, discriminator_config, dmd_config
 
 
 def get_config(arg=None):

@@ -7,9 +7,8 @@
 
 import data_pipelines
 from experiments.quickstart import _distill_common
-from seedjax.distill.discriminator import discriminator_config
-from seedjax.models.discriminators import discriminator_config as patch_discriminator_config
-from seedjax.stages.distill_adp import adp_config
+from seedjax.schema.models import patch_discriminator_config
+from seedjax.schema.stages import adp_config, discriminator_config
 
 
 def get_config(arg=None):

@@ -5,7 +5,7 @@
 """
 
 from experiments.quickstart import _distill_common
-from seedjax.stages.distill_cfg import cfg_config
+from seedjax.schema.stages import cfg_config
 
 
 def get_config(arg=None):

@@ -10,8 +10,7 @@ reference settings: 5 fake-score updates per generator update, GAN weights 5e-3 
 """
 
 from experiments.quickstart import _distill_common
-from seedjax.distill.discriminator import discriminator_config
-from seedjax.distill.dmd import dmd_config
+from seedjax.schema.stages import discriminator_config, dmd_config
 
 
 def get_config(arg=None):

@@ -8,8 +8,7 @@ adds it to the MSE; the default is MSE.
 """
 
 from experiments.quickstart import _distill_common
-from seedjax.distill.discriminator import discriminator_config
-from seedjax.stages.distill_tscd import tscd_config
+from seedjax.schema.stages import discriminator_config, tscd_config
 
 
 def get_config(arg=None):

@@ -13,8 +13,8 @@ import ml_collections
 
 import data_pipelines
 from seedjax.config import base_config, parse_arg
-from seedjax.models import reward as reward_model
-from seedjax.stages.reward import reward_config
+from seedjax.schema.models import reward_model_config
+from seedjax.schema.stages import reward_config
 
 
 def get_config(arg=None):
@@ -25,7 +25,7 @@ def get_config(arg=None):
     cfg.data.path = arg.source  # the labelled bundled source whose captions are perturbed
     cfg.data.image_size = 32
     cfg.data.max_text_len = 32 if arg.source == "digits" else 64
-    cfg.reward_model = reward_model.default_config()
+    cfg.reward_model = reward_model_config()
     cfg.reward_model.channels = data_pipelines.channels(cfg.data)
     cfg.reward_model.image_size = cfg.data.image_size
     cfg.reward_model.max_text_len = cfg.data.max_text_len

@@ -14,7 +14,7 @@ and the reward models' scores of the same images.
 from experiments.common import make_ci_run
 from experiments.quickstart import pretrain
 from seedjax.config import parse_arg
-from seedjax.stages.rlhf import rlhf_config
+from seedjax.schema.stages import rlhf_config
 
 
 def get_config(arg=None):

@@ -14,7 +14,7 @@ eval/target_share is the fraction of generated digits that are that bold (held-o
 from experiments.common import make_ci_run
 from experiments.quickstart import pretrain
 from seedjax.config import parse_arg
-from seedjax.stages.sft import sft_config
+from seedjax.schema.stages import sft_config
 
 
 def get_config(arg=None):

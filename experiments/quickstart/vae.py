@@ -13,7 +13,7 @@ Variants: `quickstart` (default; a few CPU minutes) and `tiny` (seconds; CI).
 
 import data_pipelines
 from seedjax.config import base_config, parse_arg
-from seedjax.stages.vae import vae_config
+from seedjax.schema.stages import vae_config
 
 
 def get_config(arg=None):

@@ -13,7 +13,7 @@ scorer and the reward of the same images. Variants: `default` and `tiny` (CI).
 from experiments.common import make_ci_run
 from experiments.seedream.scenes_pretrain import scenes_config
 from seedjax.config import parse_arg
-from seedjax.stages.rlhf import rlhf_config
+from seedjax.schema.stages import rlhf_config
 
 
 def get_config(arg=None):

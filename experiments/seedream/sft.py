@@ -13,7 +13,7 @@ contrast. Variants: `default` and `tiny` (CI).
 from experiments.common import make_ci_run
 from experiments.seedream.scenes_pretrain import scenes_config
 from seedjax.config import parse_arg
-from seedjax.stages.sft import sft_config
+from seedjax.schema.stages import sft_config
 
 
 def get_config(arg=None):

@@ -15,7 +15,7 @@ adaptive weight, EMA. Images are split into bands along the `sequence` mesh axis
 """
 
 from seedjax.config import base_config, parse_arg
-from seedjax.stages.vae import vae_config
+from seedjax.schema.stages import vae_config
 
 
 def get_config(arg=None):

@@ -10,23 +10,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
-
-
-def diffusion_config(**overrides) -> ml_collections.ConfigDict:
-    cfg = ml_collections.ConfigDict(
-        dict(
-            timestep_sampling="logit_normal",  # logit_normal | uniform
-            logit_mean=0.0,
-            logit_std=1.0,
-            shift_mode="fixed",  # fixed: s = shift | resolution: s = shift * sqrt(tokens / base_tokens)
-            shift=1.0,
-            base_tokens=256,
-            cfg_dropout=0.1,  # probability of training on the empty caption (enables CFG)
-        )
-    )
-    cfg.update(overrides)
-    return cfg
 
 
 def shift_time(t: jax.Array, shift) -> jax.Array:

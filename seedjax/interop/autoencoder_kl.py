@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from seedjax.models.vae import ImageVAE, VAEConfig
+from seedjax.models.vae import ImageVAE
+from seedjax.schema.models import VAEConfig
 
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
 _LEGACY_ATTENTION = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}

@@ -27,6 +27,7 @@ import numpy as np
 from flax import nnx
 
 from seedjax.models import mmdit
+from seedjax.schema.models import mmdit_config
 
 # One row per parameter: diffusers key -> (path of attributes / list indices in MMDiT, is a Linear weight).
 ParamMap = dict[str, tuple[tuple[Any, ...], bool]]
@@ -163,7 +164,7 @@ def config_from_diffusers(diffusers_config: Mapping[str, Any], **overrides) -> m
     get = lambda key, default: diffusers_config.get(key, default)
     if get("patch_size", 1) != 1:
         raise ValueError(f"Flux config: patch_size {get('patch_size', 1)} is not supported (MMDiT takes patchified tokens)")
-    cfg = mmdit.default_config()
+    cfg = mmdit_config()
     cfg.update(
         in_channels=int(get("in_channels", 64)),
         out_channels=int(get("out_channels", None) or 0),

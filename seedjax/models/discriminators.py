@@ -15,23 +15,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 from flax import nnx
 
+from seedjax.schema.models import patch_discriminator_config
+
 CONV_INIT = nnx.initializers.normal(0.02)  # DCGAN / pix2pix initialisation
-
-
-def discriminator_config(**overrides) -> ml_collections.ConfigDict:
-    cfg = ml_collections.ConfigDict(
-        dict(
-            channels=64,  # width of the first layer (doubling per layer, capped at 8x)
-            num_layers=3,  # stride-2 layers (3 -> 70x70 patches)
-            norm_groups=32,  # GroupNorm groups (reduced to fit narrow layers)
-            temporal_strides=1,  # 3D: how many of the stride-2 layers also halve time
-        )
-    )
-    cfg.update(overrides)
-    return cfg
 
 
 def _groups(channels: int, wanted: int) -> int:
@@ -60,7 +48,7 @@ class PatchDiscriminator(nnx.Module):
     """Logits [B, h, w, 1] for images [B, H, W, C] (`dims=2`) or [B, t, h, w, 1] for clips (`dims=3`)."""
 
     def __init__(self, in_channels: int, cfg=None, *, dims: int = 2, rngs: nnx.Rngs):
-        cfg = cfg or discriminator_config()
+        cfg = cfg or patch_discriminator_config()
         if dims not in (2, 3):
             raise ValueError(f"PatchDiscriminator: dims must be 2 or 3, got {dims}")
         self.dims, self.in_channels = dims, in_channels

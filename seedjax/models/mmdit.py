@@ -31,14 +31,13 @@ from seedjax.models import layers
 from seedjax.models.attention import TokenLayout, attention, get_backend
 from seedjax.models.rope import apply_rope, rope_frequencies, seedream_position_ids
 from seedjax.parallel.sharding import constrain
+from seedjax.schema.models import mmdit_config
 
 TIMESTEP_CHANNELS = 256  # sinusoid width of every scalar embedder (Flux)
 TOKENS = ("batch", "seq", "act_embed")
 
 __all__ = [
     "MMDiT",
-    "default_config",
-    "preset",
     "prediction",
     "patchify",
     "unpatchify",
@@ -47,60 +46,10 @@ __all__ = [
 ]
 
 
-def default_config() -> ml_collections.ConfigDict:
-    """MMDiT hyper-parameters ('small' size). Every value has a type; no None values."""
-    cfg = ml_collections.ConfigDict()
-    cfg.in_channels = 64  # channels of a (patchified) image token, e.g. 16 latent ch x 2 x 2
-    cfg.out_channels = 0  # 0 = same as in_channels
-    cfg.num_heads = 8
-    cfg.head_dim = 64  # hidden = num_heads * head_dim
-    cfg.depth_double = 6  # dual-stream blocks
-    cfg.depth_single = 12  # single-stream blocks
-    cfg.mlp_ratio = 4.0
-    cfg.text_dim = 512  # width of text_embeddings (diffusers: joint_attention_dim)
-    cfg.pooled_dim = 512  # width of pooled text (diffusers: pooled_projection_dim)
-    cfg.guidance_embed = False  # guidance-scale embedder (guidance-distilled models)
-    cfg.size_embed = False  # target-resolution embedder (Seedream mixed resolution)
-    cfg.axes_dims_rope = (8, 28, 28)  # must sum to head_dim
-    cfg.rope_theta = 10000.0
-    cfg.repa_layer = -1  # block whose image features `return_features` gives; -1 off
-    cfg.remat = False  # rematerialise each block in the backward pass
-    cfg.remat_policy = "nothing_saveable"  # a name in jax.checkpoint_policies
-    cfg.dtype = "float32"  # matmul compute dtype: 'float32' | 'bfloat16'
-    cfg.attention_backend = "dense"  # a name registered in seedjax.models.attention
-    # What proj_out predicts. 'x0': the clean image, returned as the velocity it implies,
-    # (x_t - x0) / max(t, x0_min_t); pixel-space models with wide patches learn this far
-    # faster than a velocity, which must carry the full-rank noise (Li & He 2025, "JiT").
-    cfg.prediction = "velocity"  # 'velocity' | 'x0'
-    cfg.x0_min_t = 0.05
-    return cfg
-
-
-_PRESETS = {
-    "tiny": dict(num_heads=4, head_dim=32, depth_double=2, depth_single=4, text_dim=128, pooled_dim=128,
-                 in_channels=16, axes_dims_rope=(8, 12, 12)),
-    "small": {},
-    "base": dict(num_heads=16, head_dim=64, depth_double=12, depth_single=24, text_dim=1024, pooled_dim=1024),
-    "flux_dev": dict(num_heads=24, head_dim=128, depth_double=19, depth_single=38, text_dim=4096, pooled_dim=768,
-                     axes_dims_rope=(16, 56, 56), guidance_embed=True),
-    "flux_schnell": dict(num_heads=24, head_dim=128, depth_double=19, depth_single=38, text_dim=4096,
-                         pooled_dim=768, axes_dims_rope=(16, 56, 56)),
-}
-
-
-def preset(name: str) -> ml_collections.ConfigDict:
-    """`default_config()` with a named size: 'tiny', 'small', 'base', 'flux_dev', 'flux_schnell'."""
-    if name not in _PRESETS:
-        raise ValueError(f"unknown MMDiT preset {name!r}; choose one of {sorted(_PRESETS)}")
-    cfg = default_config()
-    cfg.update(_PRESETS[name])
-    return cfg
-
-
 def prediction(cfg) -> tuple[str, float]:
     """(cfg.prediction, cfg.x0_min_t); configs saved before these keys existed get the defaults
     (a velocity), which is what they were trained to predict."""
-    defaults = default_config()
+    defaults = mmdit_config()
     return cfg.get("prediction", defaults.prediction), cfg.get("x0_min_t", defaults.x0_min_t)
 
 

@@ -26,7 +26,6 @@ import re
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import nnx
 
@@ -38,14 +37,6 @@ VGG16_STAGES = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))  # (width, conv
 # LPIPS input scaling for images in [-1, 1].
 _SHIFT = np.array([-0.030, -0.088, -0.188], np.float32)
 _SCALE = np.array([0.458, 0.448, 0.450], np.float32)
-
-
-def perceptual_config(**overrides) -> ml_collections.ConfigDict:
-    cfg = ml_collections.ConfigDict(
-        dict(weights="", lpips_weights="", depth=5, fallback_seed=0)
-    )
-    cfg.update(overrides)
-    return cfg
 
 
 def _torchvision_indices() -> list[int]:

@@ -30,23 +30,6 @@ from seedjax.parallel.sharding import constrain
 ANSWERS = ("no", "yes")
 
 
-def default_config() -> ml_collections.ConfigDict:
-    cfg = ml_collections.ConfigDict()
-    cfg.heads = ("alignment", "quality")  # reward dimensions, one question token each
-    cfg.image_size = 32  # inputs of another size are resized (bilinear) to this
-    cfg.channels = 3
-    cfg.patch_size = 4
-    cfg.stem_channels = 32  # two 3x3 convolutions before patchifying; 0 = plain patch embedding
-    cfg.width = 128
-    cfg.depth = 4
-    cfg.num_heads = 4
-    cfg.mlp_ratio = 4.0
-    cfg.max_text_len = 32
-    cfg.vocab_size = tokenizer.VOCAB_SIZE
-    cfg.dtype = "float32"  # matmul compute dtype
-    return cfg
-
-
 def validate_config(cfg) -> None:
     if not cfg.heads or len(set(cfg.heads)) != len(cfg.heads):
         raise ValueError(f"reward_model.heads must be distinct names, got {tuple(cfg.heads)}")

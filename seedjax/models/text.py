@@ -21,18 +21,6 @@ from seedjax.parallel.sharding import constrain
 TOKENS = ("batch", "seq", "act_embed")
 
 
-def default_config() -> ml_collections.ConfigDict:
-    cfg = ml_collections.ConfigDict()
-    cfg.vocab_size = tokenizer.VOCAB_SIZE
-    cfg.width = 256
-    cfg.depth = 4
-    cfg.num_heads = 4
-    cfg.mlp_ratio = 4.0
-    cfg.max_len = 64  # longest token sequence (learned positions)
-    cfg.dtype = "float32"  # matmul compute dtype
-    return cfg
-
-
 def train_flops_per_example(cfg: ml_collections.ConfigDict, num_tokens: int) -> float:
     """Analytic training FLOPs (3 x forward matmuls incl. attention) for `num_tokens` tokens."""
     d, m, t = cfg.width, int(cfg.width * cfg.mlp_ratio), num_tokens

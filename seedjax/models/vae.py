@@ -4,7 +4,7 @@ Encoder: conv_in -> one block per entry of `channel_mult` (ResNet blocks, then a
 downsample on every block but the last) -> mid block (ResNet, attention, ResNet) ->
 GroupNorm/SiLU/conv_out to (mean, logvar). The decoder mirrors it with nearest-neighbour
 2x upsampling. The spatial downsampling factor is 2 ** (len(channel_mult) - 1), so f8, f16
-and f32 are four, five and six blocks (`image_vae_config('f16c64')`).
+and f32 are four, five and six blocks (`seedjax.schema.models.image_vae_config('f16c64')`).
 
 Images are NHWC in [-1, 1]. The module matches diffusers numerically (same GroupNorm eps,
 asymmetric downsample padding, single-head mid attention, quant convs, logvar clamp), which
@@ -16,16 +16,13 @@ Shared by the video VAE (`video_vae.py`): `group_norm`, `SpatialAttention`, `con
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import re
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from seedjax.models import layers
 from seedjax.parallel import sharding
+from seedjax.schema.models import VAEConfig
 
 CONV_NAMES_2D = ("conv_spatial", "conv_spatial", "conv_in", "conv_out")
 # Logical names of an NHWC activation; `vae_height` maps to the `sequence` mesh axis by
@@ -35,58 +32,6 @@ LOGVAR_RANGE = (-30.0, 20.0)  # diffusers / LDM clamp, keeps exp(logvar) finite
 # PyTorch's default conv init, U(+-1/sqrt(fan_in)), as the diffusers VAEs are trained
 # with. (A truncated normal costs a slow XLA compile per kernel shape on CPU.)
 CONV_INIT = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
-
-
-@dataclasses.dataclass(frozen=True)
-class VAEConfig:
-    in_channels: int = 3
-    latent_channels: int = 16
-    base_channels: int = 128
-    channel_mult: tuple[int, ...] = (1, 2, 4, 4)  # one block per entry; factor 2**(len-1)
-    layers_per_block: int = 2  # ResNet blocks per encoder block (decoder: one more)
-    norm_groups: int = 32
-    mid_attention: bool = True
-    use_quant_conv: bool = True  # 1x1 convs around the latent (diffusers' quant_conv)
-    use_post_quant_conv: bool = True
-    # The diffusion model sees (z - shift_factor) * scaling_factor.
-    scaling_factor: float = 1.0
-    shift_factor: float = 0.0
-    dtype: str = "float32"  # compute dtype; parameters are always float32
-
-    def __post_init__(self):
-        object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
-        for c in self.block_channels:
-            if c % self.norm_groups:
-                raise ValueError(
-                    f"VAE block width {c} (base_channels * channel_mult) is not divisible by norm_groups={self.norm_groups}"
-                )
-
-    @property
-    def block_channels(self) -> tuple[int, ...]:
-        return tuple(self.base_channels * m for m in self.channel_mult)
-
-    @property
-    def downsample_factor(self) -> int:
-        return 2 ** (len(self.channel_mult) - 1)
-
-    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
-        f = self.downsample_factor
-        return height // f, width // f, self.latent_channels
-
-
-def image_vae_config(name: str = "f8c16", **overrides) -> VAEConfig:
-    """'f{factor}c{channels}' (factor 8, 16, 32, ...) -> VAEConfig; `overrides` set any field.
-
-    Deeper settings repeat the last multiplier: f8 = (1, 2, 4, 4), f16 = (1, 2, 4, 4, 4), ...
-    """
-    m = re.fullmatch(r"f(\d+)c(\d+)", name)
-    if not m or int(m.group(1)) < 2 or int(m.group(1)) & (int(m.group(1)) - 1):
-        raise ValueError(f"VAE setting {name!r} must look like 'f16c64' with a power-of-two factor >= 2")
-    levels = int(math.log2(int(m.group(1))))
-    mult = (1, 2, 4, 4)[: levels + 1] + (4,) * max(0, levels + 1 - 4)
-    fields = dict(latent_channels=int(m.group(2)), channel_mult=mult)
-    fields.update(overrides)
-    return VAEConfig(**fields)
 
 
 # --------------------------------------------------------------------------- building blocks

@@ -19,10 +19,7 @@ first frame's spare copy dropped (1 + m -> 1 + 2m). Videos are [B, T, H, W, C] i
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import math
-import re
 
 import jax
 import jax.numpy as jnp
@@ -38,68 +35,10 @@ from seedjax.models.vae import (
     sample_posterior,
     split_moments,
 )
+from seedjax.schema.models import VideoVAEConfig
 
 CONV_NAMES_3D = ("conv_spatial", "conv_spatial", "conv_spatial", "conv_in", "conv_out")
 VIDEO_ACT_NAMES = ("batch", "vae_frames", "vae_height", "vae_width", None)
-
-
-@dataclasses.dataclass(frozen=True)
-class VideoVAEConfig:
-    in_channels: int = 3
-    latent_channels: int = 48
-    base_channels: int = 64
-    channel_mult: tuple[int, ...] = (1, 2, 4, 4, 4)  # spatial factor 2**(len-1)
-    # One flag per downsampling step (len(channel_mult) - 1); temporal factor 2**count.
-    temporal_downsample: tuple[bool, ...] = (False, False, True, True)
-    layers_per_block: int = 2
-    norm_groups: int = 32
-    mid_attention: bool = True
-    scaling_factor: float = 1.0
-    shift_factor: float = 0.0
-    dtype: str = "float32"
-
-    def __post_init__(self):
-        object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
-        object.__setattr__(self, "temporal_downsample", tuple(bool(t) for t in self.temporal_downsample))
-        if len(self.temporal_downsample) != len(self.channel_mult) - 1:
-            raise ValueError(
-                f"temporal_downsample has {len(self.temporal_downsample)} flags; need one per downsampling "
-                f"step ({len(self.channel_mult) - 1})"
-            )
-        for c in self.block_channels:
-            if c % self.norm_groups:
-                raise ValueError(f"video VAE block width {c} is not divisible by norm_groups={self.norm_groups}")
-
-    @property
-    def block_channels(self) -> tuple[int, ...]:
-        return tuple(self.base_channels * m for m in self.channel_mult)
-
-    @property
-    def spatial_factor(self) -> int:
-        return 2 ** (len(self.channel_mult) - 1)
-
-    @property
-    def temporal_factor(self) -> int:
-        return 2 ** sum(self.temporal_downsample)
-
-    def latent_frames(self, frames: int) -> int:
-        return 1 + (frames - 1) // self.temporal_factor
-
-
-def video_vae_config(name: str = "t4s16c48", **overrides) -> VideoVAEConfig:
-    """'t{temporal}s{spatial}c{channels}' -> VideoVAEConfig. Temporal steps sit at the deepest levels."""
-    m = re.fullmatch(r"t(\d+)s(\d+)c(\d+)", name)
-    t, s = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
-    if not m or t < 1 or s < 2 or t & (t - 1) or s & (s - 1) or t > s:
-        raise ValueError(f"video VAE setting {name!r} must look like 't4s16c48' (powers of two, t <= s)")
-    steps, t_steps = int(math.log2(s)), int(math.log2(t))
-    fields = dict(
-        latent_channels=int(m.group(3)),
-        channel_mult=((1, 2, 4, 4) + (4,) * steps)[: steps + 1],
-        temporal_downsample=(False,) * (steps - t_steps) + (True,) * t_steps,
-    )
-    fields.update(overrides)
-    return VideoVAEConfig(**fields)
 
 
 # --------------------------------------------------------------------------- causal convolution

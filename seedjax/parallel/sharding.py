@@ -19,32 +19,8 @@ from typing import Mapping, Sequence
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-# Logical name -> comma-separated mesh axes ('' = replicated). Every model in the
-# repo uses only these names; a new name must be added here with a default.
-DEFAULT_RULES: dict[str, str] = {
-    # activations
-    "batch": "data,fsdp",
-    "seq": "sequence",  # token axis of activations (sequence parallelism)
-    "act_embed": "",  # hidden axis of activations
-    "act_heads": "tensor",
-    "act_mlp": "tensor",
-    # parameters
-    "embed": "fsdp",  # model width
-    "mlp": "tensor",  # feed-forward hidden
-    "heads": "tensor",  # attention heads (fused heads * head_dim axis)
-    "modulation": "tensor",  # adaLN modulation outputs
-    "vocab": "tensor",
-    "in_features": "",  # patch / latent channels into the model
-    "norm": "",  # norm scales and small vectors
-    # convolutions (VAE, discriminators)
-    "conv_in": "",
-    "conv_out": "fsdp",
-    "conv_spatial": "",
-    # VAE activations: large images / videos are split along the sequence axis
-    "vae_frames": "",  # time axis of video activations (set to 'sequence' for temporal splits)
-    "vae_height": "sequence",
-    "vae_width": "",
-}
+from seedjax.schema.training import DEFAULT_RULES  # logical name -> mesh axes (config.sharding.rules' defaults)
+
 
 _local = threading.local()
 
@@ -90,7 +66,7 @@ def logical_to_spec(names: Sequence[str | None] | None, rules=None, mesh=None) -
             out.append(None)
             continue
         if name not in rules:
-            raise KeyError(f"logical axis {name!r} has no sharding rule; add it to DEFAULT_RULES")
+            raise KeyError(f"logical axis {name!r} has no sharding rule; add it to DEFAULT_RULES (seedjax/schema/training.py)")
         axes = []
         for ax in rules[name]:
             if mesh is not None and (ax not in mesh.shape or mesh.shape[ax] == 1):

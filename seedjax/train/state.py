@@ -8,34 +8,12 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 from flax import nnx
 
 # Never give up skipping non-finite updates inside the optimizer; the loop aborts the run
 # after `config.optimizer.max_nonfinite_steps` consecutive skips instead.
 _NEVER_APPLY_NONFINITE = 2**30
-
-
-def optimizer_config(**overrides) -> ml_collections.ConfigDict:
-    cfg = ml_collections.ConfigDict(
-        dict(
-            name="adamw",  # adamw | adam | sgd
-            lr=1e-4,
-            schedule="cosine",  # cosine | constant | linear
-            warmup_steps=0,
-            end_lr_factor=0.0,  # cosine/linear decay to lr * end_lr_factor
-            b1=0.9,
-            b2=0.999,
-            eps=1e-8,
-            weight_decay=0.0,
-            grad_clip=1.0,  # global-norm clipping; 0 disables
-            grad_accum_steps=1,  # micro-batches per optimizer step
-            max_nonfinite_steps=10,  # abort after this many consecutive skipped updates
-        )
-    )
-    cfg.update(overrides)
-    return cfg
 
 
 def lr_schedule(opt_cfg, total_steps: int) -> optax.Schedule:

@@ -1,0 +1,96 @@
+"""Groups every training stage shares: optimizer, flow matching, model input, sampler, sharding rules."""
+
+from __future__ import annotations
+
+import ml_collections
+
+# --------------------------------------------------------------------------- sharding (parallel/sharding.py)
+
+# Logical name -> comma-separated mesh axes ('' = replicated): the default of
+# `config.sharding.rules`. Every model in the repo uses only these names; a new name must be
+# added here with a default.
+DEFAULT_RULES: dict[str, str] = {
+    # activations
+    "batch": "data,fsdp",
+    "seq": "sequence",  # token axis of activations (sequence parallelism)
+    "act_embed": "",  # hidden axis of activations
+    "act_heads": "tensor",
+    "act_mlp": "tensor",
+    # parameters
+    "embed": "fsdp",  # model width
+    "mlp": "tensor",  # feed-forward hidden
+    "heads": "tensor",  # attention heads (fused heads * head_dim axis)
+    "modulation": "tensor",  # adaLN modulation outputs
+    "vocab": "tensor",
+    "in_features": "",  # patch / latent channels into the model
+    "norm": "",  # norm scales and small vectors
+    # convolutions (VAE, discriminators)
+    "conv_in": "",
+    "conv_out": "fsdp",
+    "conv_spatial": "",
+    # VAE activations: large images / videos are split along the sequence axis
+    "vae_frames": "",  # time axis of video activations (set to 'sequence' for temporal splits)
+    "vae_height": "sequence",
+    "vae_width": "",
+}
+
+
+# --------------------------------------------------------------------------- optimizer (train/state.py)
+
+
+def optimizer_config(**overrides) -> ml_collections.ConfigDict:
+    cfg = ml_collections.ConfigDict(
+        dict(
+            name="adamw",  # adamw | adam | sgd
+            lr=1e-4,
+            schedule="cosine",  # cosine | constant | linear
+            warmup_steps=0,
+            end_lr_factor=0.0,  # cosine/linear decay to lr * end_lr_factor
+            b1=0.9,
+            b2=0.999,
+            eps=1e-8,
+            weight_decay=0.0,
+            grad_clip=1.0,  # global-norm clipping; 0 disables
+            grad_accum_steps=1,  # micro-batches per optimizer step
+            max_nonfinite_steps=10,  # abort after this many consecutive skipped updates
+        )
+    )
+    cfg.update(overrides)
+    return cfg
+
+
+# --------------------------------------------------------------------------- flow matching (diffusion/flow.py)
+
+
+def diffusion_config(**overrides) -> ml_collections.ConfigDict:
+    cfg = ml_collections.ConfigDict(
+        dict(
+            timestep_sampling="logit_normal",  # logit_normal | uniform
+            logit_mean=0.0,
+            logit_std=1.0,
+            shift_mode="fixed",  # fixed: s = shift | resolution: s = shift * sqrt(tokens / base_tokens)
+            shift=1.0,
+            base_tokens=256,
+            cfg_dropout=0.1,  # probability of training on the empty caption (enables CFG)
+        )
+    )
+    cfg.update(overrides)
+    return cfg
+
+
+# --------------------------------------------------------------------------- model input and sampler (stages/pretrain.py)
+
+
+def input_config(**overrides) -> ml_collections.ConfigDict:
+    """What the DiT denoises: pixels ('image') or cached VAE latents ('latent'), in patches."""
+    cfg = ml_collections.ConfigDict(dict(key="image", patch_size=4, vae_workdir=""))
+    cfg.update(overrides)
+    return cfg
+
+
+def sampling_config(**overrides) -> ml_collections.ConfigDict:
+    # paro_plan: the plan file of `python -m seedjax.tools.calibrate_paro`, used when
+    # config.model.attention_backend = 'paro' (sampling, and training if set while training).
+    cfg = ml_collections.ConfigDict(dict(num_steps=30, guidance_scale=3.0, shift=1.0, use_ema=True, paro_plan=""))
+    cfg.update(overrides)
+    return cfg
