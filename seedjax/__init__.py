@@ -1,9 +1,8 @@
-"""seedjax: Seed-family image and video diffusion training in JAX."""
+"""seedjax: Seed-family image and video diffusion training in JAX.
 
-from flax import nnx as _nnx
-
-# The training loop places parameters itself (abstract init -> shardings -> jitted init),
-# so variables are created unsharded and carry their logical axis names as metadata only.
-_nnx.use_eager_sharding(False)
+Importing the package (or `seedjax.config`, `seedjax.schema`) loads no JAX: experiment configs
+are built from `seedjax.schema` and load without it. Flax's settings are made where models are
+built (`seedjax/models/__init__.py`).
+"""
 
 __version__ = "0.1.0"

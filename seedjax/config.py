@@ -8,6 +8,9 @@ anything else is a `ConfigError`, which `seedjax.main` turns into exit code 2 be
 workdir is touched. Values derived from others (`DERIVED`: the MMDiT's input and text widths,
 the reward model's image size...) are resolved after the overrides: `load_config(spec,
 overrides)` loads, overrides and resolves in one step, which is how every entry point gets a config.
+
+Loading a config imports no JAX: config files build their groups from `seedjax.schema`
+(tests/test_config_imports.py checks every experiment config).
 """
 
 from __future__ import annotations

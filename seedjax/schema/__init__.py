@@ -1,7 +1,8 @@
-"""Every config group's defaults, in modules that import no JAX, Flax or Optax themselves.
+"""Every config group's defaults, importable without JAX.
 
-Experiment configs (`experiments/**/*.py`) build their ConfigDict from these functions; the
-modules that use a group import its defaults from here.
+Experiment configs (`experiments/**/*.py`) build their ConfigDict from these functions, so
+loading a config (`seedjax.config.load_config`, `--dry_run`, the pipeline runner) never imports
+JAX, Flax or Optax. The modules that use a group import its defaults from here.
 
     models    the networks: MMDiT (and its presets), text encoder, reward model, perceptual
               loss, PatchGAN discriminator, image and video VAE (dataclasses and presets)
@@ -10,6 +11,8 @@ modules that use a group import its defaults from here.
     stages    each stage's own group: vae, sft, rlhf, reward, and distillation (distill, cfg,
               tscd, dmd, disc, adp, adm)
 
-Pure Python and ml_collections. Values and key order are what configs are saved with
-(config.json), so changing a default changes every run that does not set it.
+Pure Python, ml_collections and the tokenizer's vocabulary size (data_pipelines.core.tokenizer)
+only; tests/test_config_imports.py checks that loading every experiment config imports no JAX
+module. Values and key order are what configs are saved with (config.json), so changing a
+default changes every run that does not set it.
 """
