@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from seedjax.distill.params import freeze
+from seedjax.models.frozen import freeze
 
 log = logging.getLogger(__name__)
 
