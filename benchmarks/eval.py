@@ -45,9 +45,10 @@ def main() -> None:
     os.environ["SEEDJAX_CACHE"] = tempfile.mkdtemp(prefix="seedjax_bench_eval_")
 
     from data_pipelines.sources.scenes import SceneConfig, make_scene
-    from seedjax.eval.classifier import digit_images, get_classifier
-    from seedjax.eval.scenes import score_scenes
-    from seedjax.eval.stamps import get_stamp_detector, labelled_scenes
+    from seedjax.eval.judges.classifier import get_classifier
+    from seedjax.eval.judges.scenes import score_scenes
+    from seedjax.eval.judges.stamps import get_stamp_detector, labelled_scenes
+    from seedjax.models.digit_encoder import digit_images
 
     classifier, clf_wall, clf_cpu = timed(get_classifier)
     detector, det_wall, det_cpu = timed(get_stamp_detector)

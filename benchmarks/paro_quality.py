@@ -67,7 +67,7 @@ def compare_attention(q, k, v, *, key_mask=None, layer_index=None, layout=None, 
 
 def prompt_accuracy(images: np.ndarray, batch: dict, image_size: int) -> float:
     """Fraction of images the independent digit classifier reads as the prompted digit."""
-    from seedjax.eval.classifier import get_classifier
+    from seedjax.eval.judges.classifier import get_classifier
 
     if "label" not in batch:
         return float("nan")

@@ -48,7 +48,7 @@ def eval_rows(workdir: str) -> list[dict]:
 def judge(bundle, batch: dict, reward_model, target: str, seed: int) -> dict:
     """Generate for the prompts of `batch` with a generator's bundle (its config's sampler) and
     score: classifier, Frechet distance, target share, reward."""
-    from seedjax.eval.classifier import get_classifier
+    from seedjax.eval.judges.classifier import get_classifier
     from seedjax.eval.samples import generate_all, score_images, still_images
     from seedjax.stages.sft import target_share
 

@@ -6,6 +6,7 @@ import ml_collections
 
 import data_pipelines
 from seedjax.config import base_config
+from seedjax.schema.evals import evals_config, generator_eval
 from seedjax.schema.models import mmdit_preset, text_config
 from seedjax.schema.training import diffusion_config, input_config, sampling_config
 
@@ -24,7 +25,10 @@ def diffusion_model_config(stage: str = "pretrain", model_preset: str = "tiny", 
                                                 encoder_steps=600, projector_dim=256))
     cfg.ema_decay = 0.999
     cfg.init_from_ema = False
-    cfg.eval = ml_collections.ConfigDict(dict(num_prompts=200, batch_size=100))
+    cfg.eval = ml_collections.ConfigDict(dict(num_prompts=200, batch_size=100))  # the held-out prompts
+    # What runs every eval_every steps: the digit judges on held-out prompts (your own images:
+    # generator_eval('folder'), see experiments/custom/); stages add their own entries.
+    cfg.evals = evals_config(generator=generator_eval("digits"))
     cfg.update(overrides)
     return cfg
 

@@ -32,6 +32,7 @@ import jax
 
 from seedjax import cli
 from seedjax.config import load_config
+from seedjax.eval.judges.classifier import digit_features  # data.dual_axis.visual_features='classifier'
 from seedjax.parallel import mesh as mesh_lib
 from seedjax.train import workdir as workdir_lib
 from seedjax.train.validate import validate_config
@@ -81,7 +82,6 @@ def main(argv: list[str]) -> int:
 
     mesh_lib.maybe_initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
     # After distributed start-up: nothing may touch the backend before it.
-    from seedjax.eval.classifier import digit_features  # data.dual_axis.visual_features='classifier'
     from seedjax.train import loop
 
     return loop.run(config, args.workdir, stop_at_step=args.stop_at_step, classifier_features=digit_features)

@@ -134,7 +134,8 @@ def test_digit_metrics_only_on_digit_data(monkeypatch):
     import ml_collections
 
     import data_pipelines
-    from seedjax.eval import classifier, samples
+    from seedjax.eval import samples
+    from seedjax.eval.judges import classifier
 
     def cfg(source):
         c = data_pipelines.default_config()

@@ -12,7 +12,7 @@ from data_pipelines.cli import report
 from data_pipelines.core import pipeline
 from data_pipelines.core.tokenizer import detokenize
 from data_pipelines.techniques import dual_axis
-from seedjax.eval.classifier import digit_features
+from seedjax.eval.judges.classifier import digit_features
 
 COLORS = {"A": (230, 30, 30), "B": (30, 200, 40), "C": (40, 60, 240)}
 CAPTIONS = {"x": "a photo of a cat on a sofa", "y": "a drawing of a boat at sea"}

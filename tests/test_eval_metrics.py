@@ -7,8 +7,7 @@ import scipy.ndimage
 from safetensors.numpy import load_file, save_file
 
 from data_pipelines.sources import glyphs
-from seedjax.eval import cnn
-from seedjax.eval.classifier import digit_images, get_classifier
+from seedjax.eval.judges.classifier import get_classifier
 from seedjax.eval.metrics import (
     classifier_fd,
     diversity,
@@ -17,6 +16,8 @@ from seedjax.eval.metrics import (
     per_class_accuracy,
     prompt_accuracy,
 )
+from seedjax.models import small_cnn
+from seedjax.models.digit_encoder import digit_images
 
 
 @pytest.fixture(scope="module")
@@ -171,4 +172,4 @@ def test_training_is_deterministic_and_cached(tmp_path, monkeypatch):
     save_file(tensors, str(paths[1]))
     with pytest.raises(ValueError, match="do not match the model"):
         get_classifier.__wrapped__(32, steps=5, batch_size=16)
-    assert cnn.settings_key({"a": 1}) != cnn.settings_key({"a": 2})
+    assert small_cnn.settings_key({"a": 1}) != small_cnn.settings_key({"a": 2})

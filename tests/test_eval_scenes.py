@@ -6,8 +6,8 @@ import scipy.ndimage
 
 from data_pipelines.sources import glyphs
 from data_pipelines.sources.scenes import COLOR_NAMES, SceneConfig, make_scene, render_scene
-from seedjax.eval.classifier import get_classifier
-from seedjax.eval.scenes import detect_objects, score_scenes
+from seedjax.eval.judges.classifier import get_classifier
+from seedjax.eval.judges.scenes import detect_objects, score_scenes
 
 LABEL_KEYS = ("scene_digit", "scene_color", "scene_box", "scene_count")
 

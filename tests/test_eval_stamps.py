@@ -6,7 +6,7 @@ import pytest
 import scipy.ndimage
 
 from data_pipelines.sources.scenes import DEFECT_KINDS, MOSAIC_BLOCK
-from seedjax.eval.stamps import add_mosaic, detect_stamps, get_stamp_detector, labelled_scenes, precision_recall
+from seedjax.eval.judges.stamps import add_mosaic, detect_stamps, get_stamp_detector, labelled_scenes, precision_recall
 
 HELD_OUT_SEED = 424242  # neither the training seed nor the one in the cached report
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from data_pipelines.cli import measure
-from seedjax.eval import stamps
+from seedjax.eval.judges import stamps
 from seedjax.main import main
 from tests.runner import ROOT
 

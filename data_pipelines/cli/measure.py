@@ -4,7 +4,7 @@
     python -m data_pipelines.cli.measure dual_axis --off=runs/dual_off --on=runs/dual_on [--num=512] [--grid=out.png]
 
 defects: both models draw images for the same held-out (clean) prompts; the stamp detector
-(seedjax.eval.stamps) counts how many come out stamped, per kind. Also printed: the same rates
+(seedjax.eval.judges.stamps) counts how many come out stamped, per kind. Also printed: the same rates
 on real training scenes, the detector's own error rates on them, and how much data the
 defect-aware run kept and dropped (its metrics).
 dual_axis: both models draw images for held-out prompts with *uniform* digits and colors; the
@@ -24,6 +24,7 @@ import sys
 import numpy as np
 
 from seedjax import cli
+from seedjax.eval.judges import scenes, stamps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
 TAIL_DIGITS, TAIL_COLORS = (5, 6, 7, 8, 9), (3, 4, 5)
@@ -63,15 +64,14 @@ def _last_counters(workdir: str) -> dict:
 def measure_defects(off: str, on: str, num: int, seed: int) -> list[str]:
     import data_pipelines
     from data_pipelines.sources.scenes import DEFECT_KINDS
-    from seedjax.eval.stamps import get_stamp_detector, labelled_scenes
 
     config = _config(on)
     size = config.data.image_size
-    detector = get_stamp_detector(size)
+    detector = stamps.get_stamp_detector(size)
     prompts = data_pipelines.make_eval_batch(config.data, num=num, seed=seed)
     found = {name: detector.detect(generate(w, prompts, seed)) for name, w in (("off", off), ("on", on))}
     # The detector on real training-distribution scenes (a seed training did not use).
-    real, labels = labelled_scenes(num, "train", seed + 7, config.data.scenes.defect_fraction, size)
+    real, labels = stamps.labelled_scenes(num, "train", seed + 7, config.data.scenes.defect_fraction, size)
     on_real = detector.detect(real)
     stamped = labels.any(1)
     counters = _last_counters(on)
@@ -110,7 +110,6 @@ def save_grid(path: str, off: np.ndarray, on: np.ndarray, digit: np.ndarray, per
 
 def measure_dual_axis(off: str, on: str, num: int, seed: int, grid: str | None = None) -> list[str]:
     import data_pipelines
-    from seedjax.eval.scenes import score_scenes
 
     config = _config(on)
     uniform = config.data.copy_and_resolve_references()
@@ -123,8 +122,8 @@ def measure_dual_axis(off: str, on: str, num: int, seed: int, grid: str | None =
     checks = {"digit": "digit (with its color) right", "color": "color right", "overall": "every check right"}
 
     def score(images):
-        return score_scenes(images, prompts["scene_digit"], prompts["scene_color"], prompts["scene_box"],
-                            prompts["scene_count"])
+        return scenes.score_scenes(images, prompts["scene_digit"], prompts["scene_color"], prompts["scene_box"],
+                                   prompts["scene_count"])
 
     results, images = {}, {}
     for name, workdir in (("off", off), ("on", on)):

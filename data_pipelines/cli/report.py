@@ -21,7 +21,7 @@ from data_pipelines.core import pipeline
 from data_pipelines.techniques import dual_axis
 from seedjax import cli
 from seedjax.config import apply_overrides
-from seedjax.eval.classifier import digit_features
+from seedjax.eval.judges.classifier import digit_features
 
 
 def shares(ids: np.ndarray, weights: np.ndarray, num: int) -> np.ndarray:

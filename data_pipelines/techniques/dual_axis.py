@@ -89,7 +89,7 @@ def visual_features(kind: str, inputs: np.ndarray, latent_source: bool, seed: in
     """[N, D] features for the visual axis (see module doc) from `_load_all`'s visual inputs.
 
     `classifier_features`: images [N, 32, 32, C] in [-1, 1] -> features [N, D]; needed for
-    kind 'classifier' only (seedjax.eval.classifier: `get_classifier(32).features`)."""
+    kind 'classifier' only (seedjax.eval.judges.classifier: `get_classifier(32).features`)."""
     if kind not in ("pixels", "classifier", "latents"):
         raise ValueError(f"data.dual_axis.visual_features: {kind!r} is not pixels, classifier or latents")
     if (kind == "latents") != latent_source:

@@ -27,6 +27,7 @@ VGG16 weights ship with the repo; give a local torchvision VGG16 state dict with
 import data_pipelines
 from experiments.custom.folder_pretrain import VARIANTS, source_for
 from seedjax.config import base_config, parse_arg
+from seedjax.schema.evals import eval_entry, evals_config
 from seedjax.schema.stages import vae_config
 
 DEFAULT_SIZE = {"default": 64, "tiny": 32, "base": 256}
@@ -62,6 +63,7 @@ def get_config(arg=None):
     cfg.vae.loss.adversarial_start = 10**9  # GAN off for the CPU-sized run
     cfg.vae.discriminator.update(channels=32, num_layers=2, norm_groups=8)
     cfg.vae.eval_images = 64
+    cfg.evals = evals_config(reconstruction=eval_entry("reconstruction", num_images=0))  # 0: vae.eval_images
     cfg.optimizer.update(lr=1e-3, warmup_steps=100, end_lr_factor=0.05)
     cfg.ema_decay = 0.999
     cfg.batch_size = 16

@@ -13,6 +13,7 @@ import ml_collections
 
 import data_pipelines
 from seedjax.config import base_config, parse_arg
+from seedjax.schema.evals import eval_entry, evals_config
 from seedjax.schema.models import reward_model_config
 from seedjax.schema.stages import reward_config
 
@@ -33,6 +34,7 @@ def get_config(arg=None):
     cfg.reward_model.update(stem_channels=16, patch_size=8, width=128, depth=3)
     cfg.reward = reward_config()
     cfg.eval = ml_collections.ConfigDict(dict(num_prompts=300, batch_size=100))
+    cfg.evals = evals_config(accuracy=eval_entry("reward_accuracy", num_prompts=0, batch_size=0))
     cfg.optimizer.lr = 5e-4
     cfg.optimizer.warmup_steps = 100
     cfg.optimizer.end_lr_factor = 0.05

@@ -14,6 +14,7 @@ and the reward models' scores of the same images.
 from experiments.common import make_ci_run
 from experiments.quickstart import pretrain
 from seedjax.config import parse_arg
+from seedjax.schema.evals import generator_entry
 from seedjax.schema.stages import rlhf_config
 
 
@@ -30,6 +31,7 @@ def get_config(arg=None):
         stop_window=(0.1, 0.6),
         fm_weight=1.0,
     )
+    cfg.evals.reward = generator_entry("rlhf_reward")  # the reward models on the generator entry's samples
     cfg.init_from_ema = True
     cfg.ema_decay = 0.0  # evaluate the trained weights themselves
     cfg.sampling.use_ema = False

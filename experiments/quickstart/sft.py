@@ -14,6 +14,7 @@ eval/target_share is the fraction of generated digits that are that bold (held-o
 from experiments.common import make_ci_run
 from experiments.quickstart import pretrain
 from seedjax.config import parse_arg
+from seedjax.schema.evals import generator_entry
 from seedjax.schema.stages import sft_config
 
 
@@ -22,6 +23,7 @@ def get_config(arg=None):
     cfg = pretrain.get_config(arg.variant)
     cfg.stage = "sft"
     cfg.sft = sft_config()  # target '' = the data filter
+    cfg.evals.target_share = generator_entry("target_share")  # on the generator entry's samples
     cfg.data.filter = arg.filter
     cfg.data.balance_resolutions = True
     cfg.init_from_ema = True

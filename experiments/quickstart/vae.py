@@ -13,6 +13,7 @@ Variants: `quickstart` (default; a few CPU minutes) and `tiny` (seconds; CI).
 
 import data_pipelines
 from seedjax.config import base_config, parse_arg
+from seedjax.schema.evals import eval_entry, evals_config
 from seedjax.schema.stages import vae_config
 
 
@@ -30,6 +31,7 @@ def get_config(arg=None):
     cfg.vae.loss.adversarial_start = 10**9
     cfg.vae.discriminator.update(channels=32, num_layers=2, norm_groups=8)
     cfg.vae.eval_images = 300
+    cfg.evals = evals_config(reconstruction=eval_entry("reconstruction", num_images=0))  # 0: vae.eval_images
     cfg.optimizer.update(lr=2e-3, warmup_steps=50, end_lr_factor=0.05)
     cfg.ema_decay = 0.99
     cfg.batch_size = 32

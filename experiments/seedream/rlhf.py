@@ -13,6 +13,7 @@ scorer and the reward of the same images. Variants: `default` and `tiny` (CI).
 from experiments.common import make_ci_run
 from experiments.seedream.scenes_pretrain import scenes_config
 from seedjax.config import parse_arg
+from seedjax.schema.evals import generator_entry
 from seedjax.schema.stages import rlhf_config
 
 
@@ -22,6 +23,7 @@ def get_config(arg=None):
     cfg.stage = "rlhf"
     cfg.rlhf = rlhf_config(num_prompts=16, num_steps=10, guidance_scale=cfg.sampling.guidance_scale,
                            shift=cfg.sampling.shift, grad_steps=1, stop_window=(0.1, 0.6), fm_weight=1.0)
+    cfg.evals.reward = generator_entry("rlhf_reward")  # the reward models on the generator entry's samples
     cfg.init_from_ema = True
     cfg.ema_decay = 0.0
     cfg.sampling.use_ema = False

@@ -13,6 +13,7 @@ contrast. Variants: `default` and `tiny` (CI).
 from experiments.common import make_ci_run
 from experiments.seedream.scenes_pretrain import scenes_config
 from seedjax.config import parse_arg
+from seedjax.schema.evals import generator_entry
 from seedjax.schema.stages import sft_config
 
 
@@ -22,6 +23,7 @@ def get_config(arg=None):
     cfg = scenes_config(arg.steps)
     cfg.stage = "sft"
     cfg.sft = sft_config(target=arg.target)
+    cfg.evals.target_share = generator_entry("target_share")  # on the generator entry's samples
     cfg.data.filter = arg.filter
     cfg.data.balance_resolutions = True
     cfg.init_from_ema = True

@@ -15,6 +15,7 @@ adaptive weight, EMA. Images are split into bands along the `sequence` mesh axis
 """
 
 from seedjax.config import base_config, parse_arg
+from seedjax.schema.evals import eval_entry, evals_config
 from seedjax.schema.stages import vae_config
 
 
@@ -35,6 +36,7 @@ def get_config(arg=None):
     cfg.vae.perceptual.lpips_weights = arg.lpips
     cfg.vae.loss.adversarial_start = 50_000
     cfg.vae.eval_images = 512
+    cfg.evals = evals_config(reconstruction=eval_entry("reconstruction", num_images=0))  # 0: vae.eval_images
     cfg.optimizer.update(name="adam", lr=1e-4, b1=0.5, b2=0.9, schedule="constant", warmup_steps=1000, grad_clip=1.0)
     cfg.ema_decay = 0.999
     cfg.batch_size = 32

@@ -3,7 +3,7 @@
 A distillation stage's train state subclasses `StudentState` and adds what it needs (a fake
 score network, discriminators, their optimizers). The stage hooks shared by all of them live
 here: `load_pretrained` (student and teacher from the previous stage's checkpoint), `sample`
-and `evaluate` (the student at its NFE) and `nfe`.
+(the student at its NFE, also what the `config.evals` evaluators sample) and `nfe`.
 
 Chaining (`config.init_from` = the previous stage): the student starts from the entry
 `config.distill.student_from` of that checkpoint ('ema' or 'model'), the frozen teacher from
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 from etils import epath
 from flax import nnx
 
@@ -123,22 +122,3 @@ def sample(state: StudentState, config, rng: jax.Array, batch: dict) -> jax.Arra
 def nfe(config) -> int:
     """Network evaluations per image at sampling time (a true-CFG step counts twice)."""
     return sampler_of(config).nfe
-
-
-def evaluation_config(config):
-    """`config` with the held-out prompts' data (`config.eval.data` when the training data is
-    something else, e.g. ODE pairs)."""
-    if "data" not in config.eval:
-        return config
-    out = ml_collections.ConfigDict(config.to_dict())
-    out.data = config.eval.data
-    return out
-
-
-def evaluate(state: StudentState, config, rng: jax.Array) -> dict:
-    from seedjax.eval.samples import evaluate_generator
-
-    graphdef, params = nnx.split(ema_model(state, config.sampling.use_ema))
-    results = evaluate_generator(lambda p, b, r: generate_pixels(nnx.merge(graphdef, p), config, r, b), params,
-                                 evaluation_config(config), rng)
-    return {**results, "nfe": float(nfe(config))}

@@ -1,9 +1,16 @@
-"""Independent judges of generated images, trained once on real data and cached.
+"""Evaluators chosen by `config.evals`, the judges they use, and the pipeline report.
 
-- `classifier`: the digit classifier (`get_classifier`): prompt accuracy, features for FD.
+An entry `config.evals.<name>` with `type=T` runs `seedjax.eval.T.Evaluator` (built once by
+`seedjax.train.evaluators`; defaults and the list of types in `seedjax.schema.evals`):
+
+    Evaluator(config, **options)        cheap: no data, no device (it runs at config validation)
+    run(state, stage, rng)              yields (metric, value) pairs, logged as <prefix><metric>
+
+- `digit_prompts`, `image_folder`: a generator on held-out prompts (digit judges | pixel statistics).
+- `target_share` (SFT), `rlhf_reward` (RLHF), `reward_accuracy` (reward models), `reconstruction` (VAE).
+- `samples`: the sampling they share (`GeneratorEvaluator`: the stage's `sample` hook jitted once,
+  the last chunk padded) and the digit judges' verdict `score_images`.
+- `judges/`: the digit classifier, the scene scorer, the stamp detector.
 - `metrics`: `prompt_accuracy`, `frechet_distance`, `classifier_fd`, `diversity`, `evaluate_digits`.
-- `scenes`: GenEval-style `score_scenes` for `digit_scenes` (digit, count, color, position).
-- `stamps`: the stamp detector (`detect_stamps`): watermark, mosaic, subtitle.
-- `cnn`, `augment`: the small CNN, its training loop and cache, on-device augmentations.
-- `samples`, `report`: evaluate a trained generator (or every stage of a pipeline run) with these.
+- `report`: every stage of a pipeline run on the same held-out prompts (`python -m seedjax.eval.report`).
 """

@@ -1,6 +1,6 @@
 """Digit-generation metrics: prompt accuracy, Frechet distance in classifier space, diversity.
 
-All of them judge images through the independent digit classifier (`seedjax.eval.classifier`),
+All of them judge images through the independent digit classifier (`seedjax.eval.judges.classifier`),
 never through the model being evaluated. Images are [N, H, W, C] float in [-1, 1] (or uint8).
 """
 
@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from seedjax.eval.classifier import DigitClassifier, digit_images, get_classifier
+from seedjax.eval.judges.classifier import DigitClassifier, get_classifier
+from seedjax.models.digit_encoder import digit_images
 
 
 def prompt_accuracy(images, labels, classifier: DigitClassifier | None = None) -> float:

@@ -31,8 +31,15 @@ import time
 
 import jax
 import numpy as np
+from PIL import Image, ImageDraw
 
-from seedjax import cli
+import data_pipelines
+from seedjax import cli, inference
+from seedjax.eval import metrics
+from seedjax.eval.judges.classifier import get_classifier
+from seedjax.eval.samples import eval_data, generate_all, score_images, still_images
+from seedjax.pipeline import load_pipeline
+from seedjax.train.metrics import make_grid
 
 COLUMNS = (("nfe", "NFE", "{:d}"), ("frechet_distance", "FD", "{:.2f}"), ("prompt_accuracy", "prompt acc", "{:.3f}"),
            ("diversity", "diversity", "{:.3f}"), ("ms_per_image", "ms / image", "{:.1f}"))
@@ -40,14 +47,10 @@ COLUMNS = (("nfe", "NFE", "{:d}"), ("frechet_distance", "FD", "{:.2f}"), ("promp
 
 def pipeline_stages(spec: str) -> list[str]:
     """Names of the training stages of a pipeline file (entries that run `seedjax.main`)."""
-    from seedjax.pipeline import load_pipeline
-
     return [s["name"] for s in load_pipeline(spec) if "config" in s]
 
 
 def held_out(data_cfg, num: int, seed: int) -> dict:
-    import data_pipelines
-
     return data_pipelines.make_eval_batch(data_cfg, num=num, seed=seed)
 
 
@@ -60,11 +63,8 @@ def repeat_prompts(batch: dict, num_prompts: int, copies: int) -> tuple[dict, np
 
 def evaluate_stage(run, batch: dict, args) -> tuple[dict, np.ndarray]:
     """The metrics of one stage and its first `--grid_prompts` images."""
-    from seedjax.eval import metrics
-    from seedjax.eval.classifier import get_classifier
-    from seedjax.eval.samples import generate_all, score_images, still_images
-
     generate, params = run.generate_fn()
+    generate = jax.jit(generate)  # once: both generate_all calls below reuse the compiled sampler
     rng = jax.random.key(args.seed)
     prompts = {k: v for k, v in batch.items() if k in ("tokens", "text_mask", "target_size")}
     chunk = min(args.batch, len(batch["tokens"]))
@@ -91,10 +91,6 @@ def markdown_table(rows: dict[str, dict]) -> str:
 
 def grid_image(rows: dict[str, np.ndarray]):
     """One row per stage (its name on the left), images [N, H, W, C] in [-1, 1]."""
-    from PIL import Image, ImageDraw
-
-    from seedjax.train.metrics import make_grid
-
     strips = {name: make_grid(images, cols=len(images)) for name, images in rows.items()}
     label_w = 8 + 7 * max(len(n) for n in strips)
     width = label_w + max(s.shape[1] for s in strips.values())
@@ -124,8 +120,6 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="")
     args = parser.parse(argv)
-    from seedjax import inference
-
     try:
         names = args.stages.split(",") if args.stages else pipeline_stages(args.pipeline) if args.pipeline else []
         if not names:
@@ -141,8 +135,6 @@ def main(argv: list[str]) -> int:
     except Exception as e:  # a bad pipeline file, a missing or unfinished stage run
         print(f"report: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
-    from seedjax.eval.samples import eval_data
-
     data_cfg = eval_data(runs[names[0]].config)
     batch = held_out(data_cfg, args.num_prompts, args.seed)
     results, grids = {}, {}

@@ -1,8 +1,9 @@
-"""On-device image augmentations for training the evaluation networks.
+"""On-device image augmentations: for training the frozen judge networks and the reward model.
 
 Generated images are imperfect: digits come out shifted, scaled, rotated, thicker or thinner,
-blurry, low-contrast and noisy. The evaluation networks are trained on real data pushed through
-these distortions so that they judge *content*, not rendering quality. Every `random_*` function
+blurry, low-contrast and noisy. The digit CNN and the stamp detector are trained on real data
+pushed through these distortions so that they judge *content*, not rendering quality; the reward
+stage jitters and degrades its images with the same functions. Every `random_*` function
 takes one image [H, W, C] (float, [0, 1]) and a PRNG key; `pipeline` applies a list of them to a
 batch.
 

@@ -3,33 +3,38 @@
 loss = mean over image tokens of 1 - cos(MLP(h_l), f), where h_l are the image-token
 features of DiT block `config.model.repa_layer` and f the frozen encoder's feature map
 pooled to the token grid. The paper uses a large pretrained vision encoder; with the
-bundled data the frozen encoder is the convolutional trunk of a digit CNN trained with the
-classifier recipe but a *different seed* (`config.repa.encoder_seed`), so that the
-evaluation classifier stays independent of what the DiT was pulled toward.
+bundled data the frozen encoder is the convolutional trunk of the digit CNN
+(`seedjax.models.digit_encoder`) trained with the classifier recipe but a *different seed*
+(`config.repa.encoder_seed`), so that the evaluation classifier stays independent of what the
+DiT was pulled toward.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from seedjax.models import digit_encoder
 from seedjax.models.layers import MLP
 
 
-def _encoder(config):
-    from seedjax.eval.classifier import get_classifier
-
+def _encoder(config) -> digit_encoder.DigitCNN:
     if config.repa.encoder != "classifier":
         raise ValueError(f"config.repa.encoder: unknown encoder {config.repa.encoder!r} (classifier)")
-    return get_classifier(config.data.image_size, seed=config.repa.encoder_seed, steps=config.repa.encoder_steps)
+    return _load_encoder(config.data.image_size, config.repa.encoder_seed, config.repa.encoder_steps)
+
+
+@functools.lru_cache(maxsize=None)
+def _load_encoder(image_size: int, seed: int, steps: int) -> digit_encoder.DigitCNN:
+    return digit_encoder.load(image_size, seed=seed, steps=steps)  # trained once, then from the cache
 
 
 def trunk_depth(config) -> int:
     """How many of the encoder's convolutions run before its map is no larger than the token grid."""
-    from seedjax.eval.classifier import ClassifierSettings
-
-    settings = ClassifierSettings()
+    settings = digit_encoder.DigitCNNSettings()
     size, grid = config.data.image_size, config.data.image_size // config.input.patch_size
     for depth in range(len(settings.channels)):
         if size <= grid:
@@ -39,18 +44,14 @@ def trunk_depth(config) -> int:
 
 
 def encoder_channels(config) -> int:
-    from seedjax.eval.classifier import ClassifierSettings
-
-    return ClassifierSettings().channels[trunk_depth(config) - 1]
+    return digit_encoder.DigitCNNSettings().channels[trunk_depth(config) - 1]
 
 
 def frozen_features(config, images: jax.Array, grid: tuple[int, int]) -> jax.Array:
     """[B, H, W, C] images in [-1, 1] -> frozen features [B, grid_h * grid_w, channels]."""
-    from seedjax.eval.classifier import to_intensity
-
-    clf = _encoder(config)
-    x = to_intensity(images, clf.image_size)
-    for conv in clf.model.convs[: trunk_depth(config)]:
+    encoder = _encoder(config)
+    x = digit_encoder.to_intensity(images, encoder.settings.image_size)
+    for conv in encoder.model.convs[: trunk_depth(config)]:
         x = jax.nn.relu(conv(x))
     b, h, w, c = x.shape
     if h % grid[0] or w % grid[1]:

@@ -1,10 +1,11 @@
-"""The small CNN behind the evaluation models, its training loop and its on-disk cache.
+"""The small CNN behind the frozen helper networks, its training loop and its on-disk cache.
 
-Both the digit classifier and the stamp detector are tiny convolutional networks trained on
-CPU in well under a minute and then cached as safetensors under `$SEEDJAX_CACHE` (default
-`~/.cache/seedjax`), keyed by a hash of everything that determines the weights (settings and a
-code version). A file lock makes concurrent processes (pytest-xdist workers, several stages)
-train once and share the result.
+The digit CNN (`seedjax.models.digit_encoder`: REPA's frozen encoder and the digit classifier
+that judges generated images) and the stamp detector (`seedjax.eval.judges.stamps`) are tiny
+convolutional networks trained on CPU in well under a minute and then cached as safetensors under
+`$SEEDJAX_CACHE` (default `~/.cache/seedjax`), keyed by a hash of everything that determines the
+weights (settings and a code version). A file lock makes concurrent processes (pytest-xdist
+workers, several stages) train once and share the result.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from seedjax.distill import dmd, teachers
 from seedjax.distill.discriminator import Discriminator
 from seedjax.distill.dmd import load_with_fake_score
 from seedjax.distill.losses import discriminator_loss, generator_loss
-from seedjax.distill.student import evaluate, nfe, sample
+from seedjax.distill.student import nfe, sample
 from seedjax.diffusion.guidance import VelocityFn
 from seedjax.models.geometry import Geometry
 from seedjax.train import updates
@@ -116,5 +116,5 @@ def train_step(state: AdmState, batch: dict, rng: jax.Array, config) -> dict:
             **updates.guard_metrics(state.optimizer, state.fake_optimizer, state.disc_optimizer)}
 
 
-STAGE = Stage(init=init, train_step=train_step, sample=sample, evaluate=evaluate, load_pretrained=load_pretrained, nfe=nfe,
+STAGE = Stage(init=init, train_step=train_step, sample=sample, load_pretrained=load_pretrained, nfe=nfe,
               validate_config=validate_config)

@@ -27,7 +27,7 @@ from seedjax.diffusion import guidance as guidance_lib
 from seedjax.distill import student, teachers
 from seedjax.distill.discriminator import Discriminator
 from seedjax.distill.losses import discriminator_loss, generator_loss
-from seedjax.distill.student import StudentState, evaluate, nfe, sample
+from seedjax.distill.student import StudentState, nfe, sample
 from seedjax.distill.teachers import split_pairs
 from seedjax.models.discriminators import PatchDiscriminator
 from seedjax.models.geometry import Geometry
@@ -143,5 +143,5 @@ def train_step(state: AdpState, batch: dict, rng: jax.Array, config) -> dict:
             **updates.guard_metrics(state.optimizer, state.disc_optimizer)}
 
 
-STAGE = Stage(init=init, train_step=train_step, sample=sample, evaluate=evaluate, load_pretrained=load_pretrained, nfe=nfe,
+STAGE = Stage(init=init, train_step=train_step, sample=sample, load_pretrained=load_pretrained, nfe=nfe,
               validate_config=validate_config)

@@ -19,7 +19,7 @@ from seedjax.diffusion import flow
 from seedjax.diffusion import guidance as guidance_lib
 from seedjax.diffusion import objectives
 from seedjax.distill import student, teachers
-from seedjax.distill.student import StudentState, evaluate, load_pretrained, nfe, sample
+from seedjax.distill.student import StudentState, load_pretrained, nfe, sample
 from seedjax.models import generator
 from seedjax.models.geometry import Geometry
 from seedjax.train import updates
@@ -67,5 +67,5 @@ def flops_per_example(config) -> float:
     return generator.train_flops_per_example(config, Geometry.of(config)) * (1.0 + 2.0 / 3.0)
 
 
-STAGE = Stage(init=init, train_step=train_step, sample=sample, evaluate=evaluate, flops_per_example=flops_per_example,
+STAGE = Stage(init=init, train_step=train_step, sample=sample, flops_per_example=flops_per_example,
               load_pretrained=load_pretrained, validate_config=validate_config, nfe=nfe)

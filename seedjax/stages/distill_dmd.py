@@ -27,7 +27,7 @@ from seedjax.diffusion import sampling
 from seedjax.distill import dmd, teachers
 from seedjax.distill.dmd import load_with_fake_score
 from seedjax.distill.losses import dmd_loss, generator_loss
-from seedjax.distill.student import evaluate, nfe, sample
+from seedjax.distill.student import nfe, sample
 from seedjax.models.geometry import Geometry
 from seedjax.train import updates
 from seedjax.train.stage import Stage
@@ -76,5 +76,5 @@ def train_step(state: DmdState, batch: dict, rng: jax.Array, config) -> dict:
             **updates.guard_metrics(state.optimizer, state.fake_optimizer)}
 
 
-STAGE = Stage(init=init, train_step=train_step, sample=sample, evaluate=evaluate, load_pretrained=load_with_fake_score, nfe=nfe,
+STAGE = Stage(init=init, train_step=train_step, sample=sample, load_pretrained=load_with_fake_score, nfe=nfe,
               validate_config=validate_config)

@@ -29,7 +29,7 @@ from seedjax.diffusion import objectives
 from seedjax.distill import student, teachers
 from seedjax.distill.discriminator import Discriminator
 from seedjax.distill.losses import discriminator_loss, generator_loss
-from seedjax.distill.student import StudentState, evaluate, load_pretrained as _load_student, nfe, sample
+from seedjax.distill.student import StudentState, load_pretrained as _load_student, nfe, sample
 from seedjax.models.geometry import Geometry
 from seedjax.train import updates
 from seedjax.train.params import load_params, pick_params
@@ -148,5 +148,5 @@ def train_step(state: TscdState, batch: dict, rng: jax.Array, config) -> dict:
     return {"loss": loss, **aux, **metrics, "grad_norm": grad_norm, **updates.guard_metrics(*optimizers)}
 
 
-STAGE = Stage(init=init, train_step=train_step, sample=sample, evaluate=evaluate, load_pretrained=load_pretrained, nfe=nfe,
+STAGE = Stage(init=init, train_step=train_step, sample=sample, load_pretrained=load_pretrained, nfe=nfe,
               validate_config=validate_config)

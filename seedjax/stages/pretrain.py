@@ -6,28 +6,15 @@ stage reuses (SFT, the regulariser in RLHF, the teachers of distillation).
 With `config.input.key = 'latent'` the MMDiT denoises cached VAE latents (`data.path`: shards
 from `python -m data_pipelines.cli.prepare --vae=WORKDIR`); `data.image_size` stays the pixel size,
 and the frozen VAE in `config.input.vae_workdir` decodes samples to pixels for the grids and
-the evaluation (`seedjax.models.codec`).
+the evaluators of `config.evals` (`seedjax.models.codec`).
 """
 
 from __future__ import annotations
 
-import jax
-from flax import nnx
-
 from seedjax.models import codec, generator
 from seedjax.models.geometry import Geometry
-from seedjax.train.flow_matching import GeneratorState, flow_matching_step, init, load_generator, sample
-from seedjax.train.params import latent_codec
+from seedjax.train.flow_matching import flow_matching_step, init, load_generator, sample
 from seedjax.train.stage import Stage
-
-
-def evaluate(state: GeneratorState, config, rng: jax.Array) -> dict:
-    from seedjax.eval.samples import evaluate_generator
-
-    decode = latent_codec(config).decode if config.input.key == "latent" else None
-    graphdef, params = nnx.split(state)
-    return evaluate_generator(lambda p, b, r: sample(nnx.merge(graphdef, p), config, r, b), params, config, rng,
-                              decode_latents=decode)
 
 
 def flops_per_example(config) -> float:
@@ -42,5 +29,5 @@ def validate_config(config) -> None:
         codec.latent_factors(config)
 
 
-STAGE = Stage(init=init, train_step=flow_matching_step, sample=sample, evaluate=evaluate,
-              flops_per_example=flops_per_example, load_pretrained=load_generator, validate_config=validate_config)
+STAGE = Stage(init=init, train_step=flow_matching_step, sample=sample, flops_per_example=flops_per_example,
+              load_pretrained=load_generator, validate_config=validate_config)

@@ -11,7 +11,8 @@ their true caption and a perturbed caption. On device, each image also gets a de
 Per head the loss is  bce_weight * [BCE on its yes/no examples, classes weighted equally]
                     + bt_weight  * -log sigmoid(score(winner) - score(loser))   (Bradley-Terry)
 with score = the log-odds of "yes". Held-out accuracy per head (and per perturbation or
-degradation kind) comes from `evaluate`; `seedjax.train.params.load_reward_model` gives RLHF a trained model.
+degradation kind) comes from the `reward_accuracy` evaluator (seedjax/eval/reward_accuracy.py);
+`seedjax.train.params.load_reward_model` gives RLHF a trained model.
 """
 
 from __future__ import annotations
@@ -23,9 +24,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from seedjax.eval import augment
+from seedjax.models import augment
 from seedjax.models.reward import RewardModel
-from seedjax.parallel.host import to_host
 from seedjax.schema.stages import DEGRADATIONS
 from seedjax.train.state import make_optimizer, nonfinite_streak, total_nonfinite, value_and_grad
 from seedjax.train.stage import Stage
@@ -192,51 +192,7 @@ def train_step(state: RewardState, batch: dict, rng: jax.Array, config) -> dict:
             "nonfinite_streak": nonfinite_streak(state.optimizer), "nonfinite_total": total_nonfinite(state.optimizer)}
 
 
-# --------------------------------------------------------------------------- evaluation
-
-
-def evaluate(state: RewardState, config, rng: jax.Array) -> dict:
-    """Held-out accuracy per head (yes/no and pairwise), per perturbation and degradation kind."""
-    import data_pipelines
-    from data_pipelines.sources.reward_pairs import PERTURBATIONS
-
-    batch = data_pipelines.make_eval_batch(config.data, num=config.eval.num_prompts, seed=config.seed)
-    tag_names = _tag_vocabulary(config)
-    graphdef, params = nnx.split(state.model)
-
-    @jax.jit
-    def scores(params, chunk, key):
-        ex = dict(chunk, images=chunk["image"])
-        ex["degraded"], ex["degradation"] = degrade(chunk["image"], key, degradation_kinds(config))
-        return view_scores(nnx.merge(graphdef, params), ex), ex["degradation"]
-
-    keys = ("image", "tokens", "text_mask", "negative_tokens", "negative_text_mask")
-    outs = [scores(params, {k: batch[k][i:i + config.eval.batch_size] for k in keys}, jax.random.fold_in(rng, i))
-            for i in range(0, len(batch["image"]), config.eval.batch_size)]
-    (s_match, s_caption, s_image), degradation = jax.tree.map(lambda *xs: np.concatenate(xs), *to_host(outs))
-    results = {}
-    for head, (win, lose, extra_yes) in head_pairs(config.reward_model.heads, s_match, s_caption, s_image).items():
-        yes = win if extra_yes is None else np.concatenate([win, extra_yes])
-        results[f"{head}/accuracy"] = float(0.5 * (np.mean(yes > 0) + np.mean(lose < 0)))
-        results[f"{head}/pair_accuracy"] = float(np.mean(win > lose))
-        if HEAD_NEGATIVES[head] == "caption":
-            for kind in PERTURBATIONS:
-                rows = batch["tags"][:, tag_names.index(f"perturb:{kind}")] > 0
-                if rows.any():
-                    results[f"{head}/pair_accuracy_{kind}"] = float(np.mean(win[rows] > lose[rows]))
-        else:
-            for i, kind in enumerate(DEGRADATIONS):
-                rows = degradation == i
-                if rows.any():
-                    results[f"{head}/pair_accuracy_{kind}"] = float(np.mean(win[rows] > lose[rows]))
-    return results
-
-
-def _tag_vocabulary(config) -> tuple[str, ...]:
-    from data_pipelines.core import mixtures, pipeline
-
-    source = pipeline.open_source(config.data.source, config.data.path, config.data, split="train", seed=config.seed)
-    return mixtures.layout_for({config.data.source: source}, config.data).tags
+# --------------------------------------------------------------------------- agreement with a judge
 
 
 def agreement_with_classifier(scores: np.ndarray, correct: np.ndarray) -> dict[str, float]:
@@ -261,4 +217,4 @@ def validate_config(config) -> None:
     check_data(config)
 
 
-STAGE = Stage(init=init, train_step=train_step, evaluate=evaluate, validate_config=validate_config)
+STAGE = Stage(init=init, train_step=train_step, validate_config=validate_config)

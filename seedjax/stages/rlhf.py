@@ -16,7 +16,8 @@ Hyper-Bagel's ReFL uses the hinge ReLU(alpha - r). One step here:
 Reward models are read from their workdirs (`rlhf.reward_models = 'DIR[#HEAD]:WEIGHT,...'`,
 no head = every head of that model), loaded in `load_pretrained` next to the generator
 (`config.init_from`), kept in the train state (so a resumed run is exact) and never updated:
-the optimizer and the gradients cover the generator only.
+the optimizer and the gradients cover the generator only. The `rlhf_reward` evaluator
+(seedjax/eval/rlhf_reward.py) scores held-out samples with the same composite reward.
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ from seedjax.models.frozen import freeze
 from seedjax.models.generator import DiffusionModel
 from seedjax.models.geometry import Geometry
 from seedjax.models.reward import RewardModel
-from seedjax.parallel.host import to_host
 from seedjax.train.flow_matching import load_generator, sample
 from seedjax.train.params import load_reward_params, reward_model_config_of
 from seedjax.train.state import EMA, make_optimizer
@@ -240,40 +240,5 @@ def train_step(state: RLHFState, batch: dict, rng: jax.Array, config) -> dict:
             **guard_metrics(state.optimizer)}
 
 
-# --------------------------------------------------------------------------- evaluation
-
-
-def evaluate(state: RLHFState, config, rng: jax.Array) -> dict:
-    """Held-out prompts: the independent classifier's prompt accuracy and Frechet distance, and
-    the reward models' composite reward on the same images (reward up while accuracy falls or
-    the distance rises = reward hacking)."""
-    import data_pipelines
-    from seedjax.eval.samples import generate_all, score_images, still_images
-
-    batch = data_pipelines.make_eval_batch(config.data, num=config.eval.num_prompts, seed=config.seed)
-    prompts = {k: v for k, v in batch.items() if k != "image"}
-    graphdef, params = nnx.split(state)
-    chunk = min(config.eval.batch_size, config.eval.num_prompts)
-    images, seconds = generate_all(lambda p, b, k: sample(nnx.merge(graphdef, p), config, k, b), params, prompts,
-                                   rng, chunk)
-    images = still_images(images)
-    results = score_images(images, batch, config.data.image_size)
-    results["seconds_per_image"] = seconds
-    _, _, terms = reward_setup(config)
-    rgraph, rparams = nnx.split(state.reward_models)
-
-    @jax.jit
-    def rewards(rparams, images, tokens, mask):
-        return composite_reward(nnx.merge(rgraph, rparams), terms, images, {"tokens": tokens, "text_mask": mask},
-                                config.rlhf.reward_transform)
-
-    outs = [rewards(rparams, images[i:i + chunk], batch["tokens"][i:i + chunk], batch["text_mask"][i:i + chunk])
-            for i in range(0, len(images), chunk)]
-    total, parts = jax.tree.map(lambda *xs: np.concatenate(xs)[: len(images)], *to_host(outs))
-    results["reward"] = float(np.mean(total))
-    results.update({name: float(np.mean(values)) for name, values in parts.items()})
-    return results
-
-
-STAGE = Stage(init=init, train_step=train_step, sample=sample, evaluate=evaluate, load_pretrained=load_pretrained,
+STAGE = Stage(init=init, train_step=train_step, sample=sample, load_pretrained=load_pretrained,
               validate_config=validate_config)

@@ -13,20 +13,19 @@ makes a run SFT is its config:
   config.sft.target                 the attribute the curation targets, as an expression over
                                     the metadata of generated images ('' = data.filter)
 
-`evaluate` reports pretraining's held-out metrics (prompt accuracy, Frechet distance) and
-`target_share`: the fraction of generated images whose metadata satisfies `sft.target`, next
-to the same fraction on the real held-out images.
+Its evaluators (`config.evals`) report pretraining's held-out metrics (`digit_prompts`: prompt
+accuracy, Frechet distance) and `target_share` (seedjax/eval/target_share.py, with the functions
+below): the fraction of generated images whose metadata satisfies `sft.target`, next to the same
+fraction on the real held-out images.
 """
 
 from __future__ import annotations
 
-import jax
 import numpy as np
-from flax import nnx
 
 from seedjax.models import codec, generator
 from seedjax.models.geometry import Geometry
-from seedjax.train.flow_matching import GeneratorState, flow_matching_step, init, load_generator, sample
+from seedjax.train.flow_matching import flow_matching_step, init, load_generator, sample
 from seedjax.train.stage import Stage
 
 
@@ -69,24 +68,5 @@ def target_share(images: np.ndarray, prompts: dict, expression: str) -> float:
     return float(np.mean(hits))
 
 
-def evaluate(state: GeneratorState, config, rng: jax.Array) -> dict:
-    import data_pipelines
-    from seedjax.eval.samples import generate_all, score_images, still_images
-
-    batch = data_pipelines.make_eval_batch(config.data, num=config.eval.num_prompts, seed=config.seed)
-    prompts = {k: v for k, v in batch.items() if k != "image"}
-    graphdef, params = nnx.split(state)
-    images, seconds = generate_all(lambda p, b, k: sample(nnx.merge(graphdef, p), config, k, b), params, prompts,
-                                   rng, min(config.eval.batch_size, config.eval.num_prompts))
-    images = still_images(images)
-    results = score_images(images, batch, config.data.image_size)
-    results["seconds_per_image"] = seconds
-    expression = target_expression(config)
-    if expression:
-        results["target_share"] = target_share(images, prompts, expression)
-        results["target_share_real"] = target_share(batch["image"], prompts, expression)
-    return results
-
-
-STAGE = Stage(init=init, train_step=flow_matching_step, sample=sample, evaluate=evaluate,
-              flops_per_example=flops_per_example, load_pretrained=load_generator, validate_config=validate_config)
+STAGE = Stage(init=init, train_step=flow_matching_step, sample=sample, flops_per_example=flops_per_example,
+              load_pretrained=load_generator, validate_config=validate_config)

@@ -32,7 +32,7 @@ from flax import nnx
 from seedjax.distill.losses import discriminator_loss, generator_loss
 from seedjax.interop import autoencoder_kl
 from seedjax.models import discriminators, perceptual
-from seedjax.models.codec import LatentCodec, build_vae, vae_architecture
+from seedjax.models.codec import build_vae, vae_architecture
 from seedjax.models.vae import ImageVAE, kl_divergence, sample_posterior
 from seedjax.models.video_vae import VideoVAE
 from seedjax.train.state import EMA, make_optimizer, nonfinite_streak, total_nonfinite
@@ -198,7 +198,8 @@ def psnr(x: jax.Array, y: jax.Array) -> jax.Array:
 
 
 def eval_vae(state: VAEState, config) -> ImageVAE | VideoVAE:
-    """The VAE to evaluate: a copy holding the EMA parameters when there are any."""
+    """The VAE to sample and evaluate (the `reconstruction` evaluator, seedjax/eval/reconstruction.py):
+    a copy holding the EMA parameters when there are any."""
     if state.ema is None:
         return state.vae
     model = nnx.clone(state.vae)
@@ -213,24 +214,6 @@ def sample(state: VAEState, config, rng: jax.Array, batch: dict) -> jax.Array:
     recon = vae.decode(vae.encode(x)[0])
     both = jnp.concatenate([x, recon])
     return jnp.clip(both[:, None] if both.ndim == 4 else both, -1.0, 1.0)
-
-
-def evaluate(state: VAEState, config, rng: jax.Array) -> dict:
-    """PSNR / SSIM on held-out images (the data config's eval split) and the latent std."""
-    import data_pipelines
-    from skimage.metrics import structural_similarity
-
-    if config.vae.kind != "image":
-        return {}
-    batch = data_pipelines.make_eval_batch(config.data, num=config.vae.eval_images, seed=config.seed)
-    codec = LatentCodec(eval_vae(state, config))
-    images = np.asarray(batch["image"], np.float32)
-    latents = codec.encode_raw(images)
-    recon = np.clip(codec.decode_raw(latents), -1, 1)
-    ssim = np.mean([structural_similarity(a, b, data_range=2.0, channel_axis=-1) for a, b in zip(images, recon)])
-    mse = np.mean(np.square(images - recon), axis=(1, 2, 3))
-    return {"psnr": float(np.mean(10 * np.log10(4.0 / np.maximum(mse, 1e-10)))), "ssim": float(ssim),
-            "latent_std": float(np.std(latents))}
 
 
 def flops_per_example(config) -> float:
@@ -276,5 +259,5 @@ def load_pretrained(state: VAEState, source: dict, config) -> None:
         nnx.update(state.ema.params, params)
 
 
-STAGE = Stage(init=init, train_step=train_step, sample=sample, evaluate=evaluate, flops_per_example=flops_per_example,
+STAGE = Stage(init=init, train_step=train_step, sample=sample, flops_per_example=flops_per_example,
               load_pretrained=load_pretrained)

@@ -2,8 +2,9 @@
 
 Read top to bottom: config and logging, mesh, data, model and optimizer, restore,
 compiled step, loop, final checkpoint. A stage module declares what it supplies as
-`STAGE = Stage(init=..., train_step=..., [sample, evaluate, flops_per_example,
-load_pretrained, validate_config, nfe])` (seedjax/train/stage.py); see docs/internals.md.
+`STAGE = Stage(init=..., train_step=..., [sample, flops_per_example, load_pretrained,
+validate_config, nfe])` (seedjax/train/stage.py); the evaluators come from `config.evals`
+(seedjax/train/evaluators.py); see docs/internals.md.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from seedjax.parallel import mesh as mesh_lib
 from seedjax.parallel import sharding as sharding_lib
 from seedjax.parallel.host import to_host
 from seedjax.train import checkpoint as ckpt_lib
+from seedjax.train import evaluators as evaluators_lib
 from seedjax.train import metrics as metrics_lib
 from seedjax.train import perf
 from seedjax.train.perf import TrainingAborted
@@ -64,6 +66,7 @@ def _run(config, workdir: str, stop_at_step: int, classifier_features) -> int:
     for noisy in ("absl", "orbax", "jax._src", "grain"):  # their INFO lines drown the progress line
         logging.getLogger(noisy).setLevel(logging.WARNING)
     stage = load_stage(config.stage)
+    evaluators = evaluators_lib.build(config)  # config.evals: a bad entry exits 2 before anything is written
     total_steps = int(config.total_steps)
 
     # =====================================================================
@@ -188,11 +191,12 @@ def _run(config, workdir: str, stop_at_step: int, classifier_features) -> int:
                 path = writer.images(step, sampler(state, step))
                 if path:
                     log.info("samples: %s", path)
-            if stage.evaluate and config.eval_every and (
-                    step % config.eval_every == 0 or step == total_steps):
+            due = [e for e in evaluators if e.due(step, total_steps)]
+            if due:  # one row of metrics for all of them
                 eval_key = jax.random.fold_in(jax.random.fold_in(base_key, step), 1)  # not the step's train key
-                results = stage.evaluate(nnx.merge(graphdef, state), config, eval_key)
-                writer.write(step, {f"eval/{k}": v for k, v in results.items()})
+                module = nnx.merge(graphdef, state)  # the same object for each: they may share a generation
+                results = {k: v for e in due for k, v in e.run(module, stage, eval_key).items()}
+                writer.write(step, results)
                 log.info("eval at step %d: %s", step, _fmt(results))
 
             preempted = preemption.reached(step)

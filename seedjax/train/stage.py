@@ -3,7 +3,8 @@
 A stage is a thin module in seedjax/stages/: its state (NNX modules and optimizers), its
 train step and the optional hooks below. Declaring them on one object, instead of the loop
 probing the module with hasattr, makes a misspelt hook an error at import time (an unknown
-keyword) rather than a feature that silently never runs.
+keyword) rather than a feature that silently never runs. Evaluation is not a hook: the
+evaluators named in `config.evals` (seedjax/eval/<type>.py) read the state and these hooks.
 """
 
 from __future__ import annotations
@@ -21,10 +22,9 @@ class Stage:
     init: Callable[..., Any]
     # (state, batch, rng, config) -> metrics; updates the state in place (the loop jits it)
     train_step: Callable[..., dict]
-    # (state, config, rng, prompt batch) -> images [N, H, W, C] in [-1, 1]; grids every sample_every
+    # (state, config, rng, prompt batch) -> samples [N, F, H, W, C] in [-1, 1]; grids every sample_every,
+    # and what the generator evaluators of config.evals sample (seedjax/train/evaluators.py)
     sample: Callable[..., Any] | None = None
-    # (state, config, rng) -> {name: number}; every eval_every steps, logged as eval/<name>
-    evaluate: Callable[..., dict] | None = None
     # config -> training FLOPs per example (MFU); None = not counted
     flops_per_example: Callable[..., float] | None = None
     # (state, source tree, config): parameters from config.init_from; None = copy source['model']

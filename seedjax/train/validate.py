@@ -16,6 +16,7 @@ from data_pipelines.core.config import SOURCES
 from data_pipelines.core.mixtures import components
 from data_pipelines.sources.reward_pairs import BASE_SOURCES
 from seedjax.config import ConfigError
+from seedjax.train import evaluators
 from seedjax.train.stage import load_stage
 from seedjax.train.state import make_tx
 
@@ -50,6 +51,7 @@ def validate_config(config) -> None:
         validate_data(config.data, "config.data")
     if "eval" in config and "data" in config.eval:  # held-out data of stages that train on something else
         validate_data(config.eval.data, "config.eval.data")
+    evaluators.check(config)  # config.evals: every type, option and cadence
 
 
 def _validate_optimizer(key: str, opt_cfg, total_steps: int) -> None:

@@ -28,7 +28,7 @@ from PIL import Image
 from skimage.color import rgb2hsv
 
 from data_pipelines.sources.scenes import PALETTE, relation
-from seedjax.eval.classifier import DigitClassifier, get_classifier
+from seedjax.eval.judges.classifier import DigitClassifier, get_classifier
 
 HUE_TOLERANCE = 30.0  # degrees
 MIN_VALUE = 0.25  # pixel brightness (max channel) to count as ink

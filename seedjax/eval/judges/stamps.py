@@ -1,7 +1,7 @@
 """Stamp (defect) detector: does an image carry a watermark, a mosaic or a subtitle bar?
 
-A small multi-label CNN (`seedjax.eval.cnn.SmallCNN` with global pooling, one sigmoid per defect
-kind) trained on `digit_scenes` with and without stamped defects (train glyphs, training seed),
+A small multi-label CNN (`seedjax.models.small_cnn.SmallCNN` with global pooling, one sigmoid per
+defect kind) trained on `digit_scenes` with and without stamped defects (train glyphs, training seed),
 plus extra mosaics pixelated on device (`add_mosaic`), with augmentation that imitates generated
 images (blur, noise, color-balance shifts, horizontal flips). It is evaluated on held-out scenes
 (test glyphs, an unseen seed) and the precision and recall are stored with the cached weights
@@ -27,7 +27,7 @@ import optax
 from flax import nnx
 
 from data_pipelines.sources.scenes import DEFECT_KINDS, MOSAIC_BLOCK, MOSAIC_SIDE, SceneConfig, make_scene
-from seedjax.eval import augment, cnn
+from seedjax.models import augment, small_cnn
 
 CODE_VERSION = "1"
 _HELD_OUT_SEED = 1_000_003  # never used for training scenes
@@ -128,7 +128,7 @@ def labelled_scenes(num: int, split: str, seed: int, defect_fraction: float, ima
 class StampDetector:
     """A trained stamp CNN: `probabilities(images)` [N, 3] and `detect(images)` (booleans per kind)."""
 
-    def __init__(self, model: cnn.SmallCNN, image_size: int, metadata: dict):
+    def __init__(self, model: small_cnn.SmallCNN, image_size: int, metadata: dict):
         self.image_size = image_size
         self.metadata = metadata
         graphdef, state = nnx.split(model)
@@ -143,7 +143,7 @@ class StampDetector:
         shape = getattr(images, "shape", None)
         if shape is None or len(shape) != 4 or shape[-1] != 3:
             raise ValueError(f"stamp detector: images must be RGB [N, H, W, 3], got shape {shape}")
-        return cnn.batched_apply(lambda x: self._apply(self._state, x), np.asarray(images))
+        return small_cnn.batched_apply(lambda x: self._apply(self._state, x), np.asarray(images))
 
     def detect(self, images, threshold: float = 0.5) -> dict[str, np.ndarray]:
         found = self.probabilities(images) >= threshold
@@ -169,7 +169,7 @@ def held_out_report(detector: StampDetector, num: int = 600) -> dict[str, float]
     return report
 
 
-def _train(model: cnn.SmallCNN, settings: StampSettings, log_every: int = 0) -> dict:
+def _train(model: small_cnn.SmallCNN, settings: StampSettings, log_every: int = 0) -> dict:
     images, labels = labelled_scenes(settings.num_train_scenes, "train", settings.seed, settings.defect_fraction,
                                      settings.image_size)
 
@@ -189,8 +189,8 @@ def _train(model: cnn.SmallCNN, settings: StampSettings, log_every: int = 0) -> 
     def loss_fn(logits, labels):
         return optax.sigmoid_binary_cross_entropy(logits, labels).mean()
 
-    cnn.fit(model, (images, labels), make_batch, loss_fn, steps=settings.steps, lr=settings.lr, seed=settings.seed,
-            log_every=log_every)
+    small_cnn.fit(model, (images, labels), make_batch, loss_fn, steps=settings.steps, lr=settings.lr,
+                  seed=settings.seed, log_every=log_every)
     report = held_out_report(StampDetector(model, settings.image_size, {}))
     return {**report, "code_version": CODE_VERSION}
 
@@ -199,11 +199,11 @@ def _train(model: cnn.SmallCNN, settings: StampSettings, log_every: int = 0) -> 
 def get_stamp_detector(image_size: int = 64, **overrides) -> StampDetector:
     """The stamp detector at working resolution `image_size` (trained once, then loaded from cache)."""
     settings = StampSettings(image_size=image_size, **overrides)
-    model = cnn.SmallCNN(3, settings.image_size, len(DEFECT_KINDS), channels=settings.channels,
+    model = small_cnn.SmallCNN(3, settings.image_size, len(DEFECT_KINDS), channels=settings.channels,
                          feature_dim=settings.feature_dim, first_stride=settings.first_stride, global_pool=True,
                          rngs=nnx.Rngs(settings.seed))
     key = {"model": "stamp_detector", "code_version": CODE_VERSION, **dataclasses.asdict(settings)}
-    metadata = cnn.load_or_train("stamp_detector", key, model, lambda m: _train(m, settings))
+    metadata = small_cnn.load_or_train("stamp_detector", key, model, lambda m: _train(m, settings))
     return StampDetector(model, settings.image_size, metadata)
 
 

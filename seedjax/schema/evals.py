@@ -1,0 +1,51 @@
+"""`config.evals`: the evaluators a run reports, one named entry each (big_vision style).
+
+    config.evals.<name>.type     the module seedjax/eval/<type>.py whose `Evaluator` computes the metrics
+    config.evals.<name>.every    cadence in steps, and the last step; -1 = config.eval_every, 0 = never
+    config.evals.<name>.prefix   prefix of its metric names in metrics.jsonl ('eval/')
+    config.evals.<name>.<opt>    the type's own options (the keyword arguments of its Evaluator)
+
+The loop builds them once (`seedjax.train.evaluators`); an unknown type or option exits 2 at
+config validation. Types and the stages they serve:
+
+    digit_prompts    generator on held-out digit prompts: prompt_accuracy, scene_*, frechet_distance
+                     (the digit classifier's features), classifier_test_accuracy, seconds_per_image,
+                     nfe (stages with an nfe hook: distillation)
+    image_folder     generator on your own images (folder, jsonl): pixel_frechet_distance,
+                     channel_mean_gap, channel_std_gap, diversity_ratio, seconds_per_image, nfe
+    target_share     SFT: share of generated / real held-out images that meet sft.target
+    rlhf_reward      RLHF: the reward models' composite reward (and each term) on generated images
+    reward_accuracy  reward stage: held-out accuracy per head, per perturbation and degradation kind
+    reconstruction   VAE: psnr, ssim, latent_std of held-out images
+
+Generator types take `num_prompts` and `batch_size` (0 = config.eval.num_prompts / batch_size);
+those that sample the same prompts at the same step share one generation.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+DIGIT_SOURCES = ("digits", "digit_scenes")  # data the digit classifier can judge
+NON_DIGIT_SOURCES = ("folder", "jsonl")  # your own images: never digit data
+
+
+def eval_entry(type: str, every: int = -1, prefix: str = "eval/", **options) -> ml_collections.ConfigDict:
+    """One `config.evals` entry: its type, cadence, metric prefix and the type's options."""
+    return ml_collections.ConfigDict(dict(type=type, every=every, prefix=prefix, **options))
+
+
+def generator_entry(type: str, **options) -> ml_collections.ConfigDict:
+    """An entry of a type that samples held-out prompts (0 = config.eval.num_prompts / batch_size)."""
+    return eval_entry(type, **{"num_prompts": 0, "batch_size": 0, **options})
+
+
+def generator_eval(source: str = "digits", **options) -> ml_collections.ConfigDict:
+    """The held-out generator metrics that apply to training data of `source`: the digit judges'
+    (`digit_prompts`) unless the data is your own images (`image_folder`)."""
+    return generator_entry("image_folder" if source in NON_DIGIT_SOURCES else "digit_prompts", **options)
+
+
+def evals_config(**entries: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`config.evals` holding `entries` (name -> `eval_entry(...)`)."""
+    return ml_collections.ConfigDict(entries)
