@@ -95,3 +95,17 @@ def test_text_conditioning_sources_and_errors():
         text.text_conditioning(model, {"image": jnp.zeros((2, 8, 8, 1))})
     with pytest.raises(ValueError, match=r"T<=16.*\(2, 20\)"):
         model(jnp.zeros((2, 20), jnp.int32))
+
+
+def test_the_tokenizer_writes_the_text_encoders_token_contract():
+    """data_pipelines' byte tokenizer and the text encoder agree on the special ids, the
+    vocabulary and the empty caption (CFG's unconditional input), without importing each other."""
+    from data_pipelines.core import tokenizer
+    from seedjax.models import text
+
+    assert (tokenizer.PAD, tokenizer.BOS, tokenizer.EOS, tokenizer.VOCAB_SIZE) == \
+        (text.PAD, text.BOS, text.EOS, text.BYTE_VOCAB_SIZE)
+    tokens, mask = tokenizer.tokenize([""], 7)
+    empty_tokens, empty_mask = text.empty_caption(7)
+    np.testing.assert_array_equal(np.asarray(empty_tokens), tokens[0])
+    np.testing.assert_array_equal(np.asarray(empty_mask), mask[0])

@@ -3,8 +3,8 @@
 `LatentCodec` wraps a VAE stage's weights (latent caching in `data_pipelines.cli.prepare
 --vae=WORKDIR`, decoding the samples of latent-space generators; loaded from a workdir by
 `seedjax.train.params.load_codec`). A diffusion config with `config.input.key = 'latent'`
-denoises cached latents; `input_shape` and `latent_factors` resolve what that needs from
-`config.input.vae_workdir` and the shards' header.
+denoises cached latents; `input_shape` resolves their shape from the VAE run in
+`config.input.vae_workdir` (`seedjax.train.params.latent_factors` checks the shards' header).
 """
 
 from __future__ import annotations
@@ -18,9 +18,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-import data_pipelines
-from data_pipelines.core.mixtures import components
-from data_pipelines.core.shards import read_metadata
 from seedjax import config as config_lib
 from seedjax.models.vae import ImageVAE
 from seedjax.models.video_vae import VideoVAE
@@ -143,7 +140,8 @@ def input_shape(config) -> tuple[int, int, int]:
     size = config.data.image_size
     if config.input.key == "latent":
         return vae_architecture_of_run(config.input.vae_workdir).latent_shape(size, size)
-    return (size, size, data_pipelines.channels(config.data))
+    # model.in_channels is derived from the data's channels (seedjax.config.DERIVED).
+    return (size, size, config.model.in_channels // config.input.patch_size**2)
 
 
 def require_pixel_space(config, what: str) -> None:
@@ -163,34 +161,3 @@ def vae_architecture_of_run(workdir: str):
         return vae_architecture(vae_run_config(workdir).vae)
     except (OSError, ValueError) as e:
         raise ValueError(f"config.input.vae_workdir: {e}") from None
-
-
-def latent_factors(config) -> dict:
-    """The `vae` entry of the latent shards' header (scaling/shift factors), checked against
-    config.input.vae_workdir, config.input.patch_size and config.model.in_channels."""
-    vae = vae_architecture_of_run(config.input.vae_workdir)
-    factors = []
-    for kind, path, _ in components(config.data).values():
-        try:
-            header = read_metadata(path) if kind == "shards" and path else {}
-        except ValueError as e:
-            raise ValueError(f"config.data.path: {e}") from None
-        if header.get("kind") != "latents" or "vae" not in header:
-            raise ValueError(f"config.input.key=latent needs VAE latent shards at config.data.path (python -m "
-                             f"data_pipelines.cli.prepare --vae=WORKDIR); got data.source={kind!r}, path={path!r}")
-        made_by = (header["vae"]["downsample_factor"], header["shapes"]["latent"][-1])
-        if made_by != (vae.downsample_factor, vae.latent_channels):
-            raise ValueError(f"config.input.vae_workdir: its VAE (f{vae.downsample_factor}c{vae.latent_channels}) did "
-                             f"not make the latents at {path} (f{made_by[0]}c{made_by[1]})")
-        factors.append(header["vae"])
-    if any(f != factors[0] for f in factors):
-        raise ValueError(f"config.data.mixture: latent components were made with different VAE factors {factors}")
-    h, w, c = input_shape(config)
-    p = config.input.patch_size
-    if h % p or w % p:
-        raise ValueError(f"config.input.patch_size={p} does not divide the {h}x{w} latent grid "
-                         f"(data.image_size={config.data.image_size} / {vae.downsample_factor})")
-    if config.model.in_channels != p * p * c:
-        raise ValueError(f"config.model.in_channels={config.model.in_channels}: {c}-channel latents in {p}x{p} "
-                         f"patches need {p * p * c}")
-    return factors[0]

@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from data_pipelines.core import tokenizer
 from seedjax.models import mmdit, text
 from seedjax.models.geometry import Geometry
 
@@ -71,7 +70,7 @@ def drop_captions(batch: dict, rng: jax.Array, p: float) -> dict:
     """Replace a fraction `p` of captions by the empty caption (trains the unconditional branch)."""
     if p <= 0 or "tokens" not in batch:
         return batch
-    empty_tokens, empty_mask = (jnp.asarray(a[0]) for a in tokenizer.tokenize([""], batch["tokens"].shape[1]))
+    empty_tokens, empty_mask = text.empty_caption(batch["tokens"].shape[1])
     drop = jax.random.bernoulli(rng, p, (batch["tokens"].shape[0],))[:, None]
     return dict(batch, tokens=jnp.where(drop, empty_tokens, batch["tokens"]),
                 text_mask=jnp.where(drop, empty_mask, batch["text_mask"]))

@@ -22,8 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from data_pipelines.core import tokenizer
-from seedjax.models import layers, mmdit
+from seedjax.models import layers, mmdit, text
 from seedjax.models.text import TextLayer
 from seedjax.parallel.sharding import constrain
 
@@ -94,7 +93,7 @@ class RewardModel(nnx.Module):
             raise ValueError(f"reward model: {length} text tokens, reward_model.max_text_len is {cfg.max_text_len}")
         if images.shape[0] != batch:
             raise ValueError(f"reward model: {images.shape[0]} images but {batch} captions")
-        mask = (tokens != tokenizer.PAD) if text_mask is None else text_mask.astype(bool)
+        mask = (tokens != text.PAD) if text_mask is None else text_mask.astype(bool)
         img = self._image_tokens(images)
         txt = self.token_embed(tokens).astype(jnp.float32) + self.text_pos[...][None, :length]
         questions = jnp.broadcast_to(self.questions[...][None], (batch, *self.questions.shape))

@@ -13,12 +13,24 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from data_pipelines.core import tokenizer
 from seedjax.models import layers
 from seedjax.models.attention import attention
 from seedjax.parallel.sharding import constrain
 
 TOKENS = ("batch", "seq", "act_embed")
+
+# The token contract of the text encoder, which the byte tokenizer of the data pipeline
+# (data_pipelines.core.tokenizer) writes: PAD, BOS, EOS, then UTF-8 bytes shifted by 3.
+# Data never imports models and models never import data; tests/test_text_encoder.py checks
+# that both sides agree.
+PAD, BOS, EOS = 0, 1, 2
+BYTE_VOCAB_SIZE = 3 + 256
+
+
+def empty_caption(length: int) -> tuple[jax.Array, jax.Array]:
+    """Tokens [length] and mask of the empty caption (BOS, EOS, padding): CFG's unconditional input."""
+    tokens = jnp.zeros((length,), jnp.int32).at[0].set(BOS).at[1].set(EOS)
+    return tokens, tokens != PAD
 
 
 def train_flops_per_example(cfg: ml_collections.ConfigDict, num_tokens: int) -> float:
@@ -54,8 +66,8 @@ class TextEncoder(nnx.Module):
     def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
         if cfg.width % cfg.num_heads:
             raise ValueError(f"text encoder width {cfg.width} is not divisible by num_heads {cfg.num_heads}")
-        if cfg.vocab_size < tokenizer.VOCAB_SIZE:
-            raise ValueError(f"text encoder vocab_size {cfg.vocab_size} is below the tokenizer's {tokenizer.VOCAB_SIZE}")
+        if cfg.vocab_size < BYTE_VOCAB_SIZE:
+            raise ValueError(f"text encoder vocab_size {cfg.vocab_size} is below the byte tokenizer's {BYTE_VOCAB_SIZE}")
         self.cfg = cfg = ml_collections.FrozenConfigDict(cfg)  # hashable: nnx.jit-able GraphDef
         dtype = layers.compute_dtype(cfg.dtype)
         self.token_embed = layers.Embed(cfg.vocab_size, cfg.width, rngs=rngs)
@@ -71,7 +83,7 @@ class TextEncoder(nnx.Module):
         (embeddings float32 [B, T, width], zero at padding; pooled float32 [B, width], masked mean)."""
         if tokens.ndim != 2 or tokens.shape[1] > self.cfg.max_len:
             raise ValueError(f"text encoder: tokens must be [B, T<={self.cfg.max_len}], got shape {tokens.shape}")
-        mask = (tokens != tokenizer.PAD) if mask is None else mask.astype(bool)
+        mask = (tokens != PAD) if mask is None else mask.astype(bool)
         if mask.shape != tokens.shape:
             raise ValueError(f"text encoder: mask shape {mask.shape} != tokens shape {tokens.shape}")
         x = self.token_embed(tokens).astype(jnp.float32) + self.pos_embed[...][None, : tokens.shape[1]]
@@ -101,7 +113,7 @@ def text_conditioning(encoder: TextEncoder | None, batch: dict) -> tuple[jax.Arr
         if encoder is None:
             raise ValueError("batch has 'tokens' but no text encoder was given to encode them")
         mask = batch.get("text_mask")
-        mask = (batch["tokens"] != tokenizer.PAD) if mask is None else mask.astype(bool)
+        mask = (batch["tokens"] != PAD) if mask is None else mask.astype(bool)
         embeddings, pooled = encoder(batch["tokens"], mask)
         return embeddings, mask, pooled
     raise ValueError(f"batch has no text: need 'tokens' or 'text_embeddings'+'pooled', got keys {sorted(batch)}")

@@ -11,9 +11,10 @@ the evaluators of `config.evals` (`seedjax.models.codec`).
 
 from __future__ import annotations
 
-from seedjax.models import codec, generator
+from seedjax.models import generator
 from seedjax.models.geometry import Geometry
 from seedjax.train.flow_matching import flow_matching_step, init, load_generator, sample
+from seedjax.train.params import latent_factors
 from seedjax.train.stage import Stage
 
 
@@ -26,7 +27,7 @@ def validate_config(config) -> None:
     if config.input.key not in ("image", "latent"):
         raise ValueError(f"config.input.key must be 'image' or 'latent', got {config.input.key!r}")
     if config.input.key == "latent":
-        codec.latent_factors(config)
+        latent_factors(config)
 
 
 STAGE = Stage(init=init, train_step=flow_matching_step, sample=sample, flops_per_example=flops_per_example,

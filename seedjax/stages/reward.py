@@ -24,6 +24,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+import data_pipelines
 from seedjax.models import augment
 from seedjax.models.reward import RewardModel
 from seedjax.schema.stages import DEGRADATIONS
@@ -44,8 +45,6 @@ class RewardState(nnx.Module):
 
 
 def check_data(config) -> None:
-    import data_pipelines
-
     for head in config.reward_model.heads:
         if head not in HEAD_NEGATIVES:
             raise ValueError(f"reward_model.heads: unknown head {head!r}; the reward stage trains {tuple(HEAD_NEGATIVES)}")

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from data_pipelines.core.tokenizer import detokenize
+from data_pipelines.techniques.curation import SampleFilter, image_statistics
 from seedjax.models import codec, generator
 from seedjax.models.geometry import Geometry
 from seedjax.train.flow_matching import flow_matching_step, init, load_generator, sample
@@ -34,8 +36,6 @@ def target_expression(config) -> str:
 
 
 def validate_config(config) -> None:
-    from data_pipelines.techniques.curation import SampleFilter
-
     if not config.init_from:
         raise ValueError("SFT fine-tunes a pretrained model: set config.init_from to a pretrain (or SFT) workdir")
     codec.require_pixel_space(config, "SFT (its evaluation and sft.target)")
@@ -52,9 +52,6 @@ def flops_per_example(config) -> float:
 def target_share(images: np.ndarray, prompts: dict, expression: str) -> float:
     """Fraction of images [N, H, W, C] in [-1, 1] whose metadata (image statistics and the
     prompt's labels) satisfies `expression`."""
-    from data_pipelines.techniques.curation import SampleFilter, image_statistics
-    from data_pipelines.core.tokenizer import detokenize
-
     selected = SampleFilter(expression, "sft.target")
     stats = image_statistics((np.asarray(images, np.float32) + 1.0) / 2.0)
     captions = detokenize(prompts["tokens"]) if "tokens" in prompts else [""] * len(images)

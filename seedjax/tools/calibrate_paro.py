@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+import data_pipelines
 from seedjax import cli, inference
 from seedjax.diffusion.sampling import Sampler
 from seedjax.kernels import paro
@@ -92,8 +93,6 @@ def calibrate(model, config, prompts: dict, rng, *, num_steps: int = 0, early_bu
 
 
 def calibration_prompts(config, num: int, seed: int) -> dict:
-    import data_pipelines
-
     batch = data_pipelines.make_eval_batch(config.data, num=num, seed=seed, split="train")
     return {k: jnp.asarray(batch[k]) for k in ("tokens", "text_mask") if k in batch} | (
         {"target_size": jnp.asarray(batch["target_size"])} if "target_size" in batch else {})

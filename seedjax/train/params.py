@@ -20,7 +20,9 @@ from flax import nnx
 
 import data_pipelines
 from seedjax.config import workdir_config
-from seedjax.models.codec import LatentCodec, latent_factors, vae_run_config
+from data_pipelines.core.mixtures import components
+from data_pipelines.core.shards import read_metadata
+from seedjax.models.codec import LatentCodec, input_shape, vae_architecture_of_run, vae_run_config
 from seedjax.models.frozen import Frozen
 from seedjax.models.reward import RewardModel
 from seedjax.train import checkpoint as ckpt_lib
@@ -106,6 +108,37 @@ def estimate_scale(codec: LatentCodec, config, num: int) -> float:
     # At most `num` held-out images: a small folder calibrates on what it has.
     batch = data_pipelines.make_eval_batch(config.data, num=num, seed=int(config.seed), allow_fewer=True)
     return float(1.0 / max(np.std(codec.encode_raw(np.asarray(batch["image"], np.float32))), 1e-6))
+
+
+def latent_factors(config) -> dict:
+    """The `vae` entry of the latent shards' header (scaling/shift factors), checked against
+    config.input.vae_workdir, config.input.patch_size and config.model.in_channels."""
+    vae = vae_architecture_of_run(config.input.vae_workdir)
+    factors = []
+    for kind, path, _ in components(config.data).values():
+        try:
+            header = read_metadata(path) if kind == "shards" and path else {}
+        except ValueError as e:
+            raise ValueError(f"config.data.path: {e}") from None
+        if header.get("kind") != "latents" or "vae" not in header:
+            raise ValueError(f"config.input.key=latent needs VAE latent shards at config.data.path (python -m "
+                             f"data_pipelines.cli.prepare --vae=WORKDIR); got data.source={kind!r}, path={path!r}")
+        made_by = (header["vae"]["downsample_factor"], header["shapes"]["latent"][-1])
+        if made_by != (vae.downsample_factor, vae.latent_channels):
+            raise ValueError(f"config.input.vae_workdir: its VAE (f{vae.downsample_factor}c{vae.latent_channels}) did "
+                             f"not make the latents at {path} (f{made_by[0]}c{made_by[1]})")
+        factors.append(header["vae"])
+    if any(f != factors[0] for f in factors):
+        raise ValueError(f"config.data.mixture: latent components were made with different VAE factors {factors}")
+    h, w, c = input_shape(config)
+    p = config.input.patch_size
+    if h % p or w % p:
+        raise ValueError(f"config.input.patch_size={p} does not divide the {h}x{w} latent grid "
+                         f"(data.image_size={config.data.image_size} / {vae.downsample_factor})")
+    if config.model.in_channels != p * p * c:
+        raise ValueError(f"config.model.in_channels={config.model.in_channels}: {c}-channel latents in {p}x{p} "
+                         f"patches need {p * p * c}")
+    return factors[0]
 
 
 @functools.lru_cache(maxsize=None)
