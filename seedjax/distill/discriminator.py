@@ -26,7 +26,7 @@ from seedjax.parallel.sharding import constrain
 
 
 def block_indices(dit: mmdit.MMDiT, levels) -> tuple[int, ...]:
-    total = len(dit.double_blocks) + len(dit.single_blocks)
+    total = dit.cfg.depth_double + dit.cfg.depth_single
     out = []
     for level in levels:
         index = level + total if level < 0 else level
@@ -49,21 +49,9 @@ def trunk_features(dit: mmdit.MMDiT, x, t, cond: dict, grid_hw, extras: dict, in
                                   layout=TokenLayout(num_txt, tuple(grid_hw)), extra={})
     img = constrain(dit.x_embedder(x).astype(jnp.float32), mmdit.TOKENS)
     txt = constrain(dit.context_embedder(text).astype(jnp.float32), mmdit.TOKENS)
-    features, deepest = [], max(indices)
-    for i, block in enumerate(dit.double_blocks):
-        if i > deepest:
-            return features
-        img, txt = block(img, txt, vec, cos, sin, key_mask, attend=attend_at(i))
-        if i in indices:
-            features.append(img)
-    joint = jnp.concatenate([txt, img], axis=1)
-    for j, block in enumerate(dit.single_blocks):
-        i = len(dit.double_blocks) + j
-        if i > deepest:
-            break
-        joint = block(joint, vec, cos, sin, key_mask, attend=attend_at(i))
-        if i in indices:
-            features.append(joint[:, num_txt:])
+    # Unrolled or scanned (model.scan_layers) alike; no remat, as before.
+    _, features = dit.run_blocks(img, txt, vec, cos, sin, key_mask, attend_at, sorted(set(indices)),
+                                 last_layer=max(indices), remat=False)
     return features
 
 

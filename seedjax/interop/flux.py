@@ -21,6 +21,7 @@ import json
 import os
 from typing import Any, Mapping
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -90,6 +91,17 @@ def _variable(model: mmdit.MMDiT, path: tuple[Any, ...]) -> nnx.Variable:
     return functools.reduce(step, path, model)
 
 
+def _unrolled_twin(model: mmdit.MMDiT) -> mmdit.MMDiT:
+    """An unrolled MMDiT holding a scan_layers model's parameters (abstract where they are)."""
+    cfg = ml_collections.ConfigDict(model.cfg.to_dict())
+    cfg.scan_layers = False
+    twin = nnx.eval_shape(lambda: mmdit.MMDiT(cfg, nnx.Rngs(0)))
+    values = nnx.to_pure_dict(nnx.state(model))
+    if not any(isinstance(v, jax.ShapeDtypeStruct) for v in jax.tree.leaves(values)):
+        nnx.update(twin, mmdit.match_block_layout(values, twin))
+    return twin
+
+
 def _to_numpy(tensor) -> np.ndarray:
     if hasattr(tensor, "detach"):  # torch (float() first: numpy has no bfloat16)
         return tensor.detach().float().cpu().numpy()
@@ -106,6 +118,11 @@ def load_state_dict(model: mmdit.MMDiT, state_dict: Mapping[str, Any]) -> mmdit.
     `model` may be abstract (`nnx.eval_shape`): every Flux parameter is replaced whole.
     Raises one ValueError listing every missing key, unexpected key and shape mismatch.
     """
+    if mmdit.is_scanned(model.cfg):  # Flux names blocks one by one: load an unrolled twin, then stack
+        twin = _unrolled_twin(model)
+        load_state_dict(twin, state_dict)
+        nnx.update(model, mmdit.match_block_layout(nnx.to_pure_dict(nnx.state(twin)), model))
+        return model
     table = param_map(model.cfg)
     missing = sorted(set(table) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(table))
@@ -136,6 +153,8 @@ def load_state_dict(model: mmdit.MMDiT, state_dict: Mapping[str, Any]) -> mmdit.
 def export_state_dict(model: mmdit.MMDiT) -> dict[str, np.ndarray]:
     """The model's parameters as a diffusers Flux state dict (float32 numpy, torch layout)."""
     check_exportable(model.cfg)
+    if mmdit.is_scanned(model.cfg):
+        return export_state_dict(_unrolled_twin(model))
     out = {}
     for key, (path, is_kernel) in param_map(model.cfg).items():
         value = np.asarray(_variable(model, path)[...], np.float32)

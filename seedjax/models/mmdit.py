@@ -20,11 +20,13 @@ dtype; the residual stream, norms, softmax, RoPE and the conditioning path stay 
 from __future__ import annotations
 
 import functools
+from typing import Any, Mapping
 
 import einops
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from flax import nnx
 
 from seedjax.models import layers
@@ -35,6 +37,18 @@ from seedjax.schema.models import mmdit_config
 
 TIMESTEP_CHANNELS = 256  # sinusoid width of every scalar embedder (Flux)
 TOKENS = ("batch", "seq", "act_embed")
+LAYER_AXIS = "layers"  # logical name of the leading axis of stacked (scanned) block parameters
+BLOCK_STACKS = ("double_blocks", "single_blocks")  # the stacks `scan_layers` scans
+# Named remat policies: any argument-free policy of jax.checkpoint_policies, plus 'full'.
+REMAT_POLICIES = {
+    "full": "nothing_saveable",  # save nothing: recompute the whole block in the backward pass
+    **{name: name for name in ("nothing_saveable", "everything_saveable", "dots_saveable", "checkpoint_dots",
+                               "dots_with_no_batch_dims_saveable", "checkpoint_dots_with_no_batch_dims")},
+}
+# Attention backends that index per-layer data with a Python int (PARO plans: per-layer masks
+# of per-layer static sizes; calibration: a host callback per layer). Under `scan_layers` the
+# layer index is a traced scan counter, which they cannot take.
+STATIC_LAYER_INDEX_BACKENDS = ("paro", "paro_capture")
 
 __all__ = [
     "MMDiT",
@@ -43,6 +57,10 @@ __all__ = [
     "unpatchify",
     "seedream_position_ids",
     "train_flops_per_example",
+    "stack_block_params",
+    "unstack_block_params",
+    "match_block_layout",
+    "is_scanned",
 ]
 
 
@@ -53,6 +71,16 @@ def prediction(cfg) -> tuple[str, float]:
     return cfg.get("prediction", defaults.prediction), cfg.get("x0_min_t", defaults.x0_min_t)
 
 
+def is_scanned(cfg) -> bool:
+    """cfg.scan_layers; configs saved before the key existed are unrolled (what they were trained as)."""
+    return bool(cfg.get("scan_layers", False))
+
+
+def remat_policy(cfg):
+    """The jax.checkpoint policy that `cfg.remat_policy` names."""
+    return getattr(jax.checkpoint_policies, REMAT_POLICIES[cfg.remat_policy])
+
+
 def validate_config(cfg: ml_collections.ConfigDict) -> None:
     """Raise a one-line ValueError naming the first inconsistent MMDiT setting."""
     if sum(cfg.axes_dims_rope) != cfg.head_dim or any(d % 2 for d in cfg.axes_dims_rope):
@@ -60,8 +88,19 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
     num_blocks = cfg.depth_double + cfg.depth_single
     if not -1 <= cfg.repa_layer < num_blocks:
         raise ValueError(f"repa_layer {cfg.repa_layer} must be -1 (off) or a block index below {num_blocks}")
-    if not hasattr(jax.checkpoint_policies, cfg.remat_policy):
-        raise ValueError(f"remat_policy {cfg.remat_policy!r} is not in jax.checkpoint_policies")
+    for key in ("remat", "scan_layers"):
+        if not isinstance(cfg.get(key, False), (bool, np.bool_)):
+            raise ValueError(f"model.{key} must be true or false, got {cfg.get(key)!r}")
+    if cfg.remat_policy == "none":
+        raise ValueError("model.remat_policy 'none' is not a policy: rematerialisation is switched on and off by "
+                         "model.remat (false = off); model.remat_policy names what a rematerialised block saves")
+    if cfg.remat_policy not in REMAT_POLICIES:
+        raise ValueError(f"model.remat_policy {cfg.remat_policy!r} is not a named remat policy; choose one of "
+                         f"{sorted(REMAT_POLICIES)}")
+    if is_scanned(cfg) and cfg.attention_backend in STATIC_LAYER_INDEX_BACKENDS:
+        raise ValueError(f"model.scan_layers=true cannot run attention backend {cfg.attention_backend!r}: it needs a "
+                         f"static per-layer index, which a scanned layer stack does not have; set "
+                         f"model.scan_layers=false (weights convert with mmdit.match_block_layout)")
     layers.compute_dtype(cfg.dtype)
     target, x0_min_t = prediction(cfg)
     if target not in ("velocity", "x0"):
@@ -225,12 +264,14 @@ class MMDiT(nnx.Module):
         self.guidance_embedder = embedder(TIMESTEP_CHANNELS) if cfg.guidance_embed else None
         # Zero-initialised output: a model with a size embedding starts exactly like one without.
         self.size_embedder = embedder(2 * TIMESTEP_CHANNELS, layers.ZEROS) if cfg.size_embed else None
-        self.double_blocks = nnx.List(
-            [DoubleStreamBlock(hidden, cfg.head_dim, mlp_hidden, rngs=rngs, dtype=dtype) for _ in range(cfg.depth_double)]
-        )
-        self.single_blocks = nnx.List(
-            [SingleStreamBlock(hidden, cfg.head_dim, mlp_hidden, rngs=rngs, dtype=dtype) for _ in range(cfg.depth_single)]
-        )
+        make_double = lambda r: DoubleStreamBlock(hidden, cfg.head_dim, mlp_hidden, rngs=r, dtype=dtype)
+        make_single = lambda r: SingleStreamBlock(hidden, cfg.head_dim, mlp_hidden, rngs=r, dtype=dtype)
+        if is_scanned(cfg):  # one module per stack, parameters stacked on a leading LAYER_AXIS
+            self.double_blocks = _stacked_blocks(make_double, cfg.depth_double, rngs)
+            self.single_blocks = _stacked_blocks(make_single, cfg.depth_single, rngs)
+        else:
+            self.double_blocks = nnx.List([make_double(rngs) for _ in range(cfg.depth_double)])
+            self.single_blocks = nnx.List([make_single(rngs) for _ in range(cfg.depth_single)])
         self.final_norm = layers.LayerNorm(hidden, rngs=rngs, eps=1e-6)
         self.final_modulation = layers.Modulation(hidden, hidden, 2, rngs=rngs)  # (scale, shift), Flux's order
         self.proj_out = layers.Linear(hidden, self.out_channels, rngs=rngs, names=("embed", "in_features"),
@@ -303,20 +344,9 @@ class MMDiT(nnx.Module):
         # The residual stream stays float32 whatever the compute dtype.
         img = constrain(self.x_embedder(x).astype(jnp.float32), TOKENS)
         txt = constrain(self.context_embedder(text_embeddings).astype(jnp.float32), TOKENS)
-        features = None
-        for i, block in enumerate(self.double_blocks):
-            run = self._maybe_remat(_with_attention(DoubleStreamBlock.__call__, attend_at(i)))
-            img, txt = run(block, img, txt, cond, cos, sin, key_mask)
-            if i == cfg.repa_layer:
-                features = img
-        joint = jnp.concatenate([txt, img], axis=1)
-        for j, block in enumerate(self.single_blocks):
-            i = cfg.depth_double + j
-            run = self._maybe_remat(_with_attention(SingleStreamBlock.__call__, attend_at(i)))
-            joint = run(block, joint, cond, cos, sin, key_mask)
-            if i == cfg.repa_layer:
-                features = joint[:, num_txt:]
-        img = joint[:, num_txt:]
+        img, features = self.run_blocks(img, txt, cond, cos, sin, key_mask, attend_at,
+                                        (cfg.repa_layer,) if return_features else ())
+        features = features[0] if return_features else None
 
         scale, shift = self.final_modulation(cond)
         out = self.proj_out(layers.modulate(self.final_norm(img), shift, scale)).astype(jnp.float32)
@@ -378,10 +408,110 @@ class MMDiT(nnx.Module):
         ids = jnp.concatenate([txt_ids, img_ids], axis=-2)
         return rope_frequencies(ids, self.cfg.axes_dims_rope, self.cfg.rope_theta)
 
-    def _maybe_remat(self, fn):
-        if not self.cfg.remat:
-            return fn
-        return nnx.remat(fn, policy=getattr(jax.checkpoint_policies, self.cfg.remat_policy))
+    def run_blocks(self, img, txt, cond, cos, sin, key_mask, attend_at, feature_layers=(), *,
+                   last_layer: int | None = None, remat: bool | None = None):
+        """The block stack on embedded tokens: double blocks, then single blocks on [txt, img].
+
+        `attend_at(i)` is block i's attention function (see `_attend`); under scan_layers `i`
+        is a traced int32. Runs blocks 0..`last_layer` (default: all) and returns (image
+        tokens after the last block run, [image-token features after each block in
+        `feature_layers`, in that order]). `remat` defaults to cfg.remat.
+        """
+        cfg = self.cfg
+        total = cfg.depth_double + cfg.depth_single
+        last = total - 1 if last_layer is None else last_layer
+        if not 0 <= last < total:
+            raise ValueError(f"MMDiT.run_blocks: last_layer {last_layer} is outside the model's {total} blocks")
+        wanted = tuple(int(i) for i in feature_layers)
+        if any(not 0 <= i <= last for i in wanted):
+            raise ValueError(f"MMDiT.run_blocks: feature layers {wanted} must be in 0..{last}")
+        policy = remat_policy(cfg) if (cfg.remat if remat is None else remat) else None
+        num_txt = txt.shape[1]
+        found = {}
+        if is_scanned(cfg):
+            n_double = min(cfg.depth_double, last + 1)
+            if n_double:
+                (img, txt), feats = _scan_stack(
+                    self.double_blocks, n_double, 0, _double_step, (img, txt), (cond, cos, sin, key_mask),
+                    [i for i in wanted if i < n_double], lambda carry: carry[0], attend_at, policy)
+                found.update(feats)
+            n_single = last + 1 - cfg.depth_double
+            joint = jnp.concatenate([txt, img], axis=1)
+            if n_single > 0:
+                joint, feats = _scan_stack(
+                    self.single_blocks, n_single, cfg.depth_double, _single_step, joint, (cond, cos, sin, key_mask),
+                    [i for i in wanted if i >= cfg.depth_double], lambda joint: joint[:, num_txt:], attend_at, policy)
+                found.update(feats)
+            return joint[:, num_txt:], [found[i] for i in wanted]
+        maybe_remat = (lambda fn: fn) if policy is None else functools.partial(nnx.remat, policy=policy)
+        for i, block in enumerate(self.double_blocks):
+            if i > last:
+                return img, [found[i] for i in wanted]
+            run = maybe_remat(_with_attention(DoubleStreamBlock.__call__, attend_at(i)))
+            img, txt = run(block, img, txt, cond, cos, sin, key_mask)
+            if i in wanted:
+                found[i] = img
+        joint = jnp.concatenate([txt, img], axis=1)
+        for j, block in enumerate(self.single_blocks):
+            i = cfg.depth_double + j
+            if i > last:
+                break
+            run = maybe_remat(_with_attention(SingleStreamBlock.__call__, attend_at(i)))
+            joint = run(block, joint, cond, cos, sin, key_mask)
+            if i in wanted:
+                found[i] = joint[:, num_txt:]
+        return joint[:, num_txt:], [found[i] for i in wanted]
+
+
+def _stacked_blocks(make, depth: int, rngs: nnx.Rngs):
+    """`depth` blocks as one module whose parameters have a leading LAYER_AXIS (nnx.vmap over
+    split RNG keys); an empty nnx.List for depth 0 (same pure dict, {}, in both layouts)."""
+    if depth == 0:
+        return nnx.List([])
+    create = nnx.vmap(make, in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: LAYER_AXIS})
+    return create(rngs.split(depth))
+
+
+def _double_step(block, carry, consts, attend):
+    img, txt = carry
+    return block(img, txt, *consts, attend=attend)
+
+
+def _single_step(block, joint, consts, attend):
+    return block(joint, *consts, attend=attend)
+
+
+def _scan_stack(stack, n: int, first: int, step, carry, consts, levels, pick, attend_at, policy):
+    """Run the first `n` layers of a stacked block module (layers first..first+n-1 of the model)
+    under one scan; the carry also holds the features `pick(carry)` after each layer in `levels`.
+
+    Functional (nnx.split, lax.scan over the stacked state, nnx.merge per layer) so it works
+    however the model reached it (plain jax.jit closures, nnx transforms, eval_shape). Each
+    layer's variables get LAYER_AXIS taken out of their sharding names, as nnx.scan's
+    transform_metadata does, so `param_value` sees the per-layer names."""
+    graphdef, state = nnx.split(stack)
+    depth = jax.tree.leaves(state)[0].shape[0]
+    if n < depth:
+        state = jax.tree.map(lambda x: x[:n], state)
+    layer_axis = {nnx.PARTITION_NAME: LAYER_AXIS}
+
+    def layer(layer_state, index, carry, consts):
+        block = nnx.merge(graphdef, nnx.spmd.remove_axis(layer_state, 0, layer_axis))
+        return step(block, carry, consts, attend_at(index))
+
+    if policy is not None:  # scan already keeps XLA from merging the recomputation away
+        layer = jax.checkpoint(layer, policy=policy, prevent_cse=False)
+
+    def body(scan_carry, xs):
+        carry, feats = scan_carry
+        layer_state, index = xs
+        carry = layer(layer_state, index, carry, consts)
+        feats = tuple(jnp.where(index == level, pick(carry), f) for level, f in zip(levels, feats))
+        return (carry, feats), None
+
+    feats = tuple(jnp.zeros_like(pick(carry)) for _ in levels)
+    (carry, feats), _ = jax.lax.scan(body, (carry, feats), (state, jnp.arange(first, first + n, dtype=jnp.int32)))
+    return carry, dict(zip(levels, feats))
 
 
 def _with_attention(block_call, attend):
@@ -393,10 +523,133 @@ def _with_attention(block_call, attend):
     return run
 
 
-def _attend(layer_index: int, *, backend: str, layout: TokenLayout, extra: dict):
-    """The attention function block `layer_index` calls: (q, k, v, key_mask) -> out."""
+def _attend(layer_index, *, backend: str, layout: TokenLayout, extra: dict):
+    """The attention function block `layer_index` calls: (q, k, v, key_mask) -> out. The index
+    is an int, or a traced int32 under scan_layers (see STATIC_LAYER_INDEX_BACKENDS)."""
 
     def attend(q, k, v, key_mask):
         return attention(q, k, v, key_mask=key_mask, backend=backend, layer_index=layer_index, layout=layout, **extra)
 
     return attend
+
+
+# ----------------------------------------------------------------------------------------
+# Parameter layouts: unrolled (double_blocks/0/..., double_blocks/1/...) <-> stacked
+# (double_blocks/... with a leading layer axis, scan_layers=True). Pure nested dicts, as
+# `nnx.to_pure_dict` and orbax restores give them; list entries are '0', '1', ... or ints.
+# ----------------------------------------------------------------------------------------
+
+
+def _is_index(key) -> bool:
+    return isinstance(key, (int, np.integer)) or (isinstance(key, str) and key.isdigit())
+
+
+def _layout(subtree) -> str | None:
+    """'unrolled', 'stacked', or None (empty: both layouts agree) for a block stack's subtree."""
+    if not isinstance(subtree, Mapping) or not subtree:
+        return None
+    return "unrolled" if all(_is_index(k) for k in subtree) else "stacked"
+
+
+def _stack(subtree: Mapping) -> dict:
+    layers_ = [subtree[k] for k in sorted(subtree, key=int)]
+    if [int(k) for k in sorted(subtree, key=int)] != list(range(len(layers_))):
+        raise ValueError(f"stack_block_params: block entries {sorted(subtree, key=int)} are not 0..{len(layers_) - 1}")
+
+    def stack(*xs):
+        return np.stack(xs) if all(isinstance(x, np.ndarray) for x in xs) else jnp.stack(xs)
+
+    return jax.tree.map(stack, *layers_)
+
+
+def _unstack(subtree: Mapping, int_keys: bool) -> dict:
+    depth = int(np.shape(jax.tree.leaves(subtree)[0])[0])
+    return {(i if int_keys else str(i)): jax.tree.map(lambda x: x[i], subtree) for i in range(depth)}
+
+
+def _convert(tree, layout_of):
+    """Copy of the nested dict `tree` with every block stack converted to `layout_of(path, subtree)`
+    ('stacked', 'unrolled' or None = leave as is)."""
+
+    def walk(node, path):
+        if not isinstance(node, Mapping):
+            return node
+        out = {}
+        for key, value in node.items():
+            here = (*path, key)
+            if str(key) in BLOCK_STACKS and isinstance(value, Mapping):
+                have, want = _layout(value), layout_of(here, value)
+                if have == "unrolled" and want == "stacked":
+                    value = _stack(value)
+                elif have == "stacked" and want == "unrolled":
+                    value = _unstack(value, want_int_keys(here))
+                out[key] = value
+            else:
+                out[key] = walk(value, here)
+        return out
+
+    want_int_keys = getattr(layout_of, "int_keys", lambda path: False)
+    return walk(tree, ())
+
+
+def stack_block_params(tree: Mapping) -> dict:
+    """A parameter tree with every unrolled block stack (`double_blocks/0/...`) stacked on a
+    leading layer axis (`double_blocks/...`), the layout of a scan_layers model. Nested trees
+    (e.g. a state with model/dit/double_blocks) are converted wherever the stacks are; other
+    entries are kept (not copied)."""
+    return _convert(tree, lambda path, value: "stacked")
+
+
+def unstack_block_params(tree: Mapping, *, int_keys: bool = False) -> dict:
+    """Inverse of `stack_block_params`: stacked block stacks become `double_blocks/'0'/...`
+    (string keys, as checkpoints name list entries; `int_keys=True` for live-module ints)."""
+    layout_of = lambda path, value: "unrolled"
+    layout_of.int_keys = lambda path: int_keys
+    return _convert(tree, layout_of)
+
+
+def _pure(target) -> Mapping:
+    if isinstance(target, nnx.Module):
+        target = nnx.state(target)
+    if isinstance(target, nnx.State):
+        return nnx.to_pure_dict(target)
+    return target
+
+
+def match_block_layout(tree: Mapping, target: Any) -> dict:
+    """`tree` (a pure parameter dict) with its block stacks in the layout `target` uses.
+
+    `target`: a model or any module holding one (its own parameters decide, stack by stack,
+    at the same paths), an nnx.State or pure dict of such a module, an MMDiT config (its
+    scan_layers decides, for every stack in `tree`), or a bool (True = stacked). Stacks
+    already in the right layout, and trees without block stacks, pass through unchanged.
+    """
+    if isinstance(target, (bool, np.bool_)):
+        want = "stacked" if target else "unrolled"
+        return _convert(tree, lambda path, value: want)
+    if isinstance(target, (ml_collections.ConfigDict, ml_collections.FrozenConfigDict)) or (
+            isinstance(target, Mapping) and "depth_double" in target):
+        return match_block_layout(tree, is_scanned(target))
+    reference = _pure(target)
+
+    def lookup(path):
+        node = reference
+        for key in path:
+            if not isinstance(node, Mapping):
+                return None, None
+            matches = [k for k in node if str(k) == str(key)]
+            if not matches:
+                return None, None
+            node = node[matches[0]]
+        return node, path
+
+    def layout_of(path, value):
+        node, _ = lookup(path)
+        return _layout(node)
+
+    def int_keys(path):
+        node, _ = lookup(path)
+        return isinstance(node, Mapping) and any(isinstance(k, (int, np.integer)) for k in node)
+
+    layout_of.int_keys = int_keys
+    return _convert(tree, layout_of)

@@ -37,8 +37,13 @@ def mmdit_config() -> ml_collections.ConfigDict:
     cfg.axes_dims_rope = (8, 28, 28)  # must sum to head_dim
     cfg.rope_theta = 10000.0
     cfg.repa_layer = -1  # block whose image features `return_features` gives; -1 off
-    cfg.remat = False  # rematerialise each block in the backward pass
-    cfg.remat_policy = "nothing_saveable"  # a name in jax.checkpoint_policies
+    cfg.remat = False  # rematerialise each block in the backward pass (the one remat on/off switch)
+    # What a rematerialised block saves: 'full' (= 'nothing_saveable': recompute everything),
+    # 'dots_saveable', 'dots_with_no_batch_dims_saveable', ... (mmdit.REMAT_POLICIES); only with remat.
+    cfg.remat_policy = "nothing_saveable"
+    # Stack each block kind's parameters on a leading 'layers' axis and run it under nnx.scan:
+    # compile time independent of depth. Parameter layout differs (see mmdit.stack_block_params).
+    cfg.scan_layers = False
     cfg.dtype = "float32"  # matmul compute dtype: 'float32' | 'bfloat16'
     cfg.attention_backend = "dense"  # a name registered in seedjax.models.attention
     # What proj_out predicts. 'x0': the clean image, returned as the velocity it implies,

@@ -24,6 +24,7 @@ DEFAULT_RULES: dict[str, str] = {
     "vocab": "tensor",
     "in_features": "",  # patch / latent channels into the model
     "norm": "",  # norm scales and small vectors
+    "layers": "",  # leading layer axis of stacked block parameters (MMDiT model.scan_layers)
     # convolutions (VAE, discriminators)
     "conv_in": "",
     "conv_out": "fsdp",

@@ -88,8 +88,11 @@ class EMA(nnx.Module):
         jax.tree.map(one, self.params, new, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
     def load(self, values: dict) -> None:
-        """Set the averages from a pure dict of arrays shaped like the model's parameters."""
-        flat = dict(nnx.traversals.flatten_mapping(values))
+        """Set the averages from a pure dict of arrays shaped like the model's parameters
+        (MMDiT block stacks in either layout: converted to this EMA's, unrolled or scan_layers)."""
+        from seedjax.models.mmdit import match_block_layout
+
+        flat = dict(nnx.traversals.flatten_mapping(match_block_layout(values, self.params)))
         for path, var in nnx.to_flat_state(self.params):
             var[...] = flat[path]
 
