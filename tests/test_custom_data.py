@@ -4,9 +4,9 @@ The folder holds crops of scikit-image's bundled photographs (astronaut, coffee,
 with same-name .txt captions, one corrupt file and one image without a caption.
 `folder_pretrain.py:tiny` and `folder_vae.py:tiny` run through `python -m seedjax.main` as a
 user runs them (side by side, one module fixture); then what must hold: both finish, write
-sample grids, count the two unusable files, the pretraining run's evaluation reports no
-digit-classifier number and the VAE's reports its reconstruction PSNR. The README's commands
-for your own images resolve (`--dry_run`) to the data they name.
+sample grids, count the two unusable files, the pretraining run's evaluation reports image
+statistics and no digit-classifier number, and the VAE's reports its reconstruction PSNR. The
+README's commands for your own images resolve (`--dry_run`) to the data they name.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from tests.runner import ROOT, env_for, read_metrics
 FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 PHOTOS = {"astronaut": "an astronaut in a white suit", "coffee": "a cup of coffee on a saucer",
           "chelsea": "a tabby cat", "rocket": "a rocket on its launch pad"}
-DIGIT_KEYS = ("prompt_accuracy", "frechet", "classifier", "scene_")
+DIGIT_KEYS = ("prompt_accuracy", "eval/frechet_distance", "classifier", "scene_")  # the digit judges' metrics
 
 
 def make_folder(root: str) -> str:
@@ -88,9 +88,11 @@ def test_folder_pretrain_samples_and_reports_no_digit_metrics(runs):
     # 4 samples of 32x32 in a 2x2 grid with 2-pixel padding.
     with Image.open(os.path.join(workdir, "samples", "step_10.png")) as grid:
         assert grid.size == (2 * (32 + 2) + 2,) * 2
-    # Evaluation ran (its timing is there) and reported nothing of the digit classifier.
+    # Evaluation ran (image_folder: statistics against the real held-out images, its timing) and
+    # reported nothing of the digit classifier.
     evals = [r for r in rows if any(k.startswith("eval/") for k in r)]
     assert evals and evals[-1]["step"] == 10 and "eval/seconds_per_image" in evals[-1]
+    assert math.isfinite(evals[-1]["eval/pixel_frechet_distance"]) and 0 <= evals[-1]["eval/channel_mean_gap"] <= 2
     keys = {k for r in rows for k in r}
     assert not [k for k in keys if any(d in k for d in DIGIT_KEYS)], sorted(keys)
     assert os.path.isfile(os.path.join(workdir, "done.json"))
