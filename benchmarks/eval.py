@@ -48,7 +48,7 @@ def main() -> None:
     from seedjax.eval.judges.classifier import get_classifier
     from seedjax.eval.judges.scenes import score_scenes
     from seedjax.eval.judges.stamps import get_stamp_detector, labelled_scenes
-    from seedjax.models.digit_encoder import digit_images
+    from seedjax.train.digit_encoder import digit_images
 
     classifier, clf_wall, clf_cpu = timed(get_classifier)
     detector, det_wall, det_cpu = timed(get_stamp_detector)

@@ -18,7 +18,8 @@ def training_state_forbidden():
     """Fail on any construction of what only training needs: optimizers, EMAs, discriminators,
     fake scores, reward models, REPA heads."""
     from seedjax.distill import discriminator, dmd
-    from seedjax.models import discriminators, repa, reward
+    from seedjax.models import discriminators, reward
+    from seedjax.train import repa
     from seedjax.train import state
 
     forbidden = [(nnx.Optimizer, "__init__"), (state.EMA, "__init__"), (discriminator.Discriminator, "__init__"),

@@ -17,7 +17,7 @@ from seedjax.eval.metrics import (
     prompt_accuracy,
 )
 from seedjax.models import small_cnn
-from seedjax.models.digit_encoder import digit_images
+from seedjax.train.digit_encoder import digit_images
 
 
 @pytest.fixture(scope="module")

@@ -21,10 +21,15 @@ import os
 import platform
 import sys
 
+import jax
 import numpy as np
 
+import data_pipelines
+from data_pipelines.sources.scenes import DEFECT_KINDS
 from seedjax import cli
+from seedjax.config import workdir_config
 from seedjax.eval.judges import scenes, stamps
+from seedjax.tools.calibrate_paro import load_model, sample
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
 TAIL_DIGITS, TAIL_COLORS = (5, 6, 7, 8, 9), (3, 4, 5)
@@ -32,10 +37,6 @@ TAIL_DIGITS, TAIL_COLORS = (5, 6, 7, 8, 9), (3, 4, 5)
 
 def generate(workdir: str, prompts: dict, seed: int, chunk: int = 64) -> np.ndarray:
     """Images [N, H, W, C] in [-1, 1] from a pretrain-style workdir (EMA weights if the run samples with them)."""
-    import jax
-
-    from seedjax.tools.calibrate_paro import load_model, sample
-
     model, config = load_model(workdir)
     keys = ("tokens", "text_mask", "target_size")
     run = jax.jit(lambda p, rng: sample(model, config, p, rng))
@@ -50,8 +51,6 @@ def generate(workdir: str, prompts: dict, seed: int, chunk: int = 64) -> np.ndar
 
 
 def _config(workdir: str):
-    from seedjax.config import workdir_config
-
     return workdir_config(workdir)
 
 
@@ -62,9 +61,6 @@ def _last_counters(workdir: str) -> dict:
 
 
 def measure_defects(off: str, on: str, num: int, seed: int) -> list[str]:
-    import data_pipelines
-    from data_pipelines.sources.scenes import DEFECT_KINDS
-
     config = _config(on)
     size = config.data.image_size
     detector = stamps.get_stamp_detector(size)
@@ -109,8 +105,6 @@ def save_grid(path: str, off: np.ndarray, on: np.ndarray, digit: np.ndarray, per
 
 
 def measure_dual_axis(off: str, on: str, num: int, seed: int, grid: str | None = None) -> list[str]:
-    import data_pipelines
-
     config = _config(on)
     uniform = config.data.copy_and_resolve_references()
     uniform.scenes.long_tail = 0.0

@@ -18,6 +18,7 @@ import numpy as np
 
 from data_pipelines.core import config as config_lib
 from data_pipelines.core import pipeline
+from data_pipelines.sources.scenes import COLOR_NAMES
 from data_pipelines.techniques import dual_axis
 from seedjax import cli
 from seedjax.config import apply_overrides
@@ -62,8 +63,6 @@ def summarize(analysis: dual_axis.Analysis) -> dict:
     }
     names = {"label": [str(d) for d in range(10)], "scene_digit": [str(d) for d in range(10)]}
     if "scene_color" in analysis.labels:
-        from data_pipelines.sources.scenes import COLOR_NAMES
-
         names["scene_color"] = list(COLOR_NAMES)
     for key, ids in analysis.labels.items():
         out["labels"][key] = (names[key], shares(ids, uniform, len(names[key])),

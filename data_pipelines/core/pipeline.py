@@ -19,6 +19,13 @@ from data_pipelines.core import samples as samples_lib
 from data_pipelines.core import streams as streams_lib
 from data_pipelines.core.config import SOURCES
 from data_pipelines.core.mixtures import components, layout_for
+from data_pipelines.core.shards import ShardSource
+from data_pipelines.sources.digits import DigitsSource
+from data_pipelines.sources.folders import FolderSource, ManifestSource
+from data_pipelines.sources.reward_pairs import open_reward_source
+from data_pipelines.sources.scene_source import SceneSource
+from data_pipelines.techniques import dual_axis
+from data_pipelines.techniques.curation import filter_members
 
 log = logging.getLogger("data_pipelines")
 
@@ -28,29 +35,17 @@ def open_source(kind: str, path: str, data_cfg, *, split: str, seed: int):
     if kind not in SOURCES:
         raise ValueError(f"data.source: unknown source {kind!r}; use one of {', '.join(SOURCES)}")
     if kind == "digits":
-        from data_pipelines.sources.digits import DigitsSource
-
         return DigitsSource(split, data_cfg.image_size, seed)
     if kind == "digit_scenes":
-        from data_pipelines.sources.scene_source import SceneSource
-
         return SceneSource(data_cfg, split=split, seed=seed)
     if kind == "reward_pairs":
-        from data_pipelines.sources.reward_pairs import open_reward_source
-
         return open_reward_source(path, open_source, data_cfg, split=split, seed=seed)
     if not path:
         raise ValueError(f"data.path: source {kind!r} needs a path")
     if kind == "folder":
-        from data_pipelines.sources.folders import FolderSource
-
         return FolderSource(path)
     if kind == "jsonl":
-        from data_pipelines.sources.folders import ManifestSource
-
         return ManifestSource(path)
-    from data_pipelines.core.shards import ShardSource
-
     return ShardSource(path, max_text_len=data_cfg.max_text_len)
 
 
@@ -133,14 +128,10 @@ def _component_streams(name: str, source, data_cfg, layout, *, seed: int,
     """One component's streams (one per resolution bucket) and its sample count per bucket."""
     members = _bucket_members(source, data_cfg)
     if data_cfg.filter:
-        from data_pipelines.techniques.curation import filter_members
-
         members = filter_members(source, members, data_cfg.filter)
     _check_has_valid_sample(source, members, layout)
     weights = None
     if data_cfg.dual_axis.enabled:
-        from data_pipelines.techniques import dual_axis
-
         weights = dual_axis.weights_for(source, data_cfg, seed=seed, classifier_features=classifier_features)
     streams, counts = {}, {}
     for bucket, idx in members.items():

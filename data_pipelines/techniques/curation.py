@@ -22,6 +22,8 @@ import operator
 
 import numpy as np
 
+from data_pipelines.core.samples import BadSample
+
 METADATA_FIELDS = {
     "caption": "the caption (str)",
     "tags": "the sample's tags (tuple of str; e.g. 'count:2', 'color:red', 'defect:watermark')",
@@ -151,8 +153,6 @@ def select(source, indices: np.ndarray, sample_filter: SampleFilter, threads: in
     Every candidate is loaded once (threads: folder and manifest sources decode files). A
     sample that fails to load is left out (the stream would skip it anyway).
     """
-    from data_pipelines.core.samples import BadSample
-
     def keep(index: int) -> bool:
         try:
             raw = source.load(int(index), 0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from seedjax.eval.judges.classifier import DigitClassifier, get_classifier
-from seedjax.models.digit_encoder import digit_images
+from seedjax.train.digit_encoder import digit_images
 
 
 def prompt_accuracy(images, labels, classifier: DigitClassifier | None = None) -> float:

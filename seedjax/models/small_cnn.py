@@ -1,6 +1,6 @@
 """The small CNN behind the frozen helper networks, its training loop and its on-disk cache.
 
-The digit CNN (`seedjax.models.digit_encoder`: REPA's frozen encoder and the digit classifier
+The digit CNN (`seedjax.train.digit_encoder`: REPA's frozen encoder and the digit classifier
 that judges generated images) and the stamp detector (`seedjax.eval.judges.stamps`) are tiny
 convolutional networks trained on CPU in well under a minute and then cached as safetensors under
 `$SEEDJAX_CACHE` (default `~/.cache/seedjax`), keyed by a hash of everything that determines the

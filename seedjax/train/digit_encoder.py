@@ -3,7 +3,7 @@
 Two users, one network definition and one training recipe:
 - the digit classifier that judges generated digits (`seedjax.eval.judges.classifier`):
   prompt accuracy and the features of the Frechet distance;
-- REPA's frozen encoder (`seedjax.models.repa`): the convolutional trunk of the same network,
+- REPA's frozen encoder (`seedjax.train.repa`): the convolutional trunk of the same network,
   trained with another seed so that the judge stays independent of what the DiT was pulled toward.
 
 A `SmallCNN` (`seedjax.models.small_cnn`) trained on the real digits 'train' split (the one split

@@ -16,7 +16,7 @@ from flax import nnx
 
 from seedjax.diffusion.objectives import flow_matching_loss
 from seedjax.models.generator import DiffusionModel
-from seedjax.models.repa import RepaHead
+from seedjax.train.repa import RepaHead
 from seedjax.train.generation import generate_pixels
 from seedjax.train.params import load_params, pick_params
 from seedjax.train.state import EMA, make_optimizer, value_and_grad

@@ -23,6 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 import data_pipelines
 from seedjax import config as config_lib
+from seedjax.models.mmdit import match_block_layout
 from seedjax.parallel import mesh as mesh_lib
 from seedjax.parallel import sharding as sharding_lib
 from seedjax.parallel.host import to_host
@@ -241,8 +242,6 @@ def _load_pretrained(stage, config, graphdef, state, shardings):
         if "model" not in source:
             raise TrainingAborted(f"config.init_from={config.init_from}: the checkpoint has no 'model' entry "
                                   f"(it has {sorted(source)}); this stage needs a load_pretrained hook")
-        from seedjax.models.mmdit import match_block_layout  # unrolled <-> scan_layers
-
         nnx.update(module.model, match_block_layout(source["model"], module.model))
     log.info("initialised parameters from %s", config.init_from)
     return jax.device_put(nnx.state(module), shardings)

@@ -24,6 +24,7 @@ from data_pipelines.core.mixtures import components
 from data_pipelines.core.shards import read_metadata
 from seedjax.models.codec import LatentCodec, input_shape, vae_architecture_of_run, vae_run_config
 from seedjax.models.frozen import Frozen
+from seedjax.models.mmdit import match_block_layout
 from seedjax.models.reward import RewardModel
 from seedjax.train import checkpoint as ckpt_lib
 
@@ -44,8 +45,6 @@ def load_params(module: nnx.Module, tree: dict, what: str, allow_missing: tuple[
     distilled model ends up half-random. `what` names the source in error messages.
     MMDiT block stacks are converted to the module's layout (unrolled / scan_layers).
     """
-    from seedjax.models.mmdit import match_block_layout
-
     tree = match_block_layout(tree, module)
     source = {_key(p): v for p, v in nnx.traversals.flatten_mapping(tree).items()}
     targets = [(p, v) for p, v in nnx.to_flat_state(nnx.state(module, nnx.Any(nnx.Param, Frozen)))]

@@ -4,7 +4,7 @@ loss = mean over image tokens of 1 - cos(MLP(h_l), f), where h_l are the image-t
 features of DiT block `config.model.repa_layer` and f the frozen encoder's feature map
 pooled to the token grid. The paper uses a large pretrained vision encoder; with the
 bundled data the frozen encoder is the convolutional trunk of the digit CNN
-(`seedjax.models.digit_encoder`) trained with the classifier recipe but a *different seed*
+(`seedjax.train.digit_encoder`) trained with the classifier recipe but a *different seed*
 (`config.repa.encoder_seed`), so that the evaluation classifier stays independent of what the
 DiT was pulled toward.
 """
@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from seedjax.models import digit_encoder
+from seedjax.train import digit_encoder
 from seedjax.models.layers import MLP
 
 

@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from seedjax.models.mmdit import match_block_layout
+
 # Never give up skipping non-finite updates inside the optimizer; the loop aborts the run
 # after `config.optimizer.max_nonfinite_steps` consecutive skips instead.
 _NEVER_APPLY_NONFINITE = 2**30
@@ -90,8 +92,6 @@ class EMA(nnx.Module):
     def load(self, values: dict) -> None:
         """Set the averages from a pure dict of arrays shaped like the model's parameters
         (MMDiT block stacks in either layout: converted to this EMA's, unrolled or scan_layers)."""
-        from seedjax.models.mmdit import match_block_layout
-
         flat = dict(nnx.traversals.flatten_mapping(match_block_layout(values, self.params)))
         for path, var in nnx.to_flat_state(self.params):
             var[...] = flat[path]

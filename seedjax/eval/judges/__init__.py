@@ -1,7 +1,7 @@
 """Independent judges of generated images: networks and rules that know the bundled data.
 
 - `classifier`: the digit classifier (`get_classifier`): prompt accuracy, features for the
-  Frechet distance (its network and training: `seedjax.models.digit_encoder`).
+  Frechet distance (its network and training: `seedjax.train.digit_encoder`).
 - `scenes`: GenEval-style `score_scenes` for `digit_scenes` (digit, count, color, position).
 - `stamps`: the stamp detector (`detect_stamps`): watermark, mosaic, subtitle.
 

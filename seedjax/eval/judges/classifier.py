@@ -1,6 +1,6 @@
 """The digit classifier that judges generated digits: prompt accuracy, features for FD.
 
-The network, its preprocessing and its training recipe are `seedjax.models.digit_encoder` (REPA
+The network, its preprocessing and its training recipe are `seedjax.train.digit_encoder` (REPA
 uses the same network, trained with another seed, as its frozen encoder); this is the judge
 built on it: batched, jitted `logits`, `predict` and `features` with numpy out, and the
 held-out accuracy measured when the weights were trained.
@@ -14,7 +14,7 @@ import functools
 
 import numpy as np
 
-from seedjax.models import digit_encoder
+from seedjax.train import digit_encoder
 
 
 class DigitClassifier:
