@@ -292,7 +292,7 @@ def base_config(**overrides) -> ml_collections.ConfigDict:
             checkpoint_every=500,
             keep_checkpoints=3,
             sample_every=0,  # write a sample grid every N steps (and at the end); 0 = never
-            eval_every=0,  # run the stage's evaluate() every N steps (and at the end); 0 = never
+            eval_every=0,  # run config.evals every N steps (and at the end; an entry's `every` overrides); 0 = never
             num_samples=16,  # images in a sample grid
             init_from="",  # workdir or step dir of an earlier stage (parameters only)
             peak_tflops_per_device=0.0,  # for MFU; 0 = known accelerator or measured CPU matmul peak

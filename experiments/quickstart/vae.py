@@ -4,7 +4,7 @@
     python -m seedjax.main --config=experiments/quickstart/vae.py:tiny --workdir=/tmp/vae_tiny
 
 Its latents (8x8x4 per digit) are what the latent-space quickstart MMDiT trains on:
-`LatentCodec.from_workdir(workdir)` in `seedjax.stages.vae`. L1 + KL only: the perceptual
+`seedjax.train.params.load_codec(workdir)`. L1 + KL only: the perceptual
 loss is off (a VGG16 on CPU would dominate the step time and no trained weights ship with
 the repo) and so is the GAN (the latent MMDiT needs faithful reconstructions more than texture).
 

@@ -29,7 +29,7 @@ def vae_config(kind: str = "image", preset: str = "f8c16", **model_overrides) ->
             kind=kind,
             model=dataclasses.asdict(model),
             diffusers_weights="",  # image kind: start from a local diffusers AutoencoderKL directory
-            eval_images=256,  # held-out images (the data config's eval split) scored by evaluate()
+            eval_images=256,  # held-out images (the data config's eval split) scored by the reconstruction evaluator
             loss=dict(
                 l1_weight=1.0,
                 kl_weight=1e-6,

@@ -79,7 +79,7 @@ def diffusion_config(**overrides) -> ml_collections.ConfigDict:
     return cfg
 
 
-# --------------------------------------------------------------------------- model input and sampler (stages/pretrain.py)
+# --------------------------------------------------------------------------- model input and sampler (models/geometry.py, diffusion/sampling.py)
 
 
 def input_config(**overrides) -> ml_collections.ConfigDict:
