@@ -12,9 +12,8 @@ import pytest
 from flax import nnx
 
 from seedjax.models import attention as attention_lib
-from seedjax.models import mmdit
+from seedjax.models import block_layout, mmdit
 from seedjax.parallel import sharding
-from seedjax.schema.models import mmdit_preset
 from seedjax.schema.models import mmdit_preset
 
 B, GRID, T = 2, (2, 3), 5
@@ -79,7 +78,7 @@ def velocity(model, a):
 def _pair(overrides):
     unrolled = build(tiny_config(**dict(overrides)))
     scanned = build(tiny_config(scan_layers=True, **dict(overrides)), noise=False)
-    nnx.update(scanned, mmdit.match_block_layout(nnx.to_pure_dict(nnx.state(unrolled)), scanned))
+    nnx.update(scanned, block_layout.match_block_layout(nnx.to_pure_dict(nnx.state(unrolled)), scanned))
     return unrolled, scanned
 
 
@@ -177,7 +176,7 @@ def test_scanned_gradients_equal_unrolled(fast_compiles):
     remat = build(tiny_config(scan_layers=True, remat=True, remat_policy="dots_saveable"), noise=False)
     nnx.update(remat, nnx.state(scanned))
     for model in (scanned, remat):  # the remat policy applies to the scanned body
-        g_s = mmdit.unstack_block_params(grads(model, a), int_keys=True)
+        g_s = block_layout.unstack_block_params(grads(model, a), int_keys=True)
         assert_trees_close(g_s, g_u, rtol=1e-4, atol=1e-6)
 
 
@@ -187,25 +186,25 @@ def test_checkpoint_tree_converts_both_ways():
     ref = velocity(unrolled, a)
     ckpt = as_checkpoint(nnx.to_pure_dict(nnx.state(unrolled)))
     assert "0" in ckpt["double_blocks"] and "1" in ckpt["single_blocks"]
-    stacked = mmdit.stack_block_params(ckpt)
+    stacked = block_layout.stack_block_params(ckpt)
     assert stacked["double_blocks"]["img"]["q"]["kernel"].shape == (2, 32, 32)
-    assert mmdit.match_block_layout(stacked, scanned.cfg)["single_blocks"]["q"]["kernel"].shape[0] == 2
+    assert block_layout.match_block_layout(stacked, scanned.cfg)["single_blocks"]["q"]["kernel"].shape[0] == 2
     fresh = build(tiny_config(scan_layers=True), noise=False)
-    nnx.update(fresh, mmdit.match_block_layout(ckpt, fresh))
+    nnx.update(fresh, block_layout.match_block_layout(ckpt, fresh))
     np.testing.assert_allclose(velocity(fresh, a), np.asarray(ref), rtol=0, atol=1e-6)
     # ... and back: a scanned run's checkpoint into an unrolled model.
     saved = as_checkpoint(nnx.to_pure_dict(nnx.state(fresh)))
     back = build(tiny_config(), noise=False)
-    converted = mmdit.match_block_layout(saved, back)
+    converted = block_layout.match_block_layout(saved, back)
     assert sorted(converted["double_blocks"]) == [0, 1]  # the live module's int keys
     nnx.update(back, converted)
     np.testing.assert_allclose(velocity(back, a), np.asarray(ref), rtol=0, atol=1e-6)
     # String keys (checkpoint style) by default; layouts that already match pass through.
-    assert sorted(mmdit.unstack_block_params(saved)["single_blocks"]) == ["0", "1"]
-    assert mmdit.match_block_layout(saved, True)["double_blocks"] is saved["double_blocks"]
-    assert mmdit.match_block_layout({"other": 1}, fresh) == {"other": 1}
+    assert sorted(block_layout.unstack_block_params(saved)["single_blocks"]) == ["0", "1"]
+    assert block_layout.match_block_layout(saved, True)["double_blocks"] is saved["double_blocks"]
+    assert block_layout.match_block_layout({"other": 1}, fresh) == {"other": 1}
     # Nested trees (a whole state: model/dit/...) convert where the stacks are.
-    nested = mmdit.stack_block_params({"model": {"dit": ckpt}, "step": 3})
+    nested = block_layout.stack_block_params({"model": {"dit": ckpt}, "step": 3})
     assert nested["step"] == 3 and nested["model"]["dit"]["double_blocks"]["txt"]["k"]["kernel"].shape[0] == 2
 
 

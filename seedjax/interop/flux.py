@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from seedjax.models import mmdit
+from seedjax.models import block_layout, mmdit
 from seedjax.schema.models import mmdit_config
 
 # One row per parameter: diffusers key -> (path of attributes / list indices in MMDiT, is a Linear weight).
@@ -98,7 +98,7 @@ def _unrolled_twin(model: mmdit.MMDiT) -> mmdit.MMDiT:
     twin = nnx.eval_shape(lambda: mmdit.MMDiT(cfg, nnx.Rngs(0)))
     values = nnx.to_pure_dict(nnx.state(model))
     if not any(isinstance(v, jax.ShapeDtypeStruct) for v in jax.tree.leaves(values)):
-        nnx.update(twin, mmdit.match_block_layout(values, twin))
+        nnx.update(twin, block_layout.match_block_layout(values, twin))
     return twin
 
 
@@ -121,7 +121,7 @@ def load_state_dict(model: mmdit.MMDiT, state_dict: Mapping[str, Any]) -> mmdit.
     if mmdit.is_scanned(model.cfg):  # Flux names blocks one by one: load an unrolled twin, then stack
         twin = _unrolled_twin(model)
         load_state_dict(twin, state_dict)
-        nnx.update(model, mmdit.match_block_layout(nnx.to_pure_dict(nnx.state(twin)), model))
+        nnx.update(model, block_layout.match_block_layout(nnx.to_pure_dict(nnx.state(twin)), model))
         return model
     table = param_map(model.cfg)
     missing = sorted(set(table) - set(state_dict))

@@ -42,7 +42,7 @@ def mmdit_config() -> ml_collections.ConfigDict:
     # 'dots_saveable', 'dots_with_no_batch_dims_saveable', ... (mmdit.REMAT_POLICIES); only with remat.
     cfg.remat_policy = "nothing_saveable"
     # Stack each block kind's parameters on a leading 'layers' axis and run it under nnx.scan:
-    # compile time independent of depth. Parameter layout differs (see mmdit.stack_block_params).
+    # compile time independent of depth. Parameter layout differs (see models/block_layout.py).
     cfg.scan_layers = False
     cfg.dtype = "float32"  # matmul compute dtype: 'float32' | 'bfloat16'
     cfg.attention_backend = "dense"  # a name registered in seedjax.models.attention

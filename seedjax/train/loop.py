@@ -23,7 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 import data_pipelines
 from seedjax import config as config_lib
-from seedjax.models.mmdit import match_block_layout
+from seedjax.models.block_layout import match_block_layout
 from seedjax.parallel import mesh as mesh_lib
 from seedjax.parallel import sharding as sharding_lib
 from seedjax.parallel.host import to_host

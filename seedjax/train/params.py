@@ -24,7 +24,7 @@ from data_pipelines.core.mixtures import components
 from data_pipelines.core.shards import read_metadata
 from seedjax.models.codec import LatentCodec, input_shape, vae_architecture_of_run, vae_run_config
 from seedjax.models.frozen import Frozen
-from seedjax.models.mmdit import match_block_layout
+from seedjax.models.block_layout import match_block_layout
 from seedjax.models.reward import RewardModel
 from seedjax.train import checkpoint as ckpt_lib
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from seedjax.models.mmdit import match_block_layout
+from seedjax.models.block_layout import match_block_layout
 
 # Never give up skipping non-finite updates inside the optimizer; the loop aborts the run
 # after `config.optimizer.max_nonfinite_steps` consecutive skips instead.
