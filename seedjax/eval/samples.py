@@ -161,16 +161,11 @@ class GeneratorEvaluator:
                              "(0 takes config.eval.num_prompts / config.eval.batch_size)")
         if load_stage(config.stage).sample is None:
             raise ValueError(f"type {self.kind} samples the generator, but stage {config.stage!r} has no sample hook")
-        self.config = config
-        self.data = eval_data(config)
-        # The sample hook sees the held-out data's shapes (ODE-pair or latent training data aside).
-        self.sample_config = config
-        if self.data is not config.data:
-            self.sample_config = ml_collections.ConfigDict(config.to_dict())
-            self.sample_config.data = self.data
+        self.config = config  # what the sample hook gets: the training config, as for the sample grids
+        self.data = eval_data(config)  # the held-out prompts and real images
         self._batch = None
         self._sampler = None  # (stage.sample, graphdef, jitted sampler): compiled once, reused every run
-        self._what = (self.num_prompts, self.batch_size, config_lib.to_json(self.sample_config))  # what `generate` samples
+        self._what = (self.num_prompts, self.batch_size, config_lib.to_json(config))  # what `generate` samples
 
     def held_out(self) -> dict:
         """The held-out batch (loaded once): prompts, and real images when the data has them."""
@@ -186,7 +181,7 @@ class GeneratorEvaluator:
         """(params, prompts, rng) -> samples: `stage.sample` jitted once (again only if the
         state's structure changed)."""
         if self._sampler is None or self._sampler[0] is not stage.sample or self._sampler[1] != graphdef:
-            sample, config = stage.sample, self.sample_config
+            sample, config = stage.sample, self.config
             jitted = jax.jit(lambda params, prompts, rng: sample(nnx.merge(graphdef, params), config, rng, prompts))
             self._sampler = (stage.sample, graphdef, jitted)
         return self._sampler[2]
