@@ -33,8 +33,10 @@ PRETRAIN = f"{ROOT}/experiments/quickstart/pretrain.py"
 
 
 def config(spec: str = f"{PRETRAIN}:tiny", **evals) -> ml_collections.ConfigDict:
+    """The tiny quickstart config, evaluating every 10 steps, with `evals` entries added."""
     cfg = load_config(spec)
     with cfg.unlocked():
+        cfg.eval_every = 10
         for name, entry in evals.items():
             cfg.evals[name] = entry
     return cfg
@@ -50,7 +52,7 @@ def test_shipped_configs_build_their_evaluators():
                                                        "target_share": (target_share.Evaluator, 6)},
         f"{ROOT}/experiments/quickstart/reward.py:tiny": {"accuracy": (None, 10)},
         f"{ROOT}/experiments/quickstart/vae.py:tiny": {"reconstruction": (None, 20)},
-        f"{ROOT}/experiments/quickstart/distill_cfg.py:tiny": {"generator": (digit_prompts.Evaluator, 0)},
+        f"{ROOT}/experiments/quickstart/distill_cfg.py:tiny": {},  # eval_every 0: nothing runs, nothing built
     }
     for spec, expected in cases.items():
         built = {e.name: e for e in evaluators.build(load_config(spec))}
@@ -84,12 +86,22 @@ def test_a_bad_entry_is_a_config_error_naming_the_key(entry, message):
         validate_config(config(bad=entry))
 
 
-def test_digit_judges_refuse_your_own_images(tmp_path):
+def test_digit_judges_refuse_your_own_images_when_they_would_run(tmp_path):
     cfg = load_config(f"{ROOT}/experiments/custom/folder_pretrain.py:tiny,path={tmp_path}")
     assert cfg.evals.generator.type == "image_folder"
     with cfg.unlocked():
         cfg.evals.generator.type = "digit_prompts"
     with pytest.raises(ConfigError, match="config.evals.generator: type digit_prompts judges digits.*image_folder"):
+        validate_config(cfg)
+    # An entry that never runs is not built (a run that does not evaluate is not stopped), but its
+    # type and options are still checked.
+    with cfg.unlocked():
+        cfg.eval_every = 0
+    validate_config(cfg)
+    assert evaluators.build(cfg) == []
+    with cfg.unlocked():
+        cfg.evals.generator.type = "digit_promts"
+    with pytest.raises(ConfigError, match="config.evals.generator.type: unknown evaluator type"):
         validate_config(cfg)
 
 

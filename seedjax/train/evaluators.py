@@ -11,7 +11,10 @@ pairs, written as `<prefix><metric>`. Keys every entry has (defaults in seedjax/
 
 The module is imported by name (importlib): seedjax/train sits below seedjax/eval, which may not
 be imported from here statically. An unknown type, an option its Evaluator does not take, or an
-entry its Evaluator refuses (a ValueError) is a ConfigError: exit 2 before anything runs.
+entry its Evaluator refuses (a ValueError) is a ConfigError: exit 2 before anything runs. An
+entry that never runs (every 0, or -1 with eval_every 0) is checked for its type and options
+only: it is not built, so what its Evaluator would refuse (digit judges on your own images)
+does not stop a run that does not evaluate.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ class ScheduledEvaluator:
 
     name: str
     evaluator: Any
-    every: int  # resolved: 0 = never
+    every: int  # resolved, > 0
     prefix: str
 
     def due(self, step: int, total_steps: int) -> bool:
@@ -70,7 +73,8 @@ def option_names(cls: type) -> list[str]:
 
 
 def build(config) -> list[ScheduledEvaluator]:
-    """Every `config.evals` entry, built (constructing an Evaluator is cheap: no data, no device)."""
+    """Every `config.evals` entry that runs, built (constructing an Evaluator is cheap: no data,
+    no device)."""
     evals = config.get("evals") or {}
     built = []
     for name, entry in evals.items():
@@ -87,12 +91,14 @@ def build(config) -> list[ScheduledEvaluator]:
         every = int(entry.get("every", -1))
         if every < -1:
             raise ConfigError(f"{where}.every must be >= -1 (-1 = config.eval_every, 0 = never), got {every}")
+        every = int(config.eval_every) if every == -1 else every
+        if every == 0:
+            continue
         try:
             evaluator = cls(config, **options)
         except ValueError as e:
             raise ConfigError(f"{where}: {e}") from None
-        built.append(ScheduledEvaluator(name, evaluator, int(config.eval_every) if every == -1 else every,
-                                        str(entry.get("prefix", "eval/"))))
+        built.append(ScheduledEvaluator(name, evaluator, every, str(entry.get("prefix", "eval/"))))
     return built
 
 
