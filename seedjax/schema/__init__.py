@@ -10,6 +10,8 @@ JAX, Flax or Optax. The modules that use a group import its defaults from here.
               sampler, logical-axis sharding rules
     stages    each stage's own group: vae, sft, rlhf, reward, and distillation (distill, cfg,
               tscd, dmd, disc, adp, adm)
+    evals     `config.evals` entries (evaluator type, cadence, prefix, options) and which
+              sources the digit judges may score
 
 Pure Python, ml_collections and the tokenizer's vocabulary size (data_pipelines.core.tokenizer)
 only; tests/test_config_imports.py checks that loading every experiment config imports no JAX

@@ -1,4 +1,4 @@
-"""Sampling a generator as every stage's `sample` and `evaluate` hooks and the tools do it.
+"""Sampling a generator as every stage's `sample` hook (sample grids, the evaluators) and the tools do it.
 
 The sampler comes from `config.sampling` (steps, shift, CFG scale, schedule); a distilled
 student, whose guidance embedder takes the scale as an input, samples at
