@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import importlib
 import importlib.util
 import json
 import os
@@ -31,6 +32,17 @@ from seedjax.schema.training import DEFAULT_RULES, optimizer_config
 
 class ConfigError(ValueError):
     """Bad config file, arg or override (exit code 2)."""
+
+
+def import_named(module_name: str, unknown: str):
+    """The module a config names (a stage, an evaluator type); ConfigError(`unknown`) when no such
+    module exists. An error raised while importing a module that does exist propagates."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name == module_name:
+            raise ConfigError(unknown) from None
+        raise
 
 
 # --------------------------------------------------------------------------- values

@@ -20,14 +20,13 @@ does not stop a run that does not evaluate.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import inspect
 import re
 from typing import Any
 
 import ml_collections
 
-from seedjax.config import ConfigError
+from seedjax.config import ConfigError, import_named
 
 PACKAGE = "seedjax.eval"
 COMMON_KEYS = ("type", "every", "prefix")
@@ -54,12 +53,7 @@ def evaluator_class(type_name: str, where: str) -> type:
     module_name = f"{PACKAGE}.{type_name}"
     if not isinstance(type_name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", type_name):
         raise ConfigError(f"{where}.type: {type_name!r} is not an evaluator type (a module name in seedjax/eval/)")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name == module_name:
-            raise ConfigError(f"{where}.type: unknown evaluator type {type_name!r} (no module {module_name})") from None
-        raise
+    module = import_named(module_name, f"{where}.type: unknown evaluator type {type_name!r} (no module {module_name})")
     cls = getattr(module, "Evaluator", None)
     if not isinstance(cls, type):
         raise ConfigError(f"{where}.type: {module_name} is not an evaluator (it declares no Evaluator class)")

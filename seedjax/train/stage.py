@@ -10,10 +10,9 @@ evaluators named in `config.evals` (seedjax/eval/<type>.py) read the state and t
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from typing import Any, Callable
 
-from seedjax.config import ConfigError
+from seedjax.config import ConfigError, import_named
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -38,12 +37,7 @@ class Stage:
 def load_stage(name: str) -> Stage:
     """The Stage declared by seedjax/stages/<name>.py; ConfigError (exit 2) for an unknown name."""
     module_name = f"seedjax.stages.{name}"
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name == module_name:
-            raise ConfigError(f"config.stage: unknown stage {name!r} (no module {module_name})") from None
-        raise
+    module = import_named(module_name, f"config.stage: unknown stage {name!r} (no module {module_name})")
     stage = getattr(module, "STAGE", None)
     if not isinstance(stage, Stage):
         raise ConfigError(f"config.stage: {module_name} declares no STAGE = Stage(...)")
