@@ -29,8 +29,9 @@ def parse_buckets(spec: str, image_size: int) -> list[Bucket]:
     return buckets
 
 
-def bucket_name(bucket: Bucket) -> str:
-    return f"{bucket[0]}x{bucket[1]}"
+def bucket_name(bucket: tuple[int, ...]) -> str:
+    """'HxW' (video buckets: 'FxHxW')."""
+    return "x".join(str(int(n)) for n in bucket)
 
 
 def assign_buckets(sizes: np.ndarray, buckets: list[Bucket]) -> np.ndarray:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import ml_collections
 
-SOURCES = ("digits", "digit_scenes", "folder", "jsonl", "shards", "reward_pairs")
+SOURCES = ("digits", "digit_scenes", "folder", "jsonl", "shards", "reward_pairs", "moving_digits", "video_folder",
+           "video_jsonl")
+VIDEO_SOURCES = ("moving_digits", "video_folder", "video_jsonl")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -68,5 +70,22 @@ def default_config() -> ml_collections.ConfigDict:
     c.dual_axis.fine_clusters = 4  # per coarse cluster (two-level k-means)
     c.dual_axis.text_clusters = 64
     c.dual_axis.weights_file = ""  # precomputed by `python -m data_pipelines.cli.report --weights_out=`
+
+    # Video sources (moving_digits, video_folder, video_jsonl; see data_pipelines/core/clips.py).
+    c.video = ml_collections.ConfigDict()
+    c.video.num_frames = 9  # clip length when `buckets` is empty
+    c.video.fps = 8.0  # folder sources are resampled to this frame rate
+    # (frames, height, width) buckets 'FxHxW,...'; '' = num_frames x image_size x image_size. Every
+    # global batch comes from one bucket; a '1xHxW' bucket is text-to-image (a still frame).
+    c.video.buckets = ""
+    # One weight per bucket, e.g. '0.2,0.8' (the T2I / video mix); '' = by sample count.
+    c.video.bucket_weights = ""
+    c.video.max_shots = 3  # per-shot caption rows in a batch (shot_tokens [B, max_shots, max_text_len])
+    # moving_digits: the generated clips.
+    c.video.num_samples = 20_000  # virtual length of the train split, per bucket
+    c.video.multishot_prob = 0.0  # fraction of clips with 2..max_shots shots (hard cuts)
+    c.video.turn_prob = 0.3  # fraction of shots whose digit turns once mid-shot
+    c.video.speed_min = 0.03  # digit speed, as a fraction of the canvas side per frame
+    c.video.speed_max = 0.08
     return c
 

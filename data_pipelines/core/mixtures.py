@@ -28,9 +28,9 @@ def components(data_cfg) -> dict[str, tuple[str, str, float]]:
 
 def layout_for(sources: dict, data_cfg) -> samples_lib.Layout:
     """The common sample layout of all components (keys a component lacks are filled)."""
-    kinds = {name: (s.latent, s.text_features) for name, s in sources.items()}
+    kinds = {name: (s.latent, s.text_features, getattr(s, "video", False)) for name, s in sources.items()}
     if len(set(kinds.values())) > 1:
-        raise ValueError(f"data.mixture: components disagree on latents/text features: {kinds}")
+        raise ValueError(f"data.mixture: components disagree on (latents, text features, video): {kinds}")
     channels = data_cfg.channels
     if channels == -1:
         native = {name: s.channels for name, s in sources.items()}
@@ -43,7 +43,7 @@ def layout_for(sources: dict, data_cfg) -> samples_lib.Layout:
         tags = tuple(t.strip() for t in data_cfg.tags.split(",") if t.strip())
     else:
         tags = tuple(sorted({t for s in sources.values() for t in s.tags}))
-    latent, text_features = next(iter(kinds.values()))
+    latent, text_features, video = next(iter(kinds.values()))
     return samples_lib.Layout(
         channels=channels,
         max_text_len=data_cfg.max_text_len,
@@ -53,6 +53,8 @@ def layout_for(sources: dict, data_cfg) -> samples_lib.Layout:
         max_defect_area=float(data_cfg.defects.max_area),
         latent=latent,
         text_features=text_features,
+        video=video,
+        max_shots=int(data_cfg.video.max_shots) if video else 1,
     )
 
 

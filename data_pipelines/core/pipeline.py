@@ -15,15 +15,17 @@ import grain
 import numpy as np
 
 from data_pipelines.core import buckets as buckets_lib
-from data_pipelines.core import samples as samples_lib
+from data_pipelines.core import clips as clips_lib
 from data_pipelines.core import streams as streams_lib
 from data_pipelines.core.config import SOURCES
 from data_pipelines.core.mixtures import components, layout_for
 from data_pipelines.core.shards import ShardSource
 from data_pipelines.sources.digits import DigitsSource
 from data_pipelines.sources.folders import FolderSource, ManifestSource
+from data_pipelines.sources.moving_digit_source import MovingDigitsSource
 from data_pipelines.sources.reward_pairs import open_reward_source
 from data_pipelines.sources.scene_source import SceneSource
+from data_pipelines.sources.videos import VideoFolderSource, VideoManifestSource
 from data_pipelines.techniques import dual_axis
 from data_pipelines.techniques.curation import filter_members
 
@@ -40,24 +42,50 @@ def open_source(kind: str, path: str, data_cfg, *, split: str, seed: int):
         return SceneSource(data_cfg, split=split, seed=seed)
     if kind == "reward_pairs":
         return open_reward_source(path, open_source, data_cfg, split=split, seed=seed)
+    if kind == "moving_digits":
+        return MovingDigitsSource(data_cfg, split=split, seed=seed)
     if not path:
         raise ValueError(f"data.path: source {kind!r} needs a path")
     if kind == "folder":
         return FolderSource(path)
     if kind == "jsonl":
         return ManifestSource(path)
+    if kind == "video_folder":
+        return VideoFolderSource(path, data_cfg, seed=seed)
+    if kind == "video_jsonl":
+        return VideoManifestSource(path, data_cfg, seed=seed)
     return ShardSource(path, max_text_len=data_cfg.max_text_len)
 
 
-def _bucket_members(source, data_cfg) -> dict[tuple[int, int], np.ndarray]:
-    """Sample indices of a source per resolution bucket (latent sources: per latent shape)."""
+def _bucket_members(source, data_cfg) -> dict[tuple[int, ...], np.ndarray]:
+    """Sample indices of a source per resolution bucket (latent sources: per latent shape;
+    video sources: per (frames, height, width) bucket, see core/clips.py)."""
     sizes = source.sizes()
+    if getattr(source, "video", False) and not source.latent:
+        return clips_lib.members(sizes, clips_lib.video_buckets(data_cfg), source.fixed_buckets)
     if source.latent:
         shapes = [tuple(s) for s in sizes]
         return {b: np.flatnonzero([s == b for s in shapes]) for b in sorted(set(shapes))}
     bucket_list = buckets_lib.parse_buckets(data_cfg.buckets, data_cfg.image_size)
     assigned = buckets_lib.assign_buckets(sizes, bucket_list)
     return {b: np.flatnonzero(assigned == i) for i, b in enumerate(bucket_list) if np.any(assigned == i)}
+
+
+def _bucket_mass(source, data_cfg, members: dict) -> dict[str, float]:
+    """How much of a component each bucket gets: its sample count, or data.video.bucket_weights
+    (video sources; latent shards map each pixel bucket to its latent shape with the header's factors)."""
+    weights = clips_lib.bucket_weights(data_cfg) if getattr(source, "video", False) else None
+    if weights is None:
+        return {buckets_lib.bucket_name(b): len(idx) for b, idx in members.items()}
+    if source.latent:
+        vae = source.meta["vae"]
+        weights = {clips_lib.latent_bucket(b, vae["temporal_factor"], vae["spatial_factor"]): w
+                   for b, w in weights.items()}
+    unknown = [buckets_lib.bucket_name(b) for b in members if b not in weights]
+    if unknown:
+        raise ValueError(f"data.video.bucket_weights: {source.name} has clips of shape {', '.join(unknown)}, "
+                         f"which data.video.buckets does not list")
+    return {buckets_lib.bucket_name(b): weights[b] for b in members}
 
 
 def _check_has_valid_sample(source, members: dict, layout) -> None:
@@ -127,16 +155,17 @@ def _component_streams(name: str, source, data_cfg, layout, *, seed: int,
                        classifier_features=None) -> tuple[dict, dict]:
     """One component's streams (one per resolution bucket) and its sample count per bucket."""
     members = _bucket_members(source, data_cfg)
+    if getattr(source, "video", False) and (data_cfg.filter or data_cfg.dual_axis.enabled):
+        raise ValueError(f"{source.name}: data.filter and data.dual_axis work on images; not on video sources yet")
     if data_cfg.filter:
         members = filter_members(source, members, data_cfg.filter)
     _check_has_valid_sample(source, members, layout)
     weights = None
     if data_cfg.dual_axis.enabled:
         weights = dual_axis.weights_for(source, data_cfg, seed=seed, classifier_features=classifier_features)
-    streams, counts = {}, {}
+    streams, counts = {}, _bucket_mass(source, data_cfg, members)
     for bucket, idx in members.items():
         bname = buckets_lib.bucket_name(bucket)
-        counts[bname] = len(idx)
         stream_weights = None if weights is None or weights[idx].sum() <= 0 else weights[idx]
         streams[f"{name}/{bname}"] = streams_lib.make_stream(
             source, idx, stream_weights, bucket, layout, seed=seed, name=f"{name}/{bname}")
@@ -186,8 +215,20 @@ def make_train_iterator(data_cfg, *, global_batch_size: int, seed: int, process_
     return TrainIterator(ds, scan_counts)
 
 
+def _eval_bucket(source, data_cfg, members: dict) -> tuple[int, ...]:
+    """The bucket held-out samples are fitted to: the first configured one (video: the first with
+    more than one frame, as evaluation scores motion; latent shards: the first shape they hold)."""
+    video = getattr(source, "video", False)
+    buckets = list(members) if source.latent else (
+        clips_lib.video_buckets(data_cfg) if video else buckets_lib.parse_buckets(data_cfg.buckets, data_cfg.image_size))
+    if video:
+        return next((b for b in buckets if b[0] > 1), buckets[0])
+    return buckets[0]
+
+
 def make_eval_batch(data_cfg, *, num: int, seed: int, split: str = "test", allow_fewer: bool = False) -> dict:
-    """`num` held-out samples (real images, tokens, labels) at the first bucket's size.
+    """`num` held-out samples (real images, tokens, labels) at the first bucket's size
+    (video sources: clips at the first multi-frame bucket's size).
 
     A split with fewer valid samples is read twice (repeats) to reach `num`; with
     `allow_fewer`, once, and the batch holds every valid sample it has (at least one)."""
@@ -195,12 +236,15 @@ def make_eval_batch(data_cfg, *, num: int, seed: int, split: str = "test", allow
     source = open_source(data_cfg.source, path, data_cfg, split=split, seed=seed)
     layout = layout_for({data_cfg.source: source}, data_cfg)
     members = _bucket_members(source, data_cfg)
-    bucket = next(iter(members)) if source.latent else buckets_lib.parse_buckets(data_cfg.buckets, data_cfg.image_size)[0]
+    bucket = _eval_bucket(source, data_cfg, members)
     if hasattr(source, "eval_rows"):  # a source with its own held-out prompt set
-        raws = source.eval_rows(num, seed)
-        rows = [samples_lib.finalize(raw, bucket, layout, raw["where"]) for raw in raws]
+        raws = source.eval_rows(num, seed, bucket) if layout.video else source.eval_rows(num, seed)
+        rows = [streams_lib.finalize(raw, bucket, layout, raw["where"]) for raw in raws]
         return {key: np.stack([r[key] for r in rows]) for key in rows[0]}
-    order = np.random.default_rng(seed).permutation(len(source))
+    if layout.video and bucket not in members:
+        raise ValueError(f"{source.name}: no clip fits the eval bucket {buckets_lib.bucket_name(bucket)}")
+    candidates = members[bucket] if layout.video else np.arange(len(source))  # clips: only those of the bucket
+    order = candidates[np.random.default_rng(seed).permutation(len(candidates))]
     loader = streams_lib.LoadSample(source, order, bucket, layout)
     rows = []
     for position in range(len(order) * (1 if allow_fewer else 2)):  # num may exceed the split

@@ -31,6 +31,9 @@ SKIP_KINDS = (
     "wrong_shape",
     "nan_values",
     "defect_area",
+    "unreadable_video",
+    "too_short_video",
+    "too_many_shots",
 )
 MAX_OBJECTS = 3  # scene_* rows per sample
 
@@ -56,6 +59,8 @@ class Layout:
     max_defect_area: float = 0.2
     latent: bool = False  # samples carry `latent` instead of `image`
     text_features: bool = False  # samples carry `text_embeddings` and `pooled`
+    video: bool = False  # clips: rows follow data_pipelines/core/clips.py (finalize_clip)
+    max_shots: int = 1  # shot caption rows of a clip
 
 
 def fit_image_array(image, bucket, channels: int) -> tuple[np.ndarray, tuple]:

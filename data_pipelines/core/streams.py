@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grain
 import numpy as np
 
+from data_pipelines.core import clips as clips_lib
 from data_pipelines.core import samples as samples_lib
 
 
@@ -52,18 +53,24 @@ class WeightedDraws:
         return int(self._epoch(position // len(self.probs))[position % len(self.probs)])
 
 
+def finalize(raw: dict, bucket: tuple[int, ...], layout: samples_lib.Layout, where: str) -> dict:
+    """A raw sample -> one row: an image row (samples.finalize) or, for video layouts, a clip row."""
+    return (clips_lib.finalize_clip if layout.video else samples_lib.finalize)(raw, bucket, layout, where)
+
+
 class LoadSample:
     """(position, member) -> finalized sample, or a skip marker {'_skip': kind, '_where', '_detail'}."""
 
-    def __init__(self, source, members: np.ndarray, bucket: tuple[int, int], layout: samples_lib.Layout):
+    def __init__(self, source, members: np.ndarray, bucket: tuple[int, ...], layout: samples_lib.Layout):
         self.source, self.members, self.bucket, self.layout = source, members, bucket, layout
 
     def __call__(self, position: int, member: int) -> dict:
         index = int(self.members[member])
         where = f"{self.source.name}#{index}"
         try:
-            raw = self.source.load(index, position)
-            return samples_lib.finalize(raw, self.bucket, self.layout, raw.get("where", where))
+            # Video sources decode or render the bucket's frames, so they are told the bucket.
+            raw = self.source.load(index, position, self.bucket) if self.layout.video else self.source.load(index, position)
+            return finalize(raw, self.bucket, self.layout, raw.get("where", where))
         except samples_lib.BadSample as e:
             return {"_skip": e.kind, "_where": e.where, "_detail": e.detail}
 
