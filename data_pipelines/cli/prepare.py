@@ -9,7 +9,10 @@ In a `seedjax.pipeline` tool step (`module='data_pipelines.cli.prepare'`) the st
 `--out` and its `init_from` stage is `--vae` (see experiments/quickstart/latent_pipeline.py).
 Images keep their original encoded bytes when they come from files (PNG otherwise). With
 `--vae=WORKDIR` (a trained VAE stage) the records hold latents of the images fitted to their
-resolution bucket instead. Samples that cannot be read are skipped, counted in the header and
+resolution bucket instead. Video sources (moving_digits, video_folder, video_jsonl) are written as
+latents only: `--vae=WORKDIR` of a video VAE stage encodes each clip, fitted to its (frames, height,
+width) bucket of data.video.buckets, into `latent` [f, h, w, c] with its captions and labels
+(see write_video_latents). Samples that cannot be read are skipped, counted in the header and
 reported once per kind.
 `--runner=ray` does the same work as Ray tasks (a new local Ray instance, or the cluster at
 `--ray_address`) and writes the same shards, byte for byte (see data_pipelines/cli/ray_runner.py).
@@ -26,7 +29,9 @@ import sys
 
 import numpy as np
 
+from data_pipelines.cli.video_latents import load_video_codec
 from data_pipelines.core import buckets as buckets_lib
+from data_pipelines.core import clips as clips_lib
 from data_pipelines.core import config as config_lib
 from data_pipelines.core import pipeline, samples, shards
 from data_pipelines.core.samples import BadSample
@@ -196,6 +201,71 @@ def write_latents(source, out_dir: str, codec, data_cfg, *, num_shards: int, lim
     return writer.close(latents_header(source, channels, codec, total, writer.count, skips.counts))
 
 
+def video_bucket_of(source, data_cfg, temporal_factor: int, spatial_factor: int) -> dict[int, tuple]:
+    """index -> the one bucket a clip is written at: of the buckets it can serve, the one with the
+    most frames (the first configured among equals); ValueError if a bucket does not fit the VAE."""
+    bucket_list = clips_lib.video_buckets(data_cfg)
+    for f, h, w in bucket_list:
+        if (f - 1) % temporal_factor or h % spatial_factor or w % spatial_factor:
+            raise ValueError(f"data.video.buckets: {f}x{h}x{w} does not fit the video VAE: frames must be 1 + a "
+                             f"multiple of {temporal_factor}, height and width multiples of {spatial_factor}")
+    members = clips_lib.members(source.sizes(), bucket_list, source.fixed_buckets)
+    bucket_of: dict[int, tuple] = {}
+    for bucket in sorted(members, key=lambda b: -b[0]):
+        for index in members[bucket]:
+            bucket_of.setdefault(int(index), bucket)
+    return bucket_of
+
+
+def write_video_latents(source, out_dir: str, codec, data_cfg, *, num_shards: int, limit: int = -1,
+                        batch_size: int = 8) -> dict:
+    """Encode every readable clip of a video source with a video VAE codec (video_latents.load_video_codec).
+
+    A record holds `latent` [f, h, w, c], the caption, the shot captions, `frame_shot` of the latent
+    frames (clips.latent_frame_shot) and the shot labels; the header records the VAE's temporal
+    and spatial factors. Reading the shards back (data.source=shards) gives the clip batch contract
+    with `latent` in place of `video`.
+    """
+    vae = codec.vae.config
+    tf, sf = vae.temporal_factor, vae.spatial_factor
+    channels = data_cfg.channels if data_cfg.channels != -1 else source.channels
+    layout = samples.Layout(channels=channels, max_text_len=data_cfg.max_text_len, video=True,
+                            max_shots=int(data_cfg.video.max_shots))
+    bucket_of = video_bucket_of(source, data_cfg, tf, sf)
+    writer = shards.ShardWriter(out_dir, num_shards)
+    skips, total = _SkipLog(source), _total(source, limit)
+
+    def rows():
+        for index in range(total):
+            if index not in bucket_of:
+                continue
+            bucket = bucket_of[index]
+            try:
+                raw = source.load(index, index, bucket)
+                row = clips_lib.finalize_clip(raw, bucket, layout, raw.get("where", f"{source.name}#{index}"))
+            except BadSample as e:
+                skips.add(e)
+                continue
+            yield bucket, (raw, row)
+
+    for batch in latent_batches(rows(), batch_size):
+        latents = codec.encode(np.stack([row["video"] for _, row in batch]))
+        for (raw, row), latent in zip(batch, latents):
+            shots = list(raw.get("shot_captions") or [raw["caption"]])
+            fields = {"latent": latent, "caption": raw["caption"], "shot_captions": "\n".join(shots),
+                      "frame_shot": clips_lib.latent_frame_shot(row["frame_shot"], tf)}
+            fields.update({k: row[k][: len(shots)] for k in shards.VIDEO_KEYS if k != "frame_shot"})
+            writer.write(fields, latent.shape[:3])
+    header = {
+        "kind": "latents", "video": True, "source": source.name, "channels": channels, "scene_labels": False,
+        "tags": [], "shapes": {"latent": [-1, -1, -1, vae.latent_channels]},
+        "vae": {"temporal_factor": tf, "spatial_factor": sf, "downsample_factor": sf,
+                "scaling_factor": float(codec.scaling_factor), "shift_factor": float(codec.shift_factor)},
+        "counts": {"read": total, "written": writer.count, "skipped": skips.counts},
+    }
+    return writer.close(header)
+
+
 RUNNERS = ("local", "ray")
 
 
@@ -244,6 +314,11 @@ def main(argv: list[str]) -> int:
     if args.num_shards < 1:
         print(f"prepare: --num_shards must be >= 1, got {args.num_shards}", file=sys.stderr)
         return 2
+    video = args.source in config_lib.VIDEO_SOURCES
+    if video and (not args.vae or args.runner != "local"):
+        print(f"prepare: --source={args.source} is written as video latents: pass --vae=WORKDIR (a video VAE stage "
+              "run) and the local runner", file=sys.stderr)
+        return 2
     runner = _runner(args)
     if runner is None:
         return 2
@@ -251,7 +326,10 @@ def main(argv: list[str]) -> int:
     try:
         with session:
             source = pipeline.open_source(args.source, args.path, data_cfg, split=args.split, seed=args.seed)
-            if args.vae:
+            if video:
+                header = write_video_latents(source, args.out, load_video_codec(args.vae), data_cfg,
+                                             num_shards=args.num_shards, limit=args.limit)
+            elif args.vae:
                 from seedjax.train.params import load_codec
 
                 codec = load_codec(args.vae)

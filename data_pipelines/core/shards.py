@@ -4,11 +4,15 @@ A shard directory holds
 
     metadata.json                     the header: format, source, counts, shapes, tags, shard list
     sizes.npy                         int64 [N, 2]: (height, width) of each record's image or latent
+                                      (video latents: [N, 3], (frames, height, width))
     shard-00000-of-00004.array_record ...
 
 Each record is a set of named arrays (see encode_record) holding either
 - `image_bytes` (the encoded PNG/JPEG) + `caption`, or
 - `latent` [h, w, c] + `target_size` [2] (+ `text_embeddings` [T, D], `pooled` [D], `text_mask` [T]),
+- or, for video latents (header `video: true`, `vae` with temporal and spatial factors),
+  `latent` [f, h, w, c] + `caption` + `shot_captions` (newline-joined) + `frame_shot` [f] (the shot
+  of every latent frame) + the labels `shot_digit`, `shot_color`, `shot_motion`, `shot_turn_frame`,
 plus the optional labels `label`, `scene_*`, `defect_box`/`defect_kind` and `tags` (newline-joined str).
 ArrayRecord files are random-access, so reading is a Grain `MapDataset` like any other source:
 global shuffling and exact resume come for free.
@@ -30,6 +34,7 @@ SIZES = "sizes.npy"
 
 
 MAGIC = b"SJR1"
+VIDEO_KEYS = ("frame_shot", "shot_digit", "shot_color", "shot_motion", "shot_turn_frame")
 
 
 def encode_record(fields: dict) -> bytes:
@@ -84,7 +89,7 @@ class ShardWriter:
         self.per_shard = [[] for _ in self.files]  # (order index, size) per record, for the sizes file
         self.count = 0
 
-    def write(self, fields: dict, size: tuple[int, int]) -> None:
+    def write(self, fields: dict, size: tuple[int, ...]) -> None:
         shard = self.count % len(self.writers)
         self.writers[shard].write(encode_record(fields))
         self.per_shard[shard].append(size)
@@ -94,7 +99,8 @@ class ShardWriter:
         for w in self.writers:
             w.close()
         # Records are read shard after shard, so the sizes are stored in that order.
-        sizes = np.asarray([s for shard in self.per_shard for s in shard], np.int64).reshape(-1, 2)
+        sizes = [s for shard in self.per_shard for s in shard]
+        sizes = np.asarray(sizes, np.int64).reshape(len(sizes), -1) if sizes else np.zeros((0, 2), np.int64)
         np.save(os.path.join(self.out_dir, SIZES), sizes)
         header = {"format": FORMAT, **header, "num_records": self.count,
                   "shards": [{"file": f, "records": len(p)} for f, p in zip(self.files, self.per_shard)]}
@@ -126,6 +132,8 @@ class ShardSource:
         meta = read_metadata(path)
         self.name, self.meta = path, meta
         self.latent = meta["kind"] == "latents"
+        self.video = bool(meta.get("video", False))
+        self.fixed_buckets = True
         self.text_features = bool(meta.get("text_features", False))
         self.channels = int(meta.get("channels", 3))
         self.scene_labels = bool(meta.get("scene_labels", False))
@@ -159,7 +167,7 @@ class ShardSource:
         first = int(self.bounds[shard - 1]) if shard else 0
         return f"{self.paths[shard]}#{index - first}"
 
-    def load(self, index: int, position: int) -> dict:
+    def load(self, index: int, position: int, bucket=None) -> dict:
         if self._reader is None:
             import grain
 
@@ -174,6 +182,9 @@ class ShardSource:
         raw["tags"] = fields["tags"].split("\n") if fields.get("tags") else []
         raw["caption"] = fields.get("caption", "")
         raw["where"] = where
+        if self.video:
+            raw.update({k: fields[k] for k in VIDEO_KEYS if k in fields})
+            raw["shot_captions"] = fields["shot_captions"].split("\n") if fields.get("shot_captions") else []
         if self.latent:
             self._check_latent_fields(fields, index, where)
             raw.update({k: fields[k] for k in ("latent", "target_size", "text_embeddings", "pooled", "text_mask")
