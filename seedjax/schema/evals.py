@@ -17,6 +17,9 @@ config validation. Types and the stages they serve:
     rlhf_reward      RLHF: the reward models' composite reward (and each term) on generated images
     reward_accuracy  reward stage: held-out accuracy per head, per perturbation and degradation kind
     reconstruction   VAE: psnr, ssim, latent_std of held-out images
+    video_prompts    video generator on held-out moving-digit prompts (options frames, multishot, i2v,
+                     seed): video/frame_accuracy, motion_accuracy, temporal_consistency,
+                     first_frame_psnr (i2v), shot_accuracy (multishot)
 
 Generator types take `num_prompts` and `batch_size` (0 = config.eval.num_prompts / batch_size);
 those that sample the same prompts at the same step share one generation.
@@ -27,7 +30,7 @@ from __future__ import annotations
 import ml_collections
 
 DIGIT_SOURCES = ("digits", "digit_scenes")  # data the digit classifier can judge
-NON_DIGIT_SOURCES = ("folder", "jsonl")  # your own images: never digit data
+NON_DIGIT_SOURCES = ("folder", "jsonl", "video_folder", "video_jsonl")  # your own images/videos: never digits
 
 
 def eval_entry(type: str, every: int = -1, prefix: str = "eval/", **options) -> ml_collections.ConfigDict:

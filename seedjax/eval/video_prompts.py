@@ -1,0 +1,131 @@
+"""`type=video_prompts`: a video generator on held-out moving-digit prompts, judged frame by frame.
+
+Renders `num_prompts` held-out moving-digit clips (`data_pipelines.sources.moving_digits.
+prompt_set`: held-out glyphs, one colored digit moving, optionally turning, optionally cut into
+shots), samples the stage's `sample` hook on their prompts and reports what the video judges
+(`seedjax.eval.judges.video`) read in the generated clips:
+
+    video/frame_accuracy            frames whose digit (the digit classifier) is their shot's digit
+    video/motion_accuracy           shot segments whose tracked centroid moves the captioned way
+    video/temporal_consistency      shots whose digit is read the same in every frame
+    video/first_frame_psnr          i2v: generated frame 0 against the given first frame (dB)
+    video/shot_accuracy             multishot: shots whose digit, color and motion are all right
+    video/classifier_test_accuracy  the judge's own held-out accuracy (its reading is only as good as this)
+    video/seconds_per_clip, video/nfe   what a sample costs (nfe: stages with an nfe hook)
+
+The prompt batch the `sample` hook gets: `tokens`, `text_mask` (the whole caption), `shot_tokens`,
+`shot_mask` [N, S, L] (one caption per shot; rows past a clip's shots are empty), `frame_shot`
+[N, F] (the number of frames to generate), the shot labels (`shot_digit`, `shot_color`,
+`shot_motion`, `shot_turn_frame`) and, with i2v, `first_frame` [N, H, W, C] in [-1, 1]: frame 0
+of the real rendering, which the hook conditions on.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from flax import nnx
+
+from data_pipelines.core.tokenizer import PAD, tokenize
+from data_pipelines.sources import moving_digits
+from seedjax.eval import samples
+from seedjax.eval.judges import classifier, video
+
+LABEL_KEYS = ("shot_digit", "shot_color", "shot_motion", "shot_turn_frame", "frame_shot")
+NOT_PROMPTS = ("video", "captions", "shot_captions")  # what the sample hook never sees
+_SHOT_PREFIX = re.compile(r"shot\s*\d+\s*:\s*", re.IGNORECASE)
+
+
+def shot_captions(caption, num_shots: int) -> list[str]:
+    """The per-shot captions of one clip: given as a sequence, or split out of one caption
+    written "shot 1: ...; shot 2: ..." (a caption without shot markers is shot 1's)."""
+    if not isinstance(caption, str):
+        parts = [str(c) for c in caption]
+    else:
+        parts = [p.strip().rstrip(";").strip() for p in _SHOT_PREFIX.split(caption) if p.strip(" ;")]
+    return (parts + [""] * num_shots)[:num_shots]
+
+
+def _pad_shots(array: np.ndarray, shots: int) -> np.ndarray:
+    """Per-shot labels [N, S, ...] padded with -1 (unused shot) to `shots` shots."""
+    pad = shots - array.shape[1]
+    if pad <= 0:
+        return array
+    return np.concatenate([array, np.full((array.shape[0], pad, *array.shape[2:]), -1, array.dtype)], axis=1)
+
+
+def prompt_batch(num: int, frames: int, size: int, seed: int, *, multishot: bool = False, i2v: bool = False,
+                 max_shots: int = 1, max_text_len: int = 64) -> dict:
+    """Held-out moving-digit prompts with their real renderings, as the evaluator samples them:
+    the shot labels, tokenized captions, `video` [N, F, H, W, 3] and `captions`, plus
+    `first_frame` with `i2v`. Shot axes hold at least `max_shots` shots (the training batches'
+    caption rows)."""
+    clips = moving_digits.prompt_set(num, frames, size, seed, multishot=multishot)
+    shots = max(int(np.asarray(clips["shot_digit"]).shape[1]), int(max_shots))
+    out = {k: _pad_shots(np.asarray(clips[k], np.int32), shots) for k in LABEL_KEYS if k != "frame_shot"}
+    out["frame_shot"] = np.asarray(clips["frame_shot"], np.int32)
+    out["video"] = np.asarray(clips["video"], np.float32)
+    captions = list(clips["captions"])
+    out["captions"] = captions
+    out["tokens"], out["text_mask"] = tokenize([c if isinstance(c, str) else "; ".join(c) for c in captions],
+                                               max_text_len)
+    per_shot = clips.get("shot_captions", captions)
+    rows = [caption for clip in per_shot for caption in shot_captions(clip, shots)]
+    tokens, mask = tokenize(rows, max_text_len)
+    used = np.array([bool(caption) for caption in rows])[:, None]  # an unused shot's row is empty
+    out["shot_tokens"] = np.where(used, tokens, PAD).reshape(num, shots, max_text_len)
+    out["shot_mask"] = (mask & used).reshape(num, shots, max_text_len)
+    if i2v:
+        out["first_frame"] = out["video"][:, 0]
+    return out
+
+
+class Evaluator(samples.GeneratorEvaluator):
+    """Options: num_prompts, batch_size (as every generator type); frames (0 = config.data.video.
+    num_frames); multishot, i2v (the prompt kinds); seed (-1 = config.seed)."""
+
+    kind = "video_prompts"
+
+    def __init__(self, config, *, num_prompts: int = 0, batch_size: int = 0, frames: int = 0,
+                 multishot: bool = False, i2v: bool = False, seed: int = -1):
+        super().__init__(config, num_prompts=num_prompts, batch_size=batch_size)
+        source = samples.plain_source(self.data)
+        if source in samples.NON_DIGIT_SOURCES:
+            raise ValueError(f"type video_prompts judges moving digits, but the held-out data is your own "
+                             f"(source {source!r})")
+        clip = self.data.get("video", {})
+        self.frames = int(frames or clip.get("num_frames", 0))
+        if self.frames < 2:
+            raise ValueError(f"type video_prompts needs clips of >= 2 frames to judge motion, got frames={self.frames} "
+                             "(0 = config.data.video.num_frames)")
+        self.size = int(self.data.image_size)
+        self.max_shots = int(clip.get("max_shots", 1))
+        self.max_text_len = int(self.data.get("max_text_len", 64))
+        self.multishot, self.i2v = bool(multishot), bool(i2v)
+        self.seed = int(config.seed if seed < 0 else seed)
+
+    def held_out(self) -> dict:
+        """The held-out prompts and their real renderings (rendered once)."""
+        if self._batch is None:
+            self._batch = prompt_batch(self.num_prompts, self.frames, self.size, self.seed, multishot=self.multishot,
+                                       i2v=self.i2v, max_shots=self.max_shots, max_text_len=self.max_text_len)
+        return self._batch
+
+    def run(self, state, stage, rng):
+        batch = self.held_out()
+        graphdef, params = nnx.split(state)
+        prompts = {k: v for k, v in batch.items() if k not in NOT_PROMPTS}
+        clips, seconds = samples.generate_all(self.sampler(stage, graphdef), params, prompts, rng, self.batch_size)
+        if clips.ndim != 5 or clips.shape[:2] != (self.num_prompts, self.frames):
+            raise ValueError(f"video_prompts: the sample hook returned {clips.shape}, expected "
+                             f"[{self.num_prompts}, {self.frames}, H, W, C] clips")
+        scores = video.score_videos(clips, batch, classifier.get_classifier())
+        names = ["frame_accuracy", "motion_accuracy", "temporal_consistency"]
+        names += ["first_frame_psnr"] * self.i2v + ["shot_accuracy"] * self.multishot
+        for name in names:
+            yield f"video/{name}", scores[name]
+        yield "video/classifier_test_accuracy", classifier.get_classifier().test_accuracy
+        yield "video/seconds_per_clip", seconds
+        if stage.nfe:
+            yield "video/nfe", float(stage.nfe(self.config))
