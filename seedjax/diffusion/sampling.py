@@ -97,7 +97,7 @@ class Sampler:
 
     def generate(self, model, batch: dict, geometry: Geometry, rng: jax.Array, attention=None) -> jax.Array:
         """Samples [N, F, H, W, C] (pixels or latents) for the captions in `batch`."""
-        noise = geometry.noise(rng, generator.batch_size(batch))
+        noise = model.start(geometry.noise(rng, generator.batch_size(batch)), batch, geometry)
         return geometry.frames_of(self(self.velocity(model, batch, geometry, attention), noise))
 
 

@@ -31,11 +31,18 @@ _BACKENDS: dict[str, AttentionBackend] = {}
 
 @dataclasses.dataclass(frozen=True)
 class TokenLayout:
-    """Where tokens sit in a joint sequence: `num_text` text tokens first, then the image
-    tokens in row-major order on a `grid_hw` grid (None when the caller gave raw ids)."""
+    """Where tokens sit in a joint sequence: `num_text` text tokens first, then the visual
+    tokens in row-major order on a `grid_hw` grid (None when the caller gave raw ids), or for
+    a video on a (frames, rows, columns) `grid`."""
 
     num_text: int
     grid_hw: tuple[int, int] | None = None
+    grid: tuple[int, int, int] | None = None
+
+    @property
+    def visual_grid(self) -> tuple[int, ...] | None:
+        """The video grid if there is one, else the image grid."""
+        return self.grid or self.grid_hw
 
 
 def register_backend(name: str, fn: AttentionBackend | None = None, *, overwrite: bool = False):

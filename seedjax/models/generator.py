@@ -13,30 +13,80 @@ import copy
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from seedjax.models import mmdit, text
+from seedjax.models import mmdit, text, video_dit
 from seedjax.models.geometry import Geometry
+
+# Batch keys of a video task (besides the captions): the clean conditioning frames in model
+# space [B, F, H, W, C] (zeros where there are none), which frames they are [B, F], and the
+# shot of every frame [B, F'] (any frame rate: `frame_shots` maps it onto the token frames).
+VIDEO_CONDITION_KEYS = ("cond_frames", "cond_mask", "frame_shot")
+
+
+def is_video(model_cfg) -> bool:
+    """Whether config.model describes the video DiT (else the MMDiT)."""
+    return model_cfg.get("kind", "mmdit") == "video_dit"
 
 
 class DiffusionModel(nnx.Module):
-    """Text encoder + MMDiT: (x_t tokens, t, caption conditioning, geometry) -> velocity tokens."""
+    """Text encoder + DiT (MMDiT, or the video DiT): (x_t tokens, t, conditioning, geometry) -> velocity tokens."""
 
     def __init__(self, config, rngs: nnx.Rngs):
         self.text = text.TextEncoder(config.text, rngs=rngs)
-        self.dit = mmdit.MMDiT(config.model, rngs=rngs)
+        self.dit = video_dit.VideoDiT(config.model, rngs=rngs) if is_video(config.model) else \
+            mmdit.MMDiT(config.model, rngs=rngs)
+
+    @property
+    def is_video(self) -> bool:
+        return isinstance(self.dit, video_dit.VideoDiT)
 
     def condition(self, batch: dict) -> dict:
-        embeddings, mask, pooled = text.text_conditioning(self.text, batch)
-        return {"text_embeddings": embeddings, "pooled": pooled, "text_mask": mask}
+        if not self.is_video:
+            embeddings, mask, pooled = text.text_conditioning(self.text, batch)
+            return {"text_embeddings": embeddings, "pooled": pooled, "text_mask": mask}
+        # Every shot's caption is encoded on its own; the DiT sees them one after another.
+        if "shot_tokens" in batch:
+            tokens, mask = batch["shot_tokens"], batch["shot_mask"].astype(bool)
+        else:
+            tokens = batch["tokens"][:, None]
+            mask = (batch["text_mask"] if "text_mask" in batch else batch["tokens"] != text.PAD)[:, None].astype(bool)
+        b, shots, length = tokens.shape
+        embeddings, pooled = self.text(tokens.reshape(b * shots, length), mask.reshape(b * shots, length))
+        used = jnp.any(mask, axis=-1).astype(jnp.float32)[..., None]  # [B, S, 1]
+        pooled = jnp.sum(pooled.reshape(b, shots, -1) * used, 1) / jnp.maximum(jnp.sum(used, 1), 1.0)
+        out = {"text_embeddings": embeddings.reshape(b, shots * length, -1), "pooled": pooled, "shot_mask": mask}
+        return out | {k: batch[k] for k in VIDEO_CONDITION_KEYS if k in batch}
 
     def __call__(self, x, t, cond: dict, geometry: Geometry, *, guidance=None, target_size=None,
                  return_features=False, attention_kwargs=None):
+        if self.is_video:
+            if return_features or target_size is not None:
+                raise ValueError("the video DiT has no REPA features or size embedding")
+            mask = cond["shot_mask"]
+            frames = geometry.grid[0]
+            return self.dit(x, t, cond["text_embeddings"], cond["pooled"], grid=geometry.grid,
+                            num_shots=mask.shape[1], text_mask=mask.reshape(mask.shape[0], -1),
+                            frame_shot=frame_shots(cond["frame_shot"], frames) if "frame_shot" in cond else None,
+                            cond_tokens=geometry.tokens(cond["cond_frames"]) if "cond_frames" in cond else None,
+                            cond_mask=frame_shots(cond["cond_mask"], frames) if "cond_mask" in cond else None,
+                            guidance=guidance, attention_kwargs=attention_kwargs)
         if not geometry.is_image:
-            raise ValueError(f"the MMDiT denoises single images; a {geometry.frames}-frame geometry needs the video DiT")
+            raise ValueError(f"the MMDiT denoises single images; a {geometry.frames}-frame geometry needs the video DiT "
+                             f"(config.model = video_dit_config(...))")
         return self.dit(x, t, cond["text_embeddings"], cond["pooled"], text_mask=cond["text_mask"],
                         grid_hw=geometry.grid_hw, guidance=guidance, target_size=target_size,
                         return_features=return_features, attention_kwargs=attention_kwargs)
+
+    def start(self, noise: jax.Array, batch: dict, geometry: Geometry) -> jax.Array:
+        """Where a sampler starts: the noise, except that a per-frame-timestep video model's clean
+        conditioning frames start (and, with velocity 0 there, stay) exactly clean."""
+        if not (self.is_video and self.dit.cfg.condition == "timestep" and "cond_frames" in batch):
+            return noise
+        mask = frame_shots(batch["cond_mask"], geometry.grid[0]) > 0
+        per_token = jnp.repeat(mask, geometry.num_tokens // geometry.grid[0], axis=1)[..., None]
+        return jnp.where(per_token, geometry.tokens(batch["cond_frames"]).astype(noise.dtype), noise)
 
     @property
     def guidance_embedded(self) -> bool:
@@ -66,20 +116,39 @@ def batch_size(batch: dict) -> int:
     return (batch["tokens"] if "tokens" in batch else batch["text_embeddings"]).shape[0]
 
 
+def frame_shots(per_frame: jax.Array, frames: int) -> jax.Array:
+    """A per-frame array [B, F'] at another frame rate mapped onto `frames` frames: frame j takes
+    frame round(j (F' - 1) / (frames - 1)), the last input frame it covers (a causal video VAE's
+    latent frame j >= 1 covers pixel frames r(j - 1) + 1 .. rj; latent frame 0, pixel frame 0)."""
+    have = per_frame.shape[1]
+    if have == frames:
+        return per_frame
+    index = np.round(np.arange(frames) * (have - 1) / max(frames - 1, 1)).astype(np.int32)
+    return per_frame[:, index]
+
+
 def drop_captions(batch: dict, rng: jax.Array, p: float) -> dict:
-    """Replace a fraction `p` of captions by the empty caption (trains the unconditional branch)."""
+    """Replace a fraction `p` of captions (every shot's, for videos) by the empty caption
+    (trains the unconditional branch); other keys are kept."""
     if p <= 0 or "tokens" not in batch:
         return batch
-    empty_tokens, empty_mask = text.empty_caption(batch["tokens"].shape[1])
-    drop = jax.random.bernoulli(rng, p, (batch["tokens"].shape[0],))[:, None]
-    return dict(batch, tokens=jnp.where(drop, empty_tokens, batch["tokens"]),
-                text_mask=jnp.where(drop, empty_mask, batch["text_mask"]))
+    n = batch["tokens"].shape[0]
+    drop = jax.random.bernoulli(rng, p, (n,))
+    out = dict(batch)
+    for tokens_key, mask_key in (("tokens", "text_mask"), ("shot_tokens", "shot_mask")):
+        if tokens_key in batch:
+            empty_tokens, empty_mask = text.empty_caption(batch[tokens_key].shape[-1])
+            where = drop.reshape(n, *([1] * (batch[tokens_key].ndim - 1)))
+            out[tokens_key] = jnp.where(where, empty_tokens, batch[tokens_key])
+            out[mask_key] = jnp.where(where, empty_mask, batch.get(mask_key, batch[tokens_key] != text.PAD))
+    return out
 
 
 def empty_captions(batch: dict) -> dict:
-    """The batch's captions replaced by the empty caption: the unconditional branch of CFG."""
-    empty = {k: v for k, v in batch.items() if k in ("tokens", "text_mask")}
-    return drop_captions(empty, jax.random.key(0), 1.0)
+    """The batch's captions replaced by the empty caption: the unconditional branch of CFG
+    (a video's conditioning frames and shots are kept)."""
+    keep = ("tokens", "text_mask", "shot_tokens", "shot_mask", *VIDEO_CONDITION_KEYS)
+    return drop_captions({k: v for k, v in batch.items() if k in keep}, jax.random.key(0), 1.0)
 
 
 def extras(model_cfg, batch: dict, n: int, guidance=None) -> dict:
@@ -106,7 +175,11 @@ def attention_kwargs(config, t: jax.Array) -> dict | None:
     return {"plan": config.sampling.paro_plan, "timestep": t}
 
 
-def train_flops_per_example(config, geometry: Geometry) -> float:
-    """Analytic training FLOPs of one example: the MMDiT on the geometry's tokens and the text encoder."""
-    return mmdit.train_flops_per_example(config.model, geometry.num_tokens, config.data.max_text_len) + \
-        text.train_flops_per_example(config.text, config.data.max_text_len)
+def train_flops_per_example(config, geometry: Geometry, num_shots: int = 1) -> float:
+    """Analytic training FLOPs of one example: the DiT on the geometry's tokens and the text encoder."""
+    length = config.data.max_text_len
+    if is_video(config.model):
+        dit = video_dit.train_flops_per_example(config.model, geometry.grid, num_shots * length)
+    else:
+        dit = mmdit.train_flops_per_example(config.model, geometry.num_tokens, length)
+    return dit + num_shots * text.train_flops_per_example(config.text, length)

@@ -78,6 +78,34 @@ def mmdit_preset(name: str) -> ml_collections.ConfigDict:
 # --------------------------------------------------------------------------- text encoder (models/text.py)
 
 
+def video_dit_config(preset: str = "tiny", **overrides) -> ml_collections.ConfigDict:
+    """Video DiT hyper-parameters (models/video_dit.py): the MMDiT's keys (same meaning; the
+    stream widths, RoPE, remat, dtype, backend, prediction) plus the Seedance ones below."""
+    cfg = mmdit_config()
+    del cfg["depth_double"], cfg["depth_single"]
+    cfg.kind = "video_dit"  # what models/generator.py builds ('mmdit' when absent)
+    cfg.depth = 2  # blocks, each one spatial (dual-stream, per frame) + one temporal sublayer
+    cfg.axes_dims_rope = (8, 12, 12)  # (time, row, column)
+    # 'decoupled': spatial attention within frames, temporal across frames (Seedance);
+    # 'full_3d': every token attends to every token (the baseline, same weights).
+    cfg.attention = "decoupled"
+    cfg.temporal_window = 0  # temporal layers attend within windows of this many frames (0 = all)
+    # Task conditioning: 'concat' (clean frames + mask along channels, Seedance) or
+    # 'timestep' (per-frame timesteps, t = 0 on clean conditioning frames, Wan2.2 TI2V).
+    cfg.condition = "concat"
+    cfg.sequence_parallel = "ulysses"  # full_3d attention on a sequence mesh axis: 'ulysses' | 'ring'
+    cfg.update(VIDEO_DIT_PRESETS[preset])
+    cfg.update(overrides)
+    return cfg
+
+
+VIDEO_DIT_PRESETS = {
+    "tiny": dict(num_heads=4, head_dim=32, depth=2, text_dim=128, pooled_dim=128, in_channels=48),
+    "small": dict(num_heads=6, head_dim=64, depth=8, text_dim=256, pooled_dim=256, axes_dims_rope=(16, 24, 24)),
+    "base": dict(num_heads=16, head_dim=64, depth=24, text_dim=1024, pooled_dim=1024, axes_dims_rope=(16, 24, 24)),
+}
+
+
 def text_config() -> ml_collections.ConfigDict:
     cfg = ml_collections.ConfigDict()
     cfg.vocab_size = VOCAB_SIZE

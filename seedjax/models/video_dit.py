@@ -1,0 +1,415 @@
+"""Video DiT in the Seedance 1.0 shape: decoupled spatial and temporal layers, multi-shot MM-RoPE.
+
+    x [B, N = F*P, C] (+ conditioning frames and mask) --x_embedder--> vis --+
+    text [B, S*Ts, D_text] (S shots of Ts tokens) ----context_embedder--> txt +
+        --> `depth` blocks, each:
+              spatial  (dual-stream weights, as the MMDiT): every frame attends jointly over
+                       its own P visual tokens and the text of its own shot; the text stream's
+                       update is the mean of its per-frame outputs over the frames of its shot
+              temporal (visual only): every spatial position attends across frames, optionally
+                       within windows of `temporal_window` frames
+        --> visual tokens --> norm_out (adaLN) --> proj_out --> velocity [B, N, C_out]
+
+`cfg.attention = 'full_3d'` is the baseline with the same weights: the spatial sublayer attends
+jointly over all text and all visual tokens, the temporal one over all visual tokens.
+
+Tasks are unified as Seedance does (`cfg.condition`):
+- 'concat': clean conditioning frames (zeros where there are none) and a binary per-frame mask
+  are concatenated with the noisy tokens along channels. Image-to-video conditions on frame 0,
+  text-to-video has an all-zero mask, text-to-image is a one-frame video.
+- 'timestep': per-frame timesteps, as Wan2.2's TI2V model: conditioning frames enter clean with
+  t = 0 (their adaLN sees t = 0) and get velocity 0, so a sampler leaves them unchanged.
+
+MM-RoPE (`multishot_position_ids`): 3D ids (t, h, w) for visual tokens and 1D ids (t, 0, 0) for
+text, laid out as if each shot's caption were interleaved before its frames:
+[text 1, frames of shot 1, text 2, frames of shot 2, ...] along the time axis.
+
+Sequence parallelism: tokens are frame-major, so splitting the token axis on the `sequence`
+mesh axis splits frames (`seedjax.parallel.sequence`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from seedjax.models import layers
+from seedjax.models.attention import TokenLayout, attention, get_backend
+from seedjax.models.mmdit import (
+    REMAT_POLICIES,
+    TIMESTEP_CHANNELS,
+    TOKENS,
+    StreamWeights,
+    _heads_qkv,
+    prediction,
+    remat_policy,
+)
+from seedjax.models.rope import apply_rope, rope_frequencies
+from seedjax.parallel import sequence as sequence_lib
+from seedjax.parallel.sharding import constrain
+
+ATTENTION_MODES = ("decoupled", "full_3d")
+CONDITIONS = ("concat", "timestep")
+SEQUENCE_PARALLEL = ("ulysses", "ring")
+
+
+def validate_config(cfg) -> None:
+    """Raise a one-line ValueError naming the first inconsistent video DiT setting."""
+    if len(cfg.axes_dims_rope) != 3 or sum(cfg.axes_dims_rope) != cfg.head_dim or any(d % 2 for d in cfg.axes_dims_rope):
+        raise ValueError(f"video DiT axes_dims_rope {tuple(cfg.axes_dims_rope)} must be 3 even sizes (t, h, w) summing "
+                         f"to head_dim {cfg.head_dim}")
+    if cfg.attention not in ATTENTION_MODES:
+        raise ValueError(f"model.attention must be one of {ATTENTION_MODES}, got {cfg.attention!r}")
+    if cfg.condition not in CONDITIONS:
+        raise ValueError(f"model.condition must be one of {CONDITIONS}, got {cfg.condition!r}")
+    if cfg.sequence_parallel not in SEQUENCE_PARALLEL:
+        raise ValueError(f"model.sequence_parallel must be one of {SEQUENCE_PARALLEL}, got {cfg.sequence_parallel!r}")
+    if cfg.temporal_window < 0:
+        raise ValueError(f"model.temporal_window must be >= 0 (0 = all frames), got {cfg.temporal_window}")
+    if cfg.remat_policy not in REMAT_POLICIES:
+        raise ValueError(f"model.remat_policy {cfg.remat_policy!r} is not one of {sorted(REMAT_POLICIES)}")
+    for key, why in (("scan_layers", "scanned layers"), ("size_embed", "a size embedding"),
+                     ("repa_layer", "REPA features")):
+        if cfg[key] not in (False, -1):
+            raise ValueError(f"model.{key}: the video DiT has no {why} yet; leave it at its default")
+    layers.compute_dtype(cfg.dtype)
+    target, _ = prediction(cfg)
+    if target not in ("velocity", "x0"):
+        raise ValueError(f"video DiT prediction {target!r} must be 'velocity' or 'x0'")
+    for key in ("in_channels", "num_heads", "head_dim", "text_dim", "pooled_dim", "depth"):
+        if cfg[key] <= 0:
+            raise ValueError(f"video DiT config {key} must be positive, got {cfg[key]}")
+
+
+def multishot_position_ids(frame_shot: jax.Array, grid: tuple[int, int, int], shot_len: int,
+                           num_shots: int) -> tuple[jax.Array, jax.Array]:
+    """MM-RoPE ids for S shots of `shot_len` text tokens and a (F, h, w) token grid.
+
+    frame_shot [B, F] int: the shot of every token frame (shots are contiguous, in order).
+    Along the time axis the sequence reads [text 1, frames of shot 1, text 2, ...]:
+      text token j of shot s:        (s * shot_len + start_s + j, 0, 0)
+      frame f of shot s, row h, col w: ((s + 1) * shot_len + f, h, w)
+    where start_s is the first frame of shot s (the number of frames in earlier shots).
+    Returns (txt_ids [B, S*shot_len, 3], vis_ids [B, F*h*w, 3]) float32.
+    """
+    frames, h, w = grid
+    frame_shot = jnp.asarray(frame_shot, jnp.int32)
+    batch = frame_shot.shape[0]
+    shots = jnp.arange(num_shots)
+    start = jnp.sum(frame_shot[:, None, :] < shots[None, :, None], axis=-1)  # [B, S]
+    txt_t = shots[None, :, None] * shot_len + start[:, :, None] + jnp.arange(shot_len)[None, None, :]
+    txt = jnp.stack([txt_t.reshape(batch, -1), *(jnp.zeros((batch, num_shots * shot_len), jnp.int32),) * 2], -1)
+    frame_t = (frame_shot + 1) * shot_len + jnp.arange(frames)[None]  # [B, F]
+    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    vis_t = jnp.broadcast_to(frame_t[:, :, None], (batch, frames, h * w))
+    vis_hw = jnp.broadcast_to(jnp.asarray(np.stack([rows, cols], -1).reshape(1, 1, h * w, 2)), (batch, frames, h * w, 2))
+    vis = jnp.concatenate([vis_t[..., None], vis_hw], axis=-1).reshape(batch, frames * h * w, 3)
+    return txt.astype(jnp.float32), vis.astype(jnp.float32)
+
+
+def train_flops_per_example(cfg, grid: tuple[int, int, int], num_text: int) -> float:
+    """Analytic training FLOPs of one example (3 x forward, 2 FLOPs per multiply-add): every
+    matmul including attention scores and values; norms and activations ignored."""
+    d = cfg.num_heads * cfg.head_dim
+    m = int(d * cfg.mlp_ratio)
+    frames, h, w = grid
+    p = h * w
+    n = frames * p
+    in_ch = input_channels(cfg)
+    out = cfg.out_channels or cfg.in_channels
+    per_example = (1 + int(cfg.guidance_embed)) * (TIMESTEP_CHANNELS * d + d * d) * frames + (cfg.pooled_dim + d) * d
+    per_example += cfg.depth * (3 * 6 * d * d) * frames + 2 * d * d * frames  # per-frame modulations
+    tokens = n * (in_ch * d + d * out) + num_text * cfg.text_dim * d
+    # Spatial: both streams' projections and MLPs (text once per frame), temporal: one stream.
+    tokens += cfg.depth * ((n + frames * num_text) * (4 * d * d + 2 * d * m) + n * (4 * d * d + 2 * d * m))
+    if cfg.attention == "decoupled":
+        spatial = frames * (num_text + p) ** 2
+        window = cfg.temporal_window or frames
+        temporal = n * min(window, frames)
+    else:
+        spatial = (num_text + n) ** 2
+        temporal = n * n
+    attention_macs = cfg.depth * 2 * (spatial + temporal) * d
+    return 3.0 * 2.0 * float(per_example + tokens + attention_macs)
+
+
+def input_channels(cfg) -> int:
+    """Width of an input token: noisy tokens, plus clean conditioning tokens and a mask channel with 'concat'."""
+    return 2 * cfg.in_channels + 1 if cfg.condition == "concat" else cfg.in_channels
+
+
+def _per_frame(x: jax.Array, frames: int) -> jax.Array:
+    """[B, F*P, ...] -> [B, F, P, ...]."""
+    return x.reshape(x.shape[0], frames, x.shape[1] // frames, *x.shape[2:])
+
+
+def _modulate_frames(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
+    """x [B, F*P, D] modulated by per-frame (shift, scale) [B, F, D]."""
+    frames = shift.shape[1]
+    y = _per_frame(x, frames) * (1 + scale[:, :, None]) + shift[:, :, None]
+    return y.reshape(x.shape)
+
+
+def _gate_frames(gate: jax.Array, y: jax.Array) -> jax.Array:
+    return (_per_frame(y, gate.shape[1]) * gate[:, :, None]).reshape(y.shape)
+
+
+def window_mask(frames: int, window: int) -> np.ndarray:
+    """[F, F] bool: frames attend within their window of `window` consecutive frames (0 = all)."""
+    if window <= 0:
+        return np.ones((frames, frames), bool)
+    ids = np.arange(frames) // window
+    return ids[:, None] == ids[None, :]
+
+
+def temporal_attention(q, k, v, frame_valid, window: int) -> jax.Array:
+    """Attention across frames at every position: q, k, v [B, F, P, H, D] -> [B, F, P, H, D]."""
+    b, f, p, heads, d = q.shape
+    to_rows = lambda x: jnp.swapaxes(x, 1, 2).reshape(b * p, f, heads, d)
+    mask = jnp.asarray(window_mask(f, window))[None] & jnp.repeat(frame_valid, p, axis=0)[:, None, :]
+    out = jax.nn.dot_product_attention(to_rows(q), to_rows(k), to_rows(v), mask=mask[:, None])
+    return jnp.swapaxes(out.reshape(b, p, f, heads, d), 1, 2)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Masks:
+    """Who attends to whom, computed once per call: text_valid [B, Lt] (padding), frame_text
+    [B, F, Lt] (the valid text keys of each frame's shot), text_weights [B, F, Lt] (the weight of
+    frame f in the mean that forms text token j's spatial update: 1 / frames of its shot), and
+    frame_valid [B, F] (False on frames padded for sequence parallelism)."""
+
+    text_valid: jax.Array
+    frame_text: jax.Array
+    text_weights: jax.Array
+    frame_valid: jax.Array
+
+    @classmethod
+    def make(cls, text_mask, text_shot, frame_shot, frame_valid):
+        same = text_shot[:, None, :] == frame_shot[:, :, None]  # [B, F, Lt]
+        frame_text = same & text_mask[:, None, :].astype(bool)
+        counts = jnp.sum(same & frame_valid[:, :, None], axis=1, keepdims=True)
+        weights = jnp.where(same & frame_valid[:, :, None], 1.0 / jnp.maximum(counts, 1), 0.0)
+        return cls(text_mask.astype(bool), frame_text, weights, frame_valid)
+
+
+class VideoBlock(nnx.Module):
+    """One spatial (dual-stream, per frame) + one temporal (visual only) sublayer."""
+
+    def __init__(self, hidden: int, head_dim: int, mlp_hidden: int, *, rngs: nnx.Rngs, dtype):
+        self.img = StreamWeights(hidden, head_dim, mlp_hidden, rngs=rngs, dtype=dtype)
+        self.txt = StreamWeights(hidden, head_dim, mlp_hidden, rngs=rngs, dtype=dtype)
+        self.temporal = StreamWeights(hidden, head_dim, mlp_hidden, rngs=rngs, dtype=dtype)
+
+    def __call__(self, vis, txt, cond_frames, cond_txt, rope_vis, rope_txt, masks: Masks, *, ops: "AttentionOps"):
+        vis, txt = self.spatial(vis, txt, cond_frames, cond_txt, rope_vis, rope_txt, masks, ops=ops)
+        return self.temporal_layer(vis, cond_frames, rope_vis, masks, ops=ops), txt
+
+    def spatial(self, vis, txt, cond_frames, cond_txt, rope_vis, rope_txt, masks: Masks, *, ops: "AttentionOps"):
+        """Dual-stream weights (the MMDiT's), attention within each frame (full_3d: over everything)."""
+        v_mod, t_mod = self.img.modulation(cond_frames), self.txt.modulation(cond_txt)
+        qv, kv, vv = _heads_qkv(self.img, _modulate_frames(self.img.norm(vis), v_mod[0], v_mod[1]))
+        qt, kt, vt = _heads_qkv(self.txt, layers.modulate(self.txt.norm(txt), t_mod[0], t_mod[1]))
+        qv, kv = apply_rope(qv, *rope_vis), apply_rope(kv, *rope_vis)
+        qt, kt = apply_rope(qt, *rope_txt), apply_rope(kt, *rope_txt)
+        vis_attn, txt_attn = ops.spatial(qv, kv, vv, qt, kt, vt, masks)
+        _, _, gate, shift, scale, gate_mlp = v_mod
+        vis = vis + _gate_frames(gate, self.img.out(vis_attn.reshape(*vis.shape[:2], -1)))
+        vis = vis + _gate_frames(gate_mlp, self.img.mlp(_modulate_frames(self.img.norm(vis), shift, scale)))
+        _, _, gate, shift, scale, gate_mlp = t_mod
+        txt = txt + gate[:, None] * self.txt.out(txt_attn.reshape(*txt.shape[:2], -1))
+        txt = txt + gate_mlp[:, None] * self.txt.mlp(layers.modulate(self.txt.norm(txt), shift, scale))
+        return constrain(vis, TOKENS), txt
+
+    def temporal_layer(self, vis, cond_frames, rope_vis, masks: Masks, *, ops: "AttentionOps"):
+        """Visual tokens across frames at each position (full_3d: over all visual tokens)."""
+        w = self.temporal
+        shift, scale, gate, shift2, scale2, gate_mlp = w.modulation(cond_frames)
+        q, k, v = _heads_qkv(w, _modulate_frames(w.norm(vis), shift, scale))
+        out = ops.temporal(apply_rope(q, *rope_vis), apply_rope(k, *rope_vis), v, masks)
+        vis = vis + _gate_frames(gate, w.out(out.reshape(*vis.shape[:2], -1)))
+        vis = vis + _gate_frames(gate_mlp, w.mlp(_modulate_frames(w.norm(vis), shift2, scale2)))
+        return constrain(vis, TOKENS)
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionOps:
+    """The attention of both sublayers for one call: mode, grid, backend and sequence parallelism."""
+
+    mode: str
+    grid: tuple[int, int, int]
+    window: int
+    backend: str
+    sequence_parallel: str
+    extra: dict = dataclasses.field(default_factory=dict, hash=False, compare=False)
+    layer_index: int | None = None
+
+    def at(self, layer_index: int) -> "AttentionOps":
+        return dataclasses.replace(self, layer_index=layer_index)
+
+    def _backend(self, q, k, v, key_mask, layout):
+        return attention(q, k, v, key_mask=key_mask, backend=self.backend, layer_index=self.layer_index,
+                         layout=layout, **self.extra)
+
+    def spatial(self, qv, kv, vv, qt, kt, vt, masks: Masks):
+        """(visual [B, N, H, D], text [B, Lt, H, D]) outputs of the spatial sublayer."""
+        frames = self.grid[0]
+        num_text = qt.shape[1]
+        if self.mode == "full_3d":
+            q, k, v = (jnp.concatenate(p, axis=1) for p in ((qt, qv), (kt, kv), (vt, vv)))
+            key_mask = jnp.concatenate([masks.text_valid, jnp.repeat(masks.frame_valid, qv.shape[1] // frames, 1)], 1)
+            out = self._joint(q, k, v, key_mask, TokenLayout(num_text, None, self.grid))
+            return out[:, num_text:], out[:, :num_text]
+        # Per frame: [text of every shot (keys masked to this frame's shot); the frame's tokens].
+        per_frame = lambda x: _per_frame(x, frames)
+        tile = lambda x: jnp.broadcast_to(x[:, None], (x.shape[0], frames, *x.shape[1:]))
+        q, k, v = (jnp.concatenate([tile(t), per_frame(x)], axis=2) for t, x in ((qt, qv), (kt, kv), (vt, vv)))
+        p = qv.shape[1] // frames
+        key_mask = jnp.concatenate([masks.frame_text, jnp.ones((*masks.frame_text.shape[:2], p), bool)], axis=2)
+        flat = lambda x: x.reshape(-1, *x.shape[2:])
+        out = self._backend(flat(q), flat(k), flat(v), flat(key_mask), TokenLayout(num_text, self.grid[1:]))
+        out = out.reshape(q.shape)
+        txt = jnp.einsum("bft,bfthd->bthd", masks.text_weights, out[:, :, :num_text])
+        return out[:, :, num_text:].reshape(qv.shape), txt
+
+    def temporal(self, q, k, v, masks: Masks):
+        """[B, N, H, D] visual outputs of the temporal sublayer."""
+        frames = self.grid[0]
+        if self.mode == "full_3d":
+            key_mask = jnp.repeat(masks.frame_valid, q.shape[1] // frames, axis=1)
+            return self._joint(q, k, v, key_mask, TokenLayout(0, None, self.grid))
+        q, k, v = (_per_frame(x, frames) for x in (q, k, v))
+        if sequence_lib.sequence_size() > 1:
+            out = sequence_lib.temporal_attention(q, k, v, frame_valid=masks.frame_valid, window=self.window)
+        else:
+            out = temporal_attention(q, k, v, masks.frame_valid, self.window)
+        return out.reshape(*out.shape[:1], -1, *out.shape[3:])
+
+    def _joint(self, q, k, v, key_mask, layout):
+        if sequence_lib.sequence_size() > 1 and self.backend == "dense":
+            spec = sequence_lib.MaskSpec(key_valid=key_mask)
+            return sequence_lib.attention(q, k, v, spec, impl=self.sequence_parallel)
+        return self._backend(q, k, v, key_mask, layout)
+
+
+class VideoDiT(nnx.Module):
+    """Seedance-style video DiT. See the module docstring and `__call__`."""
+
+    def __init__(self, cfg: ml_collections.ConfigDict, rngs: nnx.Rngs):
+        validate_config(cfg)
+        self.cfg = cfg = ml_collections.FrozenConfigDict(cfg)
+        dtype = layers.compute_dtype(cfg.dtype)
+        hidden = cfg.num_heads * cfg.head_dim
+        mlp_hidden = int(hidden * cfg.mlp_ratio)
+        self.out_channels = cfg.out_channels or cfg.in_channels
+
+        def embedder(in_features):
+            return layers.MLP(in_features, hidden, hidden, rngs=rngs, activation_name="silu",
+                              names=("in_features", "embed", "embed"))
+
+        self.x_embedder = layers.Linear(input_channels(cfg), hidden, rngs=rngs, names=("in_features", "embed"),
+                                        dtype=dtype)
+        self.context_embedder = layers.Linear(cfg.text_dim, hidden, rngs=rngs, names=("in_features", "embed"),
+                                              dtype=dtype)
+        self.time_embedder = embedder(TIMESTEP_CHANNELS)
+        self.pooled_embedder = embedder(cfg.pooled_dim)
+        self.guidance_embedder = embedder(TIMESTEP_CHANNELS) if cfg.guidance_embed else None
+        self.size_embedder = None
+        self.blocks = nnx.List([VideoBlock(hidden, cfg.head_dim, mlp_hidden, rngs=rngs, dtype=dtype)
+                                for _ in range(cfg.depth)])
+        self.final_norm = layers.LayerNorm(hidden, rngs=rngs, eps=1e-6)
+        self.final_modulation = layers.Modulation(hidden, hidden, 2, rngs=rngs)
+        self.proj_out = layers.Linear(hidden, self.out_channels, rngs=rngs, names=("embed", "in_features"),
+                                      dtype=dtype, kernel_init=layers.ZEROS)
+
+    def __call__(self, x, t, text_embeddings, pooled, *, grid, num_shots=1, text_mask=None, frame_shot=None,
+                 cond_tokens=None, cond_mask=None, guidance=None, attention_kwargs=None):
+        """Predict the flow velocity of video tokens.
+
+        Args:
+          x: [B, N, in_channels] noisy tokens, frame-major (N = F*h*w for `grid` = (F, h, w)).
+          t: [B] (or scalar) flow time of the noisy frames.
+          text_embeddings: [B, S*Ts, text_dim]: the captions of S = `num_shots` shots (static), Ts
+            tokens each, one after another; pooled [B, pooled_dim].
+          text_mask: [B, S*Ts] bool (padding and unused shots False). None = all valid.
+          frame_shot: [B, F] int shot of every token frame (contiguous, in order). None = shot 0.
+          cond_tokens: [B, N, in_channels] clean conditioning tokens (zeros elsewhere); cond_mask
+            [B, F] 1.0 on conditioning frames. None = no conditioning (text-to-video / image).
+          guidance: [B] guidance scale (guidance-embedded models only).
+
+        Returns: velocity [B, N, out_channels] float32 (0 on conditioning frames with 'timestep').
+        """
+        cfg = self.cfg
+        batch, num_tokens, channels = x.shape
+        frames, h, w = grid
+        if frames * h * w != num_tokens:
+            raise ValueError(f"VideoDiT: grid {tuple(grid)} has {frames * h * w} tokens but x has {num_tokens}")
+        if channels != cfg.in_channels:
+            raise ValueError(f"VideoDiT: x has {channels} channels, config in_channels is {cfg.in_channels}")
+        num_text = text_embeddings.shape[1]
+        if num_text % num_shots:
+            raise ValueError(f"VideoDiT: {num_text} text tokens do not split into {num_shots} equal shots")
+        shot_len = num_text // num_shots
+        text_shot = jnp.broadcast_to(jnp.repeat(jnp.arange(num_shots, dtype=jnp.int32), shot_len), (batch, num_text))
+        text_mask = jnp.ones((batch, num_text), bool) if text_mask is None else text_mask.astype(bool)
+        frame_shot = jnp.zeros((batch, frames), jnp.int32) if frame_shot is None else frame_shot.astype(jnp.int32)
+        cond_mask = jnp.zeros((batch, frames), jnp.float32) if cond_mask is None else cond_mask.astype(jnp.float32)
+        cond_tokens = jnp.zeros_like(x) if cond_tokens is None else cond_tokens.astype(x.dtype)
+        get_backend(cfg.attention_backend)
+        token_cond = jnp.repeat(cond_mask, h * w, axis=1)[..., None]  # [B, N, 1]
+
+        t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (batch,))
+        if cfg.condition == "timestep":
+            t_frames = t[:, None] * (1.0 - cond_mask)
+            x_in = jnp.where(token_cond > 0, cond_tokens, x)
+        else:
+            t_frames = jnp.broadcast_to(t[:, None], (batch, frames))
+            x_in = jnp.concatenate([x, cond_tokens * token_cond, token_cond.astype(x.dtype)], axis=-1)
+        cond_txt, cond_frames = self._conditioning(t, t_frames, pooled, guidance)
+
+        txt_ids, vis_ids = multishot_position_ids(frame_shot, (frames, h, w), shot_len, num_shots)
+        rope_txt = rope_frequencies(txt_ids, cfg.axes_dims_rope, cfg.rope_theta)
+        rope_vis = rope_frequencies(vis_ids, cfg.axes_dims_rope, cfg.rope_theta)
+        masks = Masks.make(text_mask, text_shot, frame_shot, jnp.ones((batch, frames), bool))
+        ops = AttentionOps(cfg.attention, (frames, h, w), cfg.temporal_window, cfg.attention_backend,
+                           cfg.sequence_parallel, attention_kwargs or {})
+
+        vis = constrain(self.x_embedder(x_in).astype(jnp.float32), TOKENS)
+        txt = self.context_embedder(text_embeddings).astype(jnp.float32)
+        policy = remat_policy(cfg) if cfg.remat else None
+        for i, block in enumerate(self.blocks):
+            run = functools.partial(VideoBlock.__call__, ops=ops.at(i))
+            run = nnx.remat(run, policy=policy) if policy is not None else run
+            vis, txt = run(block, vis, txt, cond_frames, cond_txt, rope_vis, rope_txt, masks)
+
+        scale, shift = self.final_modulation(cond_frames)
+        out = self.proj_out(_modulate_frames(self.final_norm(vis), shift, scale)).astype(jnp.float32)
+        target, x0_min_t = prediction(cfg)
+        if target == "x0":
+            t_tokens = jnp.repeat(t_frames, h * w, axis=1)[..., None]
+            out = (x.astype(jnp.float32) - out) / jnp.maximum(t_tokens, x0_min_t)
+        if cfg.condition == "timestep":
+            out = jnp.where(token_cond > 0, 0.0, out)
+        return out
+
+    def _conditioning(self, t, t_frames, pooled, guidance):
+        """([B, hidden] for the text stream, [B, F, hidden] per frame for the visual tokens)."""
+        cfg = self.cfg
+        embed_t = lambda values: layers.timestep_embedding(values * 1000.0, TIMESTEP_CHANNELS)
+        shared = self.pooled_embedder(pooled.astype(jnp.float32))
+        if cfg.guidance_embed:
+            if guidance is None:
+                raise ValueError("VideoDiT: cfg.guidance_embed is on, pass guidance=[B] guidance scales")
+            shared = shared + self.guidance_embedder(embed_t(jnp.broadcast_to(guidance, t.shape)))
+        elif guidance is not None:
+            raise ValueError("VideoDiT: guidance was given but cfg.guidance_embed is off")
+        cond_txt = self.time_embedder(embed_t(t)) + shared
+        frames = t_frames.shape[1]
+        cond_frames = self.time_embedder(embed_t(t_frames.reshape(-1))).reshape(t.shape[0], frames, -1)
+        return cond_txt, cond_frames + shared[:, None]
