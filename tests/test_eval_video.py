@@ -8,8 +8,9 @@ table of centroid tracks; PSNR matches the closed form; the evaluator hands the 
 prompt batch of the contract and scores a generator that returns the real clips high and one that
 returns them reversed low on motion.
 
-The clips here are rendered by `render_clips` below (held-out glyphs pasted at moving positions),
-independently of the data source the evaluator uses in runs.
+The judges' clips are rendered by `render_clips` below (held-out glyphs pasted at moving
+positions), independently of the data source; the evaluator runs on the data source's held-out
+prompt set (`moving_digits.prompt_set`), as in training runs.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from flax import nnx
 
 from data_pipelines.core.tokenizer import detokenize
 from data_pipelines.sources import glyphs, moving_digits
-from data_pipelines.sources.scenes import COLOR_NAMES, PALETTE
+from data_pipelines.sources.moving_digits import PALETTE, PALETTE_NAMES
 from seedjax.config import ConfigError, load_config
 from seedjax.eval import video_prompts
 from seedjax.eval.judges import video
@@ -74,7 +75,7 @@ def render_clips(num: int, frames: int = 8, size: int = 32, seed: int = 0, multi
             out["shot_digit"][n, s], out["shot_color"][n, s] = digits[k], color
             out["shot_motion"][n, s], out["shot_turn_frame"][n, s] = (first, second), turn
             turning = f", then turning {video.DIRECTIONS[second]}" if turn >= 0 else ""
-            shot_texts.append(f"a {COLOR_NAMES[color]} {digits[k]} moving {video.DIRECTIONS[first]}{turning}")
+            shot_texts.append(f"a {PALETTE_NAMES[color]} {digits[k]} moving {video.DIRECTIONS[first]}{turning}")
         out["captions"].append("; ".join(f"shot {i + 1}: {t}" for i, t in enumerate(shot_texts))
                                if multishot else shot_texts[0])
     return out
@@ -126,7 +127,7 @@ def test_each_corruption_fails_its_judge(clips, classifier):
     frozen = score(single, np.repeat(single["video"][:, :1], frames, axis=1))
     shuffled = score(single, single["video"][:, order])
     assert reversed_["motion_accuracy"] <= 0.1 and frozen["motion_accuracy"] == 0.0, (reversed_, frozen)
-    assert shuffled["motion_accuracy"] <= 0.35, shuffled
+    assert shuffled["motion_accuracy"] <= 0.2, shuffled
     for scores in (reversed_, frozen, shuffled):  # the digit is still the right one in every frame
         assert scores["frame_accuracy"] >= 0.95 and scores["temporal_consistency"] >= 0.95, scores
     # Labels turned by 90 degrees: the clip moves, but not the captioned way.
@@ -153,15 +154,16 @@ def test_motion_verdicts_match_a_table_of_tracks():
     jitter = [(10 + 0.3 * (-1) ** t, 10 + 0.2 * (-1) ** t) for t in range(10)]
     back_and_forth = [(10, 10 + x) for x in (0, 6, 2, 8, 4, 10, 6, 12, 8, 14)]  # net right, most steps not
     one_frame = [(10, 10)] + [(nan, nan)] * 9
-    tracks = np.array([right, turn_up, gappy_down, jitter, back_and_forth, one_frame], float)
+    slow_rounded = [(20, round(10 + 0.7 * t)) for t in range(10)]  # stays put on 3 of 9 steps
+    tracks = np.array([right, turn_up, gappy_down, jitter, back_and_forth, one_frame, slow_rounded], float)
     n = len(tracks)
     readings = video.FrameReadings(present=~np.isnan(tracks[..., 0]), digit=np.zeros((n, 10), np.int32),
                                    color=np.zeros((n, 10), np.int32), centroid=tracks, size=40)
-    labels = np.array([[(1, -1), (1, 2), (3, -1), (0, -1), (1, -1), (1, -1)],  # what each clip should do
-                       [(0, -1), (1, 3), (2, -1), (1, -1), (0, -1), (0, -1)]])  # the wrong labels
-    turn = np.array([-1, 4, -1, -1, -1, -1])[:, None]
-    expected = [[(1, nan), (1, 1), (1, nan), (0, nan), (0, nan), (0, nan)],
-                [(0, nan), (1, 0), (0, nan), (0, nan), (0, nan), (0, nan)]]
+    labels = np.array([[(1, -1), (1, 2), (3, -1), (0, -1), (1, -1), (1, -1), (1, -1)],  # what each clip should do
+                       [(0, -1), (1, 3), (2, -1), (1, -1), (0, -1), (0, -1), (3, -1)]])  # the wrong labels
+    turn = np.array([-1, 4, -1, -1, -1, -1, -1])[:, None]
+    expected = [[(1, nan), (1, 1), (1, nan), (0, nan), (0, nan), (0, nan), (1, nan)],
+                [(0, nan), (1, 0), (0, nan), (0, nan), (0, nan), (0, nan), (0, nan)]]
     frame_shot = np.zeros((n, 10), np.int32)
     for motion, want in zip(labels, expected):
         got = video.segment_correct(readings, motion[:, None], turn, frame_shot)
@@ -213,24 +215,20 @@ class Unit(nnx.Module):
         self.scale = nnx.Param(jnp.ones(()))
 
 
-def test_video_evaluator_scores_the_generator(monkeypatch):
-    rendered = {}
-
-    def prompt_set(num, frames, size, seed, multishot=False):
-        rendered.update(render_clips(num, frames, size, seed, multishot=multishot))
-        return dict(rendered)
-
-    monkeypatch.setattr(moving_digits, "prompt_set", prompt_set, raising=False)
+def test_video_evaluator_scores_the_generator():
+    assert video.DIRECTIONS == moving_digits.DIRECTIONS  # the judges read the labels in the source's order
     cfg = video_config(num_prompts=6, batch_size=6, frames=8, multishot=True, i2v=True, seed=3)
     (built,) = evaluators.build(cfg)
     assert type(built.evaluator) is video_prompts.Evaluator
     batch = built.evaluator.held_out()
-    for i, caption in enumerate(rendered["captions"]):  # one caption row per shot, empty rows after
+    assert batch["frame_shot"].max() >= 1  # multi-shot prompts
+    for i, caption in enumerate(batch["captions"]):  # one caption row per shot, empty rows after
         shots = detokenize(batch["shot_tokens"][i])
         assert "; ".join(f"shot {k + 1}: {s}" for k, s in enumerate(shots) if s) == caption
         assert not batch["shot_mask"][i, int(batch["frame_shot"][i].max()) + 1:].any()
+    real = batch["video"]
     seen = []
-    results = dict(built.run(Unit(), replaying_stage(rendered["video"], seen), jax_key()))
+    results = dict(built.run(Unit(), replaying_stage(real, seen), jax_key()))
     assert min(results[f"eval/video/{k}"] for k in ("frame_accuracy", "motion_accuracy", "temporal_consistency",
                                                      "shot_accuracy")) >= 0.95, results
     assert results["eval/video/first_frame_psnr"] == video.MAX_PSNR
@@ -238,9 +236,9 @@ def test_video_evaluator_scores_the_generator(monkeypatch):
     assert not {"video", "captions"} & set(seen[0])
     # Each shot played backwards (the cuts stay where the prompts put them).
     order = [np.concatenate([np.flatnonzero(shots == s)[::-1] for s in np.unique(shots)])
-             for shots in rendered["frame_shot"]]
-    backwards_clips = np.stack([clip[o] for clip, o in zip(rendered["video"], order)])
-    backwards = dict(built.run(Unit(), replaying_stage(backwards_clips, []), jax_key()))
+             for shots in batch["frame_shot"]]
+    backwards = dict(built.run(Unit(), replaying_stage(np.stack([c[o] for c, o in zip(real, order)]), []),
+                               jax_key()))
     assert backwards["eval/video/motion_accuracy"] <= 0.2 and backwards["eval/video/frame_accuracy"] >= 0.95
 
 

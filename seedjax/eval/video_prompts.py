@@ -22,63 +22,26 @@ of the real rendering, which the hook conditions on.
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 from flax import nnx
 
-from data_pipelines.core.tokenizer import PAD, tokenize
 from data_pipelines.sources import moving_digits
 from seedjax.eval import samples
 from seedjax.eval.judges import classifier, video
 
-LABEL_KEYS = ("shot_digit", "shot_color", "shot_motion", "shot_turn_frame", "frame_shot")
-NOT_PROMPTS = ("video", "captions", "shot_captions")  # what the sample hook never sees
-_SHOT_PREFIX = re.compile(r"shot\s*\d+\s*:\s*", re.IGNORECASE)
-
-
-def shot_captions(caption, num_shots: int) -> list[str]:
-    """The per-shot captions of one clip: given as a sequence, or split out of one caption
-    written "shot 1: ...; shot 2: ..." (a caption without shot markers is shot 1's)."""
-    if not isinstance(caption, str):
-        parts = [str(c) for c in caption]
-    else:
-        parts = [p.strip().rstrip(";").strip() for p in _SHOT_PREFIX.split(caption) if p.strip(" ;")]
-    return (parts + [""] * num_shots)[:num_shots]
-
-
-def _pad_shots(array: np.ndarray, shots: int) -> np.ndarray:
-    """Per-shot labels [N, S, ...] padded with -1 (unused shot) to `shots` shots."""
-    pad = shots - array.shape[1]
-    if pad <= 0:
-        return array
-    return np.concatenate([array, np.full((array.shape[0], pad, *array.shape[2:]), -1, array.dtype)], axis=1)
+NOT_PROMPTS = ("video", "captions")  # what the sample hook never sees
 
 
 def prompt_batch(num: int, frames: int, size: int, seed: int, *, multishot: bool = False, i2v: bool = False,
-                 max_shots: int = 1, max_text_len: int = 64) -> dict:
-    """Held-out moving-digit prompts with their real renderings, as the evaluator samples them:
-    the shot labels, tokenized captions, `video` [N, F, H, W, 3] and `captions`, plus
-    `first_frame` with `i2v`. Shot axes hold at least `max_shots` shots (the training batches'
-    caption rows)."""
-    clips = moving_digits.prompt_set(num, frames, size, seed, multishot=multishot)
-    shots = max(int(np.asarray(clips["shot_digit"]).shape[1]), int(max_shots))
-    out = {k: _pad_shots(np.asarray(clips[k], np.int32), shots) for k in LABEL_KEYS if k != "frame_shot"}
-    out["frame_shot"] = np.asarray(clips["frame_shot"], np.int32)
-    out["video"] = np.asarray(clips["video"], np.float32)
-    captions = list(clips["captions"])
-    out["captions"] = captions
-    out["tokens"], out["text_mask"] = tokenize([c if isinstance(c, str) else "; ".join(c) for c in captions],
-                                               max_text_len)
-    per_shot = clips.get("shot_captions", captions)
-    rows = [caption for clip in per_shot for caption in shot_captions(clip, shots)]
-    tokens, mask = tokenize(rows, max_text_len)
-    used = np.array([bool(caption) for caption in rows])[:, None]  # an unused shot's row is empty
-    out["shot_tokens"] = np.where(used, tokens, PAD).reshape(num, shots, max_text_len)
-    out["shot_mask"] = (mask & used).reshape(num, shots, max_text_len)
+                 max_shots: int = 3, max_text_len: int = 64) -> dict:
+    """Held-out moving-digit prompts (the clip batch contract: tokens, shot captions and labels)
+    with their real renderings `video` [N, F, H, W, 3] and `captions`, plus `first_frame` (frame
+    0 of the rendering) with `i2v`."""
+    batch = dict(moving_digits.prompt_set(num, frames, size, seed, multishot=multishot, max_shots=max_shots,
+                                          max_text_len=max_text_len, channels=3))
     if i2v:
-        out["first_frame"] = out["video"][:, 0]
-    return out
+        batch["first_frame"] = np.asarray(batch["video"])[:, 0]
+    return batch
 
 
 class Evaluator(samples.GeneratorEvaluator):
@@ -100,7 +63,7 @@ class Evaluator(samples.GeneratorEvaluator):
             raise ValueError(f"type video_prompts needs clips of >= 2 frames to judge motion, got frames={self.frames} "
                              "(0 = config.data.video.num_frames)")
         self.size = int(self.data.image_size)
-        self.max_shots = int(clip.get("max_shots", 1))
+        self.max_shots = int(clip.get("max_shots", 3))
         self.max_text_len = int(self.data.get("max_text_len", 64))
         self.multishot, self.i2v = bool(multishot), bool(i2v)
         self.seed = int(config.seed if seed < 0 else seed)
@@ -120,7 +83,7 @@ class Evaluator(samples.GeneratorEvaluator):
         if clips.ndim != 5 or clips.shape[:2] != (self.num_prompts, self.frames):
             raise ValueError(f"video_prompts: the sample hook returned {clips.shape}, expected "
                              f"[{self.num_prompts}, {self.frames}, H, W, C] clips")
-        scores = video.score_videos(clips, batch, classifier.get_classifier())
+        scores = video.score_videos(clips, batch, classifier.get_classifier(), moving_digits.PALETTE)
         names = ["frame_accuracy", "motion_accuracy", "temporal_consistency"]
         names += ["first_frame_psnr"] * self.i2v + ["shot_accuracy"] * self.multishot
         for name in names:

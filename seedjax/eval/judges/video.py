@@ -22,8 +22,9 @@ Verdicts (each a mean over what it judges):
 - frame accuracy: frames whose read digit is their shot's digit (a frame with no digit is wrong);
 - motion accuracy: per shot segment (two when the shot turns), the centroid's net displacement
   over the segment's frames with a digit points in the labeled direction, covers at least
-  `MIN_STEP` of the canvas per frame (a static digit is wrong), and most single steps agree
-  (`MIN_STEP_AGREEMENT`: shuffled frames wander back and forth);
+  `MIN_STEP` of the canvas per frame (a static digit is wrong), and is most of the way travelled
+  along that axis (`MIN_EFFICIENCY`: shuffled frames wander back and forth; a slow digit whose
+  rounded position sometimes stays put still moves forward only);
 - temporal consistency: shots whose digit is read identically in every frame;
 - first-frame PSNR (I2V): generated frame 0 against the conditioning frame, in dB;
 - shot accuracy: the shot's majority digit, majority color and motion are all right.
@@ -38,19 +39,19 @@ import scipy.ndimage as ndi
 from PIL import Image
 from skimage.color import rgb2hsv
 
-from data_pipelines.sources.scenes import PALETTE
+from data_pipelines.sources.moving_digits import PALETTE
 from seedjax.eval.judges.classifier import DigitClassifier, get_classifier
 
-DIRECTIONS = ("left", "right", "up", "down")
+DIRECTIONS = ("left", "right", "up", "down")  # the contract's order (the data source's DIRECTIONS)
 _UNIT = np.array([[0.0, -1.0], [0.0, 1.0], [-1.0, 0.0], [1.0, 0.0]])  # (row, col) per direction
 
 MIN_INK = 0.3  # brightness (max channel, [0, 1]) of a foreground pixel
 MIN_PIXELS = 0.002  # of the frame: less foreground than this is an empty frame
 MIN_RELATIVE_MASS = 0.2  # a blob belongs to the digit when it holds this much of the largest blob's ink
 GLYPH_FILL = 0.85  # real glyphs span ~85% of their frame; crops are framed the same way
-MIN_SATURATION = 0.25  # below this a pixel has no hue to vote with
+MIN_SATURATION = 0.25  # below this a pixel (or a palette color: white) is achromatic
 MIN_STEP = 0.015  # net travel per frame, as a fraction of the canvas side, to count as moving
-MIN_STEP_AGREEMENT = 0.6  # share of single steps that must move the labeled way
+MIN_EFFICIENCY = 0.5  # net travel along the labeled axis / distance travelled back and forth on it
 CROP_BATCH = 64  # crops per classifier call are padded to a multiple of this
 MAX_PSNR = 100.0  # dB, for identical frames (keeps a mean finite)
 
@@ -103,17 +104,20 @@ def glyph_crop(intensity: np.ndarray, mask: np.ndarray, size: int) -> np.ndarray
 
 
 def dominant_color(rgb01: np.ndarray, mask: np.ndarray, palette=PALETTE) -> int:
-    """Palette index whose hue most of the digit's saturated pixels are nearest to (-1: none)."""
+    """Palette index most of the digit's pixels vote for, weighted by brightness (-1: none, or a
+    grayscale clip). A saturated pixel votes for the nearest palette hue, an achromatic one for the
+    palette's achromatic color (white), if it has one."""
     if rgb01.shape[-1] != 3:
         return -1
     hsv = rgb2hsv(rgb01[mask])
-    hsv = hsv[hsv[:, 1] >= MIN_SATURATION]
-    if not len(hsv):
-        return -1
-    palette_hues = rgb2hsv(np.array([[c for _, c in palette]], np.float64) / 255.0)[0, :, 0]
-    gap = np.abs(hsv[:, :1] - palette_hues[None])
-    gap = np.minimum(gap, 1.0 - gap)  # hue is circular
-    return int(np.bincount(gap.argmin(-1), minlength=len(palette)).argmax())
+    palette_hsv = rgb2hsv(np.array([[c for _, c in palette]], np.float64) / 255.0)[0]
+    chromatic = palette_hsv[:, 1] >= MIN_SATURATION
+    gap = np.abs(hsv[:, :1] - palette_hsv[None, :, 0])
+    gap = np.where(chromatic[None], np.minimum(gap, 1.0 - gap), np.inf)  # hue is circular
+    vote = np.where(hsv[:, 1] >= MIN_SATURATION, gap.argmin(-1),
+                    int(np.argmax(~chromatic)) if (~chromatic).any() else -1)
+    weights = np.bincount(vote[vote >= 0], hsv[vote >= 0, 2], minlength=len(palette))
+    return int(weights.argmax()) if weights.sum() > 0 else -1
 
 
 def read_frames(videos, classifier: DigitClassifier | None = None, palette=PALETTE) -> FrameReadings:
@@ -173,16 +177,17 @@ def frame_correct(readings: FrameReadings, shot_digit, frame_shot) -> np.ndarray
 
 def segment_moves(centroid: np.ndarray, frames: np.ndarray, direction: int, size: int) -> bool:
     """Whether the centroid over `frames` (clip frame indices; NaN rows = no digit, ignored)
-    travels in `direction`: dominant net direction, enough travel, most steps agreeing."""
+    travels in `direction`: dominant net direction, enough travel, little of it back and forth."""
     frames = frames[~np.isnan(centroid[frames, 0])]
     if len(frames) < 2:
         return False  # no motion can be seen
     steps = np.diff(centroid[frames], axis=0)
     net = steps.sum(0)
-    along = steps @ _UNIT[direction]
+    forward = float(net @ _UNIT[direction])
+    travelled = float(np.abs(steps @ _UNIT[direction]).sum())
     return (int(np.argmax(_UNIT @ net)) == direction
-            and float(net @ _UNIT[direction]) >= MIN_STEP * size * (frames[-1] - frames[0])
-            and float(np.mean(along > 0)) >= MIN_STEP_AGREEMENT)
+            and forward >= MIN_STEP * size * (frames[-1] - frames[0])
+            and forward >= MIN_EFFICIENCY * travelled)
 
 
 def segment_correct(readings: FrameReadings, shot_motion, shot_turn_frame, frame_shot) -> np.ndarray:
