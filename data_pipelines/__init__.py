@@ -3,8 +3,10 @@
     from data_pipelines import default_config, make_train_iterator, make_eval_batch
 
 core/        Grain streams, resolution buckets, mixtures, the sample contract, ArrayRecord shards,
-             the tokenizer, the config and the iterators (core/pipeline.py)
-sources/     digits, digit scenes, moving digits, image folders and manifests, reward pairs
+             the tokenizer, the config and the iterators (core/pipeline.py); video clips and their
+             (frames, height, width) buckets (core/clips.py)
+sources/     digits, digit scenes, captioned moving digits (video), image folders and manifests,
+             video folders and manifests (PyAV), reward pairs
 techniques/  defect-aware training, dual-axis sampling, curation filters
 cli/         prepare, report, measure (python -m data_pipelines.cli.<name>): the only part that
              imports seedjax

@@ -277,7 +277,8 @@ def test_video_manifest_shots_and_cuts(video_dir):
     assert {k: n for k, (n, _) in source.scan_skips.items()} == {"bad_manifest_line": 2}
     raw = source.load(0, 0, (5, 16, 24))
     # Frames at 0, .125, .25, .375, .5 s; the second shot starts at .45 s.
-    assert raw["frame_shot"].tolist() == [0, 0, 0, 0, 1] and raw["caption"] == "shot 1: a dark frame; shot 2: a red frame"
+    assert raw["frame_shot"].tolist() == [0, 0, 0, 0, 1]
+    assert raw["caption"] == "shot 1: a dark frame; shot 2: a red frame"
     layout = samples.Layout(channels=3, max_text_len=64, video=True, max_shots=3)
     row = clips.finalize_clip(raw, (5, 16, 24), layout, "x")
     assert row["shot_mask"].any(-1).tolist() == [True, True, False]

@@ -159,7 +159,8 @@ def finalize_clip(raw: dict, bucket: Bucket, layout, where: str) -> dict:
     frames = bucket[0]
     frame_shot = np.asarray(raw.get("frame_shot", np.zeros(frames)), np.int32).reshape(-1)
     if len(frame_shot) != frames or frame_shot.min() < 0 or frame_shot.max() >= len(shots):
-        raise BadSample("wrong_shape", where, f"frame_shot {frame_shot.tolist()} for {frames} frames, {len(shots)} shots")
+        raise BadSample("wrong_shape", where,
+                        f"frame_shot {frame_shot.tolist()} for {frames} frames, {len(shots)} shots")
 
     out["tokens"], out["text_mask"] = (a[0] for a in tokenize([caption], layout.max_text_len))
     shot_tokens, shot_mask = tokenize(shots + [""] * (layout.max_shots - len(shots)), layout.max_text_len)

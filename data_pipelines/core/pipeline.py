@@ -219,8 +219,12 @@ def _eval_bucket(source, data_cfg, members: dict) -> tuple[int, ...]:
     """The bucket held-out samples are fitted to: the first configured one (video: the first with
     more than one frame, as evaluation scores motion; latent shards: the first shape they hold)."""
     video = getattr(source, "video", False)
-    buckets = list(members) if source.latent else (
-        clips_lib.video_buckets(data_cfg) if video else buckets_lib.parse_buckets(data_cfg.buckets, data_cfg.image_size))
+    if source.latent:
+        buckets = list(members)
+    elif video:
+        buckets = clips_lib.video_buckets(data_cfg)
+    else:
+        buckets = buckets_lib.parse_buckets(data_cfg.buckets, data_cfg.image_size)
     if video:
         return next((b for b in buckets if b[0] > 1), buckets[0])
     return buckets[0]

@@ -69,7 +69,10 @@ class LoadSample:
         where = f"{self.source.name}#{index}"
         try:
             # Video sources decode or render the bucket's frames, so they are told the bucket.
-            raw = self.source.load(index, position, self.bucket) if self.layout.video else self.source.load(index, position)
+            if self.layout.video:
+                raw = self.source.load(index, position, self.bucket)
+            else:
+                raw = self.source.load(index, position)
             return finalize(raw, self.bucket, self.layout, raw.get("where", where))
         except samples_lib.BadSample as e:
             return {"_skip": e.kind, "_where": e.where, "_detail": e.detail}

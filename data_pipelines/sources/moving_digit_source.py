@@ -4,7 +4,7 @@ The train split has `data.video.num_samples` clips per bucket of data.video.buck
 (clip i belongs to bucket i % len(buckets), so a prefix of the source covers every bucket); a
 clip is rendered at its bucket's (frames, height, width), and a one-frame bucket holds stills
 (text-to-image). The test split is the held-out prompt set (moving_digits.prompt_set), read
-with `eval_rows`.
+with `eval_rows` (multi-shot prompts when data.video.multishot_prob > 0).
 """
 
 from __future__ import annotations

@@ -121,8 +121,10 @@ def shot_lengths(rng: np.random.Generator, frames: int, shots: int) -> list[int]
     return [least + int(e) for e in extra]
 
 
-def _with_turn(rng, shot: Shot, frames: int, allowed) -> Shot:
-    options = [m for m in perpendicular(shot.direction) if allowed(m)]
+def _with_turn(rng, shot: Shot, frames: int, held_out_allowed: bool) -> Shot:
+    """The shot turning once, at a random frame, to a perpendicular direction (training: not a held-out triple)."""
+    options = [m for m in perpendicular(shot.direction)
+               if held_out_allowed or not is_held_out(shot.digit, shot.color, m)]
     turn = int(rng.choice(options))
     turn_at = int(rng.integers(MIN_TURN_SEGMENT, frames - MIN_TURN_SEGMENT))
     return dataclasses.replace(shot, turn=turn, turn_at=turn_at)
@@ -142,10 +144,10 @@ def draw_train_shot(rng, frames: int, cfg: ClipConfig, split: str, previous: Sho
     shot = Shot(digit, color, int(rng.integers(len(SIZE_CLASSES))), int(rng.choice(pool)))
     if frames == 1:
         return shot
-    allowed = lambda m: not is_held_out(digit, color, m)  # noqa: E731
-    shot = dataclasses.replace(shot, direction=int(rng.choice([m for m in range(len(DIRECTIONS)) if allowed(m)])))
+    directions = [m for m in range(len(DIRECTIONS)) if not is_held_out(digit, color, m)]
+    shot = dataclasses.replace(shot, direction=int(rng.choice(directions)))
     if _can_turn(frames) and rng.random() < cfg.turn_prob:
-        shot = _with_turn(rng, shot, frames, allowed)
+        shot = _with_turn(rng, shot, frames, held_out_allowed=False)
     return shot
 
 
@@ -240,7 +242,7 @@ def held_out_clip(index: int, frames: int, size: int, seed: int, multishot: bool
         shot = Shot(digit, color, (index + k) % len(SIZE_CLASSES), int(rng.choice(pool)),
                     direction if length > 1 else -1)
         if length > 1 and _can_turn(length) and (index + k) % 3 == 2:
-            shot = _with_turn(rng, shot, length, lambda m: True)
+            shot = _with_turn(rng, shot, length, held_out_allowed=True)
         plan.append(shot)
     return raw_clip(plan, lengths, rng, size, "test", speed)
 

@@ -93,7 +93,8 @@ def decode_clip(path: str, start: int, frames: int, fps: float) -> np.ndarray:
         raise BadSample("unreadable_video", path, "no frame decodes")
     stamps = np.array([t for t, _ in shown])
     if stamps[-1] + 1.0 / rate < times[-1] - 1e-6:
-        raise BadSample("too_short_video", path, f"ends at {stamps[-1] + 1.0 / rate:.2f}s, the clip at {times[-1]:.2f}s")
+        raise BadSample("too_short_video", path,
+                        f"ends at {stamps[-1] + 1.0 / rate:.2f}s, the clip at {times[-1]:.2f}s")
     picks = np.clip(np.searchsorted(stamps, times + 1e-6, side="right") - 1, 0, len(shown) - 1)
     return np.stack([shown[p][1] for p in picks])
 
