@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from jax import export
 
-from seedjax.kernels import quant
+from seedjax.kernels import block_sparse_xla, quant
 from seedjax.kernels.block_sparse_attention import (
     block_sparse_attention,
     mask_table,
@@ -189,6 +189,49 @@ def test_mask_table_lists_active_blocks_and_pads_with_last():
     np.testing.assert_array_equal(table[0, 2], [4, 0, 1, 2, 3])
     np.testing.assert_array_equal(np.asarray(mask_table(mask, 2))[0, 2], [2, 0, 1])  # truncated to the width
     np.testing.assert_array_equal(np.asarray(mask_table(jnp.asarray(mask), 4)), table)  # traced-mask path
+
+
+def test_xla_pair_table_lists_active_blocks_row_major_and_pads_with_last():
+    mask = np.array([[[0, 1, 0, 1], [0, 0, 0, 0], [1, 1, 1, 1]]], bool)
+    table = block_sparse_xla.pair_table(mask, 8)
+    # rows: (count, query block, key block); the two padding slots repeat the last pair (2, 3).
+    np.testing.assert_array_equal(table[0], [[6] * 8, [0, 0, 2, 2, 2, 2, 2, 2], [1, 3, 0, 1, 2, 3, 3, 3]])
+    np.testing.assert_array_equal(block_sparse_xla.pair_table(mask, 3)[0], [[3] * 3, [0, 0, 2], [1, 3, 0]])
+    np.testing.assert_array_equal(np.asarray(block_sparse_xla.pair_table(jnp.asarray(mask), 8)), table)  # traced path
+    np.testing.assert_array_equal(block_sparse_xla.pair_table(np.zeros((1, 2, 2), bool), 2)[0], np.zeros((3, 2)))
+
+
+def test_xla_work_is_the_active_blocks_when_text_rows_are_dense():
+    """A PARO-shaped mask: query and key block 0 hold text (dense row and column), the
+    visual rows keep their diagonal block (head 1 one more). Rows padded to the widest
+    row would compute all 5 x 5 blocks; the xla path computes the densest head's active
+    blocks, 5 + 4 x 2 + 1 = 14 of 25, and still equals the float64 reference forward
+    and backward, with the mask traced (chosen inside jit) and the bound passed."""
+    heads, blocks, block = 2, 5, 16
+    mask = np.zeros((heads, blocks, blocks), bool)
+    mask[:, 0, :] = mask[:, :, 0] = True
+    mask[:, np.arange(blocks), np.arange(blocks)] = True
+    mask[1, 3, 1] = True
+    assert block_sparse_xla.computed_fraction(mask) == 14 / 25
+    assert block_sparse_xla.computed_fraction(mask, max_blocks_per_head=20) == 20 / 25
+
+    lq = blocks * block - 6  # a partial last block
+    q, k, v = _qkv(21, 1, lq, lq, heads, 32)
+    weights = jnp.asarray(np.random.default_rng(22).standard_normal(q.shape), jnp.float32)
+
+    def out_and_grads(attend, q, k, v):
+        out, vjp = jax.vjp(attend, q, k, v)
+        return out, vjp(weights.astype(out.dtype))
+
+    got = _jit(lambda m, q, k, v: out_and_grads(lambda q, k, v: block_sparse_attention(
+        q, k, v, m, block_q=block, block_k=block, impl="xla", max_blocks_per_head=14), q, k, v))(mask, q, k, v)
+    with jax.enable_x64(True):
+        to64 = lambda x: jnp.asarray(np.asarray(x), jnp.float64)
+        want = out_and_grads(lambda q, k, v: reference_block_sparse_attention(
+            q, k, v, mask, block_q=block, block_k=block), to64(q), to64(k), to64(v))
+    np.testing.assert_allclose(np.asarray(got[0]), np.asarray(want[0]), atol=3e-6, rtol=0)
+    for name, g, w in zip("qkv", got[1], want[1]):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=2e-5, rtol=0, err_msg=f"d{name}")
 
 
 def test_traced_mask_under_jit():

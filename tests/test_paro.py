@@ -1,5 +1,6 @@
 """PAROAttention: permutations, calibration statistics, mask selection, plans, backends."""
 
+import dataclasses
 import functools
 import subprocess
 import sys
@@ -263,3 +264,93 @@ def test_calibrate_paro_cli_on_a_trained_run(tmp_path):
     bad = subprocess.run(cmd[:3] + ["--workdir=" + str(tmp_path / "missing")] + cmd[4:], cwd=ROOT, env=env_for(1),
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "no config.json" in bad.stderr
+
+
+def test_plan_computed_fraction_counts_active_blocks_not_padded_rows():
+    """20 text tokens (query and key blocks 0-1 hold text) + a 2 x 4 x 8 video, blocks of
+    16: 84 tokens, 6 x 6 blocks, 20 of them forced by text. At visual density 1/4 each
+    head keeps 4 of the 16 visual blocks: 24 blocks per head. The text rows are dense,
+    so the widest row is all 6 blocks, but the XLA path's work is 24 / 36."""
+    plan = _plan(layout=paro.SequenceLayout(20, (2, 4, 8)), layers=2, heads=3, density=0.25)
+    assert plan.max_active_blocks(0) == 6
+    assert plan.max_blocks_per_head(0) == plan.max_blocks_per_head(1) == 24
+    assert plan.computed_fraction() == plan.computed_fraction(1) == 24 / 36
+
+
+def _temporal_video_map(grid):
+    """[1, L, L]: each token of a (f, h, w) video attends to its own (h, w) in every frame."""
+    _, h, w = (a.reshape(-1) for a in np.meshgrid(*map(np.arange, grid), indexing="ij"))
+    probs = np.where((h[:, None] == h[None]) & (w[:, None] == w[None]), 1.0, 1e-6)
+    return (probs / probs.sum(-1, keepdims=True))[None]
+
+
+def test_calibration_on_a_video_grid_puts_the_attended_axis_innermost():
+    """A temporal head is block-sparse only when frames are read innermost: with 16-token
+    blocks on a 8 x 4 x 4 video, an order ending in 'f' holds each position's 8 frames in
+    one diagonal block (1/8 of the blocks keep all the attention), while in the natural
+    'fhw' order every block holds the same mass (1/8 of the blocks keep 1/8 of it)."""
+    layout = paro.SequenceLayout(0, (8, 4, 4))
+    stats = np.asarray(paro.block_statistics(jnp.asarray(_temporal_video_map(layout.grid)), layout, block_q=16,
+                                             block_k=16))
+    calib = paro.Calibration(layout, num_layers=1, num_heads=1, bucket_edges=(), block_q=16, block_k=16)
+    calib.add(0, 0, stats)
+    plan, natural = calib.plan(density=1 / 8), calib.plan(density=1 / 8, reorder=False)
+    chosen = [plan.orders[i] for i in plan.order_ids[0, 0]]
+    assert chosen[0] in ("hwf", "whf"), chosen
+    kept = lambda p, h, order: float((stats[layout.orders.index(order), h, ..., paro.MASS] * p.masks[0, 0, h]).sum())
+    assert kept(plan, 0, chosen[0]) / 128 > 0.99
+    np.testing.assert_allclose(kept(natural, 0, "fhw") / 128, 1 / 8, rtol=1e-3)
+
+
+@dataclasses.dataclass(frozen=True)
+class _VideoTokenLayout:
+    """What the video DiT passes as `layout` (seedjax.models.attention.TokenLayout with `grid`)."""
+
+    num_text: int
+    grid: tuple[int, ...]
+    grid_hw: tuple[int, int] | None = None
+
+
+def test_video_layout_capture_plan_and_backend_with_partial_blocks():
+    """5 text tokens + a 3 x 4 x 5 video = 65 tokens, blocks of 16 (the last one holds one
+    token). Capture under jit through the backend, plan, then the 'paro' backend: forward
+    and gradients equal float64 dense attention under the plan's mask mapped back to the
+    original token order, each sample in its own timestep bucket, with a key mask on a
+    text token and on a padded last frame (keys that move with their tokens)."""
+    layout, heads = _VideoTokenLayout(5, (3, 4, 5)), 2
+    seq = paro.SequenceLayout(5, (3, 4, 5))
+    rng = np.random.default_rng(3)
+    q, k, v = (jnp.asarray(rng.standard_normal((2, seq.length, heads, 16)), jnp.float32) for _ in range(3))
+    t = jnp.asarray([0.9, 0.2])
+    key_mask = np.ones((2, seq.length), bool)
+    key_mask[0, [1, 17]] = False  # a text token and visual token (0, 2, 2)
+    key_mask[1, -20:] = False  # sample 1's last frame is padding
+    calib = paro.Calibration(seq, num_layers=1, num_heads=heads, bucket_edges=(0.5,), block_q=16, block_k=16)
+    dense = _jit(lambda q, k, v: paro.capture_backend(q, k, v, key_mask=key_mask, layer_index=0, layout=layout,
+                                                      calibration=calib, timestep=t))(q, k, v)
+    jax.effects_barrier()
+    np.testing.assert_array_equal(calib.counts, [[1, 1]])
+    want = _jit(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=key_mask[:, None, None, :]))(q, k, v)
+    np.testing.assert_allclose(np.asarray(dense), np.asarray(want), atol=2e-6)
+
+    plan = calib.plan(density=0.4)
+    assert plan.masks.shape[-2:] == (5, 5) and set(plan.orders) == set(paro.VIDEO_ORDERS)
+    # Orders that move the masked keys, whichever the calibration preferred on random inputs.
+    plan.order_ids[0] = [[plan.orders.index("whf"), plan.orders.index("hfw")],
+                         [plan.orders.index("hwf"), plan.orders.index("wfh")]]
+    weights = jnp.asarray(rng.standard_normal(q.shape), jnp.float32)
+
+    def out_and_grads(attend, q, k, v):
+        out, vjp = jax.vjp(attend, q, k, v)
+        return out, vjp(weights.astype(out.dtype))
+
+    got = _jit(lambda q, k, v: out_and_grads(lambda q, k, v: paro.paro_backend(
+        q, k, v, key_mask=key_mask, layer_index=0, layout=layout, plan=plan, timestep=t, impl="xla"), q, k, v))(
+        q, k, v)
+    with jax.enable_x64(True):
+        to64 = lambda x: jnp.asarray(np.asarray(x), jnp.float64)
+        reference = lambda q, k, v: _elementwise_reference(q, k, v, plan, 0, [0, 1], key_mask)
+        want = _jit(lambda q, k, v: out_and_grads(reference, q, k, v))(to64(q), to64(k), to64(v))
+    np.testing.assert_allclose(np.asarray(got[0]), np.asarray(want[0]), atol=3e-6, rtol=0)
+    for name, g, w in zip("qkv", got[1], want[1]):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=2e-5, rtol=0, err_msg=f"d{name}")

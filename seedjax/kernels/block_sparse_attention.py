@@ -5,7 +5,7 @@
 `block_mask` is bool [H, ceil(Lq / block_q), ceil(Lk / block_k)] (default 64 x 64 blocks),
 or [B, H, ...] for a mask per sample: True means the query block attends to the key
 block. Semantics, exactly those of `reference_block_sparse_attention`: softmax over the keys of active blocks (and
-`key_mask`, if given), scale 1/sqrt(D) unless `scale` says otherwise; a query row with no
+`key_mask` [B, Lk] or per head [B, H, Lk], if given), scale 1/sqrt(D) unless `scale` says otherwise; a query row with no
 key to attend to gets output 0. Lengths need not be multiples of the block sizes (the
 last block is partial). Differentiable: the backward pass runs through the same block
 mask, so the kernel serves sparse training as well as inference.
@@ -13,9 +13,12 @@ mask, so the kernel serves sparse training as well as inference.
 Implementations (`impl`):
 - 'triton': Pallas kernels for GPUs (`block_sparse_gpu`), a loop over active blocks.
 - 'mosaic': Pallas kernels for TPUs (`block_sparse_tpu`), splash-attention-style grid.
-- 'xla': plain JAX that gathers the active key blocks of every query block and
-  computes only those (padded to the largest row); the fast path on CPU. INT8 here is
-  emulated (quantize-dequantize, same rounding) with straight-through gradients.
+- 'xla': plain JAX over the flat list of active (query block, key block) pairs
+  (`block_sparse_xla`): rows of any width cost what they hold, so dense rows (PARO's
+  text rows) do not widen the others; every ([sample,] head) is padded to the densest
+  one's count (`computed_fraction` gives the share of dense work). The fast path on
+  CPU. INT8 here is emulated (quantize-dequantize, same rounding) with
+  straight-through gradients.
 - 'auto' (default): 'triton' on GPU, 'mosaic' on TPU, 'xla' elsewhere.
 `interpret=True` runs a Pallas implementation in interpret mode (CPU tests).
 
@@ -23,7 +26,10 @@ The mask is converted to index tables, per ([sample,] head, query block) the cou
 list of active key blocks and, for dk/dv, the transpose. Their width is `max_active_blocks`
 (the largest count in any row): computed from the mask when it is concrete, else the
 number of key blocks; pass it when the mask is traced and known to be sparse (rows with
-more active blocks than `max_active_blocks` would be truncated).
+more active blocks than `max_active_blocks` would be truncated). The 'xla' path's pair
+list has `max_blocks_per_head` entries per ([sample,] head): from a concrete mask, its
+densest head; for a traced mask pass it (default: query blocks x row width), with the
+same truncation caveat.
 
 INT8 (`int8_qk`, `int8_pv`): Q and K per-block symmetric INT8 with K smoothed (its token
 mean removed, which softmax ignores), and optionally INT8 P.V with P at scale 1/127 and V
@@ -46,7 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seedjax.kernels import block_sparse_gpu, block_sparse_tpu, quant
+from seedjax.kernels import block_sparse_gpu, block_sparse_tpu, block_sparse_xla, quant
 
 IMPLS = ("auto", "triton", "mosaic", "xla")
 
@@ -100,7 +106,8 @@ def reference_block_sparse_attention(q, k, v, block_mask, *, key_mask=None, scal
     elementwise = jnp.repeat(jnp.repeat(block_mask, block_q, axis=-2), block_k, axis=-1)
     mask = elementwise[..., :lq, :lk]
     if key_mask is not None:
-        mask = mask & jnp.asarray(key_mask, bool)[:, None, None, :]
+        key_mask = jnp.asarray(key_mask, bool)
+        mask = mask & (key_mask[:, None, None, :] if key_mask.ndim == 2 else key_mask[:, :, None, :])
     s = jnp.einsum("bqhd,bkhd->bhqk", q.astype(dtype), k.astype(dtype)) * scale
     s = jnp.where(mask, s, -jnp.inf)
     row_max = jnp.max(s, axis=-1, keepdims=True)
@@ -108,54 +115,6 @@ def reference_block_sparse_attention(q, k, v, block_mask, *, key_mask=None, scal
     total = jnp.sum(p, axis=-1, keepdims=True)
     out = jnp.einsum("bhqk,bkhd->bqhd", p / jnp.where(total > 0, total, 1.0), v.astype(dtype))
     return out
-
-
-# ----------------------------------------------------------------------------------------
-# XLA implementation (gathered active blocks)
-# ----------------------------------------------------------------------------------------
-
-
-def _straight_through(x, x_quantized):
-    """Forward value x_quantized, gradient of the identity."""
-    return x + jax.lax.stop_gradient(x_quantized - x)
-
-
-def _xla_attention(q, k, v, key_valid, kv_table, cfg: "_Config"):
-    """Kernel-layout inputs [B, H, L, D] (padded). Computes the gathered active blocks
-    only; INT8 is emulated with quantize-dequantize (exact for the INT8 Q.K products)."""
-    b, h, lq, d = q.shape
-    lk = k.shape[2]
-    bq, bk = cfg.block_q, cfg.block_k
-    nq, nk = lq // bq, lk // bk
-    kv_table = jnp.broadcast_to(kv_table, (b, *kv_table.shape[1:]))
-    counts, idx = kv_table[..., 0], kv_table[..., 1:]
-    width = idx.shape[-1]
-    if cfg.int8_qk:
-        q = _straight_through(q, quant.fake_quantize_token_blocks(q, bq))
-        k = _straight_through(k, quant.fake_quantize_token_blocks(quant.smooth_keys(k, cfg.kv_len), bk))
-    if cfg.int8_pv:
-        v = _straight_through(v, quant.fake_quantize_channels(v))
-
-    def gather(x):  # [B, H, nk, bk, ...] -> [B, H, nq, width, bk, ...]
-        return jax.vmap(jax.vmap(lambda xh, ih: xh[ih]))(x, idx)
-
-    kg = gather(k.reshape(b, h, nk, bk, d))
-    vg = gather(v.reshape(b, h, nk, bk, d))
-    valid = (jnp.arange(width) < counts[..., None])[:, :, :, None, :, None]
-    if key_valid is not None:
-        kv_valid = jnp.broadcast_to(key_valid.reshape(b, 1, nk, bk), (b, h, nk, bk)) != 0
-        valid = valid & gather(kv_valid)[:, :, :, None]
-    s = jnp.einsum("bhqid,bhqmjd->bhqimj", q.reshape(b, h, nq, bq, d), kg,
-                   preferred_element_type=jnp.float32) * cfg.sm_scale
-    s = jnp.where(valid, s, -jnp.inf)
-    row_max = jax.lax.stop_gradient(jnp.max(s, axis=(-2, -1), keepdims=True))
-    p = jnp.where(valid, jnp.exp(s - jnp.where(jnp.isfinite(row_max), row_max, 0.0)), 0.0)
-    total = jnp.sum(p, axis=(-2, -1))
-    if cfg.int8_pv:
-        p = _straight_through(p, jnp.round(p * quant.INT8_MAX) / quant.INT8_MAX)
-    out = jnp.einsum("bhqimj,bhqmjd->bhqid", p, vg.astype(jnp.float32))
-    out = out / jnp.where(total > 0, total, 1.0)[..., None]
-    return out.reshape(b, h, lq, d).astype(cfg.out_dtype)
 
 
 # ----------------------------------------------------------------------------------------
@@ -268,13 +227,14 @@ def block_sparse_attention(
     int8_qk: bool = False,
     int8_pv: bool = False,
     max_active_blocks: int | None = None,
+    max_blocks_per_head: int | None = None,
     impl: str = "auto",
     interpret: bool = False,
 ) -> jax.Array:
     """Block-sparse multi-head attention; see the module docstring for semantics.
 
     q [B, Lq, H, D], k and v [B, Lk, H, D], block_mask bool [H, ceil(Lq/block_q),
-    ceil(Lk/block_k)] or [B, H, ...], key_mask bool [B, Lk] (True = attend) or None.
+    ceil(Lk/block_k)] or [B, H, ...], key_mask bool [B, Lk] or [B, H, Lk] (True = attend) or None.
     Returns [B, Lq, H, D] in q's dtype.
     """
     if q.ndim != 4 or k.ndim != 4 or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
@@ -287,8 +247,9 @@ def block_sparse_attention(
         raise ValueError(f"block_sparse_attention: block_mask must have shape ([batch,] heads, q blocks, kv blocks) "
                          f"= ([{batch},] {heads}, {nq}, {nk}) for block sizes ({block_q}, {block_k}), "
                          f"got {tuple(block_mask.shape)}")
-    if key_mask is not None and tuple(key_mask.shape) != (batch, lk):
-        raise ValueError(f"block_sparse_attention: key_mask must have shape {(batch, lk)}, got {key_mask.shape}")
+    if key_mask is not None and tuple(key_mask.shape) not in ((batch, lk), (batch, heads, lk)):
+        raise ValueError(f"block_sparse_attention: key_mask must have shape {(batch, lk)} or {(batch, heads, lk)}, "
+                         f"got {key_mask.shape}")
     impl = _resolve_impl(impl, interpret)
     _check_blocks(impl, block_q, block_k)
 
@@ -300,7 +261,6 @@ def block_sparse_attention(
         q_width = max_active_blocks_of(concrete, axis=-2) if concrete is not None else nq
     else:
         kv_width, q_width = min(max_active_blocks, nk), nq
-    kv_table = mask_table(block_mask, kv_width)
 
     d_kernel = d
     if impl == "triton":  # Triton tiles need power-of-two sizes; zero channels change nothing.
@@ -310,16 +270,24 @@ def block_sparse_attention(
 
     key_valid = None
     if key_mask is not None or lk % block_k:
-        valid = jnp.ones((batch, lk), bool) if key_mask is None else jnp.asarray(key_mask, bool)
-        key_valid = _pad_axis(valid.astype(jnp.int32), 1, nk * block_k)[:, None, :]
+        valid = jnp.ones((batch, 1, lk), bool) if key_mask is None else jnp.asarray(key_mask, bool)
+        valid = valid[:, None, :] if valid.ndim == 2 else valid  # [B, 1 or H, Lk]
+        key_valid = jnp.broadcast_to(_pad_axis(valid.astype(jnp.int32), 2, nk * block_k), (batch, heads, nk * block_k))
 
     cfg = _Config(
         sm_scale=1.0 / math.sqrt(d) if scale is None else float(scale), block_q=block_q, block_k=block_k,
         kv_len=lk, int8_qk=int8_qk, int8_pv=int8_pv, impl=impl, interpret=interpret, out_dtype=q.dtype,
     )
     if impl == "xla":
-        out = _xla_attention(qh, kh, vh, key_valid, kv_table, cfg)
+        if max_blocks_per_head is None:
+            max_blocks_per_head = (block_sparse_xla.max_blocks_per_head_of(concrete) if concrete is not None
+                                   else nq * kv_width)
+        pairs = block_sparse_xla.pair_table(block_mask, min(max_blocks_per_head, nq * nk))
+        out = block_sparse_xla.attention(
+            qh, kh, vh, key_valid, pairs, sm_scale=cfg.sm_scale, block_q=block_q, block_k=block_k, kv_len=lk,
+            int8_qk=int8_qk, int8_pv=int8_pv, out_dtype=cfg.out_dtype)
     else:
+        kv_table = mask_table(block_mask, kv_width)
         q_table = mask_table(block_mask.swapaxes(-1, -2), q_width)
         out = _kernel_attention(qh, kh, vh, key_valid, kv_table, q_table, cfg)
     return jnp.swapaxes(out[:, :, :lq, :d], 1, 2)

@@ -13,7 +13,8 @@ per-row tables, dk/dv loop over the transposed (per key block) tables.
 Layout: [batch, heads, tokens, head_dim], tokens padded to whole blocks, head_dim a
 power of two (the caller pads). Index tables [1 or batch, heads, blocks, 1 + max_blocks]:
 column 0 is the count, columns 1.. the active block indices (see `block_sparse_attention`);
-a leading 1 shares the tables across the batch.
+a leading 1 shares the tables across the batch. Key validity (optional): int32
+[batch, heads, keys], nonzero = attend.
 
 Status: these kernels run in Pallas interpret mode in the tests and lower to Triton IR
 (checked by `jax.export` in the tests), but have not been compiled or timed on a GPU.
@@ -118,7 +119,7 @@ def forward(q, k, v, table, *, key_valid, q_scale, k_scale, v_scale, sm_scale, b
         ("q", _per_head(block_q, d, "block"), q),
         ("k", _per_head(lk, d, "all"), k),
         ("v", _per_head(lk, d, "all"), v),
-        ("key_valid", pl.BlockSpec((None, 1, lk), lambda i, b, h: (b, 0, 0)), key_valid),
+        ("key_valid", pl.BlockSpec((None, 1, lk), lambda i, b, h: (b, h, 0)), key_valid),
         ("q_scale", _per_head(block_q, 1, "block"), q_scale),
         ("k_scale", pl.BlockSpec((None, None, 1, lk), lambda i, b, h: (b, h, 0, 0)), k_scale),
         ("v_scale", pl.BlockSpec((None, None, 1, d), lambda i, b, h: (b, h, 0, 0)), v_scale),
@@ -151,7 +152,7 @@ def backward(q, k, v, do, lse, delta, kv_table, q_table, *, key_valid, sm_scale,
         _table_spec(kv_table),
         _per_head(block_q, d, "block"), _per_head(lk, d, "all"), _per_head(lk, d, "all"),
         _per_head(block_q, d, "block"), _per_head(block_q, 1, "block"), _per_head(block_q, 1, "block"),
-    ] + ([pl.BlockSpec((None, 1, lk), lambda i, b, h: (b, 0, 0))] if with_valid else [])
+    ] + ([pl.BlockSpec((None, 1, lk), lambda i, b, h: (b, h, 0))] if with_valid else [])
     dq = pl.pallas_call(
         functools.partial(_dq_kernel, names=dq_names, sm_scale=sm_scale, block_k=block_k),
         grid=(lq // block_q, batch, heads),
@@ -168,7 +169,7 @@ def backward(q, k, v, do, lse, delta, kv_table, q_table, *, key_valid, sm_scale,
         _table_spec(q_table),
         _per_head(lq, d, "all"), _per_head(block_k, d, "block"), _per_head(block_k, d, "block"),
         _per_head(lq, d, "all"), _per_head(lq, 1, "all"), _per_head(lq, 1, "all"),
-    ] + ([pl.BlockSpec((None, 1, block_k), lambda j, b, h: (b, 0, j))] if with_valid else [])
+    ] + ([pl.BlockSpec((None, 1, block_k), lambda j, b, h: (b, h, j))] if with_valid else [])
     dk, dv = pl.pallas_call(
         functools.partial(_dkv_kernel, names=dkv_names, sm_scale=sm_scale, block_q=block_q),
         grid=(lk // block_k, batch, heads),

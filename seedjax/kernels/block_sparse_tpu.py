@@ -11,7 +11,8 @@ The backward pass mirrors the forward: dq over the per-row tables, dk/dv over th
 transposed (per key block) tables, each with the step axis innermost.
 
 Layout as in `block_sparse_gpu`: [batch, heads, tokens, head_dim] padded to whole
-blocks; tables [1 or batch, heads, blocks, 1 + max_blocks] with the count in column 0. Mosaic
+blocks; tables [1 or batch, heads, blocks, 1 + max_blocks] with the count in column 0;
+key validity int32 [batch, heads, keys] (to the kernels as [batch, heads, 1, keys]). Mosaic
 needs the minor block dimension to be a multiple of 128 for the key-side vectors, so
 on TPU use block_k % 128 == 0 (checked by the caller).
 
@@ -48,7 +49,14 @@ def _gathered_block(rows, d, per_sample):
 
 
 def _gathered_keys_valid(block_k, per_sample):
-    return pl.BlockSpec((None, 1, block_k), lambda b, h, i, j, t: (b, 0, t[b * per_sample, h, i, 1 + j]))
+    """Key validity as [B, H, 1, Lk] (see `_keys_valid_4d`), the block of step j."""
+    return pl.BlockSpec((None, None, 1, block_k), lambda b, h, i, j, t: (b, h, 0, t[b * per_sample, h, i, 1 + j]))
+
+
+def _keys_valid_4d(key_valid):
+    """[B, H, Lk] -> [B, H, 1, Lk]: Mosaic needs a block's second-minor size to equal the
+    array's or be a multiple of 8, so the per-head rows get their own unit axis."""
+    return None if key_valid is None else key_valid[:, :, None, :]
 
 
 def _forward_kernel(table, *refs, names, sm_scale, num_steps, per_sample):
@@ -93,7 +101,7 @@ def forward(q, k, v, table, *, key_valid, q_scale, k_scale, v_scale, sm_scale, b
         ("q", _row_block(block_q, d), q),
         ("k", _gathered_block(block_k, d, per_sample), k),
         ("v", _gathered_block(block_k, d, per_sample), v),
-        ("key_valid", _gathered_keys_valid(block_k, per_sample), key_valid),
+        ("key_valid", _gathered_keys_valid(block_k, per_sample), _keys_valid_4d(key_valid)),
         ("q_scale", _row_block(block_q, 1), q_scale),
         ("k_scale", pl.BlockSpec((None, None, 1, block_k),
                                  lambda b, h, i, j, t: (b, h, 0, t[b * per_sample, h, i, 1 + j])), k_scale),
@@ -169,7 +177,7 @@ def backward(q, k, v, do, lse, delta, kv_table, q_table, *, key_valid, sm_scale,
     """Gradients (dq, dk, dv) through the same block mask; float inputs only."""
     batch, heads, lq, d = q.shape
     lk = k.shape[2]
-    valid = [key_valid] if key_valid is not None else []
+    valid = [_keys_valid_4d(key_valid)] if key_valid is not None else []
     valid_names = ("key_valid",) if valid else ()
 
     per_sample = int(kv_table.shape[0] > 1)
@@ -200,7 +208,7 @@ def backward(q, k, v, do, lse, delta, kv_table, q_table, *, key_valid, sm_scale,
         in_specs=[_gathered_block(block_q, d, per_sample), _row_block(block_k, d), _row_block(block_k, d),
                   _gathered_block(block_q, d, per_sample), _gathered_block(block_q, 1, per_sample),
                   _gathered_block(block_q, 1, per_sample)]
-        + [pl.BlockSpec((None, 1, block_k), lambda b, h, i, j, t: (b, 0, i))] * len(valid),
+        + [pl.BlockSpec((None, None, 1, block_k), lambda b, h, i, j, t: (b, h, 0, i))] * len(valid),
         out_specs=[_row_block(block_k, d), _row_block(block_k, d)],
         scratch_shapes=[pltpu.VMEM((block_k, d), jnp.float32), pltpu.VMEM((block_k, d), jnp.float32)],
     )

@@ -46,6 +46,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from seedjax.kernels import block_sparse_xla
 from seedjax.kernels.block_sparse_attention import block_sparse_attention, max_active_blocks_of
 
 PLAN_VERSION = 1
@@ -264,7 +265,21 @@ class ParoPlan:
         return bucket_index(self.bucket_edges, t)
 
     def max_active_blocks(self, layer: int) -> int:
+        """Widest query-block row of the layer (any bucket, head): the Pallas kernels' table width."""
         return max_active_blocks_of(self.masks[layer], axis=-1)
+
+    def max_blocks_per_head(self, layer: int) -> int:
+        """Most active blocks of one (bucket, head) of the layer: the XLA path's work per head."""
+        return block_sparse_xla.max_blocks_per_head_of(self.masks[layer])
+
+    def computed_fraction(self, layer: int | None = None) -> float:
+        """Share of dense attention's block products the XLA fallback computes with this plan,
+        for one layer or averaged over layers. Each layer runs every head with the work of its
+        densest (bucket, head), text blocks included; the Pallas kernels compute exactly the
+        active blocks (`density(visual_only=False)`)."""
+        layers = range(self.masks.shape[0]) if layer is None else [layer]
+        return float(np.mean([block_sparse_xla.computed_fraction(self.masks[i], self.max_blocks_per_head(i))
+                              for i in layers]))
 
     def save(self, path: str) -> None:
         header = {"version": PLAN_VERSION, "model_shape": self.model_shape, "bucket_edges": list(self.bucket_edges),
@@ -362,9 +377,9 @@ def paro_attention(q, k, v, plan: ParoPlan, layer: int, timestep, *, key_mask=No
     """Block-sparse attention of layer `layer` under `plan` at flow time `timestep`.
 
     q, k, v [B, L, H, D] in the plan's layout; timestep scalar or [B] (each sample uses
-    the order and mask of its own bucket). `key_mask` [B, L] may mask text tokens only
-    (they do not move). Tokens are reordered per head, attended with the bucket's block
-    mask and put back.
+    the order and mask of its own bucket). `key_mask` [B, L] (True = attend) may mask any
+    token, text or visual (padded frames): it is reordered with the tokens, per head.
+    Tokens are reordered per head, attended with the bucket's block mask and put back.
     """
     batch, length, heads, _ = q.shape
     if not 0 <= layer < plan.model_shape["num_layers"]:
@@ -377,11 +392,13 @@ def paro_attention(q, k, v, plan: ParoPlan, layer: int, timestep, *, key_mask=No
     perm = jnp.asarray(sequence_permutations(plan.layout))[order_ids]  # [B, H, L]
     inverse = jnp.asarray(inverse_permutation(sequence_permutations(plan.layout)))[order_ids]
     masks = jnp.asarray(plan.masks[layer])[buckets]  # [B, H, nq, nk]
+    if key_mask is not None:  # [B, L] -> [B, H, L] in each head's token order
+        key_mask = jnp.take_along_axis(jnp.asarray(key_mask, bool)[:, None, :], perm, axis=-1)
     out = block_sparse_attention(
         permute_tokens(q, perm), permute_tokens(k, perm), permute_tokens(v, perm), masks, key_mask=key_mask,
         block_q=plan.model_shape["block_q"], block_k=plan.model_shape["block_k"],
-        max_active_blocks=plan.max_active_blocks(layer), impl=impl, int8_qk=int8_qk, int8_pv=int8_pv,
-        interpret=interpret,
+        max_active_blocks=plan.max_active_blocks(layer), max_blocks_per_head=plan.max_blocks_per_head(layer),
+        impl=impl, int8_qk=int8_qk, int8_pv=int8_pv, interpret=interpret,
     )
     return permute_tokens(out, inverse)
 
@@ -398,9 +415,12 @@ def load_plan(path: str) -> ParoPlan:
 
 
 def _sequence_layout(layout, source: str) -> SequenceLayout:
-    grid = None if layout is None else layout.grid_hw
+    """The model's token layout (`seedjax.models.attention.TokenLayout`) as a SequenceLayout:
+    a video model fills `grid` = (frames, height, width), an image model `grid_hw`."""
+    grid = None if layout is None else (getattr(layout, "grid", None) or layout.grid_hw)
     if grid is None:
-        raise ValueError(f"{source}: the model must pass a token layout with its grid (MMDiT: grid_hw=(h, w))")
+        raise ValueError(f"{source}: the model must pass a token layout with its grid "
+                         f"(video: grid=(f, h, w); image: grid_hw=(h, w))")
     return SequenceLayout(layout.num_text, tuple(grid))
 
 
