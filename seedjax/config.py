@@ -198,7 +198,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]
 
 
 def _pixel_in_channels(config):
-    if config.input.key != "image":  # latents: the VAE's channels, which the stage checks at start
+    if config.input.key not in ("image", "video"):  # latents: the VAE's channels, checked by the stage at start
         return None
     return config.input.patch_size**2 * data_pipelines.channels(config.data)
 

@@ -10,17 +10,28 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from seedjax.diffusion import flow
+from seedjax.diffusion import flow, tasks
 from seedjax.models import generator
 from seedjax.models.geometry import Geometry
 
 
-def clean_tokens(batch: dict, config, geometry: Geometry | None = None) -> jax.Array:
-    """The batch's clean input (pixels or latents, `config.input.key`) as patch tokens."""
+def clean_input(batch: dict, config) -> jax.Array:
+    """The batch's clean input: pixels, clips or latents (`config.input.key`)."""
     key = config.input.key
     if key not in batch:
         raise ValueError(f"batch has no {key!r} (config.input.key); it has {sorted(batch)}")
-    return (geometry or Geometry.of(config)).tokens(batch[key])
+    return batch[key]
+
+
+def batch_geometry(batch: dict, config) -> Geometry:
+    """The geometry of this batch: clips [B, F, H, W, C] are each bucket's own; images the config's."""
+    x = clean_input(batch, config)
+    return Geometry.of_array(x, config.input.patch_size) if x.ndim == 5 else Geometry.of(config)
+
+
+def clean_tokens(batch: dict, config, geometry: Geometry | None = None) -> jax.Array:
+    """The batch's clean input (pixels or latents, `config.input.key`) as patch tokens."""
+    return (geometry or batch_geometry(batch, config)).tokens(clean_input(batch, config))
 
 
 def loss_weights(batch: dict, config) -> jax.Array | None:
@@ -39,13 +50,17 @@ def flow_matching_loss(model: generator.DiffusionModel, batch: dict, rng: jax.Ar
     """
     rng_drop, rng_t, rng_noise = jax.random.split(rng, 3)
     batch = generator.drop_captions(batch, rng_drop, config.diffusion.cfg_dropout)
-    geometry = Geometry.of(config)
+    geometry = batch_geometry(batch, config)
     x0 = clean_tokens(batch, config, geometry)
-    shift = flow.resolution_shift(x0.shape[1], config.diffusion)
+    shift = flow.resolution_shift(x0.shape[1], config.diffusion)  # tokens count frames: duration-aware
     t = flow.sample_t(rng_t, x0.shape[0], config.diffusion, shift)
     noise = jax.random.normal(rng_noise, x0.shape, x0.dtype)
     x_t = flow.interpolate(x0, noise, t)
     weights = loss_weights(batch, config)
+    if model.is_video:
+        batch = tasks.video_task(batch, geometry.frames_of(x0), jax.random.fold_in(rng, 1), config.diffusion)
+        noisy = tasks.noisy_token_weights(model.dit.cfg, batch, x0.shape[1])
+        weights = noisy if weights is None else (weights if noisy is None else weights * noisy)
     cond = model.condition(batch)
     extra = generator.extras(model.dit.cfg, batch, x0.shape[0])
     extra["attention_kwargs"] = generator.attention_kwargs(config, t)

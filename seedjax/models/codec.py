@@ -134,9 +134,12 @@ class LatentCodec:
 # --------------------------------------------------------------------------- latent-space runs
 
 
+PIXEL_KEYS = ("image", "video")  # config.input.key of pixel-space runs: still images, clips [B, F, H, W, C]
+
+
 def input_shape(config) -> tuple[int, int, int]:
-    """(H, W, C) of what the DiT denoises and the sampler generates: the pixels, or with
-    input.key=latent the latent grid (data.image_size / the VAE's factor, its latent channels)."""
+    """(H, W, C) of one frame of what the DiT denoises and the sampler generates: the pixels, or
+    with input.key=latent the latent grid (data.image_size / the VAE's factor, its latent channels)."""
     size = config.data.image_size
     if config.input.key == "latent":
         return vae_architecture_of_run(config.input.vae_workdir).latent_shape(size, size)
@@ -146,9 +149,9 @@ def input_shape(config) -> tuple[int, int, int]:
 
 def require_pixel_space(config, what: str) -> None:
     """For stages and tools that do not decode latents (yet): refuse input.key=latent up front."""
-    if config.input.key != "image":
+    if config.input.key not in PIXEL_KEYS:
         raise ValueError(f"config.input.key={config.input.key!r}: {what} works on pixels only so far "
-                         "(latent-space runs need a VAE decoder there); use input.key=image")
+                         "(latent-space runs need a VAE decoder there); use input.key=image (or video)")
 
 
 @functools.lru_cache(maxsize=None)

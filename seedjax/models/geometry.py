@@ -48,10 +48,20 @@ class Geometry:
 
     @classmethod
     def of(cls, config) -> "Geometry":
-        """The geometry a diffusion config trains and samples: pixels, or with input.key=latent
-        the latent grid of the VAE in config.input.vae_workdir; `data.num_frames` frames (1 if unset)."""
+        """The geometry a diffusion config samples: pixels, or with input.key=latent the latent grid
+        of the VAE in config.input.vae_workdir; pixel videos (input.key=video) have
+        `data.video.num_frames` frames, everything else one."""
         h, w, c = codec.input_shape(config)
-        return cls(int(config.data.get("num_frames", 1)), h, w, c, config.input.patch_size)
+        frames = int(config.data.video.num_frames) if config.input.key == "video" else 1
+        return cls(frames, h, w, c, config.input.patch_size)
+
+    @classmethod
+    def of_array(cls, x, patch: int) -> "Geometry":
+        """The geometry of a batch [B, H, W, C] or [B, F, H, W, C] (buckets: each batch its own)."""
+        if x.ndim not in (4, 5):
+            raise ValueError(f"Geometry.of_array: expected [B, H, W, C] or [B, F, H, W, C], got shape {x.shape}")
+        frames, (h, w, c) = (x.shape[1] if x.ndim == 5 else 1), x.shape[-3:]
+        return cls(frames, h, w, c, patch)
 
     @classmethod
     def image(cls, height: int, width: int, channels: int, patch: int) -> "Geometry":

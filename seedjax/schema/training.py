@@ -73,6 +73,10 @@ def diffusion_config(**overrides) -> ml_collections.ConfigDict:
             shift=1.0,
             base_tokens=256,
             cfg_dropout=0.1,  # probability of training on the empty caption (enables CFG)
+            # Video DiT (seedjax/diffusion/tasks.py): the fraction of a video batch trained as
+            # image-to-video, and how often such an example's frame is blanked (CFG on the image).
+            i2v_fraction=0.0,
+            cond_frame_dropout=0.0,
         )
     )
     cfg.update(overrides)
@@ -92,6 +96,8 @@ def input_config(**overrides) -> ml_collections.ConfigDict:
 def sampling_config(**overrides) -> ml_collections.ConfigDict:
     # paro_plan: the plan file of `python -m seedjax.tools.calibrate_paro`, used when
     # config.model.attention_backend = 'paro' (sampling, and training if set while training).
-    cfg = ml_collections.ConfigDict(dict(num_steps=30, guidance_scale=3.0, shift=1.0, use_ema=True, paro_plan=""))
+    # i2v: video sample grids condition on the first frame of the held-out clips they caption.
+    cfg = ml_collections.ConfigDict(dict(num_steps=30, guidance_scale=3.0, shift=1.0, use_ema=True, paro_plan="",
+                                         i2v=False))
     cfg.update(overrides)
     return cfg

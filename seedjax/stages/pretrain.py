@@ -3,6 +3,9 @@
 The loss is `seedjax.diffusion.objectives.flow_matching_loss`, the one every velocity-trained
 stage reuses (SFT, the regulariser in RLHF, the teachers of distillation).
 
+With `config.model.kind = 'video_dit'` and `config.input.key = 'video'` the same stage trains
+the video DiT on clips (Seedance's joint T2I / T2V / I2V: `seedjax.diffusion.tasks`).
+
 With `config.input.key = 'latent'` the MMDiT denoises cached VAE latents (`data.path`: shards
 from `python -m data_pipelines.cli.prepare --vae=WORKDIR`); `data.image_size` stays the pixel size,
 and the frozen VAE in `config.input.vae_workdir` decodes samples to pixels for the grids and
@@ -19,13 +22,18 @@ from seedjax.train.stage import Stage
 
 
 def flops_per_example(config) -> float:
-    return generator.train_flops_per_example(config, Geometry.of(config))
+    shots = int(config.data.video.max_shots) if generator.is_video(config.model) else 1
+    return generator.train_flops_per_example(config, Geometry.of(config), shots)
 
 
 def validate_config(config) -> None:
     """The `validate_config` hook (exit 2 before anything runs)."""
-    if config.input.key not in ("image", "latent"):
-        raise ValueError(f"config.input.key must be 'image' or 'latent', got {config.input.key!r}")
+    if config.input.key not in ("image", "video", "latent"):
+        raise ValueError(f"config.input.key must be 'image', 'video' or 'latent', got {config.input.key!r}")
+    if (config.input.key == "video") != generator.is_video(config.model):
+        raise ValueError(f"config.input.key={config.input.key!r} does not fit config.model.kind="
+                         f"{config.model.get('kind', 'mmdit')!r}: clips (input.key=video) train the video DiT "
+                         f"(config.model = video_dit_config(...)), images the MMDiT")
     if config.input.key == "latent":
         latent_factors(config)
 

@@ -26,12 +26,33 @@ def sampler_of(config) -> Sampler:
     return Sampler.from_config(config.sampling, guidance=embedded)
 
 
+def with_first_frame(batch: dict, config, geometry: Geometry) -> dict:
+    """Image-to-video: a prompt batch's `first_frame` [N, H, W, C] (pixels in [-1, 1]) as the video
+    model's conditioning frame 0; with config.sampling.i2v, the first frame of the batch's own
+    clips (`video`, e.g. the held-out data of the sample grid). Other batches pass unchanged."""
+    first = batch.get("first_frame")
+    if first is None and config.sampling.get("i2v", False) and "video" in batch:
+        first = batch["video"][:, 0]
+    if first is None:
+        return batch
+    if config.input.key != "video":
+        raise ValueError(f"image-to-video from a first frame needs a pixel-space video run (config.input.key=video); "
+                         f"this run has input.key={config.input.key!r}")
+    n = first.shape[0]
+    frames = jnp.zeros((n, *geometry.shape), jnp.float32).at[:, 0].set(jnp.asarray(first, jnp.float32))
+    mask = jnp.zeros((n, geometry.frames), jnp.float32).at[:, 0].set(1.0)
+    return batch | {"cond_frames": frames, "cond_mask": mask}
+
+
 def generate(model: generator.DiffusionModel, config, rng: jax.Array, batch: dict,
              sampler: Sampler | None = None) -> jax.Array:
     """What the DiT generates for the captions in `batch`: [N, F, H, W, C] pixels or latents."""
     sampler = sampler or sampler_of(config)
     attention = functools.partial(generator.attention_kwargs, config)
-    return sampler.generate(model, batch, Geometry.of(config), rng, attention=attention)
+    geometry = Geometry.of(config)
+    if model.is_video:
+        batch = with_first_frame(batch, config, geometry)
+    return sampler.generate(model, batch, geometry, rng, attention=attention)
 
 
 def generate_pixels(model: generator.DiffusionModel, config, rng: jax.Array, batch: dict,

@@ -80,7 +80,8 @@ class MetricWriter:
 
     def images(self, step: int, images: np.ndarray, name: str = "samples") -> str | None:
         """Save a grid of samples [N, F, H, W, C] (or images [N, H, W, C]) in [-1, 1] to
-        workdir/samples/step_<N>.png; a video's frames run along its row."""
+        workdir/samples/step_<N>.png; a video's frames run along its row (also TensorBoard's
+        image), and videos are also written as an animated grid, samples/step_<N>.gif."""
         if not self.enabled:
             return None
         grid = make_grid(images)
@@ -90,6 +91,10 @@ class MetricWriter:
         Image.fromarray(grid).save(buffer, format="PNG")
         path.write_bytes(buffer.getvalue())
         self._tb.add_image(name, grid, step, dataformats="HWC")
+        if np.ndim(images) == 5 and np.shape(images)[1] > 1:
+            gif = path.with_suffix(".gif")
+            gif.write_bytes(animated_gif([make_grid(images[:, f]) for f in range(np.shape(images)[1])]))
+            return str(gif)
         return str(path)
 
     def close(self) -> None:
@@ -124,6 +129,14 @@ def make_grid(images: np.ndarray, cols: int | None = None, pad: int = 2) -> np.n
         r, k = divmod(i, cols)
         grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + k * (w + pad) : pad + k * (w + pad) + w] = images[i]
     return grid
+
+
+def animated_gif(frames: list[np.ndarray], fps: float = 8.0) -> bytes:
+    """uint8 RGB frames [H, W, 3] -> the bytes of a looping GIF."""
+    images = [Image.fromarray(f) for f in frames]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    return buffer.getvalue()
 
 
 class Throughput:

@@ -1,0 +1,42 @@
+"""The tasks of a video training batch, unified as Seedance does: T2I, T2V and I2V.
+
+Text-to-image batches are one-frame videos (the data's '1xHxW' buckets, mixed by bucket
+weights); in a video batch a fraction `diffusion.i2v_fraction` of the examples becomes
+image-to-video: their clean first frame is handed to the model as a conditioning frame
+(`cond_frames` [B, F, H, W, C], zeros elsewhere, and `cond_mask` [B, F]). With probability
+`diffusion.cond_frame_dropout` an I2V example's frame is blanked while its mask stays on: the
+"no image" branch that classifier-free guidance on the image needs.
+
+How the model takes the frame is its config (`model.condition`, seedjax/models/video_dit.py):
+channel concat keeps every frame noisy and trained; per-frame timesteps keep the
+conditioning frames clean, so `noisy_token_weights` leaves them out of the loss.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def video_task(batch: dict, clean: jax.Array, rng: jax.Array, diffusion_cfg) -> dict:
+    """The batch with I2V conditioning for a random fraction of its examples; `clean` is the
+    batch's clean input [B, F, H, W, C] (pixels or latents). Unchanged for one-frame batches."""
+    b, frames = clean.shape[:2]
+    fraction = float(diffusion_cfg.get("i2v_fraction", 0.0))
+    if frames == 1 or fraction <= 0:
+        return batch
+    rng_pick, rng_drop = jax.random.split(rng)
+    i2v = jax.random.bernoulli(rng_pick, fraction, (b,))
+    shown = i2v & ~jax.random.bernoulli(rng_drop, float(diffusion_cfg.get("cond_frame_dropout", 0.0)), (b,))
+    cond_mask = jnp.zeros((b, frames), jnp.float32).at[:, 0].set(i2v.astype(jnp.float32))
+    first = jnp.where(shown[:, None, None, None], clean[:, 0], 0.0)
+    return batch | {"cond_frames": jnp.zeros_like(clean).at[:, 0].set(first), "cond_mask": cond_mask}
+
+
+def noisy_token_weights(model_cfg, batch: dict, num_tokens: int) -> jax.Array | None:
+    """[B, N] 1.0 on the tokens the loss trains: with per-frame timesteps, not the clean
+    conditioning frames (they are inputs, and the model returns velocity 0 there); None = all."""
+    if model_cfg.get("condition", "") != "timestep" or "cond_mask" not in batch:
+        return None
+    mask = batch["cond_mask"]
+    return jnp.repeat(1.0 - mask, num_tokens // mask.shape[1], axis=1)
