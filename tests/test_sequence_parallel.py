@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from seedjax.parallel import sequence as sp
 from seedjax.parallel.mesh import make_mesh
@@ -147,6 +147,23 @@ def test_no_mesh_is_dense_and_fully_masked_rows_are_zero():
     for out in outs:
         chex.assert_trees_all_close(out, want, **TOL)
         np.testing.assert_array_equal(np.asarray(out[0, 4]), 0.0)
+
+
+def test_explicit_mesh_axes_with_padding():
+    """On Explicit axes shard_map wants inputs already in its layout and padded outputs must be gathered
+    before cropping: both are done inside (the training loop's meshes are Auto, covered above)."""
+    mesh = jax.make_mesh((1, 1, 1, 4), ("data", "fsdp", "tensor", "sequence"), axis_types=(AxisType.Explicit,) * 4)
+    rng = np.random.default_rng(2)
+    q, k, v = (normal(rng, 1, 37, H, D) for _ in range(3))
+    video = normal(rng, 1, 8, 5, H, D)
+    frame_valid = np.ones((1, 8), bool)
+    want, _ = reference_attention(q, k, v, np.ones((1, 37, 37), bool), q)
+    want_video, _ = reference_temporal(video, video, video, reference_frame_mask(frame_valid, 3), video)
+    video = jax.device_put(video, NamedSharding(mesh, P(None, "sequence")))
+    with jax.set_mesh(mesh):
+        out, out_video = jax.jit(lambda q, k, v, x: (sp.attention(q, k, v, impl="ring"),
+                                                     sp.temporal_attention(x, x, x, window=3)))(q, k, v, video)
+    chex.assert_trees_all_close((out, out_video), (want, want_video), **TOL)
 
 
 def test_bad_arguments_are_one_clear_error():

@@ -192,6 +192,28 @@ def _pad(x, axis: int, multiple: int, value=0):
     return jnp.pad(x, widths, constant_values=value)
 
 
+def _explicit(mesh) -> bool:
+    return any(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types)
+
+
+def _run_split(body, mesh, in_specs, out_specs, args):
+    """shard_map `body` over the mesh. On Explicit mesh axes the inputs are first resharded to `in_specs`
+    (shard_map demands that there); on Auto axes (the training loop's mesh) GSPMD moves them as needed."""
+    if _explicit(mesh):
+        args = [jax.sharding.reshard(x, spec) for x, spec in zip(args, in_specs)]
+    return jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=out_specs)(*args)
+
+
+def _crop(x, mesh, spec, shape):
+    """x without its padding, x[:shape[0], :shape[1], ...]. Explicit axes cannot slice a split dimension
+    to a length they do not divide, so there the padded dimensions are gathered first."""
+    if tuple(x.shape) == tuple(shape):
+        return x
+    if _explicit(mesh):
+        x = jax.sharding.reshard(x, P(*(entry if n == m else None for entry, n, m in zip(spec, x.shape, shape))))
+    return x[tuple(slice(0, n) for n in shape)]
+
+
 def _all_to_all(x, split_axis: int, concat_axis: int):
     return jax.lax.all_to_all(x, SEQUENCE, split_axis, concat_axis, tiled=True)
 
@@ -223,17 +245,15 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: MaskSpec | None = 
     if impl == "ulysses" and local_heads % size:
         raise ValueError(f"ulysses attention splits heads over the 'sequence' axis: {local_heads} heads per device "
                          f"(H={heads}) are not divisible by sequence={size}; use impl='ring'")
-    mask = mask or MaskSpec()
+    mask = mask if mask is not None else MaskSpec()
     ids = lambda x: jnp.zeros((batch, length), jnp.int32) if x is None else x.astype(jnp.int32)
     key_valid = jnp.ones((batch, length), bool) if mask.key_valid is None else mask.key_valid.astype(bool)
     args = [_pad(x, 1, size) for x in (q, k, v, ids(mask.q_ids), ids(mask.k_ids))] + [_pad(key_valid, 1, size, False)]
     tokens, id_spec = P(batch_axes, SEQUENCE, head_axes, None), P(batch_axes, SEQUENCE)
     body = _ulysses_body if impl == "ulysses" else functools.partial(_ring_body, size=size)
-    out = jax.shard_map(
-        functools.partial(body, rule=mask.rule, window=mask.window),
-        mesh=mesh, in_specs=(tokens,) * 3 + (id_spec,) * 3, out_specs=tokens,
-    )(*args)
-    return out[:, :length]
+    out = _run_split(functools.partial(body, rule=mask.rule, window=mask.window), mesh,
+                     (tokens,) * 3 + (id_spec,) * 3, tokens, args)
+    return _crop(out, mesh, tokens, q.shape)
 
 
 def _ulysses_body(q, k, v, q_ids, k_ids, key_valid, *, rule, window):
@@ -312,9 +332,8 @@ def temporal_attention(q: jax.Array, k: jax.Array, v: jax.Array, frame_valid: ja
         by_position = [_all_to_all(x, 2, 1) for x in (q, k, v)]  # [b, F, P/s, h, d]
         return _all_to_all(_temporal_dense(*by_position, _gather(valid), window), 1, 2)
 
-    out = jax.shard_map(body, mesh=mesh, in_specs=(video,) * 3 + (P(batch_axes, SEQUENCE),),
-                        out_specs=video)(*args)
-    return out[:, :frames, :positions]
+    out = _run_split(body, mesh, (video,) * 3 + (P(batch_axes, SEQUENCE),), video, args)
+    return _crop(out, mesh, video, q.shape)
 
 
 # --------------------------------------------------------------------------- replicated queries, split keys
@@ -364,5 +383,5 @@ def attention_to_sharded_keys(q: jax.Array, k_rep: jax.Array, v_rep: jax.Array, 
         o, l = jax.lax.psum(o * scale[..., None], SEQUENCE), jax.lax.psum(l * scale, SEQUENCE)
         return _normalise(o, l, q.dtype)
 
-    return jax.shard_map(body, mesh=mesh, in_specs=(rep, rep, rep, split, split, rep_ids, rep_ids, split_ids, rep_ids,
-                                                    split_ids), out_specs=rep)(*args)
+    return _run_split(body, mesh, (rep, rep, rep, split, split, rep_ids, rep_ids, split_ids, rep_ids, split_ids), rep,
+                      args)
