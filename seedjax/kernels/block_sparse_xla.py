@@ -21,6 +21,8 @@ straight-through gradients.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -68,11 +70,6 @@ def _straight_through(x, x_quantized):
     return x + jax.lax.stop_gradient(x_quantized - x)
 
 
-def _per_head(fn):
-    """Map `fn` over the leading (batch, head) axes of all its arguments."""
-    return jax.vmap(jax.vmap(fn))
-
-
 def attention(q, k, v, key_valid, pairs, *, sm_scale: float, block_q: int, block_k: int, kv_len: int,
               int8_qk: bool, int8_pv: bool, out_dtype):
     """q [B, H, Lq, D], k and v [B, H, Lk, D] (whole blocks), key_valid int [B, H, Lk] or
@@ -90,28 +87,32 @@ def attention(q, k, v, key_valid, pairs, *, sm_scale: float, block_q: int, block
     if int8_pv:
         v = _straight_through(v, quant.fake_quantize_channels(v))
 
-    take = _per_head(lambda x, i: x[i])  # [B, H, n, ...] gathered at [B, H, P] -> [B, H, P, ...]
-    qg = take(q.reshape(b, h, nq, bq, d), rows)
-    kg = take(k.reshape(b, h, nk, bk, d), cols)
-    vg = take(v.reshape(b, h, nk, bk, d), cols)
-    valid = (jnp.arange(size) < counts)[..., None, None]  # [B, H, P, 1, 1]
+    # One flat axis of (batch, head, pair): block indices offset by their (batch, head)
+    # group, so every gather and segment reduction is a plain one-axis op (cheap to compile).
+    groups = jnp.arange(b * h, dtype=jnp.int32).reshape(b, h, 1)
+    rows = (rows + groups * nq).reshape(-1)  # [B*H*P], sorted
+    cols = (cols + groups * nk).reshape(-1)
+    qg = q.reshape(b * h * nq, bq, d)[rows]
+    kg = k.reshape(b * h * nk, bk, d)[cols]
+    vg = v.reshape(b * h * nk, bk, d)[cols]
+    valid = (jnp.arange(size) < counts).reshape(-1)[:, None, None]  # [B*H*P, 1, 1]
     if key_valid is not None:
-        kv_valid = key_valid.reshape(b, h, nk, bk) != 0
-        valid = valid & take(kv_valid, cols)[..., None, :]
+        valid = valid & (key_valid.reshape(b * h * nk, 1, bk)[cols] != 0)
+    segment_max = functools.partial(jax.ops.segment_max, segment_ids=rows, num_segments=b * h * nq,
+                                    indices_are_sorted=True)
+    segment_sum = functools.partial(jax.ops.segment_sum, segment_ids=rows, num_segments=b * h * nq,
+                                    indices_are_sorted=True)
 
-    segment_max = _per_head(lambda x, i: jax.ops.segment_max(x, i, num_segments=nq, indices_are_sorted=True))
-    segment_sum = _per_head(lambda x, i: jax.ops.segment_sum(x, i, num_segments=nq, indices_are_sorted=True))
-
-    s = jnp.einsum("bhpid,bhpjd->bhpij", qg, kg, preferred_element_type=jnp.float32) * sm_scale
+    s = jnp.einsum("pid,pjd->pij", qg, kg, preferred_element_type=jnp.float32) * sm_scale
     s = jnp.where(valid, s, -jnp.inf)
     # The softmax shift: the max over all active keys of the query row (any shift gives
     # the same output; this one keeps exp() <= 1, which INT8 P also relies on).
-    row_max = jax.lax.stop_gradient(segment_max(jnp.max(s, axis=-1), rows))  # [B, H, nq, bq]
-    shift = take(jnp.where(jnp.isfinite(row_max), row_max, 0.0), rows)  # [B, H, P, bq]
+    row_max = jax.lax.stop_gradient(segment_max(jnp.max(s, axis=-1)))  # [B*H*nq, bq]
+    shift = jnp.where(jnp.isfinite(row_max), row_max, 0.0)[rows]  # [B*H*P, bq]
     p = jnp.where(valid, jnp.exp(s - shift[..., None]), 0.0)
-    total = segment_sum(jnp.sum(p, axis=-1), rows)  # [B, H, nq, bq]
+    total = segment_sum(jnp.sum(p, axis=-1))  # [B*H*nq, bq]
     if int8_pv:
         p = _straight_through(p, jnp.round(p * quant.INT8_MAX) / quant.INT8_MAX)
-    out = segment_sum(jnp.einsum("bhpij,bhpjd->bhpid", p, vg.astype(jnp.float32)), rows)  # [B, H, nq, bq, D]
+    out = segment_sum(jnp.einsum("pij,pjd->pid", p, vg.astype(jnp.float32)))  # [B*H*nq, bq, D]
     out = out / jnp.where(total > 0, total, 1.0)[..., None]
     return out.reshape(b, h, lq, d).astype(out_dtype)
