@@ -160,6 +160,18 @@ def _gate_frames(gate: jax.Array, y: jax.Array) -> jax.Array:
     return (_per_frame(y, gate.shape[1]) * gate[:, :, None]).reshape(y.shape)
 
 
+def frame_local_attention(q, k, v, key_mask) -> jax.Array:
+    """Dense attention within each frame, q, k, v [B, F, L, H, D], key_mask [B, F, L], with the
+    frame axis kept on the 'sequence' mesh axis: frames are a batch dimension of every
+    contraction, so the partitioner splits them without moving a token (float32 softmax)."""
+    names = ("batch", "seq", None, "act_heads", None)
+    q, k, v = (constrain(x, names) for x in (q, k, v))
+    scores = jnp.einsum("bfqhd,bfkhd->bfhqk", q, k, preferred_element_type=jnp.float32) / np.sqrt(q.shape[-1])
+    scores = jnp.where(key_mask[:, :, None, None, :], scores, -jnp.inf)
+    probs = jax.nn.softmax(scores, axis=-1)
+    return constrain(jnp.einsum("bfhqk,bfkhd->bfqhd", probs.astype(v.dtype), v), names)
+
+
 def window_mask(frames: int, window: int) -> np.ndarray:
     """[F, F] bool: frames attend within their window of `window` consecutive frames (0 = all)."""
     if window <= 0:
@@ -272,9 +284,12 @@ class AttentionOps:
         q, k, v = (jnp.concatenate([tile(t), per_frame(x)], axis=2) for t, x in ((qt, qv), (kt, kv), (vt, vv)))
         p = qv.shape[1] // frames
         key_mask = jnp.concatenate([masks.frame_text, jnp.ones((*masks.frame_text.shape[:2], p), bool)], axis=2)
-        flat = lambda x: x.reshape(-1, *x.shape[2:])
-        out = self._backend(flat(q), flat(k), flat(v), flat(key_mask), TokenLayout(num_text, self.grid[1:]))
-        out = out.reshape(q.shape)
+        if sequence_lib.sequence_size() > 1:  # frames stay split over 'sequence': no communication
+            out = frame_local_attention(q, k, v, key_mask)
+        else:
+            flat = lambda x: x.reshape(-1, *x.shape[2:])
+            out = self._backend(flat(q), flat(k), flat(v), flat(key_mask), TokenLayout(num_text, self.grid[1:]))
+            out = out.reshape(q.shape)
         txt = jnp.einsum("bft,bfthd->bthd", masks.text_weights, out[:, :, :num_text])
         return out[:, :, num_text:].reshape(qv.shape), txt
 
@@ -292,7 +307,7 @@ class AttentionOps:
         return out.reshape(*out.shape[:1], -1, *out.shape[3:])
 
     def _joint(self, q, k, v, key_mask, layout):
-        if sequence_lib.sequence_size() > 1 and self.backend == "dense":
+        if sequence_lib.sequence_size() > 1:
             spec = sequence_lib.MaskSpec(key_valid=key_mask)
             return sequence_lib.attention(q, k, v, spec, impl=self.sequence_parallel)
         return self._backend(q, k, v, key_mask, layout)
@@ -362,6 +377,9 @@ class VideoDiT(nnx.Module):
         cond_mask = jnp.zeros((batch, frames), jnp.float32) if cond_mask is None else cond_mask.astype(jnp.float32)
         cond_tokens = jnp.zeros_like(x) if cond_tokens is None else cond_tokens.astype(x.dtype)
         get_backend(cfg.attention_backend)
+        if cfg.attention_backend != "dense" and sequence_lib.sequence_size() > 1:
+            raise ValueError(f"VideoDiT: attention backend {cfg.attention_backend!r} does not run with sequence "
+                             f"parallelism (mesh.sequence > 1); use 'dense' there")
         token_cond = jnp.repeat(cond_mask, h * w, axis=1)[..., None]  # [B, N, 1]
 
         t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (batch,))
