@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 
 import jax
 import numpy as np
@@ -52,11 +53,15 @@ class Bundle:
     def nfe(self) -> int:
         return self.sampler.nfe
 
-    def with_sampling(self, steps: int = 0, guidance: float = 0.0) -> "Bundle":
-        """The same generator at other sampling settings (0 = keep): steps, and the guidance
-        scale (a guidance-embedded student's embedded scale, else the CFG scale)."""
+    def with_sampling(self, steps: int = 0, guidance: float = 0.0, frames: int = 0) -> "Bundle":
+        """The same generator at other sampling settings (0 = keep): steps, the guidance scale (a
+        guidance-embedded student's embedded scale, else the CFG scale) and a video's frames."""
         config = self.config.copy_and_resolve_references()
+        if frames > 0 and config.input.key != "video":
+            raise BundleError(f"frames={frames}: this run generates images (input.key={config.input.key!r})")
         with config.unlocked():
+            if frames > 0:
+                config.data.video.num_frames = frames
             if steps > 0:
                 config.sampling.num_steps = steps
             if guidance > 0:
@@ -64,13 +69,28 @@ class Bundle:
                     config.distill.guidance = guidance
                 else:
                     config.sampling.guidance_scale = guidance
-        return dataclasses.replace(self, config=config, sampler=sampler_of(config))
+        return dataclasses.replace(self, config=config, sampler=sampler_of(config), geometry=Geometry.of(config))
 
     def prompts(self, captions: list[str]) -> dict:
-        """Tokenized captions (+ target size) in the batch layout the generator takes."""
-        tokens, mask = tokenize(captions, self.config.data.max_text_len)
+        """Tokenized captions (+ target size) in the batch layout the generator takes. For a video
+        model a caption "shot 1: ...; shot 2: ..." is a multi-shot prompt: one caption per shot,
+        the frames split evenly between the shots."""
+        length = self.config.data.max_text_len
+        tokens, mask = tokenize(captions, length)
         size = np.full((len(captions), 2), self.config.data.image_size, np.int32)  # pixels, also for latent runs
-        return {"tokens": tokens, "text_mask": mask, "target_size": size}
+        batch = {"tokens": tokens, "text_mask": mask, "target_size": size}
+        if not self.model.is_video:
+            return batch
+        shots = [split_shots(c) for c in captions]
+        most = max(len(s) for s in shots)
+        shot_tokens = np.zeros((len(captions), most, length), np.int32)
+        shot_mask = np.zeros((len(captions), most, length), bool)
+        frames = self.geometry.frames
+        frame_shot = np.zeros((len(captions), frames), np.int32)
+        for i, parts in enumerate(shots):
+            shot_tokens[i, : len(parts)], shot_mask[i, : len(parts)] = tokenize(parts, length)
+            frame_shot[i] = np.arange(frames) * len(parts) // frames
+        return batch | {"shot_tokens": shot_tokens, "shot_mask": shot_mask, "frame_shot": frame_shot}
 
     def generate_fn(self):
         """(params, batch, rng) -> pixels [N, F, H, W, C] in [-1, 1], and the params: parameters
@@ -82,6 +102,14 @@ class Bundle:
     def generate(self, batch: dict, rng: jax.Array) -> jax.Array:
         fn, params = self.generate_fn()
         return jax.jit(fn)(params, batch, rng)
+
+
+def split_shots(caption: str) -> list[str]:
+    """'shot 1: a red 3 moving left; shot 2: a blue 5 moving up' -> one caption per shot
+    (the moving-digit data's multi-shot format); any other caption is one shot."""
+    parts = re.split(r"(?:^|;)\s*shot \d+:\s*", caption.strip())
+    parts = [p.strip() for p in parts if p.strip()]
+    return parts if len(parts) > 1 and caption.strip().startswith("shot ") else [caption]
 
 
 def run_config(path: str):
