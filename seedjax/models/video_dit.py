@@ -260,14 +260,17 @@ class AttentionOps:
     backend: str
     sequence_parallel: str
     extra: dict = dataclasses.field(default_factory=dict, hash=False, compare=False)
-    layer_index: int | None = None
+    block: int | None = None
 
-    def at(self, layer_index: int) -> "AttentionOps":
-        return dataclasses.replace(self, layer_index=layer_index)
+    def at(self, block: int) -> "AttentionOps":
+        return dataclasses.replace(self, block=block)
 
-    def _backend(self, q, k, v, key_mask, layout):
-        return attention(q, k, v, key_mask=key_mask, backend=self.backend, layer_index=self.layer_index,
-                         layout=layout, **self.extra)
+    def _backend(self, q, k, v, key_mask, layout, sublayer: int = 0):
+        # Every block has two attentions, each with its own per-layer data (PARO plans): the
+        # spatial one (sublayer 0) is attention layer 2 * block, the temporal one 2 * block + 1.
+        index = None if self.block is None else 2 * self.block + sublayer
+        return attention(q, k, v, key_mask=key_mask, backend=self.backend, layer_index=index, layout=layout,
+                         **self.extra)
 
     def spatial(self, qv, kv, vv, qt, kt, vt, masks: Masks):
         """(visual [B, N, H, D], text [B, Lt, H, D]) outputs of the spatial sublayer."""
@@ -298,7 +301,7 @@ class AttentionOps:
         frames = self.grid[0]
         if self.mode == "full_3d":
             key_mask = jnp.repeat(masks.frame_valid, q.shape[1] // frames, axis=1)
-            return self._joint(q, k, v, key_mask, TokenLayout(0, None, self.grid))
+            return self._joint(q, k, v, key_mask, TokenLayout(0, None, self.grid), sublayer=1)
         q, k, v = (_per_frame(x, frames) for x in (q, k, v))
         if sequence_lib.sequence_size() > 1:
             out = sequence_lib.temporal_attention(q, k, v, frame_valid=masks.frame_valid, window=self.window)
@@ -306,11 +309,11 @@ class AttentionOps:
             out = temporal_attention(q, k, v, masks.frame_valid, self.window)
         return out.reshape(*out.shape[:1], -1, *out.shape[3:])
 
-    def _joint(self, q, k, v, key_mask, layout):
+    def _joint(self, q, k, v, key_mask, layout, sublayer: int = 0):
         if sequence_lib.sequence_size() > 1:
             spec = sequence_lib.MaskSpec(key_valid=key_mask)
             return sequence_lib.attention(q, k, v, spec, impl=self.sequence_parallel)
-        return self._backend(q, k, v, key_mask, layout)
+        return self._backend(q, k, v, key_mask, layout, sublayer)
 
 
 class VideoDiT(nnx.Module):
