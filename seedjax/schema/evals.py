@@ -45,7 +45,13 @@ def generator_entry(type: str, **options) -> ml_collections.ConfigDict:
 
 def generator_eval(source: str = "digits", **options) -> ml_collections.ConfigDict:
     """The held-out generator metrics that apply to training data of `source`: the digit judges'
-    (`digit_prompts`) unless the data is your own images (`image_folder`)."""
+    (`digit_prompts`), the video judges on moving digits (`video_prompts`), or for your own images
+    pixel statistics (`image_folder`). Your own videos have no held-out judge yet: ValueError."""
+    if source in ("video_folder", "video_jsonl"):
+        raise ValueError(f"data.source={source!r}: no held-out evaluator judges your own videos yet; leave "
+                         f"config.evals empty (sample grids still show progress)")
+    if source == "moving_digits":
+        return generator_entry("video_prompts", **options)
     return generator_entry("image_folder" if source in NON_DIGIT_SOURCES else "digit_prompts", **options)
 
 

@@ -21,7 +21,8 @@ from seedjax.train.stage import load_stage
 from seedjax.train.state import make_tx
 
 # Sources read from `path` (the others are generated or bundled).
-_PATH_SOURCES = {"folder": "an image folder", "jsonl": "a JSONL manifest", "shards": "a shard directory"}
+_PATH_SOURCES = {"folder": "an image folder", "jsonl": "a JSONL manifest", "shards": "a shard directory",
+                 "video_folder": "a video folder", "video_jsonl": "a JSONL video manifest"}
 
 
 def validate_config(config) -> None:
