@@ -144,9 +144,10 @@ def _load_params(model: nnx.Module, tensors: dict[str, np.ndarray], path: Path) 
         raise ValueError(f"{path}: tensors {sorted(set(tensors) ^ expected)} do not match the model; delete the file")
     for p, v in flat:
         name = "/".join(map(str, p))
-        if tensors[name].shape != v[...].shape:
-            raise ValueError(f"{path}: tensor {name} has shape {tensors[name].shape}, model wants {v[...].shape}")
-        v[...] = jnp.asarray(tensors[name])
+        want = v.get_value().shape  # (an abstract model's value is a ShapeDtypeStruct)
+        if tensors[name].shape != want:
+            raise ValueError(f"{path}: tensor {name} has shape {tensors[name].shape}, model wants {want}")
+        v.set_value(jnp.asarray(tensors[name]))
     nnx.update(model, state)
 
 
@@ -161,25 +162,29 @@ def _file_lock(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def load_or_train(name: str, settings: dict, model: nnx.Module, train: Callable[[nnx.Module], dict]) -> dict:
-    """Fill `model` with cached weights for `settings`, training (and caching) them first if needed.
+def load_or_train(name: str, settings: dict, make: Callable[[], nnx.Module],
+                  train: Callable[[nnx.Module], dict]) -> tuple[nnx.Module, dict]:
+    """The model `make()` builds, with cached weights for `settings`, trained (and cached) first if needed.
 
     `train(model)` trains in place and returns metadata (e.g. held-out accuracy) stored next to
-    the weights. Returns that metadata (str -> str).
+    the weights. Returns (model, that metadata (str -> str)). With cached weights the model is
+    built abstractly and filled: no initialiser runs (eagerly, each is a compile of its own).
     """
     from safetensors.numpy import load_file, safe_open, save_file
 
     path = cache_dir() / name / f"{settings_key(settings)}.safetensors"
     with _file_lock(path.with_suffix(".lock")):
         if not path.exists():
+            model = make()
             metadata = {k: str(v) for k, v in train(model).items()}
             metadata["settings"] = json.dumps(settings, sort_keys=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
             os.close(fd)
             save_file(_flat_params(model), tmp, metadata=metadata)
             os.replace(tmp, path)
-            return metadata
+            return model, metadata
     with safe_open(str(path), "np") as f:
         metadata = dict(f.metadata() or {})
+    model = nnx.eval_shape(make)
     _load_params(model, load_file(str(path)), path)
-    return metadata
+    return model, metadata

@@ -156,9 +156,9 @@ def load(image_size: int = 32, **overrides) -> DigitCNN:
     """The digit CNN at working resolution `image_size` (`overrides`: other DigitCNNSettings fields),
     trained on first use and loaded from the cache after. Not memoised: callers keep what they load."""
     settings = DigitCNNSettings(image_size=image_size, **overrides)
-    model = small_cnn.SmallCNN(1, settings.image_size, 10, channels=settings.channels,
-                               feature_dim=settings.feature_dim, first_stride=settings.first_stride,
-                               rngs=nnx.Rngs(settings.seed))
+    make = lambda: small_cnn.SmallCNN(1, settings.image_size, 10, channels=settings.channels,
+                                      feature_dim=settings.feature_dim, first_stride=settings.first_stride,
+                                      rngs=nnx.Rngs(settings.seed))
     key = {"model": CACHE_NAME, "code_version": CODE_VERSION, **dataclasses.asdict(settings)}
-    metadata = small_cnn.load_or_train(CACHE_NAME, key, model, lambda m: _train(m, settings))
+    model, metadata = small_cnn.load_or_train(CACHE_NAME, key, make, lambda m: _train(m, settings))
     return DigitCNN(model, settings, metadata)

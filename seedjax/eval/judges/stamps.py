@@ -199,11 +199,11 @@ def _train(model: small_cnn.SmallCNN, settings: StampSettings, log_every: int = 
 def get_stamp_detector(image_size: int = 64, **overrides) -> StampDetector:
     """The stamp detector at working resolution `image_size` (trained once, then loaded from cache)."""
     settings = StampSettings(image_size=image_size, **overrides)
-    model = small_cnn.SmallCNN(3, settings.image_size, len(DEFECT_KINDS), channels=settings.channels,
-                         feature_dim=settings.feature_dim, first_stride=settings.first_stride, global_pool=True,
-                         rngs=nnx.Rngs(settings.seed))
+    make = lambda: small_cnn.SmallCNN(3, settings.image_size, len(DEFECT_KINDS), channels=settings.channels,
+                                      feature_dim=settings.feature_dim, first_stride=settings.first_stride,
+                                      global_pool=True, rngs=nnx.Rngs(settings.seed))
     key = {"model": "stamp_detector", "code_version": CODE_VERSION, **dataclasses.asdict(settings)}
-    metadata = small_cnn.load_or_train("stamp_detector", key, model, lambda m: _train(m, settings))
+    model, metadata = small_cnn.load_or_train("stamp_detector", key, make, lambda m: _train(m, settings))
     return StampDetector(model, settings.image_size, metadata)
 
 
