@@ -4,18 +4,19 @@
 #   bash launch/quickstart.sh          one stage: text-to-image pretraining, a few minutes
 #   bash launch/quickstart.sh full     pretrain -> SFT -> reward model -> RLHF, about half an hour
 #   bash launch/quickstart.sh tiny     the full chain in seconds-long variants (CI)
+#   bash launch/quickstart.sh video    text-to-video on moving digits (experiments/seedance/t2v.py)
 #   add --dry_run to print the plan and exit without installing or training
-# Results go to runs/quickstart, runs/quickstart_full or runs/quickstart_tiny
+# Results go to runs/quickstart, runs/quickstart_full, runs/quickstart_tiny or runs/quickstart_video
 # (or $SEEDJAX_QUICKSTART_DIR). The stages and their expected durations (2 idle CPU cores;
 # longer on a busy machine) mirror experiments/quickstart/pipeline.py.
 set -euo pipefail
-usage="usage: bash launch/quickstart.sh [full|tiny] [--dry_run]"
+usage="usage: bash launch/quickstart.sh [full|tiny|video] [--dry_run]"
 variant="" dry_run=0
 for a in "$@"; do
   case "$a" in
-    -h|--help) echo "$usage"; sed -n '2,10p' "$0" | cut -c3-; exit 0 ;;
+    -h|--help) echo "$usage"; sed -n '2,11p' "$0" | cut -c3-; exit 0 ;;
     --dry_run) dry_run=1 ;;
-    full|tiny) [ -z "$variant" ] || { echo "quickstart.sh: one variant at most; $usage" >&2; exit 2; }; variant="$a" ;;
+    full|tiny|video) [ -z "$variant" ] || { echo "quickstart.sh: one variant at most; $usage" >&2; exit 2; }; variant="$a" ;;
     *) echo "quickstart.sh: unknown argument '$a'; $usage" >&2; exit 2 ;;
   esac
 done
@@ -26,6 +27,8 @@ case "$variant" in
         stages=(pretrain sft reward rlhf); about=("about 7 min" "about 3 min" "about 6 min" "about 2 min") ;;
   tiny) pipeline=tiny; root_default=runs/quickstart_tiny
         stages=(pretrain sft reward rlhf); about=("about 1 min" "about 1 min" "about 1 min" "about 1 min") ;;
+  video) pipeline=video; root_default=runs/quickstart_video
+        stages=(t2v); about=("about 25 min") ;;
 esac
 root="${SEEDJAX_QUICKSTART_DIR:-$root_default}"
 qs_pipeline="experiments/quickstart/pipeline.py:variant=$pipeline"  # (env.sh sets its own $spec)

@@ -1,4 +1,4 @@
-"""`bash launch/quickstart.sh [full|tiny]`: arguments are checked before anything is installed or trained.
+"""`bash launch/quickstart.sh [full|tiny|video]`: arguments are checked before anything is installed or trained.
 
 The chains themselves run elsewhere (tests/test_rlhf.py::test_tiny_post_training_pipeline runs the
 tiny chain); here only the argument handling and the plan each variant prints.
@@ -28,13 +28,14 @@ def test_rejects_other_arguments_with_exit_2(tmp_path, args):
     proc = quickstart(tmp_path, *args)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     last = proc.stderr.strip().splitlines()
-    assert len(last) == 1 and "usage: bash launch/quickstart.sh [full|tiny]" in last[0]
+    assert len(last) == 1 and "usage: bash launch/quickstart.sh [full|tiny|video]" in last[0]
 
 
 @pytest.mark.parametrize("args, pipeline_variant, stages", [
     ([], "fast", ["pretrain"]),
     (["full"], "full", ["pretrain", "sft", "reward", "rlhf"]),
     (["tiny"], "tiny", ["pretrain", "sft", "reward", "rlhf"]),
+    (["video"], "video", ["t2v"]),
 ])
 def test_accepts_default_full_and_tiny(tmp_path, args, pipeline_variant, stages):
     proc = quickstart(tmp_path, *args, "--dry_run")

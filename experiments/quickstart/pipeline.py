@@ -8,6 +8,8 @@ Variants:
   full   (default; `quickstart` is the same) pretrain -> SFT -> reward -> RLHF, with the
          1200-step pretraining; `bash launch/quickstart.sh full`.
   tiny   the full chain's stages in their seconds-long CI variants; `bash launch/quickstart.sh tiny`.
+  video  one stage: the video quickstart, text-to-video on moving digits
+         (experiments/seedance/t2v.py); `bash launch/quickstart.sh video`.
 
 SFT starts from pretraining; the reward model trains on its own (real digits, perturbed
 captions, degraded images); RLHF starts from SFT and maximises the reward model's composite
@@ -18,15 +20,17 @@ launch/quickstart.sh lists the same stages (with their expected durations); keep
 
 from seedjax.config import parse_arg
 
-VARIANTS = ("fast", "full", "quickstart", "tiny")
+VARIANTS = ("fast", "full", "quickstart", "tiny", "video")
 
 
 def get_pipeline(arg=None):
     arg = parse_arg(arg, variant="full")
     if arg.variant not in VARIANTS:
-        raise ValueError(f"unknown quickstart pipeline variant {arg.variant!r} (fast | full | tiny)")
+        raise ValueError(f"unknown quickstart pipeline variant {arg.variant!r} (fast | full | tiny | video)")
     if arg.variant == "fast":
         return [dict(name="pretrain", config="experiments/quickstart/pretrain.py:variant=fast")]
+    if arg.variant == "video":
+        return [dict(name="t2v", config="experiments/seedance/t2v.py")]
     v = "tiny" if arg.variant == "tiny" else "quickstart"  # the stage configs' variant
     rewards = "{root}/reward#alignment:1,{root}/reward#quality:0.25"
     return [
