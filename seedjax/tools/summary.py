@@ -37,12 +37,13 @@ def read_metrics(workdir: str) -> list[dict]:
 
 
 def latest_grid(workdir: str) -> str | None:
-    """The sample grid of the highest step under `workdir/samples/` (step_<N>.png, .gif or .mp4)."""
+    """The sample grid of the highest step under `workdir/samples/` (step_<N>.png, .gif or .mp4; a
+    video's animation before its filmstrip PNG)."""
     samples = os.path.join(workdir, "samples")
     if not os.path.isdir(samples):
         return None
-    grids = [(int(m.group(1)), name) for name in os.listdir(samples) if (m := _GRID.match(name))]
-    return os.path.join(samples, max(grids)[1]) if grids else None
+    grids = [(int(m.group(1)), m.group(2) != "png", name) for name in os.listdir(samples) if (m := _GRID.match(name))]
+    return os.path.join(samples, max(grids)[2]) if grids else None
 
 
 def stage_summary(workdir: str) -> dict:
