@@ -354,3 +354,97 @@ def test_video_layout_capture_plan_and_backend_with_partial_blocks():
     np.testing.assert_allclose(np.asarray(got[0]), np.asarray(want[0]), atol=3e-6, rtol=0)
     for name, g, w in zip("qkv", got[1], want[1]):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=2e-5, rtol=0, err_msg=f"d{name}")
+
+
+# ----------------------------------------------------------------------------------------
+# seedjax.tools.calibrate_paro: one calibration per attention layer, a plan per layout
+# ----------------------------------------------------------------------------------------
+
+
+def _tiny_video_dit(attention, backend):
+    """A one-block video DiT (attention layers: the block's spatial 0, temporal 1) with fixed
+    random parameters."""
+    from seedjax.models import video_dit
+    from seedjax.schema.models import video_dit_config
+
+    cfg = video_dit_config("tiny", num_heads=2, head_dim=16, axes_dims_rope=(4, 6, 6), depth=1, text_dim=16,
+                           pooled_dim=16, in_channels=4, attention=attention, attention_backend=backend)
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: video_dit.VideoDiT(cfg, nnx.Rngs(0))))
+    rng = np.random.default_rng(0)
+    return nnx.merge(graphdef, jax.tree.map(lambda x: jnp.asarray(0.2 * rng.standard_normal(x.shape), x.dtype), state))
+
+
+def test_calibrate_paro_per_layer_layouts_on_the_video_dit(tmp_path):
+    """2 x (2 x 4) video, 3 text tokens, blocks of 8, one sample per timestep bucket.
+    full_3d: the spatial layer 0 attends over 3 + 16 tokens, the temporal layer 1 over the 16
+    visual ones: two plans, each dense (natural order) on the other's layer. decoupled: per-frame
+    spatial calls (3 + 8 tokens, each frame in its own sample's bucket) on layer 0, whose plan
+    at density 1 reproduces the dense model."""
+    from seedjax.tools import calibrate_paro as tool
+
+    grid, num_text = (2, 2, 4), 3
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.standard_normal((2, 16, 4)), jnp.float32)
+    txt = jnp.asarray(rng.standard_normal((2, num_text, 16)), jnp.float32)
+    pooled = jnp.asarray(rng.standard_normal((2, 16)), jnp.float32)
+    t = jnp.asarray([0.9, 0.2])
+
+    def forward(attention, backend, **kw):
+        graphdef, state = nnx.split(_tiny_video_dit(attention, backend))
+        fn = _jit(lambda state: nnx.merge(graphdef, state)(x, t, txt, pooled, grid=grid, attention_kwargs=kw or None))
+        return np.asarray(fn(state))
+
+    calibs = tool.LayerCalibrations((0.5,), block=8)
+    forward("full_3d", tool.CAPTURE_BACKEND, calibrations=calibs, timestep=t)
+    jax.effects_barrier()
+    joint, visual = paro.SequenceLayout(num_text, grid), paro.SequenceLayout(0, grid)
+    assert {i: c.layout for i, c in calibs.layers.items()} == {0: joint, 1: visual}
+    assert all(c.counts.tolist() == [[1, 1]] for c in calibs.layers.values())
+    spatial, temporal = calibs.plans(0.5)
+    assert (spatial.layout, spatial.info["layers"], temporal.layout, temporal.info["layers"]) == (
+        joint, [0], visual, [1])
+    for plan, own, other in ((spatial, 0, 1), (temporal, 1, 0)):
+        assert plan.model_shape["num_layers"] == 2 and plan.masks[other].all() and not plan.masks[own].all()
+        assert (plan.order_ids[other] == plan.orders.index("fhw")).all()
+    assert tool.plan_paths("p/plan.safetensors", [spatial, temporal]) == [
+        "p/plan.safetensors", "p/plan_visual_2x2x4.safetensors"]
+    with pytest.raises(ValueError, match="2 layouts"):
+        calibs.plan(0.5)
+
+    calibs = tool.LayerCalibrations((0.5,), block=8)
+    dense = forward("decoupled", "dense")
+    np.testing.assert_allclose(forward("decoupled", tool.CAPTURE_BACKEND, calibrations=calibs, timestep=t), dense,
+                               rtol=1e-5, atol=1e-5)
+    jax.effects_barrier()
+    assert sorted(calibs.layers) == [0]
+    assert all(c.layout == paro.SequenceLayout(num_text, (2, 4)) and c.counts.tolist() == [[2, 2]]
+               for c in calibs.layers.values())
+    path = str(tmp_path / "decoupled.safetensors")
+    calibs.plan(1.0).save(path)
+    np.testing.assert_allclose(forward("decoupled", "paro", plan=path, timestep=0.5, impl="xla"), dense,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_calibrate_paro_per_layer_plan_equals_the_whole_model_calibration():
+    """On the MMDiT (every layer one layout), calibrating layer by layer gives the plan of
+    one `paro.Calibration` over all layers (the 'paro_capture' backend)."""
+    from seedjax.tools import calibrate_paro as tool
+
+    grid, num_text = (4, 8), 3
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.standard_normal((2, 32, 8)), jnp.float32)
+    txt = jnp.asarray(rng.standard_normal((2, num_text, 24)), jnp.float32)
+    pooled = jnp.asarray(rng.standard_normal((2, 20)), jnp.float32)
+    t = jnp.asarray([0.9, 0.2])
+    whole = paro.Calibration(paro.SequenceLayout(num_text, grid), 2, 2, (0.5,), block_q=8, block_k=8)
+    per_layer = tool.LayerCalibrations((0.5,), block=8)
+    for backend, kw in (("paro_capture", dict(calibration=whole)),
+                        (tool.CAPTURE_BACKEND, dict(calibrations=per_layer))):
+        graphdef, state = nnx.split(_tiny_model(backend))
+        _jit(lambda state: nnx.merge(graphdef, state)(x, t, txt, pooled, grid_hw=grid,
+                                                      attention_kwargs=dict(timestep=t, **kw)))(state)
+    jax.effects_barrier()
+    want, got = whole.plan(0.3), per_layer.plan(0.3)
+    assert got.model_shape == want.model_shape and got.info["layers"] == [0, 1]
+    np.testing.assert_array_equal(got.order_ids, want.order_ids)
+    np.testing.assert_array_equal(got.masks, want.masks)
