@@ -119,19 +119,21 @@ def test_full_3d_attention_is_dense_over_all_tokens():
 # --------------------------------------------------------------------------- the model
 
 
-def _randomise(module: nnx.Module, seed: int = 0, scale: float = 0.2) -> None:
-    """Every parameter (including the zero-initialised adaLN and output layers) set to noise."""
-    state = nnx.state(module, nnx.Param)
+def _random(make, seed: int = 0, scale: float = 0.2) -> nnx.Module:
+    """The module `make()` builds with every parameter (the zero-initialised adaLN and output
+    layers too) drawn from N(0, scale^2) by numpy. Built abstractly: no initialiser runs (on a
+    CPU each would be a compile of its own)."""
+    graphdef, state = nnx.split(nnx.eval_shape(make))
     leaves, tree = jax.tree.flatten(state)
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    nnx.update(module, jax.tree.unflatten(tree, [scale * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)]))
+    rng = np.random.default_rng(seed)
+    values = [jnp.asarray(scale * rng.standard_normal(x.shape), x.dtype) for x in leaves]
+    return nnx.merge(graphdef, jax.tree.unflatten(tree, values))
 
 
 def test_spatial_sublayer_on_one_frame_is_the_mmdit_block():
     cfg = video_dit_config("tiny", num_heads=2, head_dim=16, axes_dims_rope=(4, 6, 6), text_dim=16, pooled_dim=16)
-    block = video_dit.VideoBlock(32, 16, 64, rngs=nnx.Rngs(0), dtype=jnp.float32)
-    _randomise(block)
-    reference = mmdit.DoubleStreamBlock(32, 16, 64, rngs=nnx.Rngs(1), dtype=jnp.float32)
+    block = _random(lambda: video_dit.VideoBlock(32, 16, 64, rngs=nnx.Rngs(0), dtype=jnp.float32))
+    reference = _random(lambda: mmdit.DoubleStreamBlock(32, 16, 64, rngs=nnx.Rngs(1), dtype=jnp.float32), seed=1)
     nnx.update(reference, {"img": nnx.state(block.img), "txt": nnx.state(block.txt)})
     h, w, num_text = 2, 3, 5
     keys = jax.random.split(jax.random.key(3), 3)
@@ -160,9 +162,7 @@ def _generator(condition: str):
     config.text.update(width=32, depth=1, num_heads=2, max_len=8)
     config.model = video_dit_config("tiny", num_heads=2, head_dim=16, axes_dims_rope=(4, 6, 6), text_dim=32,
                                     pooled_dim=32, depth=1, in_channels=3 * 4, condition=condition)
-    model = generator.build(config, nnx.Rngs(0))
-    _randomise(model.dit)
-    return model
+    return _random(lambda: generator.build(config, nnx.Rngs(0)))
 
 
 GEOMETRY = Geometry.video(3, 4, 4, 3, patch=2)
@@ -212,20 +212,43 @@ def test_channel_concat_conditioning_is_wired():
     np.testing.assert_allclose(run(off(_batch(0))), run(_batch(0, cond=False)), atol=1e-5)  # = no conditioning
 
 
-def test_one_frame_video_is_the_image_task():
-    model = _generator("concat")
-    image = Geometry.image(4, 4, 3, patch=2)
-    one_frame = Geometry.video(1, 4, 4, 3, patch=2)
-    pixels = jax.random.uniform(jax.random.key(2), (2, 4, 4, 3), minval=-1, maxval=1)
-    np.testing.assert_array_equal(image.tokens(pixels), one_frame.tokens(pixels[:, None]))
-    t = jnp.array([0.3, 0.6])
-    run = jax.jit(lambda x, geometry: model(geometry.tokens(x), t, model.condition(_batch(cond=False)), geometry),
-                  static_argnums=1)
-    np.testing.assert_array_equal(run(pixels, image), run(pixels[:, None], one_frame))
-
-
 def test_bad_video_config_is_one_line():
     with pytest.raises(ValueError, match="model.attention"):
         video_dit.VideoDiT(video_dit_config("tiny", attention="sparse"), nnx.Rngs(0))
     with pytest.raises(ValueError, match="axes_dims_rope"):
         video_dit.VideoDiT(video_dit_config("tiny", axes_dims_rope=(8, 24)), nnx.Rngs(0))
+
+
+def test_sequence_parallel_full_3d_model_matches_one_device():
+    """The whole full_3d model with ring attention on a data=2 x sequence=4 mesh (8 fake devices):
+    loss and every parameter gradient equal the 1-device ones. (The decoupled model on a sequence
+    mesh, padded frames included, is tests/test_video_e2e.py's run.)"""
+    attention, sequence_parallel, frames = "full_3d", "ring", 3
+    from seedjax.parallel import mesh as mesh_lib
+    from seedjax.parallel import sharding
+
+    config = ml_collections.ConfigDict()
+    config.text = text_config()
+    config.text.update(width=32, depth=1, num_heads=2, max_len=8)
+    config.model = video_dit_config("tiny", num_heads=4, head_dim=8, axes_dims_rope=(2, 2, 4), text_dim=32,
+                                    pooled_dim=32, depth=1, in_channels=12, attention=attention,
+                                    sequence_parallel=sequence_parallel, temporal_window=2)
+    model = _random(lambda: generator.build(config, nnx.Rngs(0)))
+    geometry = Geometry.video(frames, 4, 4, 3, patch=2)
+    batch = _batch(cond=False)
+    x, t = geometry.noise(jax.random.key(1), 2), jnp.array([0.3, 0.8])
+    graphdef, params = nnx.split(model)
+
+    def loss_and_grads(params):
+        def loss(p):
+            m = nnx.merge(graphdef, p)
+            return jnp.mean(m(x, t, m.condition(batch), geometry) ** 2)
+        return jax.value_and_grad(loss)(params)
+
+    want, want_grads = jax.jit(loss_and_grads)(params)
+    mesh = mesh_lib.make_mesh(ml_collections.ConfigDict(dict(data=2, fsdp=1, tensor=1, sequence=4)))
+    with jax.set_mesh(mesh), sharding.axis_rules(sharding.rules_from_config(ml_collections.ConfigDict())):
+        got, got_grads = jax.jit(loss_and_grads)(params)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
+        np.testing.assert_allclose(g, w, atol=5e-5, rtol=1e-4)
