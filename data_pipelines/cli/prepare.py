@@ -29,14 +29,13 @@ import sys
 
 import numpy as np
 
-from data_pipelines.cli.video_latents import load_video_codec
 from data_pipelines.core import buckets as buckets_lib
 from data_pipelines.core import clips as clips_lib
 from data_pipelines.core import config as config_lib
 from data_pipelines.core import pipeline, samples, shards
 from data_pipelines.core.samples import BadSample
 from seedjax import cli
-from seedjax.config import apply_overrides
+from seedjax.config import apply_overrides, workdir_config
 
 log = logging.getLogger("data_pipelines.cli.prepare")
 
@@ -219,15 +218,14 @@ def video_bucket_of(source, data_cfg, temporal_factor: int, spatial_factor: int)
 
 def write_video_latents(source, out_dir: str, codec, data_cfg, *, num_shards: int, limit: int = -1,
                         batch_size: int = 8) -> dict:
-    """Encode every readable clip of a video source with a video VAE codec (video_latents.load_video_codec).
+    """Encode every readable clip of a video source with a video VAE codec (seedjax.train.params.load_codec).
 
     A record holds `latent` [f, h, w, c], the caption, the shot captions, `frame_shot` of the latent
     frames (clips.latent_frame_shot) and the shot labels; the header records the VAE's temporal
     and spatial factors. Reading the shards back (data.source=shards) gives the clip batch contract
     with `latent` in place of `video`.
     """
-    vae = codec.vae.config
-    tf, sf = vae.temporal_factor, vae.spatial_factor
+    tf, sf = codec.temporal_factor, codec.downsample_factor
     channels = data_cfg.channels if data_cfg.channels != -1 else source.channels
     layout = samples.Layout(channels=channels, max_text_len=data_cfg.max_text_len, video=True,
                             max_shots=int(data_cfg.video.max_shots))
@@ -258,7 +256,7 @@ def write_video_latents(source, out_dir: str, codec, data_cfg, *, num_shards: in
             writer.write(fields, latent.shape[:3])
     header = {
         "kind": "latents", "video": True, "source": source.name, "channels": channels, "scene_labels": False,
-        "tags": [], "shapes": {"latent": [-1, -1, -1, vae.latent_channels]},
+        "tags": [], "shapes": {"latent": [-1, -1, -1, codec.latent_channels]},
         "vae": {"temporal_factor": tf, "spatial_factor": sf, "downsample_factor": sf,
                 "scaling_factor": float(codec.scaling_factor), "shift_factor": float(codec.shift_factor)},
         "counts": {"read": total, "written": writer.count, "skipped": skips.counts},
@@ -267,6 +265,13 @@ def write_video_latents(source, out_dir: str, codec, data_cfg, *, num_shards: in
 
 
 RUNNERS = ("local", "ray")
+
+
+def _vae_kind(workdir: str) -> str:
+    """'image' or 'video': the VAE of a VAE stage workdir ('' when there is none to read: no --vae,
+    or not a VAE run, which load_codec then reports)."""
+    saved = workdir_config(workdir) if workdir else None
+    return str(saved.vae.kind) if saved is not None and saved.get("stage") == "vae" and "vae" in saved else ""
 
 
 def _runner(args):
@@ -319,6 +324,11 @@ def main(argv: list[str]) -> int:
         print(f"prepare: --source={args.source} is written as video latents: pass --vae=WORKDIR (a video VAE stage "
               "run) and the local runner", file=sys.stderr)
         return 2
+    vae_kind = _vae_kind(args.vae)
+    if vae_kind and (vae_kind == "video") != video:
+        print(f"prepare: --vae={args.vae} is a{'' if vae_kind == 'video' else 'n'} {vae_kind} VAE run; --source="
+              f"{args.source} needs a{'' if video else 'n'} {'video' if video else 'image'} VAE", file=sys.stderr)
+        return 2
     runner = _runner(args)
     if runner is None:
         return 2
@@ -326,15 +336,12 @@ def main(argv: list[str]) -> int:
     try:
         with session:
             source = pipeline.open_source(args.source, args.path, data_cfg, split=args.split, seed=args.seed)
-            if video:
-                header = write_video_latents(source, args.out, load_video_codec(args.vae), data_cfg,
-                                             num_shards=args.num_shards, limit=args.limit)
-            elif args.vae:
-                from seedjax.train.params import load_codec
+            if args.vae:
+                from seedjax.train.params import load_codec  # image or video VAE: one loader
 
-                codec = load_codec(args.vae)
-                header = write_encoded(source, args.out, codec, data_cfg, num_shards=args.num_shards,
-                                       limit=args.limit)
+                write = write_video_latents if video else write_encoded
+                header = write(source, args.out, load_codec(args.vae), data_cfg, num_shards=args.num_shards,
+                               limit=args.limit)
             else:
                 header = write_images(source, args.out, num_shards=args.num_shards, limit=args.limit)
     except ValueError as e:

@@ -1,10 +1,12 @@
-"""A trained VAE as other code uses it: images <-> normalised latents, and latent-space runs.
+"""A trained VAE as other code uses it: images or clips <-> normalised latents, and latent-space runs.
 
-`LatentCodec` wraps a VAE stage's weights (latent caching in `data_pipelines.cli.prepare
---vae=WORKDIR`, decoding the samples of latent-space generators; loaded from a workdir by
-`seedjax.train.params.load_codec`). A diffusion config with `config.input.key = 'latent'`
-denoises cached latents; `input_shape` resolves their shape from the VAE run in
-`config.input.vae_workdir` (`seedjax.train.params.latent_factors` checks the shards' header).
+`LatentCodec` wraps a VAE stage's weights, image VAE or causal video VAE (latent caching in
+`data_pipelines.cli.prepare --vae=WORKDIR`, decoding the samples of latent-space generators;
+loaded from a workdir by `seedjax.train.params.load_codec`). A diffusion config with
+`config.input.key = 'latent'` denoises cached latents; `input_shape` and `input_frames` resolve
+their shape from the VAE run in `config.input.vae_workdir` (a video VAE's latents of
+`data.video.num_frames` pixel frames have 1 + (num_frames - 1) / temporal_factor frames;
+`seedjax.train.params.latent_factors` checks the shards' header).
 """
 
 from __future__ import annotations
@@ -61,40 +63,72 @@ def abstract_vae(vae_cfg) -> ImageVAE | VideoVAE:
 
 
 def vae_run_config(workdir: str):
-    """The config of the image VAE stage run in `workdir` (its config.json; no weights read)."""
+    """The config of the VAE stage run (image or video VAE) in `workdir` (its config.json; no weights read)."""
     config = config_lib.workdir_config(workdir)
     if config is None:
         raise FileNotFoundError(f"VAE workdir {workdir!r} has no config.json (is it a VAE stage workdir?)")
-    if config.get("stage") != "vae" or config.vae.kind != "image":
-        raise ValueError(f"{workdir} is a {config.get('stage')!r} run, not an image VAE stage run")
+    if config.get("stage") != "vae" or "vae" not in config:
+        raise ValueError(f"{workdir} is a {config.get('stage')!r} run, not a VAE stage run")
     return config
+
+
+def is_video_vae(vae: VAEConfig | VideoVAEConfig) -> bool:
+    return isinstance(vae, VideoVAEConfig)
+
+
+def spatial_factor(vae: VAEConfig | VideoVAEConfig) -> int:
+    """Pixels per latent along height and width."""
+    return vae.spatial_factor if is_video_vae(vae) else vae.downsample_factor
+
+
+def temporal_factor(vae: VAEConfig | VideoVAEConfig) -> int:
+    """Pixel frames per latent frame after the first (an image VAE: 1, frame by frame)."""
+    return vae.temporal_factor if is_video_vae(vae) else 1
+
+
+def vae_name(vae: VAEConfig | VideoVAEConfig) -> str:
+    """'t4s16c48' (video) or 'f8c16' (image): the factors and channels, as in error messages."""
+    f, c = spatial_factor(vae), vae.latent_channels
+    return f"t{temporal_factor(vae)}s{f}c{c}" if is_video_vae(vae) else f"f{f}c{c}"
 
 
 # --------------------------------------------------------------------------- codec
 
 
 class LatentCodec:
-    """A trained VAE for other stages: images <-> latents as the diffusion model sees them.
+    """A trained VAE for other stages: images (or clips) <-> latents as the diffusion model sees them.
 
     `encode` returns (mean - shift) * scale, `decode` inverts it. The scale comes from the
     VAE config when set (`scaling_factor` != 1.0 or a diffusers import); otherwise
-    `from_workdir` estimates it as 1 / std of the latents of held-out images, as LDM does.
+    `seedjax.train.params.load_codec` estimates it as 1 / std of the latents of held-out images
+    (clips), as LDM does. An image VAE maps [N, H, W, C] <-> [N, h, w, c]; a causal video VAE
+    maps clips [N, F, H, W, C] (F = 1 + k * temporal_factor) <-> [N, 1 + k, h, w, c].
     """
 
-    def __init__(self, vae: ImageVAE, scaling_factor: float | None = None, shift_factor: float | None = None,
-                 batch_size: int = 64):
+    def __init__(self, vae: ImageVAE | VideoVAE, scaling_factor: float | None = None,
+                 shift_factor: float | None = None, batch_size: int | None = None):
         self.vae = vae
         self.scaling_factor = vae.config.scaling_factor if scaling_factor is None else scaling_factor
         self.shift_factor = vae.config.shift_factor if shift_factor is None else shift_factor
-        self.batch_size = batch_size
+        # Rows per encoder/decoder call: clips are a few dozen frames each.
+        self.batch_size = batch_size or (4 if self.is_video else 64)
         graphdef, params = nnx.split(vae)
         self._encode = jax.jit(lambda p, x: nnx.merge(graphdef, p).encode(x)[0])
         self._decode = jax.jit(lambda p, z: nnx.merge(graphdef, p).decode(z))
         self._params = params
 
     @property
+    def is_video(self) -> bool:
+        return is_video_vae(self.vae.config)
+
+    @property
     def downsample_factor(self) -> int:
-        return self.vae.config.downsample_factor
+        """The spatial factor (pixels per latent along height and width)."""
+        return spatial_factor(self.vae.config)
+
+    @property
+    def temporal_factor(self) -> int:
+        return temporal_factor(self.vae.config)
 
     @property
     def latent_channels(self) -> int:
@@ -112,7 +146,8 @@ class LatentCodec:
         return self._batched(self._decode, latents)
 
     def encode(self, images: np.ndarray) -> np.ndarray:
-        """[N, H, W, C] images in [-1, 1] -> [N, H/f, W/f, c] normalised latents (float32)."""
+        """[N, H, W, C] images in [-1, 1] -> [N, H/f, W/f, c] normalised latents (float32); a video
+        VAE: clips [N, F, H, W, C] -> [N, 1 + (F - 1) / t, H/s, W/s, c]."""
         return ((self.encode_raw(images) - self.shift_factor) * self.scaling_factor).astype(np.float32)
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
@@ -121,6 +156,10 @@ class LatentCodec:
     def decode_jax(self, latents: jax.Array) -> jax.Array:
         """Traceable decode of normalised latents (inside another stage's jitted sampler)."""
         return self.vae.decode(latents / self.scaling_factor + self.shift_factor)
+
+    def encode_jax(self, x: jax.Array) -> jax.Array:
+        """Traceable encode to normalised latents (posterior means), e.g. an I2V first frame."""
+        return (self.vae.encode(x)[0] - self.shift_factor) * self.scaling_factor
 
     @classmethod
     def from_params(cls, vae_cfg, params: dict, scaling_factor: float | None = None,
@@ -142,9 +181,23 @@ def input_shape(config) -> tuple[int, int, int]:
     with input.key=latent the latent grid (data.image_size / the VAE's factor, its latent channels)."""
     size = config.data.image_size
     if config.input.key == "latent":
-        return vae_architecture_of_run(config.input.vae_workdir).latent_shape(size, size)
+        vae = vae_architecture_of_run(config.input.vae_workdir)
+        return size // spatial_factor(vae), size // spatial_factor(vae), vae.latent_channels
     # model.in_channels is derived from the data's channels (seedjax.config.DERIVED).
     return (size, size, config.model.in_channels // config.input.patch_size**2)
+
+
+def input_frames(config) -> int:
+    """Frames of what the DiT denoises and the sampler generates: `data.video.num_frames` for pixel
+    clips (input.key=video), their latent frames 1 + (num_frames - 1) // temporal_factor with a
+    video VAE's latents, else one (an image)."""
+    if config.input.key == "video":
+        return int(config.data.video.num_frames)
+    if config.input.key == "latent":
+        vae = vae_architecture_of_run(config.input.vae_workdir)
+        if is_video_vae(vae):
+            return 1 + (int(config.data.video.num_frames) - 1) // vae.temporal_factor
+    return 1
 
 
 def require_pixel_space(config, what: str) -> None:
@@ -155,8 +208,8 @@ def require_pixel_space(config, what: str) -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def vae_architecture_of_run(workdir: str):
-    """The VAEConfig of the VAE stage run in `workdir` (its config.json)."""
+def vae_architecture_of_run(workdir: str) -> VAEConfig | VideoVAEConfig:
+    """The VAEConfig / VideoVAEConfig of the VAE stage run in `workdir` (its config.json)."""
     if not workdir:
         raise ValueError("config.input.key=latent needs config.input.vae_workdir (the VAE stage workdir that "
                          "made the latents and decodes samples)")

@@ -49,11 +49,11 @@ class Geometry:
     @classmethod
     def of(cls, config) -> "Geometry":
         """The geometry a diffusion config samples: pixels, or with input.key=latent the latent grid
-        of the VAE in config.input.vae_workdir; pixel videos (input.key=video) have
-        `data.video.num_frames` frames, everything else one."""
+        of the VAE in config.input.vae_workdir. Pixel videos (input.key=video) have
+        `data.video.num_frames` frames, a video VAE's latents 1 + (num_frames - 1) // its temporal
+        factor (`codec.input_frames`), everything else one."""
         h, w, c = codec.input_shape(config)
-        frames = int(config.data.video.num_frames) if config.input.key == "video" else 1
-        return cls(frames, h, w, c, config.input.patch_size)
+        return cls(codec.input_frames(config), h, w, c, config.input.patch_size)
 
     @classmethod
     def of_array(cls, x, patch: int) -> "Geometry":

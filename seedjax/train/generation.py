@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from seedjax.diffusion.sampling import Sampler
 from seedjax.models import generator
 from seedjax.models.geometry import Geometry
-from seedjax.train.params import to_pixels
+from seedjax.train.params import latent_codec, to_pixels
 
 
 def sampler_of(config) -> Sampler:
@@ -29,15 +29,24 @@ def sampler_of(config) -> Sampler:
 def with_first_frame(batch: dict, config, geometry: Geometry) -> dict:
     """Image-to-video: a prompt batch's `first_frame` [N, H, W, C] (pixels in [-1, 1]) as the video
     model's conditioning frame 0; with config.sampling.i2v, the first frame of the batch's own
-    clips (`video`, e.g. the held-out data of the sample grid). Other batches pass unchanged."""
-    first = batch.get("first_frame")
-    if first is None and config.sampling.get("i2v", False) and "video" in batch:
-        first = batch["video"][:, 0]
+    clips (`video`, or a latent run's `latent`: e.g. the held-out data of the sample grid).
+    A latent run (video VAE) conditions on latent frame 0, which the causal VAE encodes from pixel
+    frame 0 alone: the frozen VAE encodes `first_frame` as a one-frame clip. Other batches pass unchanged."""
+    first, latent = batch.get("first_frame"), config.input.key == "latent"
+    if first is not None and latent:
+        codec = latent_codec(config)
+        if not codec.is_video:
+            raise ValueError("image-to-video from a first frame needs a video run: pixels (config.input.key=video) "
+                             "or latents of a video VAE; config.input.vae_workdir is an image VAE")
+        first = codec.encode_jax(jnp.asarray(first, jnp.float32)[:, None])[:, 0]
+    if first is None and config.sampling.get("i2v", False):
+        own = "latent" if latent else "video"
+        first = batch[own][:, 0] if own in batch and batch[own].ndim == 5 else None
     if first is None:
         return batch
-    if config.input.key != "video":
-        raise ValueError(f"image-to-video from a first frame needs a pixel-space video run (config.input.key=video); "
-                         f"this run has input.key={config.input.key!r}")
+    if config.input.key == "image":
+        raise ValueError(f"image-to-video from a first frame needs a video run (config.input.key=video, or latent with "
+                         f"a video VAE); this run has input.key={config.input.key!r}")
     n = first.shape[0]
     frames = jnp.zeros((n, *geometry.shape), jnp.float32).at[:, 0].set(jnp.asarray(first, jnp.float32))
     mask = jnp.zeros((n, geometry.frames), jnp.float32).at[:, 0].set(1.0)

@@ -3,8 +3,8 @@
 `load_params` copies a pure tree into a module's `nnx.Param` / `Frozen` variables, checking
 every path and shape (a silent partial load is how a distilled model ends up half-random);
 `pick_params` picks an entry ('model', 'ema', 'teacher', ...) of a saved state; `load_codec`
-and `latent_codec` give the frozen VAE of a latent-space run, `load_reward_model` a trained
-reward model.
+(image or video VAE: the one loader for latent caching and decoding) and `latent_codec` give
+the frozen VAE of a latent-space run, `load_reward_model` a trained reward model.
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ import data_pipelines
 from seedjax.config import workdir_config
 from data_pipelines.core.mixtures import components
 from data_pipelines.core.shards import read_metadata
-from seedjax.models.codec import LatentCodec, input_shape, vae_architecture_of_run, vae_run_config
+from seedjax.models import generator
+from seedjax.models.codec import (LatentCodec, input_shape, is_video_vae, spatial_factor, temporal_factor,
+                                  vae_architecture_of_run, vae_name, vae_run_config)
 from seedjax.models.frozen import Frozen
 from seedjax.models.block_layout import match_block_layout
 from seedjax.models.reward import RewardModel
@@ -86,32 +88,50 @@ def pick_params(source: dict, entry: str, what: str) -> dict:
 
 
 def load_codec(workdir: str, use_ema: bool = True, calibration_images: int = 256,
-               scaling_factor: float | None = None, shift_factor: float | None = None) -> LatentCodec:
-    """The image VAE trained in `workdir` (latest checkpoint; EMA weights when kept).
+               scaling_factor: float | None = None, shift_factor: float | None = None,
+               calibration_clips: int = 16) -> LatentCodec:
+    """The VAE trained in `workdir` (latest checkpoint; EMA weights when kept): an image VAE, or a
+    causal video VAE (config.vae.kind = 'video') whose codec encodes clips [N, F, H, W, C].
 
     `scaling_factor` / `shift_factor`: the ones latents were made with (a latent shard
-    header's `vae` entry); None = the VAE config's, or the estimated scale.
+    header's `vae` entry); None = the VAE config's, or the scale estimated on the VAE run's
+    held-out data (`calibration_images` images, or `calibration_clips` clips).
     """
     config = vae_run_config(workdir)
     tree = ckpt_lib.load_state_tree(workdir)
     params = tree["ema"]["params"] if use_ema and tree.get("ema") else tree["vae"]
     codec = LatentCodec.from_params(config.vae, params, scaling_factor, shift_factor)
     if scaling_factor is None and codec.scaling_factor == 1.0 and codec.shift_factor == 0.0:
-        codec.scaling_factor = estimate_scale(codec, config, calibration_images)
-        log.info("VAE %s: latent scaling factor %.4f (1 / std over %d held-out images)", workdir,
-                 codec.scaling_factor, calibration_images)
+        num = calibration_clips if codec.is_video else calibration_images
+        codec.scaling_factor = estimate_scale(codec, config, num)
+        log.info("VAE %s: latent scaling factor %.4f (1 / std over %d held-out %s)", workdir,
+                 codec.scaling_factor, num, "clips" if codec.is_video else "images")
     return codec
 
 
 def estimate_scale(codec: LatentCodec, config, num: int) -> float:
-    # At most `num` held-out images: a small folder calibrates on what it has.
+    # At most `num` held-out images (clips): a small folder calibrates on what it has.
     batch = data_pipelines.make_eval_batch(config.data, num=num, seed=int(config.seed), allow_fewer=True)
-    return float(1.0 / max(np.std(codec.encode_raw(np.asarray(batch["image"], np.float32))), 1e-6))
+    key = "video" if codec.is_video else "image"
+    if key not in batch:
+        raise ValueError(f"the VAE run's data (source {config.data.source!r}) gives no {key!r} to calibrate the latent "
+                         "scale on; set config.vae.model.scaling_factor")
+    return float(1.0 / max(np.std(codec.encode_raw(np.asarray(batch[key], np.float32))), 1e-6))
+
+
+def _made_by(header: dict) -> str:
+    """The VAE a latent shard header names, as `vae_name` spells it ('t4s16c48', 'f8c16')."""
+    vae, channels = header["vae"], header["shapes"]["latent"][-1]
+    if header.get("video"):
+        return f"t{vae['temporal_factor']}s{vae['spatial_factor']}c{channels}"
+    return f"f{vae['downsample_factor']}c{channels}"
 
 
 def latent_factors(config) -> dict:
     """The `vae` entry of the latent shards' header (scaling/shift factors), checked against
-    config.input.vae_workdir, config.input.patch_size and config.model.in_channels."""
+    config.input.vae_workdir (image or video latents, factors, channels), config.input.patch_size
+    and config.model.in_channels; a video VAE's latents also need the video DiT and clips of
+    data.video.num_frames = 1 + k * temporal factor frames."""
     vae = vae_architecture_of_run(config.input.vae_workdir)
     factors = []
     for kind, path, _ in components(config.data).values():
@@ -122,18 +142,27 @@ def latent_factors(config) -> dict:
         if header.get("kind") != "latents" or "vae" not in header:
             raise ValueError(f"config.input.key=latent needs VAE latent shards at config.data.path (python -m "
                              f"data_pipelines.cli.prepare --vae=WORKDIR); got data.source={kind!r}, path={path!r}")
-        made_by = (header["vae"]["downsample_factor"], header["shapes"]["latent"][-1])
-        if made_by != (vae.downsample_factor, vae.latent_channels):
-            raise ValueError(f"config.input.vae_workdir: its VAE (f{vae.downsample_factor}c{vae.latent_channels}) did "
-                             f"not make the latents at {path} (f{made_by[0]}c{made_by[1]})")
-        factors.append(header["vae"])
+        if bool(header.get("video")) != is_video_vae(vae) or _made_by(header) != vae_name(vae):
+            raise ValueError(f"config.input.vae_workdir: its {'video' if is_video_vae(vae) else 'image'} VAE "
+                             f"({vae_name(vae)}) did not make the {'video' if header.get('video') else 'image'} "
+                             f"latents at {path} ({_made_by(header)})")
+        factors.append({k: header["vae"][k] for k in ("scaling_factor", "shift_factor")})
     if any(f != factors[0] for f in factors):
         raise ValueError(f"config.data.mixture: latent components were made with different VAE factors {factors}")
+    if is_video_vae(vae):
+        frames, t = int(config.data.video.num_frames), temporal_factor(vae)
+        if (frames - 1) % t:
+            raise ValueError(f"config.data.video.num_frames={frames} does not fit the video VAE's temporal factor {t} "
+                             f"(1 + {t}k frames, e.g. {1 + t * max((frames - 1) // t, 1)})")
+    if is_video_vae(vae) != generator.is_video(config.model):
+        raise ValueError(f"config.input.vae_workdir is {'a video' if is_video_vae(vae) else 'an image'} VAE, whose "
+                         f"latents the {'video DiT' if is_video_vae(vae) else 'MMDiT'} denoises; config.model.kind is "
+                         f"{config.model.get('kind', 'mmdit')!r}")
     h, w, c = input_shape(config)
     p = config.input.patch_size
     if h % p or w % p:
         raise ValueError(f"config.input.patch_size={p} does not divide the {h}x{w} latent grid "
-                         f"(data.image_size={config.data.image_size} / {vae.downsample_factor})")
+                         f"(data.image_size={config.data.image_size} / {spatial_factor(vae)})")
     if config.model.in_channels != p * p * c:
         raise ValueError(f"config.model.in_channels={config.model.in_channels}: {c}-channel latents in {p}x{p} "
                          f"patches need {p * p * c}")
@@ -153,12 +182,15 @@ def latent_codec(config) -> LatentCodec:
 
 
 def to_pixels(x: jax.Array, config) -> jax.Array:
-    """Generated inputs [B, F, h, w, c] -> pixels [B, F, H, W, C]: latents are decoded frame by
-    frame by the frozen VAE; pixels pass through."""
+    """Generated inputs [B, f, h, w, c] -> pixels [B, F, H, W, C]: a video VAE decodes each latent
+    clip (F = 1 + (f - 1) * temporal factor), an image VAE frame by frame (F = f); pixels pass through."""
     if config.input.key != "latent":
         return x
+    codec = latent_codec(config)
+    if codec.is_video:
+        return codec.decode_jax(x).astype(jnp.float32)
     b, f = x.shape[:2]
-    pixels = latent_codec(config).decode_jax(x.reshape(b * f, *x.shape[2:])).astype(jnp.float32)
+    pixels = codec.decode_jax(x.reshape(b * f, *x.shape[2:])).astype(jnp.float32)
     return pixels.reshape(b, f, *pixels.shape[1:])
 
 
