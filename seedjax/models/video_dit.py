@@ -195,7 +195,8 @@ class Masks:
     """Who attends to whom, computed once per call: text_valid [B, Lt] (padding), frame_text
     [B, F, Lt] (the valid text keys of each frame's shot), text_weights [B, F, Lt] (the weight of
     frame f in the mean that forms text token j's spatial update: 1 / frames of its shot), and
-    frame_valid [B, F] (False on frames padded for sequence parallelism)."""
+    frame_valid [B, F] (frames that are keys at all: all of them for a whole clip; block-causal
+    generation masks frames not yet made)."""
 
     text_valid: jax.Array
     frame_text: jax.Array
