@@ -30,7 +30,7 @@ def get_pipeline(arg=None):
         dict(name="vae_video", config=f"{s}/vae_video.py:variant={v}"),
         # The clips of latent_t2v's data config: one bucket of the VAE's clip length, single shots.
         dict(name="latents", module="data_pipelines.cli.prepare", init_from="vae_video",
-             args={"source": "moving_digits", "split": "train", "num_shards": 2, "limit": 64 if v == "tiny" else 10_000,
+             args={"source": "moving_digits", "split": "train", "num_shards": 2, "limit": 16 if v == "tiny" else 10_000,
                    "data.image_size": size, "data.max_text_len": 48, "data.video.buckets": f"{frames}x{size}x{size}",
                    "data.video.max_shots": 1}),
         dict(name="latent_t2v", config=f"{s}/latent_t2v.py:variant={v}",
