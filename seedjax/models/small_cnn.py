@@ -185,6 +185,19 @@ def load_or_train(name: str, settings: dict, make: Callable[[], nnx.Module],
             return model, metadata
     with safe_open(str(path), "np") as f:
         metadata = dict(f.metadata() or {})
-    model = nnx.eval_shape(make)
-    _load_params(model, load_file(str(path)), path)
+    _load_params(model := _abstract(make), load_file(str(path)), path)
     return model, metadata
+
+
+def _abstract(make: Callable[[], nnx.Module]) -> nnx.Module:
+    """`make()` with abstract values. jax.eval_shape, not nnx.eval_shape: judges load inside the
+    training loop's mesh, where NNX would read the logical axis names as mesh axes."""
+    graphdefs = []
+
+    def state():
+        graphdef, values = nnx.split(make())
+        graphdefs.append(graphdef)
+        return values
+
+    values = jax.eval_shape(state)
+    return nnx.merge(graphdefs[0], values)
