@@ -314,7 +314,7 @@ def tiny_video_vae_workdir(path) -> str:
 
 def test_prepare_video_latents_then_train_batches(tmp_path):
     from data_pipelines.cli import prepare
-    from data_pipelines.cli.video_latents import load_video_codec
+    from seedjax.train.params import load_codec
     from data_pipelines.sources.moving_digit_source import MovingDigitsSource
 
     vae = tiny_video_vae_workdir(tmp_path / "vae")
@@ -337,7 +337,7 @@ def test_prepare_video_latents_then_train_batches(tmp_path):
     # Each record is its clip: captions, per-latent-frame shots (hand rule) and the encoded latent.
     source = MovingDigitsSource(cfg, split="train", seed=0)
     raws = [source.load(i, i, (9, 16, 16)) for i in range(4)]
-    codec = load_video_codec(vae)
+    codec = load_codec(vae)
     expected = codec.encode(np.stack([clips.fit_clip(r["video"], (16, 16), 3) for r in raws]))
     from data_pipelines.core.shards import ShardSource
 

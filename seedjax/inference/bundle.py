@@ -57,8 +57,11 @@ class Bundle:
         """The same generator at other sampling settings (0 = keep): steps, the guidance scale (a
         guidance-embedded student's embedded scale, else the CFG scale) and a video's frames."""
         config = self.config.copy_and_resolve_references()
-        if frames > 0 and config.input.key != "video":
-            raise BundleError(f"frames={frames}: this run generates images (input.key={config.input.key!r})")
+        if frames > 0 and not generator.is_video(config.model):
+            raise BundleError(f"frames={frames}: this run generates images (config.model is an MMDiT)")
+        if frames > 0 and self.codec is not None and (frames - 1) % self.codec.temporal_factor:
+            raise BundleError(f"frames={frames}: this run's video VAE makes 1 + k x {self.codec.temporal_factor} "
+                              f"frames")
         with config.unlocked():
             if frames > 0:
                 config.data.video.num_frames = frames

@@ -3,8 +3,8 @@
 The loss is `seedjax.diffusion.objectives.flow_matching_loss`, the one every velocity-trained
 stage reuses (SFT, the regulariser in RLHF, the teachers of distillation).
 
-With `config.model.kind = 'video_dit'` and `config.input.key = 'video'` the same stage trains
-the video DiT on clips (Seedance's joint T2I / T2V / I2V: `seedjax.diffusion.tasks`).
+With `config.model.kind = 'video_dit'` and `config.input.key = 'video'` (or latents of a video
+VAE) the same stage trains the video DiT on clips (Seedance's joint T2I / T2V / I2V: `seedjax.diffusion.tasks`).
 
 With `config.input.key = 'latent'` the MMDiT denoises cached VAE latents (`data.path`: shards
 from `python -m data_pipelines.cli.prepare --vae=WORKDIR`); `data.image_size` stays the pixel size,
@@ -30,12 +30,12 @@ def validate_config(config) -> None:
     """The `validate_config` hook (exit 2 before anything runs)."""
     if config.input.key not in ("image", "video", "latent"):
         raise ValueError(f"config.input.key must be 'image', 'video' or 'latent', got {config.input.key!r}")
-    if (config.input.key == "video") != generator.is_video(config.model):
+    if config.input.key == "latent":
+        latent_factors(config)  # also: a video VAE's latents train the video DiT, an image VAE's the MMDiT
+    elif (config.input.key == "video") != generator.is_video(config.model):
         raise ValueError(f"config.input.key={config.input.key!r} does not fit config.model.kind="
                          f"{config.model.get('kind', 'mmdit')!r}: clips (input.key=video) train the video DiT "
                          f"(config.model = video_dit_config(...)), images the MMDiT")
-    if config.input.key == "latent":
-        latent_factors(config)
 
 
 STAGE = Stage(init=init, train_step=flow_matching_step, sample=sample, flops_per_example=flops_per_example,
