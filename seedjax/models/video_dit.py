@@ -123,11 +123,14 @@ def train_flops_per_example(cfg, grid: tuple[int, int, int], num_text: int) -> f
     n = frames * p
     in_ch = input_channels(cfg)
     out = cfg.out_channels or cfg.in_channels
-    per_example = (1 + int(cfg.guidance_embed)) * (TIMESTEP_CHANNELS * d + d * d) * frames + (cfg.pooled_dim + d) * d
-    per_example += cfg.depth * (3 * 6 * d * d) * frames + 2 * d * d * frames  # per-frame modulations
+    # Conditioning: the time embedding per frame and once for the text stream, pooled text, guidance.
+    embed = TIMESTEP_CHANNELS * d + d * d
+    per_example = (frames + 1 + int(cfg.guidance_embed)) * embed + (cfg.pooled_dim + d) * d
+    # adaLN: the visual streams (spatial, temporal, output) per frame, the text stream once.
+    per_example += cfg.depth * (2 * frames + 1) * 6 * d * d + 2 * d * d * frames
     tokens = n * (in_ch * d + d * out) + num_text * cfg.text_dim * d
-    # Spatial: both streams' projections and MLPs (text once per frame), temporal: one stream.
-    tokens += cfg.depth * ((n + frames * num_text) * (4 * d * d + 2 * d * m) + n * (4 * d * d + 2 * d * m))
+    # Projections and MLPs: visual tokens in both sublayers, text tokens once per block.
+    tokens += cfg.depth * (2 * n + num_text) * (4 * d * d + 2 * d * m)
     if cfg.attention == "decoupled":
         spatial = frames * (num_text + p) ** 2
         window = cfg.temporal_window or frames
