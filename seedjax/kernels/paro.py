@@ -426,11 +426,15 @@ def _sequence_layout(layout, source: str) -> SequenceLayout:
 
 def paro_backend(q, k, v, *, key_mask=None, layer_index=None, layout=None, plan, timestep, impl: str = "auto",
                  int8_qk: bool = False, int8_pv: bool = False, interpret: bool = False):
-    """The 'paro' attention backend: `plan` (ParoPlan or path) and `timestep` ([B] flow
-    times) come in the model's attention kwargs; the plan must match the model shape."""
-    source = plan if isinstance(plan, str) else ""
-    plan = load_plan(plan) if isinstance(plan, str) else plan
+    """The 'paro' attention backend: `plan` and `timestep` ([B] flow times) come in the model's
+    attention kwargs. `plan` is a ParoPlan, a path, or several of either (a list, or paths
+    joined by commas: a model whose attention layers have different layouts, e.g. the video
+    DiT's full_3d spatial and temporal layers); the one whose layout is this call's is used,
+    and it must match the model shape."""
     seq = _sequence_layout(layout, "paro attention")
+    plans = plan.split(",") if isinstance(plan, str) else plan if isinstance(plan, (list, tuple)) else [plan]
+    plans = [(p, load_plan(p)) if isinstance(p, str) else ("", p) for p in plans]
+    source, plan = next(((s, p) for s, p in plans if p.layout == seq), plans[0])
     plan.check(num_heads=q.shape[2], num_text=seq.num_text, grid=seq.grid, source=source)
     if layer_index is None:
         raise ValueError("paro attention: the model must pass layer_index (plans are per layer)")

@@ -269,12 +269,20 @@ class AttentionOps:
     def at(self, block: int) -> "AttentionOps":
         return dataclasses.replace(self, block=block)
 
-    def _backend(self, q, k, v, key_mask, layout, sublayer: int = 0):
+    def _backend(self, q, k, v, key_mask, layout, sublayer: int = 0, extra: dict | None = None):
         # Every block has two attentions, each with its own per-layer data (PARO plans): the
         # spatial one (sublayer 0) is attention layer 2 * block, the temporal one 2 * block + 1.
         index = None if self.block is None else 2 * self.block + sublayer
         return attention(q, k, v, key_mask=key_mask, backend=self.backend, layer_index=index, layout=layout,
-                         **self.extra)
+                         **(self.extra if extra is None else extra))
+
+    def _per_frame_extra(self, frames: int) -> dict:
+        """The backend's per-call arguments for per-frame attention, whose batch is (sample, frame):
+        a per-sample `timestep` [B] repeated over frames."""
+        timestep = self.extra.get("timestep")
+        if timestep is None or jnp.ndim(timestep) != 1:
+            return self.extra
+        return self.extra | {"timestep": jnp.repeat(timestep, frames)}
 
     def spatial(self, qv, kv, vv, qt, kt, vt, masks: Masks):
         """(visual [B, N, H, D], text [B, Lt, H, D]) outputs of the spatial sublayer."""
@@ -295,7 +303,9 @@ class AttentionOps:
             out = frame_local_attention(q, k, v, key_mask)
         else:
             flat = lambda x: x.reshape(-1, *x.shape[2:])
-            out = self._backend(flat(q), flat(k), flat(v), flat(key_mask), TokenLayout(num_text, self.grid[1:]))
+            per_frame = self._per_frame_extra(frames)
+            out = self._backend(flat(q), flat(k), flat(v), flat(key_mask), TokenLayout(num_text, self.grid[1:]),
+                                extra=per_frame)
             out = out.reshape(q.shape)
         txt = jnp.einsum("bft,bfthd->bthd", masks.text_weights, out[:, :, :num_text])
         return out[:, :, num_text:].reshape(qv.shape), txt
