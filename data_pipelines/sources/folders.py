@@ -113,21 +113,30 @@ class FolderSource(_ScannedImages):
         super().__init__(root)
         if not os.path.isdir(root):
             raise ValueError(f"{root}: not a directory (data.path of an image folder)")
-        entries = []
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames.sort()
-            for filename in sorted(filenames):
-                stem, ext = os.path.splitext(filename)
-                if ext.lower() not in IMAGE_EXTENSIONS:
-                    continue
-                path = os.path.join(dirpath, filename)
-                caption = _read_caption(os.path.join(dirpath, stem + ".txt"))
-                if not caption:
-                    self._skip("missing_caption", path)
-                    continue
-                entries.append({"path": path, "caption": caption, "boxes": np.zeros((0, 4), np.float32),
-                                "kinds": np.zeros((0,), np.int32), "tags": []})
+        entries = [{"path": path, "caption": caption, "boxes": np.zeros((0, 4), np.float32),
+                    "kinds": np.zeros((0,), np.int32), "tags": []}
+                   for path, caption in captioned_files(root, IMAGE_EXTENSIONS, self._skip)]
         self._finish_scan(entries)
+
+
+def captioned_files(root: str, extensions, skip) -> list[tuple[str, str]]:
+    """(path, caption) of every file under `root` (recursively, in sorted order) whose extension
+    is in `extensions` and that has a same-name `.txt` caption; `skip('missing_caption', path)`
+    for the others."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for filename in sorted(filenames):
+            stem, ext = os.path.splitext(filename)
+            if ext.lower() not in extensions:
+                continue
+            path = os.path.join(dirpath, filename)
+            caption = _read_caption(os.path.join(dirpath, stem + ".txt"))
+            if caption:
+                found.append((path, caption))
+            else:
+                skip("missing_caption", path)
+    return found
 
 
 def _read_caption(path: str) -> str:

@@ -33,6 +33,7 @@ import numpy as np
 
 from data_pipelines.core import clips as clips_lib
 from data_pipelines.core.samples import BadSample
+from data_pipelines.sources.folders import captioned_files
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".gif", ".mov", ".mkv")
 
@@ -97,14 +98,6 @@ def decode_clip(path: str, start: int, frames: int, fps: float) -> np.ndarray:
                         f"ends at {stamps[-1] + 1.0 / rate:.2f}s, the clip at {times[-1]:.2f}s")
     picks = np.clip(np.searchsorted(stamps, times + 1e-6, side="right") - 1, 0, len(shown) - 1)
     return np.stack([shown[p][1] for p in picks])
-
-
-def _read_caption(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read().strip()
-    except (OSError, UnicodeDecodeError):
-        return ""
 
 
 class _ScannedVideos:
@@ -186,19 +179,8 @@ class VideoFolderSource(_ScannedVideos):
         super().__init__(root, data_cfg, seed)
         if not os.path.isdir(root):
             raise ValueError(f"{root}: not a directory (data.path of a video folder)")
-        entries = []
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames.sort()
-            for filename in sorted(filenames):
-                stem, ext = os.path.splitext(filename)
-                if ext.lower() not in VIDEO_EXTENSIONS:
-                    continue
-                path = os.path.join(dirpath, filename)
-                caption = _read_caption(os.path.join(dirpath, stem + ".txt"))
-                if not caption:
-                    self._skip("missing_caption", path)
-                    continue
-                entries.append({"path": path, "caption": caption, "shots": None})
+        entries = [{"path": path, "caption": caption, "shots": None}
+                   for path, caption in captioned_files(root, VIDEO_EXTENSIONS, self._skip)]
         self._finish_scan(entries)
 
 
