@@ -19,13 +19,13 @@ frames) with `data.video.bucket_weights`.
 Args (`:key=value,...`): `path`, `source` (`video_folder` | `video_jsonl`; '' = from `path`),
 `frames` (default 9), `size` (default 32), `i2v` (fraction of clips trained as image-to-video,
 default 0.2), `steps`, `variant` (`default` | `tiny`). The model is the video quickstart's
-(`experiments/seedance/common.py`); scale it with `--config.model.*` (e.g. `depth`, `num_heads`)
+(`experiments/seedance/_video_common.py`); scale it with `--config.model.*` (e.g. `depth`, `num_heads`)
 and `--config.mesh.sequence=N` to split long clips over devices. There is no held-out judge
 for your own videos: `config.evals` is empty and the sample grids (`samples/step_N.gif`) show
 progress.
 """
 
-from experiments.seedance.common import video_config
+from experiments.seedance._video_common import video_config
 from seedjax.config import parse_arg
 
 

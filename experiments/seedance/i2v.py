@@ -10,7 +10,7 @@ Seedance trains 20% then 40% of video examples as I2V; here 40% throughout. Samp
 `video_prompts` judges condition on the first frame of held-out clips (first-frame PSNR).
 """
 
-from experiments.seedance.common import video_config
+from experiments.seedance._video_common import video_config
 from seedjax.config import parse_arg
 
 

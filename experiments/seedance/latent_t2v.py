@@ -8,7 +8,7 @@
 
 or all three at once: `python -m seedjax.pipeline --pipeline=experiments/seedance/pipeline.py --only=vae_video,
 latents,latent_t2v --workdir=runs/seedance`. The model, text encoder, schedule and judges are the
-pixel-space video quickstart's (experiments/seedance/common.py); what changes is what the DiT
+pixel-space video quickstart's (experiments/seedance/_video_common.py); what changes is what the DiT
 denoises: a 9-frame 16x16 clip is 5 latent frames of 4x4x8 ('t2s4c8'), in 1x1 patches 16 tokens a
 frame (the `tiny` VAE 't2s2c4': 3 latent frames of 8x8x4 in 2x2 patches). The clip batches come from
 the latent shards (one (frames, height, width) bucket: prepare writes every clip at its longest
@@ -25,7 +25,7 @@ so a given first image is encoded as a one-frame clip, and the judges report fir
 import copy
 
 from experiments.seedance import vae_video
-from experiments.seedance.common import video_config
+from experiments.seedance._video_common import video_config
 from seedjax.config import parse_arg
 
 TOKENS_PER_SIDE = 4  # 4x4 tokens a frame, as the pixel quickstart's 16x16 frames in 4x4 patches

@@ -8,7 +8,7 @@ placed by the multi-shot MM-RoPE before its frames, and in the spatial layers ea
 attends only to its own shot's caption. Judged per shot (`video/shot_accuracy`).
 """
 
-from experiments.seedance.common import video_config
+from experiments.seedance._video_common import video_config
 from seedjax.config import parse_arg
 
 

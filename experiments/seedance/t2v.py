@@ -5,10 +5,10 @@
     python -m seedjax.main --config=experiments/seedance/t2v.py:attention=full_3d --workdir=runs/seedance/t2v_full3d
 
 Variants: `quickstart` (default) and `tiny` (CI); `attention=full_3d` trains the full-attention
-baseline with the same weights. See experiments/seedance/common.py for the shared setup.
+baseline with the same weights. See experiments/seedance/_video_common.py for the shared setup.
 """
 
-from experiments.seedance.common import video_config
+from experiments.seedance._video_common import video_config
 from seedjax.config import parse_arg
 
 
