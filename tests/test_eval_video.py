@@ -229,8 +229,10 @@ def test_video_evaluator_scores_the_generator():
     real = batch["video"]
     seen = []
     results = dict(built.run(Unit(), replaying_stage(real, seen), jax_key()))
+    # Real clips: a classifier trained afresh (a clean checkout) misreads 4 of these 48 small frames
+    # (0.917); a swapped digit scores 0.42 and a consistency of 0 (test_each_corruption_fails_its_judge).
     assert min(results[f"eval/video/{k}"] for k in ("frame_accuracy", "motion_accuracy", "temporal_consistency",
-                                                     "shot_accuracy")) >= 0.95, results
+                                                     "shot_accuracy")) >= 0.85, results
     assert results["eval/video/first_frame_psnr"] == video.MAX_PSNR
     assert seen[0]["first_frame"][0] == (6, 32, 32, 3) and seen[0]["shot_tokens"][0] == (6, 3, 64)
     assert not {"video", "captions"} & set(seen[0])
