@@ -154,29 +154,34 @@ class ManifestSource(_ScannedImages):
         super().__init__(manifest)
         if not os.path.isfile(manifest):
             raise ValueError(f"{manifest}: no such manifest file (data.path of a jsonl source)")
-        base = os.path.dirname(os.path.abspath(manifest))
-        entries = []
-        with open(manifest, encoding="utf-8", errors="replace") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"{manifest}:{lineno}"
+        self._finish_scan(manifest_entries(manifest, _parse_row, self._skip))
+
+
+def manifest_entries(manifest: str, parse, skip) -> list[dict]:
+    """`parse(row, path, where)` of every line of a JSONL manifest whose `path` (relative to the
+    manifest) is a string; `skip(kind, where)` for lines that are not one or that `parse`
+    refuses with a BadSample."""
+    base = os.path.dirname(os.path.abspath(manifest))
+    entries = []
+    with open(manifest, encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{manifest}:{lineno}"
+            try:
                 try:
-                    entry = _parse_line(line, base, where)
-                except BadSample as e:
-                    self._skip(e.kind, e.where)
-                    continue
-                entries.append(entry)
-        self._finish_scan(entries)
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise BadSample("bad_manifest_line", where, f"not JSON: {e}") from None
+                if not isinstance(row, dict) or not isinstance(row.get("path"), str):
+                    raise BadSample("bad_manifest_line", where, "needs an object with a string 'path'")
+                entries.append(parse(row, os.path.join(base, row["path"]), where))
+            except BadSample as e:
+                skip(e.kind, e.where)
+    return entries
 
 
-def _parse_line(line: str, base: str, where: str) -> dict:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise BadSample("bad_manifest_line", where, f"not JSON: {e}") from None
-    if not isinstance(row, dict) or not isinstance(row.get("path"), str):
-        raise BadSample("bad_manifest_line", where, "needs an object with a string 'path'")
+def _parse_row(row: dict, path: str, where: str) -> dict:
     caption = row.get("caption")
     if not isinstance(caption, str) or not caption.strip():
         raise BadSample("missing_caption", where)
@@ -184,8 +189,7 @@ def _parse_line(line: str, base: str, where: str) -> dict:
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise BadSample("bad_manifest_line", where, "'tags' must be a list of strings")
     boxes, kinds = _parse_defects(row.get("defects", []), where)
-    return {"path": os.path.join(base, row["path"]), "caption": caption.strip(), "boxes": boxes, "kinds": kinds,
-            "tags": tags}
+    return {"path": path, "caption": caption.strip(), "boxes": boxes, "kinds": kinds, "tags": tags}
 
 
 def _parse_defects(items, where: str) -> tuple[np.ndarray, np.ndarray]:

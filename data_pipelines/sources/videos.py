@@ -25,7 +25,6 @@ decoding, is replaced and counted (`skipped_<kind>`). PyAV is imported where it 
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import math
 import os
 
@@ -33,7 +32,7 @@ import numpy as np
 
 from data_pipelines.core import clips as clips_lib
 from data_pipelines.core.samples import BadSample
-from data_pipelines.sources.folders import captioned_files
+from data_pipelines.sources.folders import captioned_files, manifest_entries
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".gif", ".mov", ".mkv")
 
@@ -191,27 +190,11 @@ class VideoManifestSource(_ScannedVideos):
         super().__init__(manifest, data_cfg, seed)
         if not os.path.isfile(manifest):
             raise ValueError(f"{manifest}: no such manifest file (data.path of a video_jsonl source)")
-        base = os.path.dirname(os.path.abspath(manifest))
-        entries = []
-        with open(manifest, encoding="utf-8", errors="replace") as f:
-            for lineno, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        entries.append(parse_line(line, base, f"{manifest}:{lineno}"))
-                    except BadSample as e:
-                        self._skip(e.kind, e.where)
-        self._finish_scan(entries)
+        self._finish_scan(manifest_entries(manifest, parse_row, self._skip))
 
 
-def parse_line(line: str, base: str, where: str) -> dict:
-    """One manifest line -> an entry; BadSample('bad_manifest_line' | 'missing_caption') if it is not one."""
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise BadSample("bad_manifest_line", where, f"not JSON: {e}") from None
-    if not isinstance(row, dict) or not isinstance(row.get("path"), str):
-        raise BadSample("bad_manifest_line", where, "needs an object with a string 'path'")
-    path = os.path.join(base, row["path"])
+def parse_row(row: dict, path: str, where: str) -> dict:
+    """One manifest row -> an entry; BadSample('bad_manifest_line' | 'missing_caption') if it is not one."""
     if "shots" not in row:
         caption = row.get("caption")
         if not isinstance(caption, str) or not caption.strip():
