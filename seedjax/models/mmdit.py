@@ -173,8 +173,8 @@ class StreamWeights(nnx.Module):
         self.mlp = layers.MLP(hidden, mlp_hidden, hidden, rngs=rngs, activation_name="gelu_tanh", dtype=dtype)
 
 
-def _heads_qkv(mod, h: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Project to q, k, v [B, L, H, Dh] with QK RMSNorm (shared by both block kinds)."""
+def heads_qkv(mod, h: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Project to q, k, v [B, L, H, Dh] with QK RMSNorm (every MMDiT and video DiT attention)."""
     split = lambda y: y.reshape(*y.shape[:-1], -1, mod.head_dim)
     q, k, v = split(mod.q(h)), split(mod.k(h)), split(mod.v(h))
     names = ("batch", "seq", "act_heads", None)
@@ -193,7 +193,7 @@ class DoubleStreamBlock(nnx.Module):
         # Chunk order of Flux's AdaLayerNormZero: shift, scale, gate (attention), shift, scale, gate (MLP).
         streams = []
         for x, w, (shift, scale, _, _, _, _) in ((txt, self.txt, txt_mod), (img, self.img, img_mod)):
-            streams.append(_heads_qkv(w, layers.modulate(w.norm(x), shift, scale)))
+            streams.append(heads_qkv(w, layers.modulate(w.norm(x), shift, scale)))
         q, k, v = (jnp.concatenate(parts, axis=1) for parts in zip(*streams))
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         out = attend(q, k, v, key_mask)
@@ -229,7 +229,7 @@ class SingleStreamBlock(nnx.Module):
     def __call__(self, x, cond, cos, sin, key_mask, *, attend):
         shift, scale, gate = self.modulation(cond)
         h = layers.modulate(self.norm(x), shift, scale)
-        q, k, v = _heads_qkv(self, h)
+        q, k, v = heads_qkv(self, h)
         attn = attend(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, key_mask).reshape(*x.shape[:2], -1)
         mlp = jax.nn.gelu(self.mlp_in(h), approximate=True)
         x = x + gate[:, None] * self.out(jnp.concatenate([attn, mlp], axis=-1))

@@ -46,7 +46,7 @@ from seedjax.models.mmdit import (
     TIMESTEP_CHANNELS,
     TOKENS,
     StreamWeights,
-    _heads_qkv,
+    heads_qkv,
     prediction,
     remat_policy,
 )
@@ -230,8 +230,8 @@ class VideoBlock(nnx.Module):
     def spatial(self, vis, txt, cond_frames, cond_txt, rope_vis, rope_txt, masks: Masks, *, ops: "AttentionOps"):
         """Dual-stream weights (the MMDiT's), attention within each frame (full_3d: over everything)."""
         v_mod, t_mod = self.img.modulation(cond_frames), self.txt.modulation(cond_txt)
-        qv, kv, vv = _heads_qkv(self.img, _modulate_frames(self.img.norm(vis), v_mod[0], v_mod[1]))
-        qt, kt, vt = _heads_qkv(self.txt, layers.modulate(self.txt.norm(txt), t_mod[0], t_mod[1]))
+        qv, kv, vv = heads_qkv(self.img, _modulate_frames(self.img.norm(vis), v_mod[0], v_mod[1]))
+        qt, kt, vt = heads_qkv(self.txt, layers.modulate(self.txt.norm(txt), t_mod[0], t_mod[1]))
         qv, kv = apply_rope(qv, *rope_vis), apply_rope(kv, *rope_vis)
         qt, kt = apply_rope(qt, *rope_txt), apply_rope(kt, *rope_txt)
         vis_attn, txt_attn = ops.spatial(qv, kv, vv, qt, kt, vt, masks)
@@ -247,7 +247,7 @@ class VideoBlock(nnx.Module):
         """Visual tokens across frames at each position (full_3d: over all visual tokens)."""
         w = self.temporal
         shift, scale, gate, shift2, scale2, gate_mlp = w.modulation(cond_frames)
-        q, k, v = _heads_qkv(w, _modulate_frames(w.norm(vis), shift, scale))
+        q, k, v = heads_qkv(w, _modulate_frames(w.norm(vis), shift, scale))
         out = ops.temporal(apply_rope(q, *rope_vis), apply_rope(k, *rope_vis), v, masks)
         vis = vis + _gate_frames(gate, w.out(out.reshape(*vis.shape[:2], -1)))
         vis = vis + _gate_frames(gate_mlp, w.mlp(_modulate_frames(w.norm(vis), shift2, scale2)))
@@ -352,7 +352,6 @@ class VideoDiT(nnx.Module):
         self.time_embedder = embedder(TIMESTEP_CHANNELS)
         self.pooled_embedder = embedder(cfg.pooled_dim)
         self.guidance_embedder = embedder(TIMESTEP_CHANNELS) if cfg.guidance_embed else None
-        self.size_embedder = None
         self.blocks = nnx.List([VideoBlock(hidden, cfg.head_dim, mlp_hidden, rngs=rngs, dtype=dtype)
                                 for _ in range(cfg.depth)])
         self.final_norm = layers.LayerNorm(hidden, rngs=rngs, eps=1e-6)
