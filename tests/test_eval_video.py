@@ -241,7 +241,9 @@ def test_video_evaluator_scores_the_generator():
              for shots in batch["frame_shot"]]
     backwards = dict(built.run(Unit(), replaying_stage(np.stack([c[o] for c, o in zip(real, order)]), []),
                                jax_key()))
-    assert backwards["eval/video/motion_accuracy"] <= 0.2 and backwards["eval/video/frame_accuracy"] >= 0.95
+    # The same frames in another order: the digits read the same, only the motion is wrong.
+    assert backwards["eval/video/motion_accuracy"] <= 0.2
+    assert backwards["eval/video/frame_accuracy"] == results["eval/video/frame_accuracy"]
 
 
 def test_video_evaluator_options_are_checked():
