@@ -24,6 +24,7 @@ from flax import nnx
 from data_pipelines.core.tokenizer import tokenize
 from seedjax.config import workdir_config
 from seedjax.diffusion.sampling import Sampler
+from seedjax.inference import exported, weights_file
 from seedjax.models import generator
 from seedjax.models.codec import LatentCodec
 from seedjax.models.geometry import Geometry
@@ -137,12 +138,27 @@ def _generator_entry(saved, config, use_ema: bool) -> tuple[str, dict]:
     return "model", model
 
 
+def _abstract_generator(config, guidance_embed: bool, mesh):
+    """(graphdef, abstract state, pure dict of ShapeDtypeStructs carrying their shardings on `mesh`)."""
+    rules = sharding_lib.rules_from_config(config.sharding.rules)
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: generator.build(config, nnx.Rngs(0), guidance_embed)))
+    with jax.set_mesh(mesh), sharding_lib.axis_rules(rules):
+        shardings = sharding_lib.state_shardings(abstract, mesh, rules)
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          ckpt_lib.pure(abstract), ckpt_lib.pure(shardings))
+    return graphdef, abstract, target
+
+
 def load(path: str, mesh: jax.sharding.Mesh | None = None, use_ema: bool = True) -> Bundle:
-    """The generator of the run at `path` (a workdir: its latest checkpoint; or workdir/checkpoints/N).
+    """The generator of the run at `path` (a workdir: its latest checkpoint; or workdir/checkpoints/N),
+    or of an export directory (`python -m seedjax.export --formats=bundle`).
 
     `mesh`: where the parameters go (default: a mesh over every device from the run's
-    `config.mesh`); they are read straight onto their shardings under the run's sharding rules.
+    `config.mesh`; an export directory's, every device on the data axis); they are read straight
+    onto their shardings under the run's sharding rules.
     """
+    if exported.is_export_dir(path):
+        return _load_export(path, mesh)
     workdir, config = run_config(path)
     step_path = path if os.path.basename(os.path.normpath(path)).isdigit() else workdir
     try:
@@ -151,13 +167,7 @@ def load(path: str, mesh: jax.sharding.Mesh | None = None, use_ema: bool = True)
         raise BundleError(str(e)) from None
     entry, params_meta = _generator_entry(saved, config, use_ema)
     guidance_embed = "guidance_embedder" in params_meta["dit"] and bool(params_meta["dit"]["guidance_embedder"])
-    mesh = mesh or mesh_lib.make_mesh(config.mesh)
-    rules = sharding_lib.rules_from_config(config.sharding.rules)
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: generator.build(config, nnx.Rngs(0), guidance_embed)))
-    with jax.set_mesh(mesh), sharding_lib.axis_rules(rules):
-        shardings = sharding_lib.state_shardings(abstract, mesh, rules)
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          ckpt_lib.pure(abstract), ckpt_lib.pure(shardings))
+    graphdef, abstract, target = _abstract_generator(config, guidance_embed, mesh or mesh_lib.make_mesh(config.mesh))
     where = ("ema", "params") if entry == "ema" else ("model",)
     nested = target
     for key in reversed(where):
@@ -173,3 +183,20 @@ def load(path: str, mesh: jax.sharding.Mesh | None = None, use_ema: bool = True)
     codec = latent_codec(config) if config.input.key == "latent" else None
     return Bundle(workdir, str(ckpt_lib.state_dir(step_path).parent), config, model, Geometry.of(config),
                   sampler_of(config), entry, codec)
+
+
+def _load_export(path: str, mesh) -> Bundle:
+    """An export directory's generator: config.json + params.safetensors (int8 ones dequantized)."""
+    config, flat, entry = exported.read(path)
+    guidance_embed = any(name.startswith("dit/guidance_embedder/") for name in flat)
+    mesh = mesh or mesh_lib.make_mesh({"data": -1, "fsdp": 1, "tensor": 1, "sequence": 1})
+    graphdef, abstract, target = _abstract_generator(config, guidance_embed, mesh)
+    dtypes = {name: leaf.dtype for name, leaf in weights_file.flat_names(target)}
+    try:
+        values = weights_file.unflatten(weights_file.dequantize(flat, dtypes, xp=np), target)
+    except ValueError as e:
+        raise BundleError(f"{path}: {e}") from None
+    nnx.replace_by_pure_dict(abstract, jax.tree.map(lambda v, t: jax.device_put(v, t.sharding), values, target))
+    codec = latent_codec(config) if config.input.key == "latent" else None
+    return Bundle(path, path, config, nnx.merge(graphdef, abstract), Geometry.of(config), sampler_of(config),
+                  entry, codec)
