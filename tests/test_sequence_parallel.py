@@ -172,6 +172,9 @@ def test_bad_arguments_are_one_clear_error():
         sp.attention(x, x, x, impl="flash")
     with pytest.raises(ValueError, match="rule"):
         sp.MaskSpec("causal")
+    video = jnp.zeros((1, 2, 6, 2, 4))
+    with pytest.raises(ValueError, match="group 4 must be >= 1 and divide the 6 positions"):
+        sp.temporal_attention(video, video, video, group=4)
     with pytest.raises(ValueError, match="needs q_ids"):
         sp.attention(x, x, x, sp.MaskSpec("same"), impl="dense")
     with pytest.raises(ValueError, match="key_valid must have shape"):
@@ -190,33 +193,45 @@ def reference_frame_mask(frame_valid, window):
     return allowed
 
 
-def reference_temporal(q, k, v, allowed, cotangent):
-    """Per position, attention over frames with the frame mask `allowed` [B, F, F]; output and gradients."""
+def reference_temporal(q, k, v, allowed, cotangent, group=1):
+    """Per window of `group` consecutive positions, attention over its tokens in all frames with the
+    frame mask `allowed` [B, F, F] (expanded to tokens one by one); output and gradients."""
     batch, frames, positions = q.shape[:3]
-    per_position = lambda x: np.moveaxis(np.asarray(x), 2, 1).reshape(batch * positions, frames, *x.shape[3:])
-    back = lambda x: np.moveaxis(x.reshape(batch, positions, frames, *x.shape[2:]), 1, 2)
-    out, grads = reference_attention(*map(per_position, (q, k, v)), np.repeat(allowed, positions, axis=0),
-                                     per_position(cotangent))
+    windows = positions // group
+    per_window = lambda x: np.moveaxis(np.asarray(x).reshape(batch, frames, windows, group, *x.shape[3:]), 2, 1
+                                       ).reshape(batch * windows, frames * group, *x.shape[3:])
+    back = lambda x: np.moveaxis(x.reshape(batch, windows, frames, group, *x.shape[2:]), 1, 2
+                                 ).reshape(batch, frames, positions, *x.shape[2:])
+    token_frame = np.arange(frames * group) // group
+    tokens = np.zeros((batch, frames * group, frames * group), bool)
+    for b, i, j in np.ndindex(*tokens.shape):
+        tokens[b, i, j] = allowed[b, token_frame[i], token_frame[j]]
+    out, grads = reference_attention(*map(per_window, (q, k, v)), np.repeat(tokens, windows, axis=0),
+                                     per_window(cotangent))
     return back(out), tuple(map(back, grads))
 
 
-@pytest.mark.parametrize("sequence,frames,positions,window", [(4, 8, 5, 3), (8, 6, 3, 0)])
-def test_temporal_attention_matches_per_position_dense(sequence, frames, positions, window):
+@pytest.mark.parametrize("sequence,frames,positions,window,group", [(4, 8, 5, 3, 1), (8, 6, 3, 0, 1),
+                                                                    (4, 6, 6, 2, 3), (2, 5, 4, 0, 4)])
+def test_temporal_attention_matches_per_window_dense(sequence, frames, positions, window, group):
+    """Per spatial window (`group` consecutive positions; 1: each position alone), attention over frames;
+    frames and windows padded where they do not divide the axis."""
     rng = np.random.default_rng(frames)
     q, k, v, cotangent = (normal(rng, 2, frames, positions, H, D) for _ in range(4))
     frame_valid = np.ones((2, frames), bool)
-    frame_valid[1, -2:] = False  # padded frames; with window 3 of 8 frames, batch 1's last window is empty
+    frame_valid[1, -2:] = False  # padded frames; with a frame window (3 of 8, 2 of 6) batch 1's last is empty
     allowed = reference_frame_mask(frame_valid, window)
-    want_out, want_grads = reference_temporal(q, k, v, allowed, cotangent)
+    want_out, want_grads = reference_temporal(q, k, v, allowed, cotangent, group)
     mesh = make_mesh({"sequence": sequence, "data": -1})
     q, k, v = (place(mesh, x, P(None, "sequence")) for x in (q, k, v))
     with jax.set_mesh(mesh):
-        out, grads = forward_and_vjp(lambda q, k, v, fv: sp.temporal_attention(q, k, v, fv, window=window),
-                                     (q, k, v, jnp.asarray(frame_valid)), cotangent)
+        out, grads = forward_and_vjp(
+            lambda q, k, v, fv: sp.temporal_attention(q, k, v, fv, window=window, group=group),
+            (q, k, v, jnp.asarray(frame_valid)), cotangent)
     chex.assert_trees_all_close(out, want_out, **TOL)
     chex.assert_trees_all_close(grads[:3], want_grads, **TOL)
     empty = ~allowed.any(-1)  # [B, F] query frames with no key frame
-    assert empty.any() == (window == 3)
+    assert empty.any() == (window > 0)
     np.testing.assert_array_equal(np.asarray(out)[empty], 0.0)
 
 

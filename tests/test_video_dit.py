@@ -98,6 +98,37 @@ def test_decoupled_attention_matches_per_frame_and_per_position_loops():
             np.testing.assert_allclose(out_temporal[i, rows], ref, atol=2e-5)
 
 
+@pytest.mark.parametrize("area,window", [((2, 2), 0), ((1, 3), 2), ((0, 0), 0)])
+def test_windowed_temporal_attention_matches_a_loop_over_spatial_windows(area, window):
+    """Seedance's windowed temporal layers: a token attends, in every frame of its frame window, to
+    the tokens of its spatial window ((0, 0): the whole frame)."""
+    b, frames, (h, w) = 2, 4, (4, 6)
+    p = h * w
+    (qv, kv, vv), _ = _inputs(b, frames, p, 1, seed=2)
+    frame_valid = jnp.array([[1, 1, 1, 1], [1, 1, 1, 0]], bool)  # batch 1's last frame is no key
+    masks = video_dit.Masks.make(jnp.ones((b, 1), bool), jnp.zeros((b, 1), jnp.int32),
+                                 jnp.zeros((b, frames), jnp.int32), frame_valid)
+    ops = video_dit.AttentionOps("decoupled", (frames, h, w), window, "dense", "ulysses", area=area)
+    out = np.asarray(jax.jit(ops.temporal)(qv, kv, vv, masks))
+    rows, cols = (side if n == 0 else n for n, side in zip(area, (h, w)))
+    r, c = np.divmod(np.arange(p), w)
+    spatial_window = (r // rows) * (w // cols) + c // cols  # [P]
+    tok_frame, tok_window = np.repeat(np.arange(frames), p), np.tile(spatial_window, frames)
+    window_ids = np.arange(frames) // window if window else np.zeros(frames, int)
+    for i in range(b):
+        for n in range(frames * p):
+            keys = (tok_window == tok_window[n]) & (window_ids[tok_frame] == window_ids[tok_frame[n]])
+            keys &= np.asarray(frame_valid[i])[tok_frame]
+            ref = _dense64(qv[i, n:n + 1], kv[i], vv[i], keys[None])
+            np.testing.assert_allclose(out[i, n:n + 1], ref, atol=2e-5)
+    if area == (0, 0) and window == 0:  # whole frames, all frames: full_3d's temporal sublayer
+        full = video_dit.AttentionOps("full_3d", (frames, h, w), 0, "dense", "ulysses")
+        np.testing.assert_allclose(out, jax.jit(full.temporal)(qv, kv, vv, masks), atol=2e-5)
+    with pytest.raises(ValueError, match="does not tile"):
+        video_dit.AttentionOps("decoupled", (frames, h, w), 0, "dense", "ulysses", area=(3, 4)).temporal(
+            qv, kv, vv, masks)
+
+
 def test_full_3d_attention_is_dense_over_all_tokens():
     b, frames, (h, w), num_text = 1, 3, (2, 2), 4
     (qv, kv, vv), (qt, kt, vt) = _inputs(b, frames, h * w, num_text, seed=1)

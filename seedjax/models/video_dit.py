@@ -6,8 +6,9 @@
               spatial  (dual-stream weights, as the MMDiT): every frame attends jointly over
                        its own P visual tokens and the text of its own shot; the text stream's
                        update is the mean of its per-frame outputs over the frames of its shot
-              temporal (visual only): every spatial position attends across frames, optionally
-                       within windows of `temporal_window` frames
+              temporal (visual only): every token attends across frames to the tokens of its
+                       spatial window (`temporal_spatial_window` rows x columns of tokens; 1 x 1 =
+                       its own position), optionally within windows of `temporal_window` frames
         --> visual tokens --> norm_out (adaLN) --> proj_out --> velocity [B, N, C_out]
 
 `cfg.attention = 'full_3d'` is the baseline with the same weights: the spatial sublayer attends
@@ -72,6 +73,9 @@ def validate_config(cfg) -> None:
         raise ValueError(f"model.sequence_parallel must be one of {SEQUENCE_PARALLEL}, got {cfg.sequence_parallel!r}")
     if cfg.temporal_window < 0:
         raise ValueError(f"model.temporal_window must be >= 0 (0 = all frames), got {cfg.temporal_window}")
+    area = temporal_spatial_window(cfg)
+    if len(area) != 2 or min(area) < 0:
+        raise ValueError(f"model.temporal_spatial_window must be (rows, cols) >= 0 (0 = the whole frame), got {area}")
     if cfg.remat_policy not in REMAT_POLICIES:
         raise ValueError(f"model.remat_policy {cfg.remat_policy!r} is not one of {sorted(REMAT_POLICIES)}")
     for key, why in (("scan_layers", "scanned layers"), ("size_embed", "a size embedding"),
@@ -134,12 +138,40 @@ def train_flops_per_example(cfg, grid: tuple[int, int, int], num_text: int) -> f
     if cfg.attention == "decoupled":
         spatial = frames * (num_text + p) ** 2
         window = cfg.temporal_window or frames
-        temporal = n * min(window, frames)
+        rows, cols = window_tokens(temporal_spatial_window(cfg), grid)
+        temporal = n * min(window, frames) * rows * cols
     else:
         spatial = (num_text + n) ** 2
         temporal = n * n
     attention_macs = cfg.depth * 2 * (spatial + temporal) * d
     return 3.0 * 2.0 * float(per_example + tokens + attention_macs)
+
+
+def temporal_spatial_window(cfg) -> tuple[int, ...]:
+    """(rows, cols) of the temporal layers' spatial windows; configs saved before the key existed get (1, 1)."""
+    return tuple(int(x) for x in cfg.get("temporal_spatial_window", (1, 1)))
+
+
+def window_tokens(area: tuple[int, int], grid: tuple[int, int, int]) -> tuple[int, int]:
+    """The (rows, cols) of a temporal window on the token grid (F, h, w); 0 = the whole axis."""
+    _, h, w = grid
+    rows, cols = (size if n == 0 else n for n, size in zip(area, (h, w)))
+    if h % rows or w % cols:
+        raise ValueError(f"model.temporal_spatial_window {tuple(area)} does not tile the {h} x {w} token grid "
+                         f"of a frame; choose window sides that divide it (0 = the whole side)")
+    return rows, cols
+
+
+def window_order(area: tuple[int, int], grid: tuple[int, int, int]) -> np.ndarray | None:
+    """Permutation of a frame's h*w positions (row-major) that makes every spatial window one run of
+    rows*cols consecutive positions (window-major, row-major inside); None when windows are single
+    positions (the identity)."""
+    rows, cols = window_tokens(area, grid)
+    if rows * cols == 1:
+        return None
+    _, h, w = grid
+    ids = np.arange(h * w).reshape(h // rows, rows, w // cols, cols)
+    return ids.transpose(0, 2, 1, 3).reshape(-1)
 
 
 def input_channels(cfg) -> int:
@@ -183,13 +215,17 @@ def window_mask(frames: int, window: int) -> np.ndarray:
     return ids[:, None] == ids[None, :]
 
 
-def temporal_attention(q, k, v, frame_valid, window: int) -> jax.Array:
-    """Attention across frames at every position: q, k, v [B, F, P, H, D] -> [B, F, P, H, D]."""
+def temporal_attention(q, k, v, frame_valid, window: int, group: int = 1) -> jax.Array:
+    """Attention across frames within spatial windows: q, k, v [B, F, P, H, D] -> [B, F, P, H, D],
+    where every run of `group` consecutive positions is one window (1: each position alone)."""
     b, f, p, heads, d = q.shape
-    to_rows = lambda x: jnp.swapaxes(x, 1, 2).reshape(b * p, f, heads, d)
-    mask = jnp.asarray(window_mask(f, window))[None] & jnp.repeat(frame_valid, p, axis=0)[:, None, :]
+    g = p // group
+    to_rows = lambda x: x.reshape(b, f, g, group * heads * d).swapaxes(1, 2).reshape(b * g, f * group, heads, d)
+    frames_ok = jnp.asarray(window_mask(f, window))[None] & frame_valid[:, None, :]  # [B, F, F]
+    tokens_ok = jnp.repeat(jnp.repeat(frames_ok, group, axis=1), group, axis=2)  # [B, F*group, F*group]
+    mask = jnp.repeat(tokens_ok, g, axis=0)
     out = jax.nn.dot_product_attention(to_rows(q), to_rows(k), to_rows(v), mask=mask[:, None])
-    return jnp.swapaxes(out.reshape(b, p, f, heads, d), 1, 2)
+    return out.reshape(b, g, f, group * heads * d).swapaxes(1, 2).reshape(b, f, p, heads, d)
 
 
 @jax.tree_util.register_dataclass
@@ -265,6 +301,7 @@ class AttentionOps:
     sequence_parallel: str
     extra: dict = dataclasses.field(default_factory=dict, hash=False, compare=False)
     block: int | None = None
+    area: tuple[int, int] = (1, 1)  # the temporal layers' spatial window (model.temporal_spatial_window)
 
     def at(self, block: int) -> "AttentionOps":
         return dataclasses.replace(self, block=block)
@@ -317,10 +354,17 @@ class AttentionOps:
             key_mask = jnp.repeat(masks.frame_valid, q.shape[1] // frames, axis=1)
             return self._joint(q, k, v, key_mask, TokenLayout(0, None, self.grid), sublayer=1)
         q, k, v = (_per_frame(x, frames) for x in (q, k, v))
+        order = window_order(self.area, self.grid)
+        group = int(np.prod(window_tokens(self.area, self.grid)))
+        if order is not None:  # each spatial window becomes one run of consecutive positions
+            q, k, v = (x[:, :, order] for x in (q, k, v))
         if sequence_lib.sequence_size() > 1:
-            out = sequence_lib.temporal_attention(q, k, v, frame_valid=masks.frame_valid, window=self.window)
+            out = sequence_lib.temporal_attention(q, k, v, frame_valid=masks.frame_valid, window=self.window,
+                                                  group=group)
         else:
-            out = temporal_attention(q, k, v, masks.frame_valid, self.window)
+            out = temporal_attention(q, k, v, masks.frame_valid, self.window, group)
+        if order is not None:
+            out = out[:, :, np.argsort(order)]
         return out.reshape(*out.shape[:1], -1, *out.shape[3:])
 
     def _joint(self, q, k, v, key_mask, layout, sublayer: int = 0):
@@ -412,7 +456,7 @@ class VideoDiT(nnx.Module):
         rope_vis = rope_frequencies(vis_ids, cfg.axes_dims_rope, cfg.rope_theta)
         masks = Masks.make(text_mask, text_shot, frame_shot, jnp.ones((batch, frames), bool))
         ops = AttentionOps(cfg.attention, (frames, h, w), cfg.temporal_window, cfg.attention_backend,
-                           cfg.sequence_parallel, attention_kwargs or {})
+                           cfg.sequence_parallel, attention_kwargs or {}, area=temporal_spatial_window(cfg))
 
         vis = constrain(self.x_embedder(x_in).astype(jnp.float32), TOKENS)
         txt = self.context_embedder(text_embeddings).astype(jnp.float32)

@@ -19,8 +19,8 @@ Communication, with s = size of 'sequence' and per-device blocks of L/s tokens:
 - `attention(impl='ring')`: each device keeps its L/s queries; K, V and the key ids/validity travel the ring
   in s-1 `ppermute` hops while an online softmax (running max, sum and output, float32) absorbs each block.
   Memory per device stays O(L/s); any head count.
-- `temporal_attention`: [B, F, P, H, D] split over frames; one all_to_all to split over positions P instead,
-  dense attention over the F frames at each position, one all_to_all back.
+- `temporal_attention`: [B, F, P, H, D] split over frames; one all_to_all to split over positions P instead
+  (whole spatial windows per device), dense attention over the F frames of each window, one all_to_all back.
 - `attention_to_sharded_keys`: short replicated queries (text) attend to replicated keys plus sequence-split
   keys (visual) without moving the visual keys: each device forms softmax statistics (output, max, sum,
   i.e. output and log-sum-exp) over its local keys (the replicated keys count on device 0 only); the parts
@@ -295,42 +295,50 @@ def _frame_window_mask(frames: int, window: int, frame_valid):
     return allowed
 
 
-def _temporal_dense(q, k, v, frame_valid, window):
-    """Attention over frames at each position: [b, F, p, h, d] -> [b, F, p, h, d]."""
+def _temporal_dense(q, k, v, frame_valid, window, group=1):
+    """Attention over frames within each window of `group` consecutive positions: [b, F, p, h, d] -> same."""
     b, frames, positions, h, d = q.shape
-    per_position = lambda x: x.transpose(0, 2, 1, 3, 4).reshape(b * positions, frames, h, d)
+    g = positions // group
+    per_window = lambda x: x.reshape(b, frames, g, group * h * d).swapaxes(1, 2).reshape(b * g, frames * group, h, d)
     allowed = _frame_window_mask(frames, window, frame_valid)
-    if allowed is not None:  # one mask per (batch, position) row of the flattened batch
-        allowed = jnp.repeat(jnp.broadcast_to(allowed, (b,) + allowed.shape[1:]), positions, axis=0)
-    out = _dense(per_position(q), per_position(k), per_position(v), allowed)
-    return out.reshape(b, positions, frames, h, d).transpose(0, 2, 1, 3, 4)
+    if allowed is not None:  # frame mask -> token mask, one per (batch, window) row of the flattened batch
+        allowed = jnp.broadcast_to(allowed, (b, frames, frames))
+        allowed = jnp.repeat(jnp.repeat(allowed, group, axis=1), group, axis=2)
+        allowed = jnp.repeat(allowed, g, axis=0)
+    out = _dense(per_window(q), per_window(k), per_window(v), allowed)
+    return out.reshape(b, g, frames, group * h * d).swapaxes(1, 2).reshape(b, frames, positions, h, d)
 
 
 def temporal_attention(q: jax.Array, k: jax.Array, v: jax.Array, frame_valid: jax.Array | None = None, *,
-                       window: int = 0) -> jax.Array:
-    """Attention across frames at each spatial position; q, k, v global [B, F, P, H, D], frames split on 'sequence'.
+                       window: int = 0, group: int = 1) -> jax.Array:
+    """Attention across frames within spatial windows; q, k, v global [B, F, P, H, D], frames split on 'sequence'.
 
-    `window` > 0: a frame attends only to frames in its own window of `window` consecutive frames
-    ([0, w), [w, 2w), ...). `frame_valid` [B, F] bool masks padded frames as keys."""
+    Every run of `group` consecutive positions is one spatial window (1: each position alone): its
+    tokens in all frames attend to each other. `window` > 0: a frame attends only to frames in its
+    own window of `window` consecutive frames ([0, w), [w, 2w), ...). `frame_valid` [B, F] bool
+    masks padded frames as keys."""
     if q.ndim != 5 or q.shape != k.shape or q.shape != v.shape:
         raise ValueError(f"temporal_attention expects q, k, v of one shape [B, F, P, H, D]; got {q.shape}, {k.shape}, {v.shape}")
     batch, frames, positions, heads, _ = q.shape
     if window < 0:
         raise ValueError(f"temporal_attention window must be >= 0 (0: all frames), got {window}")
+    if group < 1 or positions % group:
+        raise ValueError(f"temporal_attention group {group} must be >= 1 and divide the {positions} positions")
     if frame_valid is not None and tuple(frame_valid.shape) != (batch, frames):
         raise ValueError(f"frame_valid must have shape {(batch, frames)}, got {tuple(frame_valid.shape)}")
     size = sequence_size()
     if size == 1:
-        return _temporal_dense(q, k, v, frame_valid, window)
+        return _temporal_dense(q, k, v, frame_valid, window, group)
     mesh, batch_axes, head_axes, _ = _layout(batch, heads)
     valid = jnp.ones((batch, frames), bool) if frame_valid is None else frame_valid.astype(bool)
-    # Padded frames go at the end (window ids of real frames unchanged) and are masked as keys.
-    args = [_pad(_pad(x, 1, size), 2, size) for x in (q, k, v)] + [_pad(valid, 1, size, False)]
+    # Padded frames go at the end (window ids of real frames unchanged) and are masked as keys;
+    # padded positions form whole windows of their own (zeros), so every device holds whole windows.
+    args = [_pad(_pad(x, 1, size), 2, size * group) for x in (q, k, v)] + [_pad(valid, 1, size, False)]
     video = P(batch_axes, SEQUENCE, None, head_axes, None)
 
     def body(q, k, v, valid):
         by_position = [_all_to_all(x, 2, 1) for x in (q, k, v)]  # [b, F, P/s, h, d]
-        return _all_to_all(_temporal_dense(*by_position, _gather(valid), window), 1, 2)
+        return _all_to_all(_temporal_dense(*by_position, _gather(valid), window, group), 1, 2)
 
     out = _run_split(body, mesh, (video,) * 3 + (P(batch_axes, SEQUENCE),), video, args)
     return _crop(out, mesh, video, q.shape)

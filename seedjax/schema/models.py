@@ -90,6 +90,9 @@ def video_dit_config(preset: str = "tiny", **overrides) -> ml_collections.Config
     # 'full_3d': every token attends to every token (the baseline, same weights).
     cfg.attention = "decoupled"
     cfg.temporal_window = 0  # temporal layers attend within windows of this many frames (0 = all)
+    # Seedance's windowed temporal layers: a token attends across frames to every token of its spatial
+    # window of (rows, cols) tokens; (1, 1) = its own position only, 0 = the whole side of the frame.
+    cfg.temporal_spatial_window = (1, 1)
     # Task conditioning: 'concat' (clean frames + mask along channels, Seedance) or
     # 'timestep' (per-frame timesteps, t = 0 on clean conditioning frames, Wan2.2 TI2V).
     cfg.condition = "concat"
