@@ -406,6 +406,11 @@ def test_calibrate_paro_per_layer_layouts_on_the_video_dit(tmp_path):
     for plan, own, other in ((spatial, 0, 1), (temporal, 1, 0)):
         assert plan.model_shape["num_layers"] == 2 and plan.masks[other].all() and not plan.masks[own].all()
         assert (plan.order_ids[other] == plan.orders.index("fhw")).all()
+        # Density and work count the calibrated layer only, not the other layout's dense filler.
+        visual = ~paro.text_blocks(plan.layout, 8, 8)
+        assert plan.density() == plan.masks[own][..., visual].mean() < 1.0
+        assert plan.density(visual_only=False) == plan.masks[own].mean()
+        assert plan.computed_fraction() == plan.computed_fraction(own) < 1.0
     assert tool.plan_paths("p/plan.safetensors", [spatial, temporal]) == [
         "p/plan.safetensors", "p/plan_visual_2x2x4.safetensors"]
     with pytest.raises(ValueError, match="2 layouts"):

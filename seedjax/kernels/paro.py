@@ -245,12 +245,21 @@ class ParoPlan:
     def orders(self) -> tuple[str, ...]:
         return self.layout.orders
 
+    @property
+    def sparse_layers(self) -> list[int]:
+        """The layers this plan was calibrated on. A plan merged from per-layer calibrations
+        (`info['layers']`) keeps the other layers dense in the natural order: those run another
+        layout (another plan's) or do not attend through the backend, so they count for neither."""
+        return list(self.info.get("layers", range(self.masks.shape[0])))
+
     def density(self, visual_only: bool = True) -> float:
-        """Fraction of computed blocks (over visual blocks only, or over all blocks)."""
+        """Fraction of computed blocks (over visual blocks only, or over all blocks) of the
+        calibrated layers."""
+        masks = self.masks[self.sparse_layers]
         if not visual_only:
-            return float(self.masks.mean())
+            return float(masks.mean())
         visual = ~text_blocks(self.layout, self.model_shape["block_q"], self.model_shape["block_k"])
-        return float(self.masks[..., visual].mean())
+        return float(masks[..., visual].mean())
 
     def check(self, *, num_heads: int, num_text: int, grid, num_layers: int | None = None, source: str = "") -> None:
         """Refuse a plan made for another model shape with a one-line message."""
@@ -274,10 +283,10 @@ class ParoPlan:
 
     def computed_fraction(self, layer: int | None = None) -> float:
         """Share of dense attention's block products the XLA fallback computes with this plan,
-        for one layer or averaged over layers. Each layer runs every head with the work of its
-        densest (bucket, head), text blocks included; the Pallas kernels compute exactly the
-        active blocks (`density(visual_only=False)`)."""
-        layers = range(self.masks.shape[0]) if layer is None else [layer]
+        for one layer or averaged over the calibrated layers. Each layer runs every head with the
+        work of its densest (bucket, head), text blocks included; the Pallas kernels compute
+        exactly the active blocks (`density(visual_only=False)`)."""
+        layers = self.sparse_layers if layer is None else [layer]
         return float(np.mean([block_sparse_xla.computed_fraction(self.masks[i], self.max_blocks_per_head(i))
                               for i in layers]))
 
