@@ -1,0 +1,124 @@
+"""The HTTP API of `python -m seedjax.serve` (FastAPI): POST /v1/images, GET /healthz, GET /metrics.
+
+    POST /v1/images  {"prompt": "a handwritten 7", "seed": 0, "num": 1, "size": "16x16", "guidance": 3.0}
+      -> 200 {"images": [base64 PNG, ...], "size", "seed", "num", "guidance", "batch_size", "queue_ms", "compute_ms"}
+
+Only `prompt` is required; `size` defaults to the first exported size, `guidance` to the
+exported sampler's scale. The same prompt, seed, num and size always give the same images,
+alone or batched with other requests, and they are the images of `seedjax.tools.sample
+--prompt --seed --num` on the exported checkpoint. Errors are one line, {"error": "..."}: 400 for
+a body that is not a JSON object of these fields with valid values, 413 for a body over the
+size cap, 429 when the queue is full, 500 if generation failed. Nothing in a request names a
+file: the server reads files only at start-up (JSON, safetensors, StableHLO).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+
+import pydantic
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from seedjax.serving.batching import Batcher, Job, QueueFull
+from seedjax.serving.run_exported import ExportedGenerator
+
+MAX_SEED = 2**31 - 1
+MAX_GUIDANCE = 50.0
+
+
+class ImageRequest(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True)
+
+    prompt: str
+    seed: int = 0
+    num: int = 1
+    size: str | None = None
+    guidance: float | int | None = None
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message.replace("\n", " ")}, status_code=status)
+
+
+def _validation_message(error: pydantic.ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "body"
+    return f"{where}: {first['msg']}"
+
+
+def create_app(model: ExportedGenerator, batcher: Batcher, max_num: int, max_prompt_chars: int = 1000,
+               max_body_bytes: int = 16384) -> FastAPI:
+    sizes = {f"{h}x{w}": (h, w) for h, w in model.programs}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        worker = asyncio.create_task(batcher.run())
+        yield
+        worker.cancel()  # uvicorn calls this after every open request was answered (graceful shutdown)
+
+    app = FastAPI(title="seedjax", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+
+    def check(request: ImageRequest) -> tuple[tuple[int, int], float]:
+        if not request.prompt.strip() or len(request.prompt) > max_prompt_chars:
+            raise ValueError(f"prompt: must be 1 to {max_prompt_chars} characters")
+        if not 0 <= request.seed <= MAX_SEED:
+            raise ValueError(f"seed: must be in [0, {MAX_SEED}]")
+        if not 1 <= request.num <= max_num:
+            raise ValueError(f"num: must be in [1, {max_num}] (images per request)")
+        size = sizes.get(request.size) if request.size is not None else model.default_size
+        if size is None:
+            raise ValueError(f"size: {request.size!r} is not served (sizes: {', '.join(sizes)})")
+        if request.guidance is None:
+            return size, model.default_guidance
+        if model.guidance_kind is None:
+            raise ValueError("guidance: this model samples unguided (no CFG, no guidance embedder)")
+        if not 0 < request.guidance <= MAX_GUIDANCE:
+            raise ValueError(f"guidance: must be in (0, {MAX_GUIDANCE}]")
+        return size, float(request.guidance)
+
+    @app.post("/v1/images")
+    async def images(request: Request):
+        body = await request.body()
+        if len(body) > max_body_bytes:
+            return respond(_error(413, f"request body of {len(body)} bytes is over the {max_body_bytes}-byte cap"))
+        try:
+            parsed = ImageRequest.model_validate(json.loads(body))
+            size, guidance = check(parsed)
+        except json.JSONDecodeError as e:
+            return respond(_error(400, f"body is not valid JSON ({e})"))
+        except pydantic.ValidationError as e:
+            return respond(_error(400, _validation_message(e)))
+        except ValueError as e:
+            return respond(_error(400, str(e)))
+        job = Job(parsed.prompt, parsed.seed, parsed.num, size, guidance, asyncio.get_running_loop().create_future())
+        try:
+            batcher.submit(job)
+        except QueueFull as e:
+            return respond(_error(429, str(e)))
+        try:
+            result = await job.future
+        except Exception as e:  # noqa: BLE001  (a failed batch: the reason, one line)
+            return respond(_error(500, f"generation failed: {type(e).__name__}: {e}"))
+        return respond(JSONResponse({"images": result.images, "format": "png", "size": f"{size[0]}x{size[1]}",
+                                     "seed": parsed.seed, "num": parsed.num, "guidance": guidance,
+                                     "batch_size": result.batch_size, "queue_ms": round(result.queue_ms, 2),
+                                     "compute_ms": round(result.compute_ms, 2)}))
+
+    def respond(response: JSONResponse) -> JSONResponse:
+        batcher.metrics.responses[response.status_code] += 1
+        return response
+
+    @app.get("/healthz")
+    async def healthz():
+        manifest = model.manifest
+        return {"status": "ok", "stage": manifest["stage"], "nfe": manifest["nfe"], "sizes": list(sizes),
+                "max_batch": batcher.max_batch, "quantization": manifest["quantization"]["method"]}
+
+    @app.get("/metrics")
+    async def metrics():
+        return PlainTextResponse(batcher.metrics.text(batcher.queue.qsize() + len(batcher.carry), batcher.admitted))
+
+    return app
