@@ -1,0 +1,140 @@
+"""Load test of `python -m seedjax.serve` on localhost: throughput, latency percentiles, batch sizes.
+
+    python -m benchmarks.serve --model=exports/qs [--model=exports/qs_int8 ...] [--concurrency=1,4,16] \
+        [--requests=48] [--max_seconds=60] [--max_batch=16] [--max_wait_ms=10] [--no-append]
+
+For each export directory a server is started on 127.0.0.1 (a free port), and for each
+concurrency C, C clients send requests back to back (closed loop: each sends its next request
+when the previous one is answered; prompts and seeds vary) until `--requests` are answered or
+`--max_seconds` pass, after one warm-up request per client. Reported per (model, C): requests
+and images per second, p50/p95/p99 latency, and the histogram of batch sizes the server formed
+(from its /metrics, before and after). Traffic goes only to the server this command started,
+on the loopback address; every loop is bounded in count and time. A table is printed and
+appended to BENCHMARKS.md (unless --no-append).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import re
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROMPTS = ["a handwritten 7", "the number 3", "a 0", "the digit 5", "a handwritten 9"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model: str, max_batch: int, max_wait_ms: float, queue_limit: int) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "seedjax.serve", f"--model={model}", f"--port={port}",
+                             f"--max_batch={max_batch}", f"--max_wait_ms={max_wait_ms}", f"--queue_limit={queue_limit}",
+                             "--max_num=1"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stderr.read()[-2000:]}")
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError("server did not come up in 300 s")
+
+
+def batch_histogram(url: str) -> dict[int, int]:
+    text = httpx.get(url + "/metrics", timeout=10).text
+    return {int(s): int(n) for s, n in re.findall(r'seedjax_batches_total\{images="(\d+)"\} (\d+)', text)}
+
+
+async def load(url: str, concurrency: int, requests: int, max_seconds: float) -> dict:
+    latencies, failures, started = [], 0, time.perf_counter()
+    counter = iter(range(10**9))
+
+    async def client(worker: int, http: httpx.AsyncClient):
+        nonlocal failures
+        await http.post(url + "/v1/images", json={"prompt": PROMPTS[0], "seed": worker})  # warm-up, not counted
+        while True:
+            i = next(counter)
+            if i >= requests or time.perf_counter() - started > max_seconds:
+                return
+            t0 = time.perf_counter()
+            response = await http.post(url + "/v1/images", json={"prompt": PROMPTS[i % len(PROMPTS)], "seed": i})
+            if response.status_code == 200:
+                latencies.append(time.perf_counter() - t0)
+            else:
+                failures += 1
+
+    async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=concurrency + 4)) as http:
+        before = batch_histogram(url)
+        started = time.perf_counter()
+        await asyncio.gather(*(client(w, http) for w in range(concurrency)))
+        wall = time.perf_counter() - started
+        after = batch_histogram(url)
+    histogram = {s: after.get(s, 0) - before.get(s, 0) for s in after if after.get(s, 0) > before.get(s, 0)}
+    ms = np.array(latencies) * 1e3
+    return {"requests": len(latencies), "failures": failures, "wall_s": wall, "rps": len(latencies) / wall,
+            "p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)),
+            "p99": float(np.percentile(ms, 99)), "batches": histogram}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="benchmarks.serve", allow_abbrev=False)
+    parser.add_argument("--model", action="append", required=True, help="export directory (repeat to compare)")
+    parser.add_argument("--concurrency", default="1,4,16")
+    parser.add_argument("--requests", type=int, default=48)
+    parser.add_argument("--max_seconds", type=float, default=60.0)
+    parser.add_argument("--max_batch", type=int, default=16)
+    parser.add_argument("--max_wait_ms", type=float, default=10.0)
+    parser.add_argument("--no-append", action="store_true")
+    args = parser.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+    rows = []
+    for model in args.model:
+        with open(os.path.join(model, "manifest.json")) as f:
+            manifest = json.load(f)
+        proc, url = start_server(model, args.max_batch, args.max_wait_ms, queue_limit=max(levels) * 2)
+        try:
+            for c in levels:
+                r = asyncio.run(load(url, c, args.requests, args.max_seconds))
+                hist = " ".join(f"{s}:{n}" for s, n in sorted(r["batches"].items()))
+                rows.append(f"| {manifest['stage']} {manifest['nfe']} NFE {manifest['quantization']['method'][:4]} | "
+                            f"{c} | {r['requests']} | {r['rps']:.2f} | {r['p50']:.0f} | {r['p95']:.0f} | "
+                            f"{r['p99']:.0f} | {hist} |")
+                print(rows[-1], flush=True)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+    command = "python -m benchmarks.serve " + " ".join(sys.argv[1:])
+    table = "\n".join([
+        f"\n### Serving load test ({datetime.date.today()}, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs)\n", f"`{command}` (max batch {args.max_batch}, max wait {args.max_wait_ms} ms; "
+        "one image per request; closed loop)\n",
+        "| model | concurrency | requests | images/s | p50 ms | p95 ms | p99 ms | batch sizes (size:count) |",
+        "|---|---|---|---|---|---|---|---|", *rows, ""])
+    print(table)
+    if not args.no_append:
+        with open(os.path.join(ROOT, "BENCHMARKS.md"), "a") as f:
+            f.write(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
