@@ -14,6 +14,12 @@
 `cfg.attention = 'full_3d'` is the baseline with the same weights: the spatial sublayer attends
 jointly over all text and all visual tokens, the temporal one over all visual tokens.
 
+Block-causal mode (`cfg.causal`, AAPT): a frame attends to the text, itself and earlier frames
+(with `cfg.causal_window` = W > 0 the W most recent up to its own, plus always the first); the
+text stream attends to text only and is conditioned at t = 0, so it depends on neither the
+frames nor their noise levels and a KV cache computes it once (`seedjax.models.causal_video`).
+`cfg.recycle` concatenates each frame's previous (clean) frame along channels.
+
 Tasks are unified as Seedance does (`cfg.condition`):
 - 'concat': clean conditioning frames (zeros where there are none) and a binary per-frame mask
   are concatenated with the noisy tokens along channels. Image-to-video conditions on frame 0,
@@ -73,6 +79,16 @@ def validate_config(cfg) -> None:
         raise ValueError(f"model.sequence_parallel must be one of {SEQUENCE_PARALLEL}, got {cfg.sequence_parallel!r}")
     if cfg.temporal_window < 0:
         raise ValueError(f"model.temporal_window must be >= 0 (0 = all frames), got {cfg.temporal_window}")
+    causal, window, recycle = causal_settings(cfg)
+    if window < 0:
+        raise ValueError(f"model.causal_window must be >= 0 (0 = all earlier frames), got {window}")
+    if causal and cfg.temporal_window:
+        raise ValueError("model.causal: the causal window over past frames is model.causal_window; "
+                         f"leave model.temporal_window at 0 (got {cfg.temporal_window})")
+    if causal and cfg.attention_backend != "dense":
+        raise ValueError(f"model.causal needs attention_backend 'dense' (got {cfg.attention_backend!r})")
+    if recycle and not causal:
+        raise ValueError("model.recycle (the previous frame as input) needs model.causal = True")
     area = temporal_spatial_window(cfg)
     if len(area) != 2 or min(area) < 0:
         raise ValueError(f"model.temporal_spatial_window must be (rows, cols) >= 0 (0 = the whole frame), got {area}")
@@ -147,6 +163,11 @@ def train_flops_per_example(cfg, grid: tuple[int, int, int], num_text: int) -> f
     return 3.0 * 2.0 * float(per_example + tokens + attention_macs)
 
 
+def causal_settings(cfg) -> tuple[bool, int, bool]:
+    """(causal, causal_window, recycle); configs saved before the keys existed are bidirectional."""
+    return bool(cfg.get("causal", False)), int(cfg.get("causal_window", 0)), bool(cfg.get("recycle", False))
+
+
 def temporal_spatial_window(cfg) -> tuple[int, ...]:
     """(rows, cols) of the temporal layers' spatial windows; configs saved before the key existed get (1, 1)."""
     return tuple(int(x) for x in cfg.get("temporal_spatial_window", (1, 1)))
@@ -175,8 +196,10 @@ def window_order(area: tuple[int, int], grid: tuple[int, int, int]) -> np.ndarra
 
 
 def input_channels(cfg) -> int:
-    """Width of an input token: noisy tokens, plus clean conditioning tokens and a mask channel with 'concat'."""
-    return 2 * cfg.in_channels + 1 if cfg.condition == "concat" else cfg.in_channels
+    """Width of an input token: noisy tokens, plus clean conditioning tokens and a mask channel with
+    'concat', plus the previous frame's tokens with `recycle`."""
+    width = 2 * cfg.in_channels + 1 if cfg.condition == "concat" else cfg.in_channels
+    return width + cfg.in_channels * causal_settings(cfg)[2]
 
 
 def _per_frame(x: jax.Array, frames: int) -> jax.Array:
@@ -215,13 +238,16 @@ def window_mask(frames: int, window: int) -> np.ndarray:
     return ids[:, None] == ids[None, :]
 
 
-def temporal_attention(q, k, v, frame_valid, window: int, group: int = 1) -> jax.Array:
+def temporal_attention(q, k, v, frame_valid, window: int, group: int = 1, causal: bool = False) -> jax.Array:
     """Attention across frames within spatial windows: q, k, v [B, F, P, H, D] -> [B, F, P, H, D],
-    where every run of `group` consecutive positions is one window (1: each position alone)."""
+    where every run of `group` consecutive positions is one window (1: each position alone);
+    `causal`: over the frames `sequence_lib.causal_allowed` gives (`window` is then the causal one)."""
     b, f, p, heads, d = q.shape
     g = p // group
     to_rows = lambda x: x.reshape(b, f, g, group * heads * d).swapaxes(1, 2).reshape(b * g, f * group, heads, d)
-    frames_ok = jnp.asarray(window_mask(f, window))[None] & frame_valid[:, None, :]  # [B, F, F]
+    ids = np.arange(f)
+    frames = sequence_lib.causal_allowed(ids[:, None], ids[None], window) if causal else window_mask(f, window)
+    frames_ok = jnp.asarray(frames)[None] & frame_valid[:, None, :]  # [B, F, F]
     tokens_ok = jnp.repeat(jnp.repeat(frames_ok, group, axis=1), group, axis=2)  # [B, F*group, F*group]
     mask = jnp.repeat(tokens_ok, g, axis=0)
     out = jax.nn.dot_product_attention(to_rows(q), to_rows(k), to_rows(v), mask=mask[:, None])
@@ -234,21 +260,49 @@ class Masks:
     """Who attends to whom, computed once per call: text_valid [B, Lt] (padding), frame_text
     [B, F, Lt] (the valid text keys of each frame's shot), text_weights [B, F, Lt] (the weight of
     frame f in the mean that forms text token j's spatial update: 1 / frames of its shot), and
-    frame_valid [B, F] (frames that are keys at all: all of them for a whole clip; block-causal
-    generation masks frames not yet made)."""
+    frame_valid [B, F] (frames that are keys at all: all of them for a whole clip), and text_text
+    [B, Lt, Lt] (the valid text keys of each text token's shot: the causal text stream's keys)."""
 
     text_valid: jax.Array
     frame_text: jax.Array
     text_weights: jax.Array
     frame_valid: jax.Array
+    text_text: jax.Array
 
     @classmethod
     def make(cls, text_mask, text_shot, frame_shot, frame_valid):
+        text_mask = text_mask.astype(bool)
         same = text_shot[:, None, :] == frame_shot[:, :, None]  # [B, F, Lt]
-        frame_text = same & text_mask[:, None, :].astype(bool)
+        frame_text = same & text_mask[:, None, :]
         counts = jnp.sum(same & frame_valid[:, :, None], axis=1, keepdims=True)
         weights = jnp.where(same & frame_valid[:, :, None], 1.0 / jnp.maximum(counts, 1), 0.0)
-        return cls(text_mask.astype(bool), frame_text, weights, frame_valid)
+        text_text = (text_shot[:, :, None] == text_shot[:, None, :]) & text_mask[:, None, :]
+        return cls(text_mask, frame_text, weights, frame_valid, text_text)
+
+
+def visual_qkv(w: StreamWeights, vis, mod, rope):
+    """Visual tokens [B, F*P, D] -> q, k, v [B, F*P, H, Dh] (RoPE on q, k) under per-frame adaLN `mod`."""
+    q, k, v = heads_qkv(w, _modulate_frames(w.norm(vis), mod[0], mod[1]))
+    return apply_rope(q, *rope), apply_rope(k, *rope), v
+
+
+def visual_update(w: StreamWeights, vis, attn, mod):
+    """The gated residual attention output and MLP of the visual stream."""
+    _, _, gate, shift, scale, gate_mlp = mod
+    vis = vis + _gate_frames(gate, w.out(attn.reshape(*vis.shape[:2], -1)))
+    vis = vis + _gate_frames(gate_mlp, w.mlp(_modulate_frames(w.norm(vis), shift, scale)))
+    return constrain(vis, TOKENS)
+
+
+def text_qkv(w: StreamWeights, txt, mod, rope):
+    q, k, v = heads_qkv(w, layers.modulate(w.norm(txt), mod[0], mod[1]))
+    return apply_rope(q, *rope), apply_rope(k, *rope), v
+
+
+def text_update(w: StreamWeights, txt, attn, mod):
+    _, _, gate, shift, scale, gate_mlp = mod
+    txt = txt + gate[:, None] * w.out(attn.reshape(*txt.shape[:2], -1))
+    return txt + gate_mlp[:, None] * w.mlp(layers.modulate(w.norm(txt), shift, scale))
 
 
 class VideoBlock(nnx.Module):
@@ -266,28 +320,16 @@ class VideoBlock(nnx.Module):
     def spatial(self, vis, txt, cond_frames, cond_txt, rope_vis, rope_txt, masks: Masks, *, ops: "AttentionOps"):
         """Dual-stream weights (the MMDiT's), attention within each frame (full_3d: over everything)."""
         v_mod, t_mod = self.img.modulation(cond_frames), self.txt.modulation(cond_txt)
-        qv, kv, vv = heads_qkv(self.img, _modulate_frames(self.img.norm(vis), v_mod[0], v_mod[1]))
-        qt, kt, vt = heads_qkv(self.txt, layers.modulate(self.txt.norm(txt), t_mod[0], t_mod[1]))
-        qv, kv = apply_rope(qv, *rope_vis), apply_rope(kv, *rope_vis)
-        qt, kt = apply_rope(qt, *rope_txt), apply_rope(kt, *rope_txt)
+        qv, kv, vv = visual_qkv(self.img, vis, v_mod, rope_vis)
+        qt, kt, vt = text_qkv(self.txt, txt, t_mod, rope_txt)
         vis_attn, txt_attn = ops.spatial(qv, kv, vv, qt, kt, vt, masks)
-        _, _, gate, shift, scale, gate_mlp = v_mod
-        vis = vis + _gate_frames(gate, self.img.out(vis_attn.reshape(*vis.shape[:2], -1)))
-        vis = vis + _gate_frames(gate_mlp, self.img.mlp(_modulate_frames(self.img.norm(vis), shift, scale)))
-        _, _, gate, shift, scale, gate_mlp = t_mod
-        txt = txt + gate[:, None] * self.txt.out(txt_attn.reshape(*txt.shape[:2], -1))
-        txt = txt + gate_mlp[:, None] * self.txt.mlp(layers.modulate(self.txt.norm(txt), shift, scale))
-        return constrain(vis, TOKENS), txt
+        return visual_update(self.img, vis, vis_attn, v_mod), text_update(self.txt, txt, txt_attn, t_mod)
 
     def temporal_layer(self, vis, cond_frames, rope_vis, masks: Masks, *, ops: "AttentionOps"):
         """Visual tokens across frames at each position (full_3d: over all visual tokens)."""
-        w = self.temporal
-        shift, scale, gate, shift2, scale2, gate_mlp = w.modulation(cond_frames)
-        q, k, v = heads_qkv(w, _modulate_frames(w.norm(vis), shift, scale))
-        out = ops.temporal(apply_rope(q, *rope_vis), apply_rope(k, *rope_vis), v, masks)
-        vis = vis + _gate_frames(gate, w.out(out.reshape(*vis.shape[:2], -1)))
-        vis = vis + _gate_frames(gate_mlp, w.mlp(_modulate_frames(w.norm(vis), shift2, scale2)))
-        return constrain(vis, TOKENS)
+        mod = self.temporal.modulation(cond_frames)
+        q, k, v = visual_qkv(self.temporal, vis, mod, rope_vis)
+        return visual_update(self.temporal, vis, ops.temporal(q, k, v, masks), mod)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,6 +344,7 @@ class AttentionOps:
     extra: dict = dataclasses.field(default_factory=dict, hash=False, compare=False)
     block: int | None = None
     area: tuple[int, int] = (1, 1)  # the temporal layers' spatial window (model.temporal_spatial_window)
+    causal: bool = False  # block-causal over frames (model.causal); `window` is then model.causal_window
 
     def at(self, block: int) -> "AttentionOps":
         return dataclasses.replace(self, block=block)
@@ -328,7 +371,7 @@ class AttentionOps:
         if self.mode == "full_3d":
             q, k, v = (jnp.concatenate(p, axis=1) for p in ((qt, qv), (kt, kv), (vt, vv)))
             key_mask = jnp.concatenate([masks.text_valid, jnp.repeat(masks.frame_valid, qv.shape[1] // frames, 1)], 1)
-            out = self._joint(q, k, v, key_mask, TokenLayout(num_text, None, self.grid))
+            out = self._joint(q, k, v, key_mask, TokenLayout(num_text, None, self.grid), num_text=num_text)
             return out[:, num_text:], out[:, :num_text]
         # Per frame: [text of every shot (keys masked to this frame's shot); the frame's tokens].
         per_frame = lambda x: _per_frame(x, frames)
@@ -344,7 +387,10 @@ class AttentionOps:
             out = self._backend(flat(q), flat(k), flat(v), flat(key_mask), TokenLayout(num_text, self.grid[1:]),
                                 extra=per_frame)
             out = out.reshape(q.shape)
-        txt = jnp.einsum("bft,bfthd->bthd", masks.text_weights, out[:, :, :num_text])
+        if self.causal:  # text attends to its shot's text only: it never waits for a frame
+            txt = sequence_lib.dense_attention(qt, kt, vt, masks.text_text)
+        else:
+            txt = jnp.einsum("bft,bfthd->bthd", masks.text_weights, out[:, :, :num_text])
         return out[:, :, num_text:].reshape(qv.shape), txt
 
     def temporal(self, q, k, v, masks: Masks):
@@ -352,7 +398,7 @@ class AttentionOps:
         frames = self.grid[0]
         if self.mode == "full_3d":
             key_mask = jnp.repeat(masks.frame_valid, q.shape[1] // frames, axis=1)
-            return self._joint(q, k, v, key_mask, TokenLayout(0, None, self.grid), sublayer=1)
+            return self._joint(q, k, v, key_mask, TokenLayout(0, None, self.grid), sublayer=1, num_text=0)
         q, k, v = (_per_frame(x, frames) for x in (q, k, v))
         order = window_order(self.area, self.grid)
         group = int(np.prod(window_tokens(self.area, self.grid)))
@@ -360,14 +406,19 @@ class AttentionOps:
             q, k, v = (x[:, :, order] for x in (q, k, v))
         if sequence_lib.sequence_size() > 1:
             out = sequence_lib.temporal_attention(q, k, v, frame_valid=masks.frame_valid, window=self.window,
-                                                  group=group)
+                                                  group=group, causal=self.causal)
         else:
-            out = temporal_attention(q, k, v, masks.frame_valid, self.window, group)
+            out = temporal_attention(q, k, v, masks.frame_valid, self.window, group, self.causal)
         if order is not None:
             out = out[:, :, np.argsort(order)]
         return out.reshape(*out.shape[:1], -1, *out.shape[3:])
 
-    def _joint(self, q, k, v, key_mask, layout, sublayer: int = 0):
+    def _joint(self, q, k, v, key_mask, layout, sublayer: int = 0, *, num_text: int):
+        if self.causal:  # ids: text -1, visual tokens their frame (a text query sees text only)
+            frames = jnp.repeat(jnp.arange(self.grid[0], dtype=jnp.int32), (q.shape[1] - num_text) // self.grid[0])
+            ids = jnp.broadcast_to(jnp.concatenate([jnp.full((num_text,), -1, jnp.int32), frames]), key_mask.shape)
+            spec = sequence_lib.MaskSpec("block_causal", key_mask, ids, ids, self.window)
+            return sequence_lib.attention(q, k, v, spec, impl=self.sequence_parallel)  # dense on one device
         if sequence_lib.sequence_size() > 1:
             spec = sequence_lib.MaskSpec(key_valid=key_mask)
             return sequence_lib.attention(q, k, v, spec, impl=self.sequence_parallel)
@@ -404,12 +455,13 @@ class VideoDiT(nnx.Module):
                                       dtype=dtype, kernel_init=layers.ZEROS)
 
     def __call__(self, x, t, text_embeddings, pooled, *, grid, num_shots=1, text_mask=None, frame_shot=None,
-                 cond_tokens=None, cond_mask=None, guidance=None, attention_kwargs=None):
+                 cond_tokens=None, cond_mask=None, guidance=None, recycled=None, attention_kwargs=None):
         """Predict the flow velocity of video tokens.
 
         Args:
           x: [B, N, in_channels] noisy tokens, frame-major (N = F*h*w for `grid` = (F, h, w)).
-          t: [B] (or scalar) flow time of the noisy frames.
+          t: [B] (or scalar) flow time of the noisy frames; a causal model also takes [B, F], a
+            time per frame (a KV cache's frames were made at their own times).
           text_embeddings: [B, S*Ts, text_dim]: the captions of S = `num_shots` shots (static), Ts
             tokens each, one after another; pooled [B, pooled_dim].
           text_mask: [B, S*Ts] bool (padding and unused shots False). None = all valid.
@@ -417,6 +469,8 @@ class VideoDiT(nnx.Module):
           cond_tokens: [B, N, in_channels] clean conditioning tokens (zeros elsewhere); cond_mask
             [B, F] 1.0 on conditioning frames. None = no conditioning (text-to-video / image).
           guidance: [B] guidance scale (guidance-embedded models only).
+          recycled: [B, N, in_channels] (model.recycle) every frame's previous clean frame (frame 0:
+            zeros; `recycled_tokens` shifts a clean video). None = zeros.
 
         Returns: velocity [B, N, out_channels] float32 (0 on conditioning frames with 'timestep').
         """
@@ -434,60 +488,87 @@ class VideoDiT(nnx.Module):
         text_shot = jnp.broadcast_to(jnp.repeat(jnp.arange(num_shots, dtype=jnp.int32), shot_len), (batch, num_text))
         text_mask = jnp.ones((batch, num_text), bool) if text_mask is None else text_mask.astype(bool)
         frame_shot = jnp.zeros((batch, frames), jnp.int32) if frame_shot is None else frame_shot.astype(jnp.int32)
-        cond_mask = jnp.zeros((batch, frames), jnp.float32) if cond_mask is None else cond_mask.astype(jnp.float32)
-        cond_tokens = jnp.zeros_like(x) if cond_tokens is None else cond_tokens.astype(x.dtype)
         get_backend(cfg.attention_backend)
         if cfg.attention_backend != "dense" and sequence_lib.sequence_size() > 1:
             raise ValueError(f"VideoDiT: attention backend {cfg.attention_backend!r} does not run with sequence "
                              f"parallelism (mesh.sequence > 1); use 'dense' there")
-        token_cond = jnp.repeat(cond_mask, h * w, axis=1)[..., None]  # [B, N, 1]
-
-        t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (batch,))
-        if cfg.condition == "timestep":
-            t_frames = t[:, None] * (1.0 - cond_mask)
-            x_in = jnp.where(token_cond > 0, cond_tokens, x)
-        else:
-            t_frames = jnp.broadcast_to(t[:, None], (batch, frames))
-            x_in = jnp.concatenate([x, cond_tokens * token_cond, token_cond.astype(x.dtype)], axis=-1)
-        cond_txt, cond_frames = self._conditioning(t, t_frames, pooled, guidance)
+        causal, window, _ = causal_settings(cfg)
+        t = jnp.asarray(t, jnp.float32)
+        if t.ndim == 2 and not causal:
+            raise ValueError("VideoDiT: a time per frame ([B, F]) needs model.causal; pass t as [B]")
+        t_frames = jnp.broadcast_to(t if t.ndim == 2 else t.reshape(-1, 1), (batch, frames))
+        vis, t_frames, token_cond = self.embed_frames(x, t_frames, cond_tokens, cond_mask, recycled)
+        # The causal text stream is conditioned at t = 0: it depends on no frame's noise level.
+        text_t = jnp.zeros((batch,), jnp.float32) if causal else jnp.broadcast_to(t, (batch,))
+        shared = self.shared_conditioning(pooled, guidance, batch)
+        cond_txt, cond_frames = self.time_conditioning(text_t, shared), self.time_conditioning(t_frames, shared)
 
         txt_ids, vis_ids = multishot_position_ids(frame_shot, (frames, h, w), shot_len, num_shots)
         rope_txt = rope_frequencies(txt_ids, cfg.axes_dims_rope, cfg.rope_theta)
         rope_vis = rope_frequencies(vis_ids, cfg.axes_dims_rope, cfg.rope_theta)
         masks = Masks.make(text_mask, text_shot, frame_shot, jnp.ones((batch, frames), bool))
-        ops = AttentionOps(cfg.attention, (frames, h, w), cfg.temporal_window, cfg.attention_backend,
-                           cfg.sequence_parallel, attention_kwargs or {}, area=temporal_spatial_window(cfg))
+        ops = AttentionOps(cfg.attention, (frames, h, w), window if causal else cfg.temporal_window,
+                           cfg.attention_backend, cfg.sequence_parallel, attention_kwargs or {},
+                           area=temporal_spatial_window(cfg), causal=causal)
 
-        vis = constrain(self.x_embedder(x_in).astype(jnp.float32), TOKENS)
         txt = self.context_embedder(text_embeddings).astype(jnp.float32)
         policy = remat_policy(cfg) if cfg.remat else None
         for i, block in enumerate(self.blocks):
             run = functools.partial(VideoBlock.__call__, ops=ops.at(i))
             run = nnx.remat(run, policy=policy) if policy is not None else run
             vis, txt = run(block, vis, txt, cond_frames, cond_txt, rope_vis, rope_txt, masks)
+        return self.head(vis, x, t_frames, cond_frames, token_cond)
 
+    def embed_frames(self, x, t_frames, cond_tokens=None, cond_mask=None, recycled=None):
+        """Input tokens x [B, F*P, C] at per-frame times [B, F] -> (embedded [B, F*P, D], per-frame
+        times the model conditions on, per-token conditioning flag [B, F*P, 1])."""
+        cfg = self.cfg
+        batch, frames = t_frames.shape
+        per_frame = x.shape[1] // frames
+        cond_mask = jnp.zeros((batch, frames), jnp.float32) if cond_mask is None else cond_mask.astype(jnp.float32)
+        cond_tokens = jnp.zeros_like(x) if cond_tokens is None else cond_tokens.astype(x.dtype)
+        token_cond = jnp.repeat(cond_mask, per_frame, axis=1)[..., None]  # [B, N, 1]
+        if cfg.condition == "timestep":
+            t_frames = t_frames * (1.0 - cond_mask)
+            x_in = jnp.where(token_cond > 0, cond_tokens, x)
+        else:
+            x_in = jnp.concatenate([x, cond_tokens * token_cond, token_cond.astype(x.dtype)], axis=-1)
+        if causal_settings(cfg)[2]:
+            x_in = jnp.concatenate([x_in, jnp.zeros_like(x) if recycled is None else recycled.astype(x.dtype)], -1)
+        return constrain(self.x_embedder(x_in).astype(jnp.float32), TOKENS), t_frames, token_cond
+
+    def head(self, vis, x, t_frames, cond_frames, token_cond):
+        """Visual tokens -> the velocity [B, N, out_channels] float32 (x0 models convert)."""
         scale, shift = self.final_modulation(cond_frames)
         out = self.proj_out(_modulate_frames(self.final_norm(vis), shift, scale)).astype(jnp.float32)
-        target, x0_min_t = prediction(cfg)
+        target, x0_min_t = prediction(self.cfg)
         if target == "x0":
-            t_tokens = jnp.repeat(t_frames, h * w, axis=1)[..., None]
+            t_tokens = jnp.repeat(t_frames, x.shape[1] // t_frames.shape[1], axis=1)[..., None]
             out = (x.astype(jnp.float32) - out) / jnp.maximum(t_tokens, x0_min_t)
-        if cfg.condition == "timestep":
+        if self.cfg.condition == "timestep":
             out = jnp.where(token_cond > 0, 0.0, out)
         return out
 
-    def _conditioning(self, t, t_frames, pooled, guidance):
-        """([B, hidden] for the text stream, [B, F, hidden] per frame for the visual tokens)."""
-        cfg = self.cfg
-        embed_t = lambda values: layers.timestep_embedding(values * 1000.0, TIMESTEP_CHANNELS)
+    def shared_conditioning(self, pooled, guidance, batch: int):
+        """[B, hidden]: the pooled caption (and guidance scale) embedding every stream adds."""
         shared = self.pooled_embedder(pooled.astype(jnp.float32))
-        if cfg.guidance_embed:
+        if self.cfg.guidance_embed:
             if guidance is None:
                 raise ValueError("VideoDiT: cfg.guidance_embed is on, pass guidance=[B] guidance scales")
-            shared = shared + self.guidance_embedder(embed_t(jnp.broadcast_to(guidance, t.shape)))
+            guide = jnp.broadcast_to(jnp.asarray(guidance, jnp.float32), (batch,))
+            shared = shared + self.guidance_embedder(layers.timestep_embedding(guide * 1000.0, TIMESTEP_CHANNELS))
         elif guidance is not None:
             raise ValueError("VideoDiT: guidance was given but cfg.guidance_embed is off")
-        cond_txt = self.time_embedder(embed_t(t)) + shared
-        frames = t_frames.shape[1]
-        cond_frames = self.time_embedder(embed_t(t_frames.reshape(-1))).reshape(t.shape[0], frames, -1)
-        return cond_txt, cond_frames + shared[:, None]
+        return shared
+
+    def time_conditioning(self, t, shared):
+        """Flow times t [B] (text stream) or [B, F] (per frame) -> conditioning [B, (F,) hidden]."""
+        embedded = self.time_embedder(layers.timestep_embedding(t.reshape(-1) * 1000.0, TIMESTEP_CHANNELS))
+        return embedded.reshape(*t.shape, -1) + shared.reshape(shared.shape[0], *([1] * (t.ndim - 1)), -1)
+
+
+def recycled_tokens(x: jax.Array, frames: int) -> jax.Array:
+    """AAPT's recycled input for teacher forcing: every frame's previous frame of the clean tokens
+    x [B, F*P, C] (frame 0 gets zeros: no previous frame)."""
+    per_frame = _per_frame(x, frames)
+    return jnp.concatenate([jnp.zeros_like(per_frame[:, :1]), per_frame[:, :-1]], axis=1).reshape(x.shape)

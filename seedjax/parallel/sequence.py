@@ -9,8 +9,10 @@ float32 with scale 1/sqrt(D); a query whose every key is masked outputs 0 (never
 
 Masks are ids plus a rule (`MaskSpec`), never an [L, L] array, so each device builds only the block it needs:
 'all' (key validity only), 'block_causal' (k_id <= q_id: frame/block ids, text tokens id -1 so every query
-sees them), 'same' (k_id == q_id: shot ids), 'window' (text keys, id < 0, always; otherwise
-0 <= q_id - k_id < window). Key validity is ANDed onto every rule.
+sees them and text queries see only text; with `window` > 0 also q_id - k_id < window, except that keys of
+id <= 0, the text and the first block, are always kept: `causal_allowed`), 'same' (k_id == q_id: shot ids),
+'window' (text keys, id < 0, always; otherwise 0 <= q_id - k_id < window). Key validity is ANDed onto
+every rule.
 
 Communication, with s = size of 'sequence' and per-device blocks of L/s tokens:
 - `attention(impl='ulysses')`: all_to_all q, k, v from token-split [B, L/s, H, D] to head-split
@@ -20,7 +22,8 @@ Communication, with s = size of 'sequence' and per-device blocks of L/s tokens:
   in s-1 `ppermute` hops while an online softmax (running max, sum and output, float32) absorbs each block.
   Memory per device stays O(L/s); any head count.
 - `temporal_attention`: [B, F, P, H, D] split over frames; one all_to_all to split over positions P instead
-  (whole spatial windows per device), dense attention over the F frames of each window, one all_to_all back.
+  (whole spatial windows per device), dense attention over the F frames of each window (or, `causal`, over
+  the frames `causal_allowed` gives), one all_to_all back.
 - `attention_to_sharded_keys`: short replicated queries (text) attend to replicated keys plus sequence-split
   keys (visual) without moving the visual keys: each device forms softmax statistics (output, max, sum,
   i.e. output and log-sum-exp) over its local keys (the replicated keys count on device 0 only); the parts
@@ -53,8 +56,8 @@ IMPLS = ("dense", "ulysses", "ring")
 class MaskSpec:
     """An attention mask as a rule over ids: key_valid [B, Lk] bool, q_ids [B, Lq] / k_ids [B, Lk] int32.
 
-    Ids are needed by every rule but 'all'; `window` (>= 1) only by 'window'. A pytree: the arrays are
-    leaves, the rule and window are static.
+    Ids are needed by every rule but 'all'; `window` (>= 1) by 'window', optional (0 = none) for
+    'block_causal'. A pytree: the arrays are leaves, the rule and window are static.
     """
 
     rule: str = "all"
@@ -68,6 +71,20 @@ class MaskSpec:
             raise ValueError(f"MaskSpec.rule must be one of {MASK_RULES}, got {self.rule!r}")
         if self.rule == "window" and int(self.window) < 1:
             raise ValueError(f"MaskSpec rule 'window' needs window >= 1, got {self.window}")
+        if int(self.window) < 0:
+            raise ValueError(f"MaskSpec window must be >= 0, got {self.window}")
+
+
+def causal_allowed(q_ids, k_ids, window: int = 0):
+    """The block-causal rule on broadcastable id arrays: a key block no later than the query's
+    (k <= q) and, with `window` > 0, one of the `window` most recent blocks up to the query's own
+    (q - k < window), except that ids <= 0 (text, -1, and the first block, 0) are always kept.
+    Text queries (id -1) therefore see text only. The one definition of the video DiT's causal
+    masks: whole sequences, temporal layers and the KV cache's slots."""
+    allowed = k_ids <= q_ids
+    if window:
+        allowed = allowed & ((q_ids - k_ids < window) | (k_ids <= 0))
+    return allowed
 
 
 def _rule_mask(rule: str, window: int, q_ids, k_ids, key_valid) -> jax.Array | None:
@@ -76,7 +93,7 @@ def _rule_mask(rule: str, window: int, q_ids, k_ids, key_valid) -> jax.Array | N
     if rule != "all":
         qi, ki = q_ids[:, :, None], k_ids[:, None, :]
         if rule == "block_causal":
-            allowed = ki <= qi
+            allowed = causal_allowed(qi, ki, window)
         elif rule == "same":
             allowed = ki == qi
         else:  # window: text keys always, else the `window` most recent blocks up to the query's own
@@ -142,7 +159,9 @@ def _normalise(o, l, dtype):
     return (o / jnp.where(l > 0, l, 1.0)[..., None]).astype(dtype)
 
 
-def _dense(q, k, v, allowed):
+def dense_attention(q, k, v, allowed=None):
+    """Dense attention q [b, lq, h, d] over k, v [b, lk, h, d] with a boolean `allowed` [b | 1, lq | 1, lk]
+    (None: every key); float32 scores and softmax, 0 for a query that sees no key."""
     o, _, l = _partial_softmax(q, k, v, allowed)
     return _normalise(o, l, q.dtype)
 
@@ -238,7 +257,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: MaskSpec | None = 
     _check_mask(mask, batch, length, k.shape[1])
     size = sequence_size()
     if impl == "dense" or size == 1:
-        return _dense(q, k, v, mask_of(mask))
+        return dense_attention(q, k, v, mask_of(mask))
     if q.shape != k.shape:
         raise ValueError(f"{impl} attention is self-attention over one sequence: q {q.shape} and k, v {k.shape} differ")
     mesh, batch_axes, head_axes, local_heads = _layout(batch, heads)
@@ -259,7 +278,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: MaskSpec | None = 
 def _ulysses_body(q, k, v, q_ids, k_ids, key_valid, *, rule, window):
     allowed = _rule_mask(rule, window, _gather(q_ids), _gather(k_ids), _gather(key_valid))
     heads_split = [_all_to_all(x, 2, 1) for x in (q, k, v)]  # [b, L, h/s, d]
-    return _all_to_all(_dense(*heads_split, allowed), 1, 2)
+    return _all_to_all(dense_attention(*heads_split, allowed), 1, 2)
 
 
 def _ring_body(q, k, v, q_ids, k_ids, key_valid, *, rule, window, size):
@@ -283,10 +302,14 @@ def _ring_body(q, k, v, q_ids, k_ids, key_valid, *, rule, window, size):
 # --------------------------------------------------------------------------- temporal attention
 
 
-def _frame_window_mask(frames: int, window: int, frame_valid):
-    """[B | 1, F, F] bool: same window of `window` consecutive frames (window 0: all), key frame valid."""
+def _frame_window_mask(frames: int, window: int, frame_valid, causal: bool = False):
+    """[B | 1, F, F] bool: same window of `window` consecutive frames (window 0: all), key frame valid;
+    `causal`: the block-causal rule over frame indices instead (`causal_allowed`)."""
     allowed = None
-    if window:
+    if causal:
+        ids = jnp.arange(frames)
+        allowed = causal_allowed(ids[:, None], ids[None, :], window)[None]
+    elif window:
         block = jnp.arange(frames) // window
         allowed = (block[:, None] == block[None, :])[None]
     if frame_valid is not None:
@@ -295,28 +318,29 @@ def _frame_window_mask(frames: int, window: int, frame_valid):
     return allowed
 
 
-def _temporal_dense(q, k, v, frame_valid, window, group=1):
+def _temporal_dense(q, k, v, frame_valid, window, group=1, causal=False):
     """Attention over frames within each window of `group` consecutive positions: [b, F, p, h, d] -> same."""
     b, frames, positions, h, d = q.shape
     g = positions // group
     per_window = lambda x: x.reshape(b, frames, g, group * h * d).swapaxes(1, 2).reshape(b * g, frames * group, h, d)
-    allowed = _frame_window_mask(frames, window, frame_valid)
+    allowed = _frame_window_mask(frames, window, frame_valid, causal)
     if allowed is not None:  # frame mask -> token mask, one per (batch, window) row of the flattened batch
         allowed = jnp.broadcast_to(allowed, (b, frames, frames))
         allowed = jnp.repeat(jnp.repeat(allowed, group, axis=1), group, axis=2)
         allowed = jnp.repeat(allowed, g, axis=0)
-    out = _dense(per_window(q), per_window(k), per_window(v), allowed)
+    out = dense_attention(per_window(q), per_window(k), per_window(v), allowed)
     return out.reshape(b, g, frames, group * h * d).swapaxes(1, 2).reshape(b, frames, positions, h, d)
 
 
 def temporal_attention(q: jax.Array, k: jax.Array, v: jax.Array, frame_valid: jax.Array | None = None, *,
-                       window: int = 0, group: int = 1) -> jax.Array:
+                       window: int = 0, group: int = 1, causal: bool = False) -> jax.Array:
     """Attention across frames within spatial windows; q, k, v global [B, F, P, H, D], frames split on 'sequence'.
 
     Every run of `group` consecutive positions is one spatial window (1: each position alone): its
     tokens in all frames attend to each other. `window` > 0: a frame attends only to frames in its
-    own window of `window` consecutive frames ([0, w), [w, 2w), ...). `frame_valid` [B, F] bool
-    masks padded frames as keys."""
+    own window of `window` consecutive frames ([0, w), [w, 2w), ...); `causal`: a frame attends to
+    itself and earlier frames, with `window` > 0 the `window` most recent up to its own plus the
+    first (`causal_allowed`). `frame_valid` [B, F] bool masks padded frames as keys."""
     if q.ndim != 5 or q.shape != k.shape or q.shape != v.shape:
         raise ValueError(f"temporal_attention expects q, k, v of one shape [B, F, P, H, D]; got {q.shape}, {k.shape}, {v.shape}")
     batch, frames, positions, heads, _ = q.shape
@@ -328,7 +352,7 @@ def temporal_attention(q: jax.Array, k: jax.Array, v: jax.Array, frame_valid: ja
         raise ValueError(f"frame_valid must have shape {(batch, frames)}, got {tuple(frame_valid.shape)}")
     size = sequence_size()
     if size == 1:
-        return _temporal_dense(q, k, v, frame_valid, window, group)
+        return _temporal_dense(q, k, v, frame_valid, window, group, causal)
     mesh, batch_axes, head_axes, _ = _layout(batch, heads)
     valid = jnp.ones((batch, frames), bool) if frame_valid is None else frame_valid.astype(bool)
     # Padded frames go at the end (window ids of real frames unchanged) and are masked as keys;
@@ -338,7 +362,7 @@ def temporal_attention(q: jax.Array, k: jax.Array, v: jax.Array, frame_valid: ja
 
     def body(q, k, v, valid):
         by_position = [_all_to_all(x, 2, 1) for x in (q, k, v)]  # [b, F, P/s, h, d]
-        return _all_to_all(_temporal_dense(*by_position, _gather(valid), window, group), 1, 2)
+        return _all_to_all(_temporal_dense(*by_position, _gather(valid), window, group, causal), 1, 2)
 
     out = _run_split(body, mesh, (video,) * 3 + (P(batch_axes, SEQUENCE),), video, args)
     return _crop(out, mesh, video, q.shape)
@@ -372,7 +396,7 @@ def attention_to_sharded_keys(q: jax.Array, k_rep: jax.Array, v_rep: jax.Array, 
     _check_mask(mask, batch, queries, n_rep + n_sh)
     size = sequence_size()
     if size == 1:
-        return _dense(q, jnp.concatenate([k_rep, k_sh], 1), jnp.concatenate([v_rep, v_sh], 1), mask_of(mask))
+        return dense_attention(q, jnp.concatenate([k_rep, k_sh], 1), jnp.concatenate([v_rep, v_sh], 1), mask_of(mask))
     mesh, batch_axes, head_axes, _ = _layout(batch, heads)
     as_ids = lambda x, n: jnp.zeros((batch, n), jnp.int32) if x is None else x.astype(jnp.int32)
     valid = jnp.ones((batch, n_rep + n_sh), bool) if valid is None else valid

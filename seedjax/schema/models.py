@@ -97,6 +97,11 @@ def video_dit_config(preset: str = "tiny", **overrides) -> ml_collections.Config
     # 'timestep' (per-frame timesteps, t = 0 on clean conditioning frames, Wan2.2 TI2V).
     cfg.condition = "concat"
     cfg.sequence_parallel = "ulysses"  # full_3d attention on a sequence mesh axis: 'ulysses' | 'ring'
+    # AAPT's block-causal mode: a frame attends to the text, itself and earlier frames (the text to text
+    # only); causal_window = W > 0 keeps the W - 1 frames before it plus the first (0 = all earlier ones).
+    cfg.causal = False
+    cfg.causal_window = 0
+    cfg.recycle = False  # (causal) the previous clean frame concatenated with the noisy one along channels
     cfg.update(VIDEO_DIT_PRESETS[preset])
     cfg.update(overrides)
     return cfg

@@ -1,0 +1,121 @@
+"""Autoregressive video generation with a block-causal video DiT and its KV cache (AAPT).
+
+Frames come one after another: frame f starts from noise, takes the sampler's K Euler steps
+(K = 1 for a 1-NFE model) with the text, the cached earlier frames and (`model.recycle`) the
+previous generated frame as input, and is committed to the cache. Which keys and values a frame
+leaves in the cache (`commit`):
+  'last'  those of its last sampler step (noisy input, t = sigmas[K-1]): AAPT's recurrence, no
+          extra evaluation; with K = 1 the one evaluation that makes the frame fills the cache;
+  'clean' those of one extra evaluation on the finished frame at t = 0 (K + 1 evaluations a frame).
+
+    stream = Stream(model, geometry, sigmas)        # geometry: one frame's tokens (grid_hw, token_dim)
+    state = stream.start(batch, max_frames=N)       # the caption's keys/values once, an empty cache
+    frame, state = stream.next(state, rng)          # [B, P, C] tokens; jitted once, any frame index
+    video = stream.generate(batch, rng, frames=N)   # [B, N, H, W, C]
+
+`next` compiles once: every frame, past the training length too, has the same shapes (the cache
+is a ring buffer; the frame index is data). The noise of frame f is drawn from fold_in(rng, f).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from seedjax.models import causal_video
+from seedjax.models.geometry import Geometry
+
+COMMITS = ("last", "clean")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class StreamState:
+    """The recurrence's state: the KV cache and the previous frame's tokens [B, P, C] (zeros at first)."""
+
+    cache: causal_video.KVCache
+    previous: jax.Array
+
+
+def frame_step(model, state: StreamState, noise, sigmas, *, grid_hw, commit: str = "last"):
+    """One frame: K Euler steps over the decreasing `sigmas` [K + 1] from `noise` [B, P, C], then the
+    commit. model: a `generator.DiffusionModel` (or anything with `.dit`). Returns (frame, state)."""
+    if commit not in COMMITS:
+        raise ValueError(f"commit must be one of {COMMITS}, got {commit!r}")
+    sigmas = jnp.asarray(sigmas, jnp.float32)
+    steps = sigmas.shape[0] - 1
+    if steps < 1:
+        raise ValueError(f"sigmas must hold at least 2 values (K >= 1 steps), got {sigmas.shape[0]}")
+    run = functools.partial(causal_video.decode_frame, model.dit, grid_hw=grid_hw, recycled=state.previous)
+    full = lambda s: jnp.full((noise.shape[0],), s, jnp.float32)
+
+    def euler(i, x):
+        return x + (sigmas[i + 1] - sigmas[i]) * run(state.cache, x, full(sigmas[i]), commit=False)[0]
+
+    x = jax.lax.fori_loop(0, steps - 1, euler, noise)
+    last = sigmas[steps - 1]
+    velocity, cache = run(state.cache, x, full(last), commit=commit == "last")
+    x = x + (sigmas[steps] - last) * velocity
+    if commit == "clean":
+        _, cache = run(state.cache, x, full(0.0), commit=True)
+    return x, StreamState(cache, x.astype(state.previous.dtype))
+
+
+class Stream:
+    """Frame-by-frame generation from one `generator.DiffusionModel` (see the module docstring).
+
+    `geometry` describes one frame (its `grid_hw` and `token_dim`; its frame count is ignored);
+    `sigmas` the per-frame sampler (e.g. `Sampler.make(K, shift).sigmas`); `guidance` the scale of
+    a guidance-embedded model."""
+
+    def __init__(self, model, geometry: Geometry, sigmas, *, commit: str = "last", guidance: float | None = None):
+        if commit not in COMMITS:
+            raise ValueError(f"commit must be one of {COMMITS}, got {commit!r}")
+        causal_video.capacity(model.dit.cfg, 1)  # a causal model, or a one-line error
+        self.geometry = Geometry.video(geometry.temporal_patch, geometry.height, geometry.width, geometry.channels,
+                                       geometry.patch, geometry.temporal_patch)
+        self.sigmas = tuple(float(s) for s in sigmas)
+        self.commit = commit
+        self.guidance = guidance
+        self.graphdef, self.params = nnx.split(model)
+        self._start = jax.jit(self._start_fn, static_argnames=("max_frames",))
+        self._next = jax.jit(self._next_fn, donate_argnums=(1,))
+
+    def _start_fn(self, params, batch, *, max_frames):
+        model = nnx.merge(self.graphdef, params)
+        cond = model.condition(batch)
+        if cond["shot_mask"].shape[1] != 1:
+            raise ValueError("Stream: one caption (shot) per video")
+        n = cond["text_embeddings"].shape[0]
+        guidance = None if self.guidance is None else jnp.full((n,), self.guidance, jnp.float32)
+        cache = causal_video.init_cache(model.dit, cond["text_embeddings"], cond["pooled"],
+                                        grid_hw=self.geometry.grid_hw, max_frames=max_frames,
+                                        text_mask=cond["shot_mask"][:, 0], guidance=guidance)
+        return StreamState(cache, jnp.zeros((n, *self.geometry.token_shape), jnp.float32))
+
+    def _next_fn(self, params, state, rng):
+        model = nnx.merge(self.graphdef, params)
+        noise = self.geometry.noise(jax.random.fold_in(rng, state.cache.frame), state.previous.shape[0])
+        return frame_step(model, state, noise, self.sigmas, grid_hw=self.geometry.grid_hw, commit=self.commit)
+
+    def start(self, batch: dict, max_frames: int = 0) -> StreamState:
+        """The state before the first frame (`max_frames`: the cache's length when every earlier frame
+        is kept, model.causal_window = 0)."""
+        return self._start(self.params, batch, max_frames=max_frames)
+
+    def next(self, state: StreamState, rng: jax.Array) -> tuple[jax.Array, StreamState]:
+        """The next frame's tokens [B, P, C] and the state after it (`state` is donated)."""
+        return self._next(self.params, state, rng)
+
+    def generate(self, batch: dict, rng: jax.Array, frames: int) -> jax.Array:
+        """`frames` frames one after another: [B, frames, H, W, C]."""
+        state = self.start(batch, max_frames=frames)
+        out = []
+        for _ in range(frames):
+            frame, state = self.next(state, rng)
+            out.append(self.geometry.frames_of(frame))
+        return jnp.concatenate(out, axis=1)
