@@ -153,10 +153,13 @@ def test_sigterm_answers_every_admitted_request_then_exits_0(export_dir):
         assert "every admitted request was answered" in out
 
 
-def test_bad_flags_exit_2(export_dir, tmp_path):
-    assert subprocess.run([sys.executable, "-m", "seedjax.serve", f"--model={tmp_path}"], cwd=ROOT,
-                          env=env_for(1), capture_output=True, text=True).returncode == 2
-    proc = subprocess.run([sys.executable, "-m", "seedjax.serve", f"--model={export_dir}", "--queue_limit=0"],
-                          cwd=ROOT, env=env_for(1), capture_output=True, text=True)
-    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "--queue_limit" in proc.stderr
+def test_bad_flags_exit_2_with_one_line(export_dir, tmp_path, capsys):
+    from seedjax import serve
+
+    assert serve.main([f"--model={tmp_path}"]) == 2  # not an export directory
+    assert "no manifest.json" in capsys.readouterr().err
+    for flag in ("--queue_limit=0", "--port=70000", "--max_batch=2 --max_num=3", "--workers=2"):
+        assert serve.main([f"--model={export_dir}", *flag.split()]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err and "\n" not in err, err
     assert not os.listdir(tmp_path)

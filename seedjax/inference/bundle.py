@@ -187,7 +187,10 @@ def load(path: str, mesh: jax.sharding.Mesh | None = None, use_ema: bool = True)
 
 def _load_export(path: str, mesh) -> Bundle:
     """An export directory's generator: config.json + params.safetensors (int8 ones dequantized)."""
-    config, flat, entry = exported.read(path)
+    try:
+        config, flat, entry = exported.read(path)
+    except (ValueError, OSError, KeyError) as e:
+        raise BundleError(f"{path}: not a loadable export ({e})") from None
     guidance_embed = any(name.startswith("dit/guidance_embedder/") for name in flat)
     mesh = mesh or mesh_lib.make_mesh({"data": -1, "fsdp": 1, "tensor": 1, "sequence": 1})
     graphdef, abstract, target = _abstract_generator(config, guidance_embed, mesh)

@@ -141,8 +141,13 @@ class ExportedGenerator:
         return ", ".join(f"{h}x{w}" for h, w in self.programs)
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line and exit 2 (main), not argparse's usage block
+        raise ExportError(message)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="seedjax.serving.run_exported", allow_abbrev=False)
+    parser = _Parser(prog="seedjax.serving.run_exported", allow_abbrev=False)
     parser.add_argument("--model", required=True)
     parser.add_argument("--prompt", action="append", required=True)
     parser.add_argument("--num", type=int, default=1)
@@ -150,7 +155,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", default="")
     parser.add_argument("--guidance", type=float, default=None)
     parser.add_argument("--out", default="samples.png")
-    parser.error = lambda message: (_ for _ in ()).throw(ExportError(message))  # one line, exit 2
     try:
         args = parser.parse_args(sys.argv[1:] if argv is None else argv)
         if args.num < 1:
