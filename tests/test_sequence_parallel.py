@@ -29,7 +29,8 @@ def reference_mask(rule, q_ids, k_ids, key_valid, window=0):
     out = np.zeros((q_ids.shape[0], q_ids.shape[1], k_ids.shape[1]), bool)
     for b, i, j in np.ndindex(*out.shape):
         qi, kj = int(q_ids[b, i]), int(k_ids[b, j])
-        allowed = {"all": True, "block_causal": kj <= qi, "same": kj == qi,
+        causal = kj <= qi and (window == 0 or qi - kj < window or kj <= 0)  # text (-1) and block 0 kept
+        allowed = {"all": True, "block_causal": causal, "same": kj == qi,
                    "window": kj < 0 or 0 <= qi - kj < window}[rule]
         out[b, i, j] = allowed and bool(key_valid[b, j])
     return out
@@ -92,24 +93,30 @@ def test_mask_rules_match_hand_written_table():
         np.testing.assert_array_equal(np.asarray(sp.mask_of(spec))[0], table, err_msg=rule)
         np.testing.assert_array_equal(np.asarray(sp.mask_of(spec))[0], reference_mask(rule, ids, ids, valid, window)[0])
         np.testing.assert_array_equal(np.asarray(sp.mask_of(spec, slice(2, 5), slice(1, 4)))[0], table[2:5, 1:4])
+    # block_causal with a window of 2 blocks: the block before, the query's own, and always text and block 0.
+    ids = jnp.asarray([[-1, 0, 1, 2, 3]], jnp.int32)
+    causal_window2 = np.array([[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [1, 1, 0, 1, 1]], bool)
+    spec = sp.MaskSpec("block_causal", None, ids, ids, 2)
+    np.testing.assert_array_equal(np.asarray(sp.mask_of(spec))[0], causal_window2)
+    np.testing.assert_array_equal(causal_window2, reference_mask("block_causal", ids, ids, np.ones((1, 5)), 2)[0])
     np.testing.assert_array_equal(np.asarray(sp.mask_of(sp.MaskSpec("all", valid)))[0, 0], np.asarray(valid)[0])
     assert sp.mask_of(None) is None and sp.mask_of(sp.MaskSpec()) is None
 
 
-# (mesh, impl, L, rule): every (sequence, impl) pair for 2, 4, 8; L = 37 is padded, 36 and 40 divide;
-# sequence 2 also splits the batch on 'data' and the heads on 'tensor'.
+# (mesh, impl, L, rule, window): every (sequence, impl) pair for 2, 4, 8; L = 37 is padded, 36 and 40
+# divide; sequence 2 also splits the batch on 'data' and the heads on 'tensor'.
 CASES = [
-    ({"sequence": 2, "tensor": 2, "data": 2}, "ulysses", 37, "block_causal"),
-    ({"sequence": 2, "tensor": 2, "data": 2}, "ring", 37, "block_causal"),
-    ({"sequence": 4, "data": -1}, "ulysses", 36, "window"),
-    ({"sequence": 4, "data": -1}, "ring", 36, "window"),
-    ({"sequence": 8}, "ulysses", 40, "same"),
-    ({"sequence": 8}, "ring", 40, "block_causal"),
+    ({"sequence": 2, "tensor": 2, "data": 2}, "ulysses", 37, "block_causal", 0),
+    ({"sequence": 2, "tensor": 2, "data": 2}, "ring", 37, "block_causal", 0),
+    ({"sequence": 4, "data": -1}, "ulysses", 36, "window", 2),
+    ({"sequence": 4, "data": -1}, "ring", 36, "window", 2),
+    ({"sequence": 8}, "ulysses", 40, "same", 0),
+    ({"sequence": 8}, "ring", 40, "block_causal", 3),  # causal window: 3 blocks, text and block 0 kept
 ]
 
 
-@pytest.mark.parametrize("mesh_cfg,impl,length,rule", CASES)
-def test_attention_forward_and_gradients_match_dense(mesh_cfg, impl, length, rule):
+@pytest.mark.parametrize("mesh_cfg,impl,length,rule,window", CASES)
+def test_attention_forward_and_gradients_match_dense(mesh_cfg, impl, length, rule, window):
     rng = np.random.default_rng(length)
     batch, text = 2, 5
     q, k, v, cotangent = (normal(rng, batch, length, H, D) for _ in range(4))
@@ -117,7 +124,7 @@ def test_attention_forward_and_gradients_match_dense(mesh_cfg, impl, length, rul
     valid = np.ones((batch, length), bool)
     valid[0, rng.choice(np.arange(text, length), 3, replace=False)] = False
     valid[1, :text] = False  # batch 1's text queries see only text keys ('same', causal, window): none left
-    mask = sp.MaskSpec(rule, jnp.asarray(valid), ids, ids, window=2 if rule == "window" else 0)
+    mask = sp.MaskSpec(rule, jnp.asarray(valid), ids, ids, window=window)
 
     allowed = reference_mask(rule, ids, ids, valid, window=mask.window)
     assert not allowed[1, :text].any() and allowed.any(-1).sum() > batch * (length - text) // 2
@@ -184,12 +191,17 @@ def test_bad_arguments_are_one_clear_error():
             sp.attention(x, x, x, impl="ulysses")  # 6 heads over 4 devices
 
 
-def reference_frame_mask(frame_valid, window):
-    """[B, F, F]: same window of `window` frames (0: all) and a valid key frame."""
+def reference_frame_mask(frame_valid, window, causal=False):
+    """[B, F, F]: same window of `window` frames (0: all) and a valid key frame; `causal`: an earlier
+    frame or the query's own, within the `window` most recent (0: all), frame 0 always."""
     batch, frames = frame_valid.shape
     allowed = np.zeros((batch, frames, frames), bool)
     for b, f, g in np.ndindex(*allowed.shape):
-        allowed[b, f, g] = (window == 0 or f // window == g // window) and bool(frame_valid[b, g])
+        if causal:
+            ok = g <= f and (window == 0 or f - g < window or g == 0)
+        else:
+            ok = window == 0 or f // window == g // window
+        allowed[b, f, g] = ok and bool(frame_valid[b, g])
     return allowed
 
 
@@ -211,27 +223,28 @@ def reference_temporal(q, k, v, allowed, cotangent, group=1):
     return back(out), tuple(map(back, grads))
 
 
-@pytest.mark.parametrize("sequence,frames,positions,window,group", [(4, 8, 5, 3, 1), (8, 6, 3, 0, 1),
-                                                                    (4, 6, 6, 2, 3), (2, 5, 4, 0, 4)])
-def test_temporal_attention_matches_per_window_dense(sequence, frames, positions, window, group):
+@pytest.mark.parametrize("sequence,frames,positions,window,group,causal", [
+    (4, 8, 5, 3, 1, False), (8, 6, 3, 0, 1, False), (4, 6, 6, 2, 3, False), (2, 5, 4, 0, 4, False),
+    (4, 7, 4, 3, 2, True)])
+def test_temporal_attention_matches_per_window_dense(sequence, frames, positions, window, group, causal):
     """Per spatial window (`group` consecutive positions; 1: each position alone), attention over frames;
-    frames and windows padded where they do not divide the axis."""
+    frames and windows padded where they do not divide the axis; block-causal over frames (`causal`)."""
     rng = np.random.default_rng(frames)
     q, k, v, cotangent = (normal(rng, 2, frames, positions, H, D) for _ in range(4))
     frame_valid = np.ones((2, frames), bool)
     frame_valid[1, -2:] = False  # padded frames; with a frame window (3 of 8, 2 of 6) batch 1's last is empty
-    allowed = reference_frame_mask(frame_valid, window)
+    allowed = reference_frame_mask(frame_valid, window, causal)
     want_out, want_grads = reference_temporal(q, k, v, allowed, cotangent, group)
     mesh = make_mesh({"sequence": sequence, "data": -1})
     q, k, v = (place(mesh, x, P(None, "sequence")) for x in (q, k, v))
     with jax.set_mesh(mesh):
         out, grads = forward_and_vjp(
-            lambda q, k, v, fv: sp.temporal_attention(q, k, v, fv, window=window, group=group),
+            lambda q, k, v, fv: sp.temporal_attention(q, k, v, fv, window=window, group=group, causal=causal),
             (q, k, v, jnp.asarray(frame_valid)), cotangent)
     chex.assert_trees_all_close(out, want_out, **TOL)
     chex.assert_trees_all_close(grads[:3], want_grads, **TOL)
     empty = ~allowed.any(-1)  # [B, F] query frames with no key frame
-    assert empty.any() == (window > 0)
+    assert empty.any() == (window > 0 and not causal)  # a causal frame always sees itself (if valid)
     np.testing.assert_array_equal(np.asarray(out)[empty], 0.0)
 
 

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seedjax.models import video_dit
+from seedjax.models import video_attention, video_dit
 from seedjax.models.rope import rope_frequencies
 from seedjax.parallel import sequence as sequence_lib
 from seedjax.parallel.sharding import constrain
@@ -161,8 +161,8 @@ def decode_frame(dit: video_dit.VideoDiT, cache: KVCache, x, t, *, grid_hw: tupl
     rope = rope_frequencies(vis_ids, cfg.axes_dims_rope, cfg.rope_theta)
     slot_ok = (cache.slot_frame >= 0) & sequence_lib.causal_allowed(frame, cache.slot_frame, window)  # [C]
     tokens_ok = jnp.repeat(slot_ok, positions)[None]
-    order = video_dit.window_order(video_dit.temporal_spatial_window(cfg), (1, *grid_hw))
-    group = int(np.prod(video_dit.window_tokens(video_dit.temporal_spatial_window(cfg), (1, *grid_hw))))
+    order = video_attention.window_order(video_dit.temporal_spatial_window(cfg), (1, *grid_hw))
+    group = int(np.prod(video_attention.window_tokens(video_dit.temporal_spatial_window(cfg), (1, *grid_hw))))
     flat = lambda c: c.reshape(batch, -1, *c.shape[3:])  # [B, C, P, H, D] -> [B, C*P, H, D]
     own = jnp.ones((1, positions), bool)
     new = {"spatial_k": [], "spatial_v": [], "temporal_k": [], "temporal_v": []}
