@@ -6,7 +6,8 @@
   on a data x sequence mesh of 8 fake devices (the whole-sequence call under sequence parallelism too);
 - causality: a change to frame k changes no output before frame k, in both attention modes;
 - the attention masks, read off the attention weights: the window keeps the text and the first frame,
-  the causal text stream sees text only.
+  the causal text stream sees text only;
+- teacher forcing's recycled input (the previous frame) and the one-line config errors.
 Models are built abstractly with random numpy weights (tests/test_video_dit.py's `_random`).
 """
 
@@ -204,3 +205,21 @@ def test_sequence_parallel_matches_one_device():
         assert state.cache.temporal_k.sharding.spec[3] == "sequence"
     np.testing.assert_allclose(got_full, want, atol=1e-5, rtol=0)
     np.testing.assert_allclose(got, want_frames, atol=1e-5, rtol=0)
+
+
+def test_recycled_tokens_and_bad_causal_configs():
+    clip = jnp.arange(2 * 3 * 2 * 1, dtype=jnp.float32).reshape(2, 3 * 2, 1)  # 3 frames of 2 tokens
+    want = np.concatenate([np.zeros((2, 1, 2, 1)), np.asarray(clip).reshape(2, 3, 2, 1)[:, :2]], 1).reshape(2, 6, 1)
+    np.testing.assert_array_equal(video_dit.recycled_tokens(clip, 3), want)  # frame f gets frame f - 1, frame 0 zeros
+    for overrides, message in ((dict(recycle=True), "needs model.causal"),
+                               (dict(causal=True, temporal_window=2), "causal_window"),
+                               (dict(causal=True, causal_window=-1), "causal_window must be >= 0"),
+                               (dict(causal=True, attention_backend="paro"), "attention_backend 'dense'")):
+        with pytest.raises(ValueError, match=message):
+            video_dit.VideoDiT(video_dit_config("tiny", **overrides), nnx.Rngs(0))
+    bidirectional = _random(lambda: video_dit.VideoDiT(video_dit_config(
+        "tiny", num_heads=2, head_dim=8, axes_dims_rope=(2, 2, 4), text_dim=8, pooled_dim=8, depth=1,
+        in_channels=C), nnx.Rngs(0)))
+    with pytest.raises(ValueError, match="a time per frame"):  # per-frame times need the causal model
+        bidirectional(jnp.zeros((1, 2 * P, C)), jnp.zeros((1, 2)), jnp.zeros((1, 3, 8)), jnp.zeros((1, 8)),
+                      grid=(2, 2, 4))

@@ -13,13 +13,14 @@ Cache layout (`KVCache`, a pytree of fixed-shape arrays, layers stacked on axis 
   spatial_k, spatial_v   [depth, B, C, P, H, Dh]  full_3d only (the decoupled spatial sublayer sees
                          its own frame and the text alone): None for 'decoupled'
   temporal_k, temporal_v [depth, B, C, P, H, Dh]  the temporal sublayer's; for 'decoupled' the P
-                         positions are in spatial-window order (`video_dit.window_order`)
+                         positions are in spatial-window order (`video_attention.window_order`)
   slot_frame [C] int32   the frame each slot holds (-1: empty); frame [] int32: the next frame
   shared [B, hidden]     the pooled caption (and guidance) embedding
-C slots form a ring buffer over frames: with W > 0, C = W; slot 0 keeps frame 0 for good and slots
-1 .. W-1 take frames 1, 2, ... in turn (frame f >= 1 in slot 1 + (f - 1) % (W - 1)), so the cache
-holds exactly the frames a new frame may see and generation runs for any number of frames at one
-shape. With W = 0 (every earlier frame) C = `max_frames`, slot f = frame f. Keys are cached after
+C slots form a ring buffer over frames: slot 0 keeps frame 0 for good and slots 1 .. C-1 take frames
+1, 2, ... in turn (frame f >= 1 in slot 1 + (f - 1) % (C - 1)). With W > 0, C = W: the cache holds
+exactly the frames a new frame may see, and generation runs for any number of frames at one shape.
+With W = 0 (every earlier frame) C = `max_frames`: exact up to that many frames; past it the cache
+keeps the first frame and the latest C - 1 (a window of C). Keys are cached after
 RoPE at their absolute positions, so a slot stays valid when the ring moves on; which slots a
 frame sees is `sequence_lib.causal_allowed` on `slot_frame` (the rule of the whole-sequence masks).
 Every array carries the activations' logical names (batch over 'batch', the P positions of a frame
@@ -109,12 +110,10 @@ def init_cache(dit: video_dit.VideoDiT, text_embeddings, pooled, *, grid_hw: tup
                    empty(), empty(), jnp.full((slots,), -1, jnp.int32), jnp.zeros((), jnp.int32), shared)
 
 
-def slot_of(cache: KVCache, window: int, frame):
+def slot_of(cache: KVCache, frame):
     """(slot, whether to write it) of `frame` (traced int) in the ring buffer."""
-    if window == 0:
-        return frame, jnp.asarray(True)
     ring = cache.capacity - 1
-    if ring == 0:  # W = 1: a frame sees only itself and frame 0, so only frame 0 is kept
+    if ring == 0:  # C = 1: a frame sees only itself and frame 0, so only frame 0 is kept
         return jnp.zeros((), jnp.int32), frame == 0
     return jnp.where(frame == 0, 0, 1 + (frame - 1) % ring), jnp.asarray(True)
 
@@ -192,7 +191,7 @@ def decode_frame(dit: video_dit.VideoDiT, cache: KVCache, x, t, *, grid_hw: tupl
     velocity = dit.head(vis, x, t_frames, cond, token_cond)
     if not commit:
         return velocity, cache
-    slot, write = slot_of(cache, window, frame)
+    slot, write = slot_of(cache, frame)
 
     def put(old, entries):
         entry = jnp.where(write, jnp.stack(entries)[:, :, None], jax.lax.dynamic_slice_in_dim(old, slot, 1, 2))
