@@ -4,7 +4,9 @@
 source "$(dirname "$0")/env.sh" test
 set +e
 workers="${SEEDJAX_TEST_WORKERS:-2}"
-python -m pytest -n "$workers" --durations=25 "${@:-tests}"
+# Whole files per worker: a module's shared end-to-end run (a module-scoped fixture) is built
+# once, where xdist's default round-robin would build it on every worker.
+python -m pytest -n "$workers" --dist loadfile --durations=25 "${@:-tests}"
 rc=$?
 if [ "$rc" -eq 5 ]; then
   echo "seedjax: pytest collected no tests; that is a failure" >&2

@@ -25,3 +25,13 @@ def straight(tmp_path_factory):
     proc = run_main("experiments/quickstart/pretrain.py:tiny", workdir, "sample_every=0", "log_every=1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return workdir
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files with end-to-end runs (any test marked `slow`) first, each file's order kept.
+
+    `launch/test.sh` hands whole files to the xdist workers (`--dist loadfile`), so that a
+    module's shared run (a module-scoped fixture) is built once, not once per worker; starting
+    the longest files first keeps one worker from finishing a long file alone at the end."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)

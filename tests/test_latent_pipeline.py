@@ -18,6 +18,8 @@ import pytest
 from tests.bundles import assert_bundle_loads, assert_no_generator
 from tests.runner import ROOT, check_reference_losses, env_for, read_metrics
 
+pytestmark = pytest.mark.slow  # end-to-end runs: tests/conftest.py starts this file first
+
 PIPELINE = "experiments/quickstart/latent_pipeline.py:tiny"
 LATENT = "experiments/quickstart/latent_pretrain.py:tiny"
 FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"

@@ -27,6 +27,8 @@ from seedjax.models.geometry import Geometry
 from seedjax.train.params import latent_factors
 from tests.runner import ROOT, env_for, read_metrics
 
+pytestmark = pytest.mark.slow  # end-to-end runs: tests/conftest.py starts this file first
+
 PIPELINE = "experiments/seedance/pipeline.py:tiny"
 LATENT_T2V = "experiments/seedance/latent_t2v.py:tiny"
 
