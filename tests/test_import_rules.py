@@ -26,7 +26,8 @@ LAYERS = (
     ("seedjax.train",),
     ("seedjax.distill",),  # the distillation stages' shared library
     ("seedjax.stages", "seedjax.inference"),
-    ("seedjax.eval", "seedjax.serving", "seedjax.tools", "seedjax.main", "seedjax.pipeline"),
+    ("seedjax.eval", "seedjax.serving", "seedjax.tools", "seedjax.main", "seedjax.pipeline", "seedjax.export",
+     "seedjax.serve"),
 )
 
 NO_DATA = ("seedjax.models", "seedjax.diffusion", "seedjax.kernels", "seedjax.parallel", "seedjax.interop")
