@@ -96,27 +96,41 @@ def _recomputed(mode: str) -> np.ndarray:
     return np.stack(frames, 1)
 
 
+@functools.cache
+def _stream(mode: str) -> Stream:
+    return Stream(_model(mode), FRAME, SIGMAS[mode], commit=COMMIT[mode])
+
+
 def _stream_frames(mode: str):
-    """(frames [B, FRAMES, P, C], the final state, the stream) generated with the KV cache."""
-    stream = Stream(_model(mode), FRAME, SIGMAS[mode], commit=COMMIT[mode])
-    state, frames = stream.start(BATCH), []
+    """(frames [B, FRAMES, P, C] generated with the KV cache, the final state, compiled programs of
+    `Stream.next` after each frame)."""
+    stream = _stream(mode)
+    state, frames, programs = stream.start(BATCH), [], []
     for _ in range(FRAMES):
         frame, state = stream.next(state, KEY)
         frames.append(np.asarray(frame))
-    return np.stack(frames, 1), state, stream
+        programs.append(stream._next._cache_size())
+    return np.stack(frames, 1), state, programs
 
 
 @pytest.mark.parametrize("mode", ["decoupled", "full_3d"])
 def test_kv_cached_generation_equals_full_recompute(mode):
-    got, state, stream = _stream_frames(mode)
+    got, state, programs = _stream_frames(mode)
     np.testing.assert_allclose(got, _recomputed(mode), atol=1e-5, rtol=0)
-    assert stream._next._cache_size() == 1  # six frames, past the training length: one compilation
+    assert programs == programs[:1] * FRAMES  # six frames, past the training length: no new compilation
     # The ring buffer after frames 0..5: slot 0 keeps frame 0, slots 1, 2 the two latest (5, then 4).
     np.testing.assert_array_equal(state.cache.slot_frame, [0, 5, 4])
     assert int(state.cache.frame) == FRAMES and state.cache.temporal_k.shape[2] == WINDOW
+    stream = _stream(mode)
     video = stream.generate(BATCH, KEY, FRAMES)  # the same recurrence through the convenience loop
     clip = Geometry.video(FRAMES, 4, 8, 3, patch=2)
     np.testing.assert_allclose(video, clip.frames_of(jnp.asarray(got.reshape(2, -1, C))), atol=1e-6)
+    # Interactive control: a stream started on other captions and switched to BATCH's before its first
+    # frame makes BATCH's first frame (and without the switch, another one).
+    other = {key: value[::-1] for key, value in BATCH.items()}
+    frame, _ = stream.next(stream.prompt(stream.start(other), BATCH), KEY)
+    np.testing.assert_allclose(frame, got[:, 0], atol=1e-6)
+    assert np.abs(np.asarray(stream.next(stream.start(other), KEY)[0]) - got[:, 0]).max() > 1e-3
 
 
 @pytest.mark.parametrize("mode", ["decoupled", "full_3d"])
@@ -196,12 +210,13 @@ def test_sequence_parallel_matches_one_device():
     x, rec = (rng.normal(size=(2, FRAMES * P, C)).astype(np.float32) for _ in range(2))
     t = rng.uniform(size=(2, FRAMES)).astype(np.float32)
     want, want_frames = np.asarray(_full("full_3d")(x, t, rec)), _recomputed("decoupled")  # models built off the mesh
+    _stream("decoupled")
     programs = _full("full_3d")._cache_size()
     mesh = mesh_lib.make_mesh(ml_collections.ConfigDict(dict(data=2, fsdp=1, tensor=1, sequence=4)))
     with jax.set_mesh(mesh), sharding.axis_rules(sharding.rules_from_config(ml_collections.ConfigDict())):
         got_full = np.asarray(_full("full_3d")(x, t, rec))
         assert _full("full_3d")._cache_size() == programs + 1  # retraced under the mesh: sequence-parallel
-        got, state, _ = _stream_frames("decoupled")
+        got, state, _ = _stream_frames("decoupled")  # the cached stream, retraced under the mesh
         assert state.cache.temporal_k.sharding.spec[3] == "sequence"
     np.testing.assert_allclose(got_full, want, atol=1e-5, rtol=0)
     np.testing.assert_allclose(got, want_frames, atol=1e-5, rtol=0)

@@ -11,6 +11,7 @@ leaves in the cache (`commit`):
     stream = Stream(model, geometry, sigmas)        # geometry: one frame's tokens (grid_hw, token_dim)
     state = stream.start(batch, max_frames=N)       # the caption's keys/values once, an empty cache
     frame, state = stream.next(state, rng)          # [B, P, C] tokens; jitted once, any frame index
+    state = stream.prompt(state, other_batch)       # later frames follow another caption (same length)
     video = stream.generate(batch, rng, frames=N)   # [B, N, H, W, C]
 
 `next` compiles once: every frame, past the training length too, has the same shapes (the cache
@@ -70,7 +71,7 @@ class Stream:
 
     `geometry` describes one frame (its `grid_hw` and `token_dim`; its frame count is ignored);
     `sigmas` the per-frame sampler (e.g. `Sampler.make(K, shift).sigmas`); `guidance` the scale of
-    a guidance-embedded model."""
+    a guidance-embedded model. The stream holds the model's parameters as they were at construction."""
 
     def __init__(self, model, geometry: Geometry, sigmas, *, commit: str = "last", guidance: float | None = None):
         if commit not in COMMITS:
@@ -84,18 +85,29 @@ class Stream:
         self.graphdef, self.params = nnx.split(model)
         self._start = jax.jit(self._start_fn, static_argnames=("max_frames",))
         self._next = jax.jit(self._next_fn, donate_argnums=(1,))
+        self._prompt = jax.jit(self._prompt_fn, donate_argnums=(1,))
 
-    def _start_fn(self, params, batch, *, max_frames):
-        model = nnx.merge(self.graphdef, params)
+    def _caption(self, model, batch) -> dict:
+        """The keyword arguments of `causal_video.init_cache` / `replace_text` for the batch's caption."""
         cond = model.condition(batch)
         if cond["shot_mask"].shape[1] != 1:
             raise ValueError("Stream: one caption (shot) per video")
         n = cond["text_embeddings"].shape[0]
-        guidance = None if self.guidance is None else jnp.full((n,), self.guidance, jnp.float32)
-        cache = causal_video.init_cache(model.dit, cond["text_embeddings"], cond["pooled"],
-                                        grid_hw=self.geometry.grid_hw, max_frames=max_frames,
-                                        text_mask=cond["shot_mask"][:, 0], guidance=guidance)
+        return dict(text_embeddings=cond["text_embeddings"], pooled=cond["pooled"], grid_hw=self.geometry.grid_hw,
+                    text_mask=cond["shot_mask"][:, 0],
+                    guidance=None if self.guidance is None else jnp.full((n,), self.guidance, jnp.float32))
+
+    def _start_fn(self, params, batch, *, max_frames):
+        model = nnx.merge(self.graphdef, params)
+        caption = self._caption(model, batch)
+        cache = causal_video.init_cache(model.dit, max_frames=max_frames, **caption)
+        n = caption["text_embeddings"].shape[0]
         return StreamState(cache, jnp.zeros((n, *self.geometry.token_shape), jnp.float32))
+
+    def _prompt_fn(self, params, state, batch):
+        model = nnx.merge(self.graphdef, params)
+        return dataclasses.replace(state, cache=causal_video.replace_text(model.dit, state.cache,
+                                                                          **self._caption(model, batch)))
 
     def _next_fn(self, params, state, rng):
         model = nnx.merge(self.graphdef, params)
@@ -106,6 +118,11 @@ class Stream:
         """The state before the first frame (`max_frames`: the cache's length when every earlier frame
         is kept, model.causal_window = 0)."""
         return self._start(self.params, batch, max_frames=max_frames)
+
+    def prompt(self, state: StreamState, batch: dict) -> StreamState:
+        """The state with the batch's caption for the frames to come (AAPT's interactive control; the
+        caption padded to the length of the first; `state` is donated)."""
+        return self._prompt(self.params, state, batch)
 
     def next(self, state: StreamState, rng: jax.Array) -> tuple[jax.Array, StreamState]:
         """The next frame's tokens [B, P, C] and the state after it (`state` is donated)."""

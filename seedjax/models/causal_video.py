@@ -81,14 +81,11 @@ def _position_ids(num_text: int, grid_hw: tuple[int, int], batch: int):
     return video_dit.multishot_position_ids(jnp.zeros((batch, 1), jnp.int32), (1, *grid_hw), num_text, 1)
 
 
-def init_cache(dit: video_dit.VideoDiT, text_embeddings, pooled, *, grid_hw: tuple[int, int], max_frames: int = 0,
-               text_mask=None, guidance=None) -> KVCache:
-    """An empty cache for videos of `grid_hw` tokens a frame, with the caption's keys and values.
-
-    text_embeddings [B, Lt, text_dim] (one shot), pooled [B, pooled_dim], text_mask [B, Lt].
-    `max_frames` matters only for model.causal_window = 0 (the cache then holds every frame)."""
+def text_cache(dit: video_dit.VideoDiT, text_embeddings, pooled, *, grid_hw: tuple[int, int], text_mask=None,
+               guidance=None) -> dict:
+    """The caption's part of a cache (text_k, text_v, text_valid, shared): the causal text stream run
+    once. text_embeddings [B, Lt, text_dim] (one shot), pooled [B, pooled_dim], text_mask [B, Lt]."""
     cfg = dit.cfg
-    slots = capacity(cfg, max_frames)
     batch, num_text = text_embeddings.shape[:2]
     text_mask = jnp.ones((batch, num_text), bool) if text_mask is None else text_mask.astype(bool)
     shared = dit.shared_conditioning(pooled, guidance, batch)
@@ -102,12 +99,35 @@ def init_cache(dit: video_dit.VideoDiT, text_embeddings, pooled, *, grid_hw: tup
         keys.append(k)
         values.append(v)
         txt = video_dit.text_update(block.txt, txt, sequence_lib.dense_attention(q, k, v, text_mask[:, None]), mod)
-    heads = cfg.num_heads
-    empty = lambda: constrain(jnp.zeros((cfg.depth, batch, slots, grid_hw[0] * grid_hw[1], heads, cfg.head_dim),
-                                        keys[0].dtype), CACHE)
+    return dict(text_k=constrain(jnp.stack(keys), TEXT), text_v=constrain(jnp.stack(values), TEXT),
+                text_valid=text_mask, shared=shared)
+
+
+def init_cache(dit: video_dit.VideoDiT, text_embeddings, pooled, *, grid_hw: tuple[int, int], max_frames: int = 0,
+               text_mask=None, guidance=None) -> KVCache:
+    """An empty cache for videos of `grid_hw` tokens a frame, with the caption's keys and values
+    (`text_cache`). `max_frames` matters only for model.causal_window = 0 (the cache then holds
+    every frame)."""
+    cfg = dit.cfg
+    slots = capacity(cfg, max_frames)
+    text = text_cache(dit, text_embeddings, pooled, grid_hw=grid_hw, text_mask=text_mask, guidance=guidance)
+    batch = text_embeddings.shape[0]
+    empty = lambda: constrain(jnp.zeros((cfg.depth, batch, slots, grid_hw[0] * grid_hw[1], cfg.num_heads,
+                                         cfg.head_dim), text["text_k"].dtype), CACHE)
     spatial = (empty(), empty()) if cfg.attention == "full_3d" else (None, None)
-    return KVCache(constrain(jnp.stack(keys), TEXT), constrain(jnp.stack(values), TEXT), text_mask, *spatial,
-                   empty(), empty(), jnp.full((slots,), -1, jnp.int32), jnp.zeros((), jnp.int32), shared)
+    return KVCache(spatial_k=spatial[0], spatial_v=spatial[1], temporal_k=empty(), temporal_v=empty(),
+                   slot_frame=jnp.full((slots,), -1, jnp.int32), frame=jnp.zeros((), jnp.int32), **text)
+
+
+def replace_text(dit: video_dit.VideoDiT, cache: KVCache, text_embeddings, pooled, *, grid_hw: tuple[int, int],
+                 text_mask=None, guidance=None) -> KVCache:
+    """The cache with another caption of the same length (AAPT's interactive control): later frames
+    attend to the new text; the cached frames, made under the old one, stay."""
+    if text_embeddings.shape[1] != cache.text_k.shape[2]:
+        raise ValueError(f"replace_text: a caption of {text_embeddings.shape[1]} tokens for a cache of "
+                         f"{cache.text_k.shape[2]} (pad captions to one length)")
+    text = text_cache(dit, text_embeddings, pooled, grid_hw=grid_hw, text_mask=text_mask, guidance=guidance)
+    return dataclasses.replace(cache, **text)
 
 
 def slot_of(cache: KVCache, frame):
