@@ -49,6 +49,20 @@ def _validation_message(error: pydantic.ValidationError) -> str:
     return f"{where}: {first['msg']}"
 
 
+async def _read_capped(request: Request, cap: int) -> bytes | None:
+    """The body, or None as soon as it is known to be over `cap` bytes: from its declared length, or
+    while it streams in (a chunked body declares none), so an oversize body is never held whole."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > cap:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > cap:
+            return None
+    return bytes(body)
+
+
 def create_app(model: ExportedGenerator, batcher: Batcher, max_num: int, max_prompt_chars: int = 1000,
                max_body_bytes: int = 16384) -> FastAPI:
     sizes = {f"{h}x{w}": (h, w) for h, w in model.programs}
@@ -81,9 +95,9 @@ def create_app(model: ExportedGenerator, batcher: Batcher, max_num: int, max_pro
 
     @app.post("/v1/images")
     async def images(request: Request):
-        body = await request.body()
-        if len(body) > max_body_bytes:
-            return respond(_error(413, f"request body of {len(body)} bytes is over the {max_body_bytes}-byte cap"))
+        body = await _read_capped(request, max_body_bytes)
+        if body is None:
+            return respond(_error(413, f"request body is over the {max_body_bytes}-byte cap"))
         try:
             parsed = ImageRequest.model_validate(json.loads(body))
             size, guidance = check(parsed)
