@@ -28,10 +28,15 @@ def straight(tmp_path_factory):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Files with end-to-end runs (any test marked `slow`) first, each file's order kept.
+    """Files with end-to-end runs first, longest first, each file's order kept.
 
     `launch/test.sh` hands whole files to the xdist workers (`--dist loadfile`), so that a
-    module's shared run (a module-scoped fixture) is built once, not once per worker; starting
-    the longest files first keeps one worker from finishing a long file alone at the end."""
-    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)
+    module's shared run (a module-scoped fixture) is built once, not once per worker. A file's
+    weight is the largest `minutes` of its `slow` marks (`pytest.mark.slow(minutes=15)`; 1 when
+    not given; 0 for a file with no slow test): starting the longest files first keeps one worker
+    from running a long file alone at the end."""
+    weight = {}
+    for item in items:
+        for mark in item.iter_markers("slow"):
+            weight[item.path] = max(weight.get(item.path, 0), mark.kwargs.get("minutes", 1))
+    items.sort(key=lambda item: -weight.get(item.path, 0))

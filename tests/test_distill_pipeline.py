@@ -21,7 +21,7 @@ import pytest
 from tests.bundles import assert_bundle_loads
 from tests.runner import ROOT, check_reference_losses, env_for, read_metrics
 
-pytestmark = pytest.mark.slow  # end-to-end runs: tests/conftest.py starts this file first
+pytestmark = pytest.mark.slow(minutes=12)  # end-to-end runs: tests/conftest.py starts this file first
 
 PIPELINE = "experiments/quickstart/distill_pipeline.py:tiny"
 STAGES = ("teacher", "cfg", "tscd", "dmdo", "adp", "adm", "dmd2")

@@ -18,7 +18,7 @@ import pytest
 from tests.runner import ROOT, env_for, losses, read_metrics, run_main
 
 CONFIG = "experiments/quickstart/pretrain.py:tiny"
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(minutes=15)
 
 
 def launch(workdir: str, processes: int, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -17,7 +17,7 @@ import pytest
 
 from tests.runner import ROOT, check_reference_losses, env_for, losses, read_metrics, run_main
 
-pytestmark = pytest.mark.slow  # end-to-end runs: tests/conftest.py starts this file first
+pytestmark = pytest.mark.slow(minutes=8)  # end-to-end runs: tests/conftest.py starts this file first
 
 CONFIG = "experiments/quickstart/pretrain.py:tiny"
 FAST = ("sample_every=0", "log_every=1")
