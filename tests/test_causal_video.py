@@ -47,7 +47,8 @@ def _model(mode: str):
     config.text.update(width=32, depth=1, num_heads=2, max_len=8)
     # depth 2 for full_3d reads every per-layer cache (text, spatial, temporal); 1 keeps the other fast
     config.model = video_dit_config("tiny", num_heads=4, head_dim=8, axes_dims_rope=(2, 2, 4), text_dim=32,
-                                    pooled_dim=32, depth=2 if mode == "full_3d" else 1, in_channels=C, attention=mode, sequence_parallel="ulysses",
+                                    pooled_dim=32, depth=2 if mode == "full_3d" else 1, in_channels=C,
+                                    attention=mode, sequence_parallel="ulysses",
                                     causal=True, causal_window=WINDOW, recycle=True,
                                     temporal_spatial_window=(1, 2) if mode == "decoupled" else (1, 1))
     return _random(lambda: generator.build(config, nnx.Rngs(0)), scale=0.1)

@@ -61,30 +61,6 @@ def frame_local_attention(q, k, v, key_mask) -> jax.Array:
     return constrain(jnp.einsum("bfhqk,bfkhd->bfqhd", probs.astype(v.dtype), v), names)
 
 
-def window_mask(frames: int, window: int) -> np.ndarray:
-    """[F, F] bool: frames attend within their window of `window` consecutive frames (0 = all)."""
-    if window <= 0:
-        return np.ones((frames, frames), bool)
-    ids = np.arange(frames) // window
-    return ids[:, None] == ids[None, :]
-
-
-def temporal_attention(q, k, v, frame_valid, window: int, group: int = 1, causal: bool = False) -> jax.Array:
-    """Attention across frames within spatial windows: q, k, v [B, F, P, H, D] -> [B, F, P, H, D],
-    where every run of `group` consecutive positions is one window (1: each position alone);
-    `causal`: over the frames `sequence_lib.causal_allowed` gives (`window` is then the causal one)."""
-    b, f, p, heads, d = q.shape
-    g = p // group
-    to_rows = lambda x: x.reshape(b, f, g, group * heads * d).swapaxes(1, 2).reshape(b * g, f * group, heads, d)
-    ids = np.arange(f)
-    frames = sequence_lib.causal_allowed(ids[:, None], ids[None], window) if causal else window_mask(f, window)
-    frames_ok = jnp.asarray(frames)[None] & frame_valid[:, None, :]  # [B, F, F]
-    tokens_ok = jnp.repeat(jnp.repeat(frames_ok, group, axis=1), group, axis=2)  # [B, F*group, F*group]
-    mask = jnp.repeat(tokens_ok, g, axis=0)
-    out = jax.nn.dot_product_attention(to_rows(q), to_rows(k), to_rows(v), mask=mask[:, None])
-    return out.reshape(b, g, f, group * heads * d).swapaxes(1, 2).reshape(b, f, p, heads, d)
-
-
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class Masks:
@@ -183,11 +159,9 @@ class AttentionOps:
         group = int(np.prod(window_tokens(self.area, self.grid)))
         if order is not None:  # each spatial window becomes one run of consecutive positions
             q, k, v = (x[:, :, order] for x in (q, k, v))
-        if sequence_lib.sequence_size() > 1:
-            out = sequence_lib.temporal_attention(q, k, v, frame_valid=masks.frame_valid, window=self.window,
-                                                  group=group, causal=self.causal)
-        else:
-            out = temporal_attention(q, k, v, masks.frame_valid, self.window, group, self.causal)
+        # One implementation on one device and on a sequence mesh (frames split, one all-to-all each way).
+        out = sequence_lib.temporal_attention(q, k, v, frame_valid=masks.frame_valid, window=self.window,
+                                              group=group, causal=self.causal)
         if order is not None:
             out = out[:, :, np.argsort(order)]
         return out.reshape(*out.shape[:1], -1, *out.shape[3:])
