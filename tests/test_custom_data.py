@@ -24,7 +24,6 @@ import pytest
 
 from tests.runner import ROOT, env_for, read_metrics
 
-FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 PHOTOS = {"astronaut": "an astronaut in a white suit", "coffee": "a cup of coffee on a saucer",
           "chelsea": "a tabby cat", "rocket": "a rocket on its launch pad"}
 DIGIT_KEYS = ("prompt_accuracy", "eval/frechet_distance", "classifier", "scene_")  # the digit judges' metrics
@@ -62,7 +61,6 @@ def runs(folder, tmp_path_factory):
     """{'pretrain': workdir, 'vae': workdir}: the two tiny runs, started together."""
     root = str(tmp_path_factory.mktemp("runs"))
     env = env_for(1)
-    env["XLA_FLAGS"] = f"{env['XLA_FLAGS']} {FAST_XLA}"
     procs = {}
     for name, config in [("pretrain", "folder_pretrain.py"), ("vae", "folder_vae.py")]:
         workdir = os.path.join(root, name)

@@ -22,14 +22,12 @@ pytestmark = pytest.mark.slow  # end-to-end runs: tests/conftest.py starts this 
 
 PIPELINE = "experiments/quickstart/latent_pipeline.py:tiny"
 LATENT = "experiments/quickstart/latent_pretrain.py:tiny"
-FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("latent"))
     env = env_for(1)
-    env["XLA_FLAGS"] = f"{env['XLA_FLAGS']} {FAST_XLA}"
     proc = subprocess.run([sys.executable, "-m", "seedjax.pipeline", f"--pipeline={PIPELINE}", f"--workdir={workdir}"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
