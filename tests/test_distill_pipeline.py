@@ -5,7 +5,7 @@ teacher -> cfg -> tscd -> dmdo -> ode_pairs -> adp -> adm (+ dmd2) through
 result. The checkpoints are then read back to check what must hold across the chain: frozen
 teachers never change, every network is updated by its own optimizer, ODE pairs round-trip.
 One shared run (a module fixture) keeps this within a few CPU minutes: one double block, no
-single block, and XLA's cheaper CPU code generation (compilation dominates at this size).
+single block (and tests/runner.py's cheaper XLA code generation: compilation dominates at this size).
 """
 
 import functools
@@ -26,17 +26,10 @@ pytestmark = pytest.mark.slow(minutes=12)  # end-to-end runs: tests/conftest.py 
 PIPELINE = "experiments/quickstart/distill_pipeline.py:tiny"
 STAGES = ("teacher", "cfg", "tscd", "dmdo", "adp", "adm", "dmd2")
 SMALL = ("--config.model.depth_single=0", "--config.disc.levels=(0,)", "--config.sample_every=0")
-FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-
-
-def env():
-    e = env_for(1)
-    e["XLA_FLAGS"] = f"{e['XLA_FLAGS']} {FAST_XLA}"
-    return e
 
 
 def run(*args, timeout=1500):
-    proc = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env(), capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env_for(1), capture_output=True, text=True,
                           timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
@@ -148,7 +141,7 @@ def test_sample_tool_runs_a_stage_at_its_nfe(root, tmp_path):
     width, height = Image.open(out).size
     assert width == height >= 2 * 16  # 2 prompts x 2 seeds of 16x16 images
     bad = subprocess.run([sys.executable, "-m", "seedjax.tools.sample", f"--workdir={tmp_path}", "--prompt=x"],
-                         cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+                         cwd=ROOT, env=env_for(1), capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "no config.json" in bad.stderr
 
 
@@ -166,3 +159,24 @@ def test_report_evaluates_every_stage_on_the_same_prompts(root):
     from PIL import Image
 
     assert Image.open(os.path.join(root, "report", "grid.png")).size[1] >= 7 * 16  # one row per stage of 16x16 images
+
+
+@pytest.mark.parametrize("stage", ["dmdo", "adp"])
+def test_a_distilled_student_exports_to_stablehlo_that_samples_like_the_checkpoint(root, tmp_path, stage):
+    """`seedjax.export` of the 6- and 1-NFE students (guidance embedded, their own sampler): the
+    StableHLO program gives the images that `seedjax.tools.sample` computes from the checkpoint."""
+    from seedjax import export, inference
+    from seedjax.serving.run_exported import ExportedGenerator
+
+    out = str(tmp_path / stage)
+    assert export.main([f"--workdir={os.path.join(root, stage)}", f"--out={out}", "--formats=bundle,stablehlo",
+                        "--platforms=cpu"]) == 0
+    model = ExportedGenerator(out)
+    assert model.manifest["nfe"] == {"dmdo": 6, "adp": 1}[stage] and model.guidance_kind == "embedded"
+    got = model.sample(["a handwritten 7", "the number 3"], num=2, seed=3, size=(16, 16))
+    bundle = inference.load(os.path.join(root, stage))
+    fn, params = bundle.generate_fn()
+    batch = bundle.prompts(["a handwritten 7"] * 2 + ["the number 3"] * 2)
+    want = np.asarray(jax.jit(fn)(params, batch, jax.random.key(3)))[:, 0]
+    assert np.abs(want).max() > 0.1
+    np.testing.assert_allclose(got, want, atol=1e-5)
