@@ -1,16 +1,19 @@
 """Load test of `python -m seedjax.serve` on localhost: throughput, latency percentiles, batch sizes.
 
     python -m benchmarks.serve --model=exports/qs [--model=exports/qs_int8 ...] [--concurrency=1,4,16] \
-        [--requests=48] [--max_seconds=60] [--max_batch=16] [--max_wait_ms=10] [--no-append]
+        [--requests=160] [--max_seconds=60] [--max_batch=16] [--max_wait_ms=10] [--max_load=1.0] [--no-append]
 
 For each export directory a server is started on 127.0.0.1 (a free port), and for each
 concurrency C, C clients send requests back to back (closed loop: each sends its next request
 when the previous one is answered; prompts and seeds vary) until `--requests` are answered or
 `--max_seconds` pass, after one warm-up request per client. Reported per (model, C): requests
 and images per second, p50/p95/p99 latency, and the histogram of batch sizes the server formed
-(from its /metrics, before and after). Traffic goes only to the server this command started,
-on the loopback address; every loop is bounded in count and time. A table is printed and
-appended to BENCHMARKS.md (unless --no-append).
+(from its /metrics, before and after), and the throughput as a multiple of the first concurrency's.
+Traffic goes only to the server this command started, on the loopback address; every loop is
+bounded in count and time. The load generator shares the machine with the server (its CPU time
+counts against the server's). A table is printed with the load average before and after, and
+appended to BENCHMARKS.md unless --no-append, or unless the 1-minute load average at the start
+was above --max_load (a busy machine's throughputs are not the server's).
 """
 
 from __future__ import annotations
@@ -99,25 +102,29 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="benchmarks.serve", allow_abbrev=False)
     parser.add_argument("--model", action="append", required=True, help="export directory (repeat to compare)")
     parser.add_argument("--concurrency", default="1,4,16")
-    parser.add_argument("--requests", type=int, default=48)
+    parser.add_argument("--requests", type=int, default=160)
     parser.add_argument("--max_seconds", type=float, default=60.0)
     parser.add_argument("--max_batch", type=int, default=16)
     parser.add_argument("--max_wait_ms", type=float, default=10.0)
+    parser.add_argument("--max_load", type=float, default=1.0, help="refuse to append above this load average")
     parser.add_argument("--no-append", action="store_true")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
+    load_before = os.getloadavg()[0]
     rows = []
     for model in args.model:
         with open(os.path.join(model, "manifest.json")) as f:
             manifest = json.load(f)
         proc, url = start_server(model, args.max_batch, args.max_wait_ms, queue_limit=max(levels) * 2)
         try:
+            base = None
             for c in levels:
                 r = asyncio.run(load(url, c, args.requests, args.max_seconds))
+                base = base or r["rps"]
                 hist = " ".join(f"{s}:{n}" for s, n in sorted(r["batches"].items()))
                 rows.append(f"| {manifest['stage']} {manifest['nfe']} NFE {manifest['quantization']['method'][:4]} | "
-                            f"{c} | {r['requests']} | {r['rps']:.2f} | {r['p50']:.0f} | {r['p95']:.0f} | "
-                            f"{r['p99']:.0f} | {hist} |")
+                            f"{c} | {r['requests']} | {r['rps']:.2f} | {r['rps'] / base:.2f}x | {r['p50']:.0f} | "
+                            f"{r['p95']:.0f} | {r['p99']:.0f} | {hist} |")
                 print(rows[-1], flush=True)
         finally:
             proc.terminate()
@@ -125,12 +132,16 @@ def main() -> int:
     command = "python -m benchmarks.serve " + " ".join(sys.argv[1:])
     table = "\n".join([
         f"\n### Serving load test ({datetime.date.today()}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs)\n", f"`{command}` (max batch {args.max_batch}, max wait {args.max_wait_ms} ms; "
+        f"{os.cpu_count()} CPUs, load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after)\n",
+        f"`{command}` (max batch {args.max_batch}, max wait {args.max_wait_ms} ms; "
         "one image per request; closed loop)\n",
-        "| model | concurrency | requests | images/s | p50 ms | p95 ms | p99 ms | batch sizes (size:count) |",
-        "|---|---|---|---|---|---|---|---|", *rows, ""])
+        f"| model | concurrency | requests | images/s | vs concurrency {levels[0]} | p50 ms | p95 ms | p99 ms | batch sizes (size:count) |",
+        "|---|---|---|---|---|---|---|---|---|", *rows, ""])
     print(table)
-    if not args.no_append:
+    if not args.no_append and load_before > args.max_load:
+        print(f"not appended to BENCHMARKS.md: the load average was {load_before:.2f} at the start "
+              f"(above --max_load={args.max_load}); rerun on an idle machine", file=sys.stderr)
+    elif not args.no_append:
         with open(os.path.join(ROOT, "BENCHMARKS.md"), "a") as f:
             f.write(table)
     return 0

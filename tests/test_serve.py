@@ -104,6 +104,14 @@ def test_concurrent_requests_are_batched_and_each_seed_gives_the_same_images_alo
     assert 'seedjax_batches_total{images="4"}' in metrics or 'seedjax_batches_total{images="3"}' in metrics
 
 
+def test_a_batch_draws_each_requests_noise_from_its_own_seed(export_dir):
+    model = ExportedGenerator(export_dir)
+    for num in (1, 3):
+        drawn = model.noise_of_seeds(np.array([5, 0, 7, 2**31 - 1]), num, (16, 16))
+        for row, seed in zip(drawn, [5, 0, 7, 2**31 - 1]):
+            np.testing.assert_array_equal(row, model.noise(seed, num, (16, 16)))
+
+
 @pytest.mark.parametrize("body, status, message", [
     ({"content": b"{not json"}, 400, "not valid JSON"),
     ({"json": ["a list"]}, 400, "valid dictionary"),

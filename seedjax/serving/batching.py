@@ -99,7 +99,7 @@ class Batcher:
         (before the first request)."""
         for size in self.model.programs:
             for num in range(1, self.max_batch + 1):
-                self.model.noise(0, num, size)
+                self.model.noise_of_seeds(np.zeros(self.max_batch // num, np.int32), num, size)
             for b in self.buckets:
                 self.model.generate([""] * b, np.zeros((b, *self.model.sizes[size]["noise_shape"]), np.float32),
                                     np.full(b, self.model.default_guidance), size)
@@ -156,7 +156,7 @@ class Batcher:
     def _generate(self, batch: list[Job], images: int) -> list[list[str]]:
         size = batch[0].size
         captions = [job.prompt for job in batch for _ in range(job.num)]
-        noise = np.concatenate([self.model.noise(job.seed, job.num, size) for job in batch])
+        noise = self._noise(batch, size)
         guidance = np.concatenate([np.full(job.num, job.guidance, np.float32) for job in batch])
         padded = next(b for b in self.buckets if b >= images)
         pad = padded - images  # rows of repeated inputs whose outputs are dropped
@@ -168,3 +168,16 @@ class Batcher:
             out.append(encoded[start:start + job.num])
             start += job.num
         return out
+
+    def _noise(self, batch: list[Job], size: tuple[int, int]) -> np.ndarray:
+        """Each request's noise from its own seed, drawn per request size in one call over the
+        batch's seeds (padded to max_batch // num seeds: one compiled shape per num)."""
+        rows = [None] * len(batch)
+        for num in {job.num for job in batch}:
+            index = [i for i, job in enumerate(batch) if job.num == num]
+            seeds = np.zeros(self.max_batch // num, np.int32)
+            seeds[:len(index)] = [batch[i].seed for i in index]
+            drawn = self.model.noise_of_seeds(seeds, num, size)
+            for row, i in enumerate(index):
+                rows[i] = drawn[row]
+        return np.concatenate(rows)
