@@ -8,17 +8,11 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# XLA's cheaper CPU code generation (LLVM at -O0, no expensive passes): compilation dominates the
-# tiny runs of the tests, and the HLO (hence the results: the reference losses hold to the bit on
-# the recording machine) is the same. SEEDJAX_TEST_FULL_XLA=1 runs the subprocesses at the default.
-FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
 def env_for(devices: int = 1, **extra) -> dict:
     env = dict(os.environ)
     flags = " ".join(f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f)
-    if os.environ.get("SEEDJAX_TEST_FULL_XLA") != "1" and "xla_backend_optimization_level" not in flags:
-        flags = f"{flags} {FAST_XLA}"
     env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONUNBUFFERED"] = "1"
