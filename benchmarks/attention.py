@@ -30,9 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import protocol
 from seedjax.kernels.block_sparse_attention import block_sparse_attention
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BLOCK = 64
 
 
@@ -114,8 +114,7 @@ def format_row(r: dict) -> str:
 
 def machine() -> str:
     dev = jax.devices()[0]
-    load = ", load average %.1f" % os.getloadavg()[0] if hasattr(os, "getloadavg") else ""
-    return f"{dev.platform} ({dev.device_kind}), {os.cpu_count()} CPU cores{load}"
+    return f"{dev.platform} ({dev.device_kind})"
 
 
 def main():
@@ -134,32 +133,33 @@ def main():
     p.add_argument("--repeats", type=int, default=3 if on_cpu else 20)
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median round is reported")
     p.add_argument("--no-append", dest="append", action="store_false")
+    protocol.add_max_load(p)
     args = p.parse_args()
+    load_before = protocol.begin(args.max_load, not args.append)
 
     impl = args.impl if args.impl != "auto" else {"gpu": "triton", "tpu": "mosaic"}.get(jax.default_backend(), "xla")
-    print(f"machine: {machine()}; block-sparse impl: {impl}; dtype {args.dtype}; batch {args.batch}, "
-          f"{args.heads} heads")
+    print(f"machine: {machine()}, {os.cpu_count()} CPU cores; block-sparse impl: {impl}; dtype {args.dtype}; "
+          f"batch {args.batch}, {args.heads} heads")
     print(HEADER)
     print("|" + "---|" * 8)
     rows = run(args)
     if args.append:
         command = "python -m benchmarks.attention " + " ".join(
             f"--{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items()
-            if k != "append")
+            if k not in ("append", "max_load"))
         lines = [
             "", f"## Block-sparse attention (benchmarks/attention.py), {time.strftime('%Y-%m-%d')}", "",
             f"Command: `{command}`", "",
-            f"Machine: {machine()}. Block-sparse implementation: `{impl}`; {args.dtype}, batch {args.batch}, "
-            f"{args.heads} heads, 64 x 64 blocks, forward only, medians of {args.rounds} interleaved rounds of "
-            f"{args.repeats} runs.", "", HEADER, "|" + "---|" * 8,
+            f"Machine: {machine()}; {protocol.machine_header(load_before)}. Block-sparse implementation: "
+            f"`{impl}`; {args.dtype}, batch {args.batch}, {args.heads} heads, 64 x 64 blocks, forward only, "
+            f"medians of {args.rounds} interleaved rounds of {args.repeats} runs.", "", HEADER, "|" + "---|" * 8,
         ] + [format_row(r) for r in rows]
         if impl == "xla":
             lines += ["", "The `xla` path is the CPU fallback: it gathers the active key blocks, so its time follows "
                       "the density, but its INT8 is emulated in float (no INT8 speedup is expected there). The "
                       "Pallas kernels (`triton` on GPU, `mosaic` on TPU) are what the >= 2x-at-30% goal is about; "
                       "they need an accelerator and are not in this table."]
-        with open(os.path.join(ROOT, "BENCHMARKS.md"), "a") as f:
-            f.write("\n".join(lines) + "\n")
+        protocol.append("\n".join(lines) + "\n", load_before, args.max_load)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Data pipeline throughput per source with 0, 1 and 2 prefetch workers, next to what training eats.
 
-    python -m benchmarks.data [--batches=40] [--sources=digits,digit_scenes,folder,shards] [--no-append]
+    python -m benchmarks.data [--batches=40] [--sources=digits,digit_scenes,folder,shards] [--max_load=1.0]
+        [--no-append]
 
 For each source, the training iterator of the quickstart batch size (64) is built and warmed
 up (worker start-up excluded), then `--batches` batches are timed in windows of 5; the median
@@ -9,7 +10,8 @@ quickstart training itself (`python -m seedjax.main`, experiments/quickstart/pre
 a short while and reading `examples_per_sec` from its metrics, on the same machine. The folder
 source is a generated set of photos-like PNG/JPEG images of mixed sizes (3 buckets); the
 shards source is the same set written with `python -m data_pipelines.cli.prepare`.
-A table is printed and appended to BENCHMARKS.md.
+A table is printed and appended to BENCHMARKS.md (unless --no-append, or unless the 1-minute
+load average at the start was above --max_load).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import tempfile
 import time
 
 import numpy as np
+
+from benchmarks import protocol
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH = 64
@@ -101,7 +105,9 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", default="0,1,2")
     parser.add_argument("--quickstart_steps", type=int, default=60)
     parser.add_argument("--no-append", dest="append", action="store_false")
+    protocol.add_max_load(parser)
     args = parser.parse_args(argv)
+    load_before = protocol.begin(args.max_load, not args.append)
     from data_pipelines.cli import prepare
 
     consumption = quickstart_consumption(args.quickstart_steps)
@@ -119,22 +125,19 @@ def main(argv=None) -> int:
                 print(f"{source:14s} workers={workers}  {rate:9.0f} samples/s  {rate / consumption:6.1f}x quickstart",
                       flush=True)
 
-    load = os.getloadavg()[0]  # the machine may be shared: the ratio is side by side, absolute rates are not
-    machine = (f"{platform.machine()} {os.cpu_count()} cores (load average {load:.1f}), "
-               f"{platform.python_implementation()} {platform.python_version()}")
+    python = f"{platform.python_implementation()} {platform.python_version()}"
     lines = [
         "", "## Data pipeline throughput (benchmarks/data.py)", "",
-        f"`python -m benchmarks.data --batches={args.batches}` on {machine}; batch {BATCH}, 32x32, "
+        f"`python -m benchmarks.data --batches={args.batches}` on {python}; batch {BATCH}, 32x32, "
         f"median of {WINDOW}-batch windows after warm-up. Quickstart training consumes "
         f"{consumption:.0f} examples/s on this machine (median of its log steps, "
         f"`experiments/quickstart/pretrain.py`).", "",
+        f"Machine: {protocol.machine_header(load_before)}.", "",
         "| source | workers | samples/s | x quickstart consumption |", "|---|---:|---:|---:|",
     ]
     lines += [f"| {s} | {w} | {r:.0f} | {r / consumption:.1f} |" for s, w, r in rows]
     print("\n".join(lines))
-    if args.append:
-        with open(os.path.join(ROOT, "BENCHMARKS.md"), "a") as f:
-            f.write("\n".join(lines) + "\n")
+    protocol.append("\n".join(lines) + "\n", load_before, args.max_load, not args.append)
     return 0
 
 

@@ -1,13 +1,14 @@
 """Evaluation models: cold training cost, scoring throughput and the quality numbers they stand on.
 
-    python -m benchmarks.eval [--num=1000] [--repeats=3] [--no-append]
+    python -m benchmarks.eval [--num=1000] [--repeats=3] [--max_load=1.0] [--no-append]
 
 Trains the digit classifier and the stamp detector from scratch in a temporary `$SEEDJAX_CACHE`
 (wall time and process CPU time: on a shared machine the CPU time is the honest cost), then times
 the batched scoring paths (median of `--repeats` runs after a warm-up): classifier features for
 FD, stamp detection, scene scoring. Quality columns: held-out digit accuracy, stamp detector
 precision/recall on held-out scenes, scene scores on generator scenes (train and test glyphs).
-A table is printed and appended to BENCHMARKS.md.
+A table is printed and appended to BENCHMARKS.md (unless --no-append, or unless the 1-minute
+load average at the start was above --max_load).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmarks import protocol
 
 
 def timed(fn):
@@ -41,7 +42,9 @@ def main() -> None:
     parser.add_argument("--num", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-append", action="store_true")
+    protocol.add_max_load(parser)
     args = parser.parse_args()
+    load_before = protocol.begin(args.max_load, args.no_append)
     os.environ["SEEDJAX_CACHE"] = tempfile.mkdtemp(prefix="seedjax_bench_eval_")
 
     from data_pipelines.sources.scenes import SceneConfig, make_scene
@@ -69,12 +72,11 @@ def main() -> None:
             score_rate = median_rate(lambda: score_scenes(images, *labels, classifier=classifier), 300, args.repeats)
 
     meta = detector.metadata
-    load = os.getloadavg()[0]
     lines = [
         f"## Evaluation models (benchmarks/eval.py), {datetime.date.today()}", "",
         f"Command: `python -m benchmarks.eval --num={args.num} --repeats={args.repeats}`", "",
-        f"Machine: {os.cpu_count()} CPU cores, load average {load:.1f} (shared: wall times are inflated, "
-        "CPU times are not). Throughputs are medians of the repeats after a compile run.", "",
+        f"Machine: {protocol.machine_header(load_before)} (wall and process CPU times). Throughputs are medians "
+        "of the repeats after a compile run.", "",
         "| what | cold training wall (s) | training CPU (s) | scoring throughput | quality |",
         "|---|---:|---:|---:|---|",
         f"| digit classifier (32x32) | {clf_wall:.1f} | {clf_cpu:.1f} | {feats_rate:,.0f} images/s (features) | "
@@ -91,9 +93,7 @@ def main() -> None:
         "",
     ]
     print("\n".join(lines))
-    if not args.no_append:
-        with open(os.path.join(ROOT, "BENCHMARKS.md"), "a") as f:
-            f.write("\n" + "\n".join(lines))
+    protocol.append("\n" + "\n".join(lines), load_before, args.max_load, args.no_append)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Exported generators judged on held-out prompts: float vs int8 weights, artifact sizes, export cost.
 
     python -m benchmarks.export_quality --model=exports/qs --model=exports/qs_int8 [--num_prompts=300] \
-        [--seed=0] [--batch=50] [--no-append]
+        [--seed=0] [--batch=50] [--max_load=1.0] [--no-append]
 
 Each export directory is run through its StableHLO program (`seedjax.serving.run_exported`,
 the path a server takes) on the same held-out prompts of the exporting run's data
@@ -10,7 +10,8 @@ independent digit classifier (`seedjax.eval.samples.score_images`: prompt accura
 distance to the real held-out images). Reported per export: quantization, parameter file and
 DiT weight sizes, StableHLO size, export seconds, prompt accuracy, FD, and the largest pixel
 difference from the first export (the float reference when listed first). A table is printed
-and appended to BENCHMARKS.md (unless --no-append).
+and appended to BENCHMARKS.md (unless --no-append, or unless the 1-minute load average at the
+start was above --max_load).
 """
 
 from __future__ import annotations
@@ -23,12 +24,11 @@ import sys
 import numpy as np
 
 import data_pipelines
+from benchmarks import protocol
 from data_pipelines.core.tokenizer import detokenize
 from seedjax.config import config_from_json
 from seedjax.eval.samples import score_images
 from seedjax.serving.run_exported import ExportedGenerator
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def judge(model: ExportedGenerator, config, num_prompts: int, seed: int, batch: int) -> tuple[np.ndarray, dict]:
@@ -49,7 +49,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--no-append", action="store_true")
+    protocol.add_max_load(parser)
     args = parser.parse_args()
+    load_before = protocol.begin(args.max_load, args.no_append)
     rows, reference = [], None
     for directory in args.model:
         model = ExportedGenerator(directory)
@@ -69,13 +71,12 @@ def main() -> int:
     table = "\n".join([
         f"\n### Exports: size and quality ({datetime.date.today()})\n",
         f"`{command}` ({args.num_prompts} held-out prompts, seed {args.seed}, through the StableHLO programs)\n",
+        f"Machine: {protocol.machine_header(load_before)}.\n",
         "| export | model | weights | params MiB | DiT MiB (vs float) | StableHLO KiB | export s | prompt acc. | FD "
         "| max pixel diff vs first |",
         "|---|---|---|---|---|---|---|---|---|---|", *rows, ""])
     print(table)
-    if not args.no_append:
-        with open(os.path.join(ROOT, "BENCHMARKS.md"), "a") as f:
-            f.write(table)
+    protocol.append(table, load_before, args.max_load, args.no_append)
     return 0
 
 

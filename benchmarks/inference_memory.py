@@ -1,7 +1,7 @@
 """Host memory of loading a generator for sampling: the whole train state vs the inference bundle.
 
     python -m benchmarks.inference_memory [--config=experiments/quickstart/distill_adm.py] \
-        [--set model.depth_double=4 ...] [--repeats=3] [--no-append]
+        [--set model.depth_double=4 ...] [--repeats=3] [--max_load=1.0] [--no-append]
 
 Writes a checkpoint of a distillation stage's full train state (student, EMA, frozen teacher,
 fake score and discriminator with their optimizers; untrained weights: only the sizes matter)
@@ -15,7 +15,8 @@ interleaved `--repeats` times:
 
 Reported per arm: the median peak resident memory of the process (ru_maxrss; it includes the
 Python/JAX runtime, measured alone as a third arm) and the bytes of arrays read from the
-checkpoint. A table is printed and appended to BENCHMARKS.md.
+checkpoint. A table is printed and appended to BENCHMARKS.md (unless --no-append, or unless the
+1-minute load average at the start was above --max_load).
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
+
+from benchmarks import protocol
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -97,7 +99,9 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="config override KEY=VALUE (repeatable)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-append", action="store_true")
+    protocol.add_max_load(parser)
     args = parser.parse_args()
+    load_before = protocol.begin(args.max_load, args.no_append)
     overrides = dict(item.split("=", 1) for item in args.set)
     workdir = tempfile.mkdtemp(prefix="seedjax_bench_inference_")
     state_bytes = make_checkpoint(args.config, overrides, workdir)
@@ -108,20 +112,17 @@ def main() -> None:
     mib = 2**20
     rows = [(arm, statistics.median(s["rss"] for s in runs) / mib, statistics.median(s["read"] for s in runs) / mib)
             for arm, runs in samples.items()]
-    load = os.getloadavg()
     lines = [f"\n### Inference bundle: host memory of loading a generator ({datetime.date.today()})\n",
              f"`python -m benchmarks.inference_memory --config={args.config}"
-             + "".join(f" --set {k}={v}" for k, v in overrides.items()) + f" --repeats={args.repeats}` on "
-             f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average "
-             f"{load[0]:.1f}/{load[1]:.1f}; checkpoint of the full train state: {state_bytes / mib:.1f} MiB; "
+             + "".join(f" --set {k}={v}" for k, v in overrides.items()) + f" --repeats={args.repeats}`; "
+             f"checkpoint of the full train state: {state_bytes / mib:.1f} MiB; "
              f"medians of {args.repeats} interleaved fresh processes.\n",
+             f"Machine: {protocol.machine_header(load_before)}.\n",
              "| arm | peak RSS (MiB) | arrays read (MiB) |", "|---|---|---|"]
     lines += [f"| {arm} | {rss:.0f} | {read:.1f} |" for arm, rss, read in rows]
     text = "\n".join(lines) + "\n"
     print(text)
-    if not args.no_append:
-        with open(os.path.join(ROOT, "BENCHMARKS.md"), "a") as f:
-            f.write(text)
+    protocol.append(text, load_before, args.max_load, args.no_append)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """PAROAttention quality on a trained DiT: sparse vs dense attention and samples.
 
     python -m benchmarks.paro_quality --workdir=RUN [--block=16] [--densities=0.5,0.3,0.2]
-        [--calib_prompts=4] [--eval_prompts=32] [--num_steps=0] [--no-append]
+        [--calib_prompts=4] [--eval_prompts=32] [--num_steps=0] [--max_load=1.0] [--no-append]
 
 1. Calibrate once on `--calib_prompts` training-split captions (`calibrate_paro`); the
    statistics do not depend on the density, so every plan below comes from them.
@@ -14,24 +14,24 @@
    - end to end: the same prompts and noise sampled with the plan; PSNR of the images
      against the dense sampler's, and prompt accuracy of the independent digit classifier.
 INT8 runs use the XLA emulation of the kernel's quantization (identical INT8 products).
-A table is printed and appended to BENCHMARKS.md.
+A table is printed and appended to BENCHMARKS.md (unless --no-append, or unless the 1-minute
+load average at the start was above --max_load).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import protocol
 from seedjax.kernels import paro
 from seedjax.models.attention import register_backend
 from seedjax.tools import calibrate_paro as tool
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class FidelityMeter:
@@ -149,7 +149,9 @@ def main():
     p.add_argument("--quant_weight", type=float, default=0.25)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-append", dest="append", action="store_false")
+    protocol.add_max_load(p)
     args = p.parse_args()
+    load_before = protocol.begin(args.max_load, not args.append)
 
     rows, ctx = run(args)
     config, plan = ctx["config"], ctx["plan"]
@@ -161,10 +163,11 @@ def main():
     if args.append:
         command = "python -m benchmarks.paro_quality " + " ".join(
             f"--{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items()
-            if k != "append")
+            if k not in ("append", "max_load"))
         lines = [
             "", f"## PAROAttention quality (benchmarks/paro_quality.py), {time.strftime('%Y-%m-%d')}", "",
             f"Command: `{command}`", "",
+            f"Machine: {jax.devices()[0].platform}; {protocol.machine_header(load_before)}.", "",
             f"Model: `{args.workdir}` (MMDiT {config.model.depth_double}+{config.model.depth_single} blocks, "
             f"{config.model.num_heads} heads x {config.model.head_dim}), {grid[0]}x{grid[1]} image tokens + "
             f"{config.data.max_text_len} text tokens, blocks of {args.block} ({per_row} blocks per visual row), "
@@ -174,8 +177,7 @@ def main():
             f"Plan at density {args.densities[0]}: " + tool.summarize(plan).replace("\n", "; "), "",
             HEADER, "|" + "---|" * 8,
         ] + [format_row(r) for r in rows]
-        with open(os.path.join(ROOT, "BENCHMARKS.md"), "a") as f:
-            f.write("\n".join(lines) + "\n")
+        protocol.append("\n".join(lines) + "\n", load_before, args.max_load)
 
 
 if __name__ == "__main__":

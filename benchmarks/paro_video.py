@@ -2,7 +2,8 @@
 
     python -m benchmarks.paro_video [--grid=16,8,8] [--num_text=32] [--heads=8] [--head_dim=64]
         [--block=64] [--densities=0.5,0.3,0.2] [--calib_samples=2] [--eval_samples=2]
-        [--repeats=5] [--rounds=3] [--seed=0] [--no-append]
+        [--repeats=5] [--rounds=3] [--seed=0] [--impl=xla] [--dense=xla] [--dtype=float32]
+        [--max_load=1.0] [--no-append]
 
 Attention inputs with the structure of a trained video DiT's full-3D attention, without a
 trained model: every head's queries and keys are one shared vector per head plus
@@ -26,12 +27,16 @@ per-head mean plus a field smooth in (t, h, w) plus noise, as video features are
 3. Work and time: the share of dense block products the XLA fallback computes with the
    plan (`ParoPlan.computed_fraction`), next to what the former fallback computed (every
    query row padded to the widest row: with PARO's dense text rows, all of them), and the
-   forward time of `paro_attention(impl='xla')` (permutations included) against
-   `jax.nn.dot_product_attention`: every variant and dense once per round, rounds
+   forward time of `paro_attention(impl=--impl)` (permutations included; default the XLA
+   fallback, `triton` is the GPU kernel) against `jax.nn.dot_product_attention`
+   (`--dense=xla`, or `cudnn`: cuDNN's fused flash attention, which needs `--dtype=bfloat16`
+   or float16; q, k, v are cast to `--dtype` for the timings only, quality is always
+   computed in float32 on the XLA path): every variant and dense once per round, rounds
    interleaved, each entry the median of `--repeats` runs per round then the median over
    rounds; wall time and process CPU time (all threads). The load average is read before
    and after.
-A table is printed and appended to BENCHMARKS.md (unless --no-append).
+A table is printed and appended to BENCHMARKS.md (unless --no-append, or unless the 1-minute
+load average at the start was above --max_load).
 """
 
 from __future__ import annotations
@@ -46,11 +51,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import protocol
 from benchmarks.paro_quality import FidelityMeter, compare_attention, psnr
 from seedjax.kernels import paro
 from seedjax.models.rope import apply_rope, rope_frequencies
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AXES_SHARE = (0.25, 0.375, 0.375)  # of the head dim, for RoPE axes (t, h, w), as 16/24/24 of 64
 
 # Per head: locality strength along (t, h, w). 0 = indifferent along that axis, larger =
@@ -186,12 +191,13 @@ def run(args) -> tuple[list[dict], dict]:
                          orders=[plan.orders[i] for i in plan.order_ids[0, 0]], cos=cos, rel=rel, psnr=db))
 
     # Timing: every variant and dense once per round, rounds interleaved.
-    q, k, v = eval_samples[0]
-    dense_fn = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(q, k, v))
+    q, k, v = (x.astype(args.dtype) for x in eval_samples[0])
+    dense = None if args.dense == "xla" else args.dense  # None: jax's default, the XLA path
+    dense_fn = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation=dense))
     fns = {"dense": dense_fn}
     for variant, plan in plans.items():
         fns[variant] = jax.jit(lambda q, k, v, plan=plan: paro.paro_attention(q, k, v, plan, 0, jnp.zeros(1),
-                                                                              impl="xla"))
+                                                                              impl=args.impl))
     for fn in fns.values():
         jax.block_until_ready(fn(q, k, v))  # compile and warm up
     times = {name: [] for name in fns}
@@ -211,9 +217,14 @@ def run(args) -> tuple[list[dict], dict]:
     return rows, context
 
 
-HEADER = ("| visual density | overall density | reorder | orders chosen (per head) | xla computed fraction "
-          "| before the fix | attn cos sim | attn rel err | attn PSNR (dB) | xla time (ms) | dense (ms) | speedup "
-          "| CPU time xla / dense |")
+def header(impl: str = "xla") -> str:
+    """The table's header; the time columns name the timed implementation (`--impl`)."""
+    return ("| visual density | overall density | reorder | orders chosen (per head) | xla computed fraction "
+            f"| before the fix | attn cos sim | attn rel err | attn PSNR (dB) | {impl} time (ms) | dense (ms) | speedup "
+            f"| CPU time {impl} / dense |")
+
+
+HEADER = header()
 
 
 def format_row(r: dict) -> str:
@@ -239,17 +250,27 @@ def main():
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--impl", default="xla", choices=["auto", "triton", "mosaic", "xla"],
+                   help="block-sparse implementation of the timed PARO runs (quality always uses xla)")
+    p.add_argument("--dense", default="xla", choices=["xla", "cudnn"],
+                   help="dense baseline: jax.nn.dot_product_attention's implementation")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="q, k, v dtype of the timings (cudnn needs bfloat16 or float16)")
     p.add_argument("--no-append", dest="append", action="store_false")
+    protocol.add_max_load(p)
     args = p.parse_args()
     if len(args.grid) != 3 or min(args.grid) < 1:
         p.error(f"--grid must be three positive sizes (frames,height,width), got {args.grid}")
     if any(not 0 < d <= 1 for d in args.densities):
         p.error(f"--densities must lie in (0, 1], got {args.densities}")
+    if args.dense == "cudnn" and args.dtype == "float32":
+        p.error("--dense=cudnn needs --dtype=bfloat16 or float16 (cuDNN's flash attention has no float32)")
+    load_before = protocol.begin(args.max_load, not args.append)
 
     rows, ctx = run(args)
     layout = ctx["layout"]
     blocks = -(-layout.length // args.block)
-    print(HEADER)
+    print(header(args.impl))
     print("|" + "---|" * 13)
     for row in rows:
         print(format_row(row))
@@ -258,22 +279,24 @@ def main():
     if args.append:
         command = "python -m benchmarks.paro_video " + " ".join(
             f"--{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items()
-            if k != "append")
+            if k not in ("append", "max_load"))
+        precision = ("float32" if (args.impl, args.dense, args.dtype) == ("xla", "xla", "float32") else
+                     f"quality in float32, timings in {args.dtype} ({args.impl} PARO path, {args.dense} dense)")
         lines = [
             "", f"## PAROAttention on video attention (benchmarks/paro_video.py), {time.strftime('%Y-%m-%d')}", "",
             f"Command: `{command}`", "",
-            f"Machine: {jax.devices()[0].platform}, {os.cpu_count()} CPU cores, {load}. Attention: "
+            f"Machine: {jax.devices()[0].platform} ({jax.devices()[0].device_kind}); "
+            f"{protocol.machine_header(load_before)}; {load}. Attention: "
             f"{args.num_text} text tokens + a {'x'.join(map(str, layout.grid))} (frames x height x width) video = "
             f"{layout.length} tokens, {args.heads} heads x {args.head_dim}, {args.block}-token blocks ({blocks} x "
-            f"{blocks}, the text in block 0), batch 1, float32. Heads (q, k from 3D RoPE of positions + noise): "
+            f"{blocks}, the text in block 0), batch 1, {precision}. Heads (q, k from 3D RoPE of positions + noise): "
             f"{', '.join(ctx['head_kinds'])}. Calibration on {args.calib_samples} noise draws "
             f"({ctx['calib_seconds']:.1f} s), quality on {args.eval_samples} others. Times: forward, medians of "
             f"{args.rounds} interleaved rounds of {args.repeats} runs; 'before the fix' = the share of block "
             f"products of the former XLA fallback (every row padded to the widest, i.e. a dense text row).", "",
-            HEADER, "|" + "---|" * 13,
+            header(args.impl), "|" + "---|" * 13,
         ] + [format_row(r) for r in rows]
-        with open(os.path.join(ROOT, "BENCHMARKS.md"), "a") as f:
-            f.write("\n".join(lines) + "\n")
+        protocol.append("\n".join(lines) + "\n", load_before, args.max_load)
 
 
 if __name__ == "__main__":

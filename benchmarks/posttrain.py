@@ -1,12 +1,13 @@
 """Post-training measurements on a quickstart run: reward model, SFT, RLHF (with and without the regulariser).
 
     python -m benchmarks.posttrain --root=runs/quickstart [--noreg=runs/quickstart/rlhf_noreg]
-        [--num_prompts=300] [--no-append]
+        [--num_prompts=300] [--max_load=1.0] [--no-append]
 
 Every generator is judged the same way: `--num_prompts` held-out prompts (the data's test split),
 the sampler of its config (30 Euler steps, CFG 3), the independent digit classifier
 (prompt accuracy, Frechet distance in its feature space), the SFT target share, and the reward
-model's alignment P(yes). Printed and appended to BENCHMARKS.md:
+model's alignment P(yes). Printed and appended to BENCHMARKS.md (unless --no-append, or unless
+the 1-minute load average at the start was above --max_load):
 
 1. the reward model's held-out accuracy per head and kind (its workdir's last eval);
 2. its agreement with the digit classifier on generated images (pretrain generator): the
@@ -22,13 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 
 import jax
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmarks import protocol
 
 
 def read_config(workdir: str):
@@ -92,7 +92,9 @@ def main(argv=None) -> int:
     parser.add_argument("--noreg", default="", help="an RLHF workdir trained with rlhf.fm_weight=0")
     parser.add_argument("--num_prompts", type=int, default=300)
     parser.add_argument("--no-append", action="store_true")
+    protocol.add_max_load(parser)
     args = parser.parse_args(argv)
+    load_before = protocol.begin(args.max_load, args.no_append)
 
     import data_pipelines
     from seedjax import inference
@@ -159,12 +161,12 @@ def main(argv=None) -> int:
     text = "\n\n".join(f"**{title}**\n\n{body}" for title, body in sections)
     print(text)
     if not args.no_append:
-        machine = f"{platform.machine()} CPU ({os.cpu_count()} cores), jax {jax.__version__}"
-        with open(os.path.join(ROOT, "BENCHMARKS.md"), "a") as f:
-            f.write(f"\n### Post-training (SFT, reward model, RLHF) on the quickstart run, {time.strftime('%Y-%m-%d')}\n\n")
-            f.write(f"`python -m benchmarks.posttrain --root={root}"
-                    f"{' --noreg=' + args.noreg if args.noreg else ''} --num_prompts={args.num_prompts}` on {machine}.\n\n")
-            f.write(text + "\n")
+        machine = f"{jax.devices()[0].platform}, jax {jax.__version__}"
+        protocol.append(
+            f"\n### Post-training (SFT, reward model, RLHF) on the quickstart run, {time.strftime('%Y-%m-%d')}\n\n"
+            f"`python -m benchmarks.posttrain --root={root}"
+            f"{' --noreg=' + args.noreg if args.noreg else ''} --num_prompts={args.num_prompts}` on {machine}.\n\n"
+            f"Machine: {protocol.machine_header(load_before)}.\n\n" + text + "\n", load_before, args.max_load)
     return 0
 
 

@@ -1,6 +1,7 @@
 """MMDiT `model.scan_layers`: compile time and step time, scanned vs unrolled, by depth.
 
-    python -m benchmarks.scan_layers [--depths=2,8,24] [--repeats=3] [--steps=5] [--remat] [--no-append]
+    python -m benchmarks.scan_layers [--depths=2,8,24] [--repeats=3] [--steps=5] [--remat] [--max_load=1.0]
+        [--no-append]
 
 Depth d = d/2 double-stream + d/2 single-stream blocks. The step is one jitted train-like
 update: forward + backward of the MMDiT (velocity MSE against a random target) and an SGD
@@ -10,14 +11,14 @@ Compile time = trace + lower + XLA compile of a fresh jit (no compilation cache)
 median of `--steps` runs of the compiled step. Every (depth, layout) is measured once per
 round, rounds interleaved, medians over `--repeats` rounds; the 1-minute load average is read
 before each measurement and its range reported. A table is printed and appended to
-BENCHMARKS.md (unless --no-append).
+BENCHMARKS.md (unless --no-append, or unless the 1-minute load average at the start was above
+--max_load).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import subprocess
 import time
@@ -30,10 +31,10 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from benchmarks import protocol  # noqa: E402
 from seedjax.models import mmdit  # noqa: E402
 from seedjax.schema.models import mmdit_preset  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GRID, TEXT, BATCH = (4, 4), 8, 4
 
 
@@ -89,21 +90,9 @@ def measure(depth: int, scanned: bool, remat: bool, steps: int) -> dict:
     return dict(trace=t1 - t0, compile=t2 - t1, total=t2 - t0, step=statistics.median(times), load=load)
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine() -> str:
-    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip() or str(os.cpu_count())
     dev = jax.devices()[0]
-    return f"{dev.platform} ({dev.device_kind}), nproc {nproc}, {cpu_model()}, jax {jax.__version__}"
+    return f"{dev.platform} ({dev.device_kind}), jax {jax.__version__}"
 
 
 HEADER = ("| depth (double+single) | layout | trace+lower (s) | XLA compile (s) | compile total (s) | "
@@ -117,10 +106,12 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=5, help="timed steps per measurement (median)")
     p.add_argument("--remat", action="store_true", help="model.remat=true (policy nothing_saveable)")
     p.add_argument("--no-append", dest="append", action="store_false")
+    protocol.add_max_load(p)
     args = p.parse_args(argv)
+    load_before = protocol.begin(args.max_load, not args.append)
     depths = [int(d) for d in args.depths.split(",") if d]
     uptime_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    print(f"machine: {machine()}\nuptime: {uptime_before}", flush=True)
+    print(f"machine: {machine()}, {protocol.cpu_model()}, {os.cpu_count()} cores\nuptime: {uptime_before}", flush=True)
     results = {(d, s): [] for d in depths for s in (False, True)}
     for r in range(args.repeats):
         for d in depths:
@@ -150,7 +141,8 @@ def main(argv=None) -> int:
         lines = [
             "", f"## MMDiT scan over layers (benchmarks/scan_layers.py), {time.strftime('%Y-%m-%d')}", "",
             f"Command: `{command}`", "",
-            f"Machine: {machine()}. `uptime` before: `{uptime_before}`; after: `{uptime_after}`.", "",
+            f"Machine: {machine()}; {protocol.machine_header(load_before)}. `uptime` before: `{uptime_before}`; "
+            f"after: `{uptime_after}`.", "",
             f"Model: hidden 64 (2 heads x 32), MLP ratio 4, depth d = d/2 double + d/2 single blocks, "
             f"{'remat on' if args.remat else 'no remat'}, float32; step = forward + backward + SGD update on a batch "
             f"of {BATCH} x ({GRID[0] * GRID[1]} image + {TEXT} text tokens). Compile = trace + lower + XLA compile "
@@ -158,8 +150,7 @@ def main(argv=None) -> int:
             f"interleaved rounds (every depth and layout once per round); the load column is the 1-minute load "
             f"average read before each measurement (min-max over rounds).", "",
         ] + table
-        with open(os.path.join(ROOT, "BENCHMARKS.md"), "a") as f:
-            f.write("\n".join(lines) + "\n")
+        protocol.append("\n".join(lines) + "\n", load_before, args.max_load)
     return 0
 
 

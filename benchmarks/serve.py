@@ -33,6 +33,8 @@ import time
 import httpx
 import numpy as np
 
+from benchmarks import protocol
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPTS = ["a handwritten 7", "the number 3", "a 0", "the digit 5", "a handwritten 9"]
 
@@ -138,12 +140,7 @@ def main() -> int:
         f"| model | concurrency | requests | images/s | vs concurrency {levels[0]} | p50 ms | p95 ms | p99 ms | batch sizes (size:count) |",
         "|---|---|---|---|---|---|---|---|---|", *rows, ""])
     print(table)
-    if not args.no_append and load_before > args.max_load:
-        print(f"not appended to BENCHMARKS.md: the load average was {load_before:.2f} at the start "
-              f"(above --max_load={args.max_load}); rerun on an idle machine", file=sys.stderr)
-    elif not args.no_append:
-        with open(os.path.join(ROOT, "BENCHMARKS.md"), "a") as f:
-            f.write(table)
+    protocol.append(table, load_before, args.max_load, args.no_append)
     return 0
 
 

@@ -1,6 +1,7 @@
 """VAE reconstruction table: compression vs. quality vs. speed, trained briefly on CPU.
 
-    python -m benchmarks.vae [--settings=f8c16,f16c64,f32c128] [--steps=400] [--video_steps=150] [--no-append]
+    python -m benchmarks.vae [--settings=f8c16,f16c64,f32c128] [--steps=400] [--video_steps=150] [--max_load=1.0]
+        [--no-append]
 
 For each image setting a VAE of the same widths (base 16, multipliers 1, 2, 4, 4, 4, ...)
 is trained from scratch with the VAE stage's own `train_step` (L1 + KL; the perceptual and
@@ -20,14 +21,13 @@ mean) and decode at 256x256, batch 4, median of 5 timed runs after a warm-up.
 The video row trains the default causal video VAE compression (t4 s16 c48, narrower) the
 same way on moving-digit clips (9 frames, 32x32, training glyphs; hybrid discriminator off)
 and scores held-out clips built from held-out glyphs.
-A table is printed and appended to BENCHMARKS.md.
+A table is printed and appended to BENCHMARKS.md (unless --no-append, or unless the 1-minute
+load average at the start was above --max_load).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import time
@@ -37,7 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmarks import protocol
+
 SIZE = 64
 VIDEO_SIZE = 32
 TRAIN_PHOTOS = ("hubble_deep_field", "immunohistochemistry", "retina", "camera", "moon", "coins", "clock",
@@ -228,15 +229,16 @@ def main(argv=None) -> int:
     parser.add_argument("--video_steps", type=int, default=150)
     parser.add_argument("--video_batch", type=int, default=2)
     parser.add_argument("--no-append", dest="append", action="store_false")
+    protocol.add_max_load(parser)
     args = parser.parse_args(argv)
+    load_before = protocol.begin(args.max_load, not args.append)
 
     data = TrainImages()
     held_out = {"digits": digit_images("test"), "photos": held_out_photo_crops()}
     rows = [image_row(s, args.steps, args.batch, data, held_out) for s in args.settings.split(",") if s]
     video = video_row(args.video_steps, args.video_batch) if args.video_steps > 0 else None
 
-    load = os.getloadavg()[0]
-    machine = f"{platform.machine()} CPU, {os.cpu_count()} cores (load average {load:.1f}), jax {jax.__version__}"
+    machine = f"{jax.devices()[0].platform}, jax {jax.__version__}; {protocol.machine_header(load_before)}"
     command = (f"python -m benchmarks.vae --settings={args.settings} --steps={args.steps} --batch={args.batch} "
                f"--video_steps={args.video_steps} --video_batch={args.video_batch}")
     lines = [
@@ -274,9 +276,7 @@ def main(argv=None) -> int:
             f"(train {video['train_s']:.0f}s + {video['compile_s']:.0f}s compile).",
         ]
     print("\n".join(lines))
-    if args.append:
-        with open(os.path.join(ROOT, "BENCHMARKS.md"), "a") as f:
-            f.write("\n".join(lines) + "\n")
+    protocol.append("\n".join(lines) + "\n", load_before, args.max_load, not args.append)
     return 0
 
 

@@ -1,7 +1,7 @@
 """Video DiT attention modes side by side: decoupled (Seedance) vs full_3d, FLOPs and train-step time.
 
     python -m benchmarks.video_attention [--frames=8,16,32] [--sizes=16] [--batch=2] [--steps=3]
-        [--rounds=3] [--no-append]
+        [--rounds=3] [--max_load=1.0] [--no-append]
 
 The model is the video quickstart's (`experiments/seedance/t2v.py`: hidden 96 = 3 heads x 32,
 depth 3, 48 text tokens, 4x4 patches) in both attention modes, which share their weights; clips of
@@ -20,7 +20,8 @@ depth 3, 48 text tokens, 4x4 patches) in both attention modes, which share their
   median over rounds of the per-round median step, wall and process CPU time (all threads), and the
   full_3d / decoupled ratio of the medians with the range of the per-round ratios.
 The 1-minute load average is read before each measurement; `uptime` before and after. A table is
-printed and appended to BENCHMARKS.md (unless --no-append).
+printed and appended to BENCHMARKS.md (unless --no-append, or unless the 1-minute load average at
+the start was above --max_load).
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import statistics
 import subprocess
 import time
@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from benchmarks import protocol
 from seedjax.config import load_config
 from seedjax.models import video_dit
 from seedjax.train.flow_matching import flow_matching_step, init
@@ -149,15 +150,8 @@ class Variant:
 
 
 def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
-    except OSError:
-        pass
-    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip() or str(os.cpu_count())
     dev = jax.devices()[0]
-    return f"{dev.platform} ({dev.device_kind}), nproc {nproc}, {model}, jax {jax.__version__}"
+    return f"{dev.platform} ({dev.device_kind}), jax {jax.__version__}"
 
 
 HEADER = ("| frames x px | tokens (text + visual) | mode | DiT GFLOPs / example: model | XLA | attention "
@@ -192,13 +186,15 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=3, help="timed steps per measurement (median)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
     p.add_argument("--no-append", dest="append", action="store_false")
+    protocol.add_max_load(p)
     args = p.parse_args(argv)
     frames = [int(f) for f in args.frames.split(",") if f]
     sizes = [int(s) for s in args.sizes.split(",") if s]
     if min(frames + sizes + [args.batch, args.steps, args.rounds]) < 1 or any(s % 4 for s in sizes):
         p.error("frames, batch, steps, rounds must be positive; sizes multiples of the patch size 4")
+    load_before = protocol.begin(args.max_load, not args.append)
     uptime_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    print(f"machine: {machine()}\nuptime: {uptime_before}", flush=True)
+    print(f"machine: {machine()}, {protocol.cpu_model()}, {os.cpu_count()} cores\nuptime: {uptime_before}", flush=True)
 
     pairs = []
     for size in sizes:
@@ -228,7 +224,8 @@ def main(argv=None) -> int:
             "", f"## Video DiT: decoupled vs full_3d attention (benchmarks/video_attention.py), "
                 f"{time.strftime('%Y-%m-%d')}", "",
             f"Command: `{command}`", "",
-            f"Machine: {machine()}. `uptime` before: `{uptime_before}`; after: `{uptime_after}`.", "",
+            f"Machine: {machine()}; {protocol.machine_header(load_before)}. `uptime` before: `{uptime_before}`; "
+            f"after: `{uptime_after}`.", "",
             f"Model: the video quickstart's (`{CONFIG}`): hidden {cfg.model.num_heads * cfg.model.head_dim} "
             f"({cfg.model.num_heads} heads x {cfg.model.head_dim}), depth {cfg.model.depth}, "
             f"{cfg.data.max_text_len} text tokens, {cfg.input.patch_size}x{cfg.input.patch_size} patches, temporal "
@@ -248,8 +245,7 @@ def main(argv=None) -> int:
                 "training the video quickstart twice (`experiments/seedance/t2v.py` and `t2v.py:attention=full_3d`, "
                 "same steps) and is reported with the video quickstart's results in this file.",
         ]
-        with open(os.path.join(ROOT, "BENCHMARKS.md"), "a") as f:
-            f.write("\n".join(lines) + "\n")
+        protocol.append("\n".join(lines) + "\n", load_before, args.max_load)
     return 0
 
 
