@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import jax
 import numpy as np
@@ -180,3 +181,15 @@ def test_a_distilled_student_exports_to_stablehlo_that_samples_like_the_checkpoi
     want = np.asarray(jax.jit(fn)(params, batch, jax.random.key(3)))[:, 0]
     assert np.abs(want).max() > 0.1
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_ode_pair_prompts_wrap_around_the_split_as_often_as_needed():
+    # The full chain asks for 4096 pairs of a 1497-prompt split (it used to stop at two passes).
+    import data_pipelines
+    from seedjax.tools import ode_pairs
+
+    config = types.SimpleNamespace(data=data_pipelines.default_config())
+    config.data.update(source="digits", image_size=16)
+    rows = ode_pairs.prompts(config, "train", 4096, seed=0)
+    assert len(rows) == 4096 and rows[:10] == ode_pairs.prompts(config, "train", 10, seed=0)
+    assert len({r["caption"] for r in rows}) < 4096 and {r["label"] for r in rows} == set(range(10))

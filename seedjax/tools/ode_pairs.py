@@ -50,7 +50,8 @@ def prompts(config, split: str, num: int, seed: int) -> list[dict]:
     source = open_source(config.data.source, config.data.path, config.data, split=split, seed=seed)
     order = np.random.default_rng(seed).permutation(len(source))
     rows = []
-    for position in range(2 * len(order)):  # wrap around once if num exceeds the split
+    passes = -(-num // len(order)) + 1  # wrap around as often as num needs, with a pass to spare for bad samples
+    for position in range(passes * len(order)):
         try:
             raw = source.load(int(order[position % len(order)]), position)
         except BadSample:
