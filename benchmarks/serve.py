@@ -8,10 +8,11 @@ concurrency C, C clients send requests back to back (closed loop: each sends its
 when the previous one is answered; prompts and seeds vary) until `--requests` are answered or
 `--max_seconds` pass, after one warm-up request per client. Reported per (model, C): requests
 and images per second, p50/p95/p99 latency, and the histogram of batch sizes the server formed
-(from its /metrics, before and after), and the throughput as a multiple of the first concurrency's.
-Traffic goes only to the server this command started, on the loopback address; every loop is
-bounded in count and time. The load generator shares the machine with the server (its CPU time
-counts against the server's). A table is printed with the load average before and after, and
+(from its /metrics, before and after), the throughput as a multiple of the first concurrency's,
+and the CPU time per image of the server process and of the load generator (aiohttp clients in
+this process): on a small machine they share the cores, so the client's time is taken from the
+server's. Traffic goes only to the server this command started, on the loopback address; every
+loop is bounded in count and time. A table is printed with the load average before and after, and
 appended to BENCHMARKS.md unless --no-append, or unless the 1-minute load average at the start
 was above --max_load (a busy machine's throughputs are not the server's).
 """
@@ -30,6 +31,7 @@ import subprocess
 import sys
 import time
 
+import aiohttp
 import httpx
 import numpy as np
 
@@ -69,35 +71,55 @@ def batch_histogram(url: str) -> dict[int, int]:
     return {int(s): int(n) for s, n in re.findall(r'seedjax_batches_total\{images="(\d+)"\} (\d+)', text)}
 
 
-async def load(url: str, concurrency: int, requests: int, max_seconds: float) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc; 0 elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return 0.0
+
+
+async def load(url: str, server_pid: int, concurrency: int, requests: int, max_seconds: float) -> dict:
+    """C closed-loop clients on aiohttp (a lighter client than httpx: on a 2-core machine the load
+    generator's CPU time is taken from the server's)."""
     latencies, failures, started = [], 0, time.perf_counter()
     counter = iter(range(10**9))
 
-    async def client(worker: int, http: httpx.AsyncClient):
+    async def client(worker: int, http: aiohttp.ClientSession):
         nonlocal failures
-        await http.post(url + "/v1/images", json={"prompt": PROMPTS[0], "seed": worker})  # warm-up, not counted
+        async with http.post(url + "/v1/images", json={"prompt": PROMPTS[0], "seed": worker}) as response:
+            await response.read()  # warm-up, not counted
         while True:
             i = next(counter)
             if i >= requests or time.perf_counter() - started > max_seconds:
                 return
             t0 = time.perf_counter()
-            response = await http.post(url + "/v1/images", json={"prompt": PROMPTS[i % len(PROMPTS)], "seed": i})
-            if response.status_code == 200:
+            async with http.post(url + "/v1/images", json={"prompt": PROMPTS[i % len(PROMPTS)], "seed": i}) as response:
+                await response.read()
+                ok = response.status == 200
+            if ok:
                 latencies.append(time.perf_counter() - t0)
             else:
                 failures += 1
 
-    async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=concurrency + 4)) as http:
+    connector = aiohttp.TCPConnector(limit=concurrency + 4)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=300)) as http:
         before = batch_histogram(url)
+        server_cpu, client_cpu = cpu_seconds(server_pid), sum(os.times()[:2])
         started = time.perf_counter()
         await asyncio.gather(*(client(w, http) for w in range(concurrency)))
         wall = time.perf_counter() - started
+        server_cpu, client_cpu = cpu_seconds(server_pid) - server_cpu, sum(os.times()[:2]) - client_cpu
         after = batch_histogram(url)
     histogram = {s: after.get(s, 0) - before.get(s, 0) for s in after if after.get(s, 0) > before.get(s, 0)}
     ms = np.array(latencies) * 1e3
+    n = max(len(latencies), 1)
     return {"requests": len(latencies), "failures": failures, "wall_s": wall, "rps": len(latencies) / wall,
             "p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)),
-            "p99": float(np.percentile(ms, 99)), "batches": histogram}
+            "p99": float(np.percentile(ms, 99)), "batches": histogram,
+            "server_cpu_ms": server_cpu * 1e3 / n, "client_cpu_ms": client_cpu * 1e3 / n}
 
 
 def main() -> int:
@@ -121,12 +143,12 @@ def main() -> int:
         try:
             base = None
             for c in levels:
-                r = asyncio.run(load(url, c, args.requests, args.max_seconds))
+                r = asyncio.run(load(url, proc.pid, c, args.requests, args.max_seconds))
                 base = base or r["rps"]
                 hist = " ".join(f"{s}:{n}" for s, n in sorted(r["batches"].items()))
                 rows.append(f"| {manifest['stage']} {manifest['nfe']} NFE {manifest['quantization']['method'][:4]} | "
                             f"{c} | {r['requests']} | {r['rps']:.2f} | {r['rps'] / base:.2f}x | {r['p50']:.0f} | "
-                            f"{r['p95']:.0f} | {r['p99']:.0f} | {hist} |")
+                            f"{r['p95']:.0f} | {r['p99']:.0f} | {r['server_cpu_ms']:.1f} / {r['client_cpu_ms']:.1f} | {hist} |")
                 print(rows[-1], flush=True)
         finally:
             proc.terminate()
@@ -137,8 +159,8 @@ def main() -> int:
         f"{os.cpu_count()} CPUs, load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after)\n",
         f"`{command}` (max batch {args.max_batch}, max wait {args.max_wait_ms} ms; "
         "one image per request; closed loop)\n",
-        f"| model | concurrency | requests | images/s | vs concurrency {levels[0]} | p50 ms | p95 ms | p99 ms | batch sizes (size:count) |",
-        "|---|---|---|---|---|---|---|---|---|", *rows, ""])
+        f"| model | concurrency | requests | images/s | vs concurrency {levels[0]} | p50 ms | p95 ms | p99 ms | CPU ms per image (server / load generator) | batch sizes (size:count) |",
+        "|---|---|---|---|---|---|---|---|---|---|", *rows, ""])
     print(table)
     protocol.append(table, load_before, args.max_load, args.no_append)
     return 0
