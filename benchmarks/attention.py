@@ -2,10 +2,11 @@
 
     python -m benchmarks.attention [--seq_lens=4096,8192,16384,32768] [--head_dims=64,128]
         [--heads=8] [--batch=1] [--densities=0.5,0.3,0.2] [--int8_density=0.3]
-        [--impl=auto] [--dtype=bfloat16] [--repeats=5] [--no-append]
+        [--impl=auto] [--dtype=bfloat16] [--repeats=5] [--dense=best] [--max_load=1.0] [--no-append]
 
 For every (sequence length, head dim) the dense baseline is `jax.nn.dot_product_attention`
-(XLA; on GPU also cuDNN's fused kernel when available) and each sparse run is
+(XLA; on GPU also cuDNN's fused kernel, the faster of the two is the reference; `--dense=cudnn`
+or `xla` keeps one) and each sparse run is
 `block_sparse_attention` with random 64 x 64 block masks in which every (head, query
 block) row keeps the same number of key blocks (the diagonal one among them), as PARO
 plans do. Forward only, compile excluded; each time is the median of `--repeats` runs,
@@ -16,7 +17,8 @@ Columns: speedup = dense time / sparse time; 'per-block efficiency' = speedup x 
 block (1.0 = skipping blocks costs nothing; the ideal speedup at density d is 1/d).
 
 `--impl=auto` picks the Pallas kernel on GPU/TPU and the XLA gathered-block path on CPU.
-A table is printed and appended to BENCHMARKS.md (unless --no-append).
+A table is printed and appended to BENCHMARKS.md (unless --no-append, or unless the 1-minute
+load average at the start was above --max_load).
 """
 
 from __future__ import annotations
@@ -57,12 +59,13 @@ def median_time(fn, args, repeats: int) -> float:
     return statistics.median(times)
 
 
-def dense_candidates():
-    """Dense baselines: XLA everywhere, plus cuDNN's fused attention on NVIDIA GPUs."""
+def dense_candidates(which: str = "best"):
+    """Dense baselines: XLA everywhere, plus cuDNN's fused attention on NVIDIA GPUs ('best': all
+    of them, the fastest is the reference; 'xla' or 'cudnn': that one alone)."""
     out = {"xla": jax.jit(lambda q, k, v: jax.nn.dot_product_attention(q, k, v))}
     if jax.default_backend() == "gpu":
         out["cudnn"] = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="cudnn"))
-    return out
+    return out if which == "best" else {which: out[which]}
 
 
 def run(args) -> list[dict]:
@@ -78,7 +81,7 @@ def run(args) -> list[dict]:
             if args.int8_density > 0:
                 variants += [("int8 qk", args.int8_density, {"int8_qk": True}),
                              ("int8 qk+pv", args.int8_density, {"int8_qk": True, "int8_pv": True})]
-            dense_fns = dense_candidates()
+            dense_fns = dense_candidates(args.dense)
             timings = {name: [] for name in dense_fns}
             sparse_fns = []
             for label, dens, kw in variants:
@@ -132,9 +135,13 @@ def main():
     p.add_argument("--dtype", default="float32" if on_cpu else "bfloat16")
     p.add_argument("--repeats", type=int, default=3 if on_cpu else 20)
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median round is reported")
+    p.add_argument("--dense", default="best", choices=["best", "xla", "cudnn"],
+                   help="dense baseline: the fastest of XLA and (on GPU) cuDNN flash attention, or one of them")
     p.add_argument("--no-append", dest="append", action="store_false")
     protocol.add_max_load(p)
     args = p.parse_args()
+    if args.dense == "cudnn" and (jax.default_backend() != "gpu" or args.dtype not in ("bfloat16", "float16")):
+        p.error("--dense=cudnn needs an NVIDIA GPU and --dtype=bfloat16 or float16")
     load_before = protocol.begin(args.max_load, not args.append)
 
     impl = args.impl if args.impl != "auto" else {"gpu": "triton", "tpu": "mosaic"}.get(jax.default_backend(), "xla")
