@@ -311,7 +311,8 @@ def run_size(name: str, args, torch_dev: str | None, peaks, sheet: float) -> tup
         info.update(torch_flops=torch_flops, torch_params=th.params)
         print(f"{name}: FLOPs/step seedjax (analytic) {flops:.6e}, torch (FlopCounterMode, 3 x forward) "
               f"{torch_flops:.6e}; parameters seedjax {sj.params:,}, torch {th.params:,}", flush=True)
-        if not np.isclose(flops, torch_flops, rtol=1e-9, atol=0) or len({sj.params, th.params, torch_meta_params}) != 1:
+        same_params = len({sj.params, th.params, torch_meta_params}) == 1
+        if not np.isclose(flops, torch_flops, rtol=1e-9, atol=0) or not same_params:
             raise SystemExit(f"{name}: not equal work: FLOPs {flops:.6e} vs {torch_flops:.6e}, parameters "
                              f"{sj.params} vs {th.params}")
         # Three steps each (the first compiles): the loss decrease over the two updates must agree. The
