@@ -112,6 +112,34 @@ def test_a_batch_draws_each_requests_noise_from_its_own_seed(export_dir):
             np.testing.assert_array_equal(row, model.noise(seed, num, (16, 16)))
 
 
+def test_requests_already_queued_join_the_batch_without_waiting():
+    """max_wait 0: no waiting for company, but what queued up while the previous batch ran is one batch."""
+    from seedjax.serving.batching import Batcher, Job
+
+    class Model:  # the two calls a batch makes, recorded
+        programs, calls = {(16, 16): None}, []
+
+        def noise_of_seeds(self, seeds, num, size):
+            return np.zeros((len(seeds), num, 4, 4), np.float32)
+
+        def generate(self, captions, noise, guidance, size):
+            self.calls.append(len(captions))
+            return np.zeros((len(captions), 16, 16, 1), np.float32)
+
+    async def go():
+        batcher = Batcher(Model(), max_batch=8, max_wait_s=0.0, queue_limit=8)
+        loop = asyncio.get_running_loop()
+        jobs = [Job(f"a {i}", i, 1, (16, 16), 1.0, loop.create_future()) for i in range(3)]
+        for job in jobs:
+            batcher.submit(job)
+        worker = asyncio.create_task(batcher.run())
+        results = await asyncio.gather(*(job.future for job in jobs))
+        worker.cancel()
+        return [r.batch_size for r in results]
+
+    assert asyncio.run(go()) == [3, 3, 3] and Model.calls == [4]  # one batch, padded to the bucket of 4
+
+
 @pytest.mark.parametrize("body, status, message", [
     ({"content": b"{not json"}, 400, "not valid JSON"),
     ({"json": ["a list"]}, 400, "valid dictionary"),

@@ -1,8 +1,9 @@
 """Dynamic batching of image requests onto an exported generator.
 
-Requests wait in a queue; one worker takes the oldest, then keeps adding requests of the same
-size until the batch holds `max_batch` images or `max_wait_s` has passed since it started
-collecting, and runs the batch in one call of the StableHLO program. Batches are padded to the
+Requests wait in a queue; one worker takes the oldest, then adds the requests of the same size
+that are already queued, and waits for more until the batch holds `max_batch` images or
+`max_wait_s` has passed since it started collecting; then it runs the batch in one call of the
+StableHLO program. With `max_wait_s=0` batches are what queued up while the previous batch ran. Batches are padded to the
 next power of two (up to max_batch) so that a few compiled shapes serve every batch; all of
 them are compiled by `warmup` before the server accepts traffic.
 
@@ -124,11 +125,15 @@ class Batcher:
             while images < self.max_batch:
                 if self.carry:
                     job = self.carry.popleft()
-                else:
+                elif not self.queue.empty():  # already waiting: joins whatever the deadline
+                    job = self.queue.get_nowait()
+                elif loop.time() < deadline:
                     try:
-                        job = await asyncio.wait_for(self.queue.get(), max(deadline - loop.time(), 0))
+                        job = await asyncio.wait_for(self.queue.get(), deadline - loop.time())
                     except TimeoutError:
                         break
+                else:
+                    break
                 if job.size != first.size or images + job.num > self.max_batch:
                     self.carry.appendleft(job)
                     break
