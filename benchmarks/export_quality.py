@@ -4,9 +4,9 @@
         [--seed=0] [--batch=50] [--max_load=1.0] [--no-append]
 
 Each export directory is run through its StableHLO program (`seedjax.serving.run_exported`,
-the path a server takes) on the same held-out prompts of the exporting run's data
-(`data_pipelines.make_eval_batch` with the run's seed) and the same noise, and judged by the
-independent digit classifier (`seedjax.eval.samples.score_images`: prompt accuracy, Frechet
+the path a server takes) on the same held-out prompts of the exporting run's held-out data
+(`seedjax.eval.samples.eval_data`: `config.eval.data` when the run trains on ODE pairs or
+latents; the run's seed) and the same noise, and judged by the independent digit classifier (`seedjax.eval.samples.score_images`: prompt accuracy, Frechet
 distance to the real held-out images). Reported per export: quantization, parameter file and
 DiT weight sizes, StableHLO size, export seconds, prompt accuracy, FD, and the largest pixel
 difference from the first export (the float reference when listed first). A table is printed
@@ -27,19 +27,20 @@ import data_pipelines
 from benchmarks import protocol
 from data_pipelines.core.tokenizer import detokenize
 from seedjax.config import config_from_json
-from seedjax.eval.samples import score_images
+from seedjax.eval.samples import eval_data, score_images
 from seedjax.serving.run_exported import ExportedGenerator
 
 
 def judge(model: ExportedGenerator, config, num_prompts: int, seed: int, batch: int) -> tuple[np.ndarray, dict]:
-    held_out = data_pipelines.make_eval_batch(config.data, num=num_prompts, seed=config.seed)
+    data = eval_data(config)  # the held-out data, not the ODE pairs or latents a run may train on
+    held_out = data_pipelines.make_eval_batch(data, num=num_prompts, seed=config.seed)
     captions = detokenize(held_out["tokens"])
     size = model.default_size
     noise = model.noise(seed, len(captions), size)
     guidance = np.full(len(captions), model.default_guidance, np.float32)
     images = np.concatenate([model.generate(captions[i:i + batch], noise[i:i + batch], guidance[i:i + batch], size)
                              for i in range(0, len(captions), batch)])
-    return images, score_images(images, held_out, int(config.data.image_size))
+    return images, score_images(images, held_out, int(data.image_size))
 
 
 def main() -> int:
