@@ -6,8 +6,9 @@
 Each export directory is run through its StableHLO program (`seedjax.serving.run_exported`,
 the path a server takes) on the same held-out prompts of the exporting run's held-out data
 (`seedjax.eval.samples.eval_data`: `config.eval.data` when the run trains on ODE pairs or
-latents; the run's seed) and the same noise, and judged by the independent digit classifier (`seedjax.eval.samples.score_images`: prompt accuracy, Frechet
-distance to the real held-out images). Reported per export: quantization, parameter file and
+latents; the run's seed) and the same noise, and judged by the independent digit classifier
+(`seedjax.eval.samples.score_images`: prompt accuracy, Frechet distance to the real held-out
+images). Reported per export: quantization, parameter file and
 DiT weight sizes, StableHLO size, export seconds, prompt accuracy, FD, and the largest pixel
 difference from the first export (the float reference when listed first). A table is printed
 and appended to BENCHMARKS.md (unless --no-append, or unless the 1-minute load average at the
