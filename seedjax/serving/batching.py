@@ -3,9 +3,9 @@
 Requests wait in a queue; one worker takes the oldest, then adds the requests of the same size
 that are already queued, and waits for more until the batch holds `max_batch` images or
 `max_wait_s` has passed since it started collecting; then it runs the batch in one call of the
-StableHLO program. With `max_wait_s=0` batches are what queued up while the previous batch ran. Batches are padded to the
-next power of two (up to max_batch) so that a few compiled shapes serve every batch; all of
-them are compiled by `warmup` before the server accepts traffic.
+StableHLO program. With `max_wait_s=0` batches are what queued up while the previous batch ran.
+Batches are padded to the next power of two (up to max_batch) so that a few compiled shapes
+serve every batch; all of them are compiled by `warmup` before the server accepts traffic.
 
 Each request's starting noise comes from its own seed (`jax.random.normal(key(seed), (num, ...))`,
 what `seedjax.tools.sample --seed --num` draws), never from the batch, so the images a request
