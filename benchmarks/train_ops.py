@@ -1,0 +1,96 @@
+"""The train step's ops one at a time, JAX vs PyTorch, forward + backward, at the `large` size.
+
+    python -m benchmarks.train_ops [--repeats=5]
+
+A first look at where `benchmarks.train_step` loses, before a profile: attention (JAX's
+`dot_product_attention`, and einsum softmax in two head layouts, against torch's
+`scaled_dot_product_attention`), an MLP matmul ([B*L, 512] x [512, 2048] with tanh), and layer
+norm with adaLN modulation. Medians of `--repeats` calls after a warm-up, in one process, the
+two frameworks alternating op by op. Printed only (not appended): ratios on this machine, a lead,
+not a result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+B, L, H, D, W = 32, 288, 8, 64, 512  # the `large` preset of benchmarks/train_step.py: batch, tokens, heads
+
+
+def median_seconds(fn, args, repeats: int, block=jax.block_until_ready) -> float:
+    block(fn(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        block(fn(*args))
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def grads(loss, argnums):
+    return jax.jit(jax.grad(loss, argnums))
+
+
+def torch_grads(loss):
+    def run(*xs):
+        xs = [x.detach().requires_grad_() for x in xs]
+        loss(*xs).backward()
+    return run
+
+
+def layer_norm_modulated(h, s):
+    mean = h.mean(-1, keepdims=True)
+    var = ((h - mean) ** 2).mean(-1, keepdims=True)
+    return (h - mean) * jax.lax.rsqrt(var + 1e-6) * (1 + s) + s
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="benchmarks.train_ops", allow_abbrev=False)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((B, L, H, D), np.float32)
+    heads_first = np.ascontiguousarray(q.transpose(0, 2, 1, 3))
+    x = rng.standard_normal((B * L, W), np.float32)
+    w = rng.standard_normal((W, 4 * W), np.float32) * 0.02
+    h = rng.standard_normal((B, L, W), np.float32)
+    s = rng.standard_normal((B, 1, W), np.float32)
+    scale = 1 / np.sqrt(D)
+    no_block = lambda out: out
+    cases = [
+        ("attention, jax.nn.dot_product_attention [B,L,H,D]",
+         grads(lambda q, k, v: jax.nn.dot_product_attention(q, k, v).sum(), (0, 1, 2)), (q, q, q),
+         torch_grads(lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(q, k, v).sum()),
+         [torch.tensor(heads_first)] * 3),
+        ("attention, einsum softmax [B,L,H,D]",
+         grads(lambda q, k, v: jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(
+             jnp.einsum("bqhd,bkhd->bhqk", q, k) * scale, -1), v).sum(), (0, 1, 2)), (q, q, q), None, None),
+        ("attention, einsum softmax [B,H,L,D]",
+         grads(lambda q, k, v: jnp.einsum("bhqk,bhkd->bhqd", jax.nn.softmax(
+             jnp.einsum("bhqd,bhkd->bhqk", q, k) * scale, -1), v).sum(), (0, 1, 2)), (heads_first,) * 3, None, None),
+        ("MLP matmul + tanh [B*L, 512] x [512, 2048]", grads(lambda x, w: jnp.tanh(x @ w).sum(), (0, 1)), (x, w),
+         torch_grads(lambda x, w: torch.tanh(x @ w).sum()), [torch.tensor(x), torch.tensor(w)]),
+        ("layer norm + modulation [B, L, 512]", grads(lambda h, s: (layer_norm_modulated(h, s) ** 2).sum(), (0, 1)),
+         (h, s), torch_grads(lambda h, s: (torch.nn.functional.layer_norm(h, (W,), eps=1e-6) * (1 + s) + s)
+                              .pow(2).sum()), [torch.tensor(h), torch.tensor(s)]),
+    ]
+    print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads); load average {os.getloadavg()[0]:.2f}; forward + backward, seconds")
+    print("| op | jax s | torch s | torch time / jax time |\n|---|---|---|---|")
+    for name, jax_fn, jax_args, torch_fn, torch_args in cases:
+        jax_s = median_seconds(jax_fn, jax_args, args.repeats)
+        torch_s = median_seconds(torch_fn, torch_args, args.repeats, no_block) if torch_fn else None
+        ratio = f"{torch_s / jax_s:.2f}x" if torch_s else "-"
+        print(f"| {name} | {jax_s:.4f} | {torch_s:.4f} | {ratio} |" if torch_s else f"| {name} | {jax_s:.4f} | - | - |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
