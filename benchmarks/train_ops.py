@@ -1,25 +1,26 @@
 """The train step's ops one at a time, JAX vs PyTorch, forward + backward, at the `large` size.
 
-    python -m benchmarks.train_ops [--repeats=5]
+    python -m benchmarks.train_ops [--repeats=5] [--max_load=1.0] [--no-append]
 
 A first look at where `benchmarks.train_step` loses, before a profile: attention (JAX's
 `dot_product_attention`, and einsum softmax in two head layouts, against torch's
 `scaled_dot_product_attention`), an MLP matmul ([B*L, 512] x [512, 2048] with tanh), and layer
-norm with adaLN modulation. Medians of `--repeats` calls after a warm-up, in one process, the
-two frameworks alternating op by op. Printed only (not appended): ratios on this machine, a lead,
-not a result.
+norm with adaLN modulation. Medians of `--repeats` calls after a warm-up, in one process, op by
+op (JAX then PyTorch). A table is printed and appended to BENCHMARKS.md (benchmarks/protocol.py:
+not when the machine was busy, or with --no-append): ratios on this machine, a lead, not a profile.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
+
+from benchmarks import protocol
 
 B, L, H, D, W = 32, 288, 8, 64, 512  # the `large` preset of benchmarks/train_step.py: batch, tokens, heads
 
@@ -54,7 +55,10 @@ def layer_norm_modulated(h, s):
 def main() -> int:
     parser = argparse.ArgumentParser(prog="benchmarks.train_ops", allow_abbrev=False)
     parser.add_argument("--repeats", type=int, default=5)
+    protocol.add_max_load(parser)
+    parser.add_argument("--no-append", action="store_true")
     args = parser.parse_args()
+    load_before = protocol.begin(args.max_load, args.no_append)
     rng = np.random.default_rng(0)
     q = rng.standard_normal((B, L, H, D), np.float32)
     heads_first = np.ascontiguousarray(q.transpose(0, 2, 1, 3))
@@ -81,14 +85,20 @@ def main() -> int:
          (h, s), torch_grads(lambda h, s: (torch.nn.functional.layer_norm(h, (W,), eps=1e-6) * (1 + s) + s)
                               .pow(2).sum()), [torch.tensor(h), torch.tensor(s)]),
     ]
-    print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads); load average {os.getloadavg()[0]:.2f}; forward + backward, seconds")
-    print("| op | jax s | torch s | torch time / jax time |\n|---|---|---|---|")
+    rows = ["| op | jax s | torch s | torch time / jax time |", "|---|---|---|---|"]
     for name, jax_fn, jax_args, torch_fn, torch_args in cases:
         jax_s = median_seconds(jax_fn, jax_args, args.repeats)
-        torch_s = median_seconds(torch_fn, torch_args, args.repeats, no_block) if torch_fn else None
-        ratio = f"{torch_s / jax_s:.2f}x" if torch_s else "-"
-        print(f"| {name} | {jax_s:.4f} | {torch_s:.4f} | {ratio} |" if torch_s else f"| {name} | {jax_s:.4f} | - | - |")
+        if torch_fn is None:
+            rows.append(f"| {name} | {jax_s:.4f} | - | - |")
+            continue
+        torch_s = median_seconds(torch_fn, torch_args, args.repeats, no_block)
+        rows.append(f"| {name} | {jax_s:.4f} | {torch_s:.4f} | {torch_s / jax_s:.2f}x |")
+        print(rows[-1], flush=True)
+    table = "\n".join([f"\n### Train-step ops, forward + backward (benchmarks/train_ops.py)\n",
+                       f"Machine: {protocol.machine_header(load_before)}; jax {jax.__version__}, torch "
+                       f"{torch.__version__}; medians of {args.repeats} calls, seconds.\n", *rows, ""])
+    print(table)
+    protocol.append(table, load_before, args.max_load, args.no_append)
     return 0
 
 
