@@ -12,7 +12,9 @@
      with the plan from the same q, k, v; reported are the mean cosine similarity and the
      relative L2 error (||sparse - dense|| / ||dense||) over layers, steps and samples;
    - end to end: the same prompts and noise sampled with the plan; PSNR of the images
-     against the dense sampler's, and prompt accuracy of the independent digit classifier.
+     against the dense sampler's, and prompt accuracy of the independent digit classifier,
+     each with its standard error over the prompts; and, per density, reorder minus no
+     reorder paired over the same prompts (mean +- standard error of the differences).
 INT8 runs use the XLA emulation of the kernel's quantization (identical INT8 products).
 A table is printed and appended to BENCHMARKS.md (unless --no-append, or unless the 1-minute
 load average at the start was above --max_load).
@@ -65,19 +67,36 @@ def compare_attention(q, k, v, *, key_mask=None, layer_index=None, layout=None, 
     return dense
 
 
-def prompt_accuracy(images: np.ndarray, batch: dict, image_size: int) -> float:
-    """Fraction of images the independent digit classifier reads as the prompted digit."""
+def correct(images: np.ndarray, batch: dict, image_size: int) -> np.ndarray:
+    """Per image: does the independent digit classifier read the prompted digit (float 0/1; nan without labels)."""
     from seedjax.eval.judges.classifier import get_classifier
 
     if "label" not in batch:
-        return float("nan")
-    return float(np.mean(get_classifier(image_size).predict(images) == np.asarray(batch["label"])))
+        return np.full(len(images), np.nan)
+    return (get_classifier(image_size).predict(images) == np.asarray(batch["label"])).astype(np.float64)
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR of images in [-1, 1] (peak-to-peak 2), averaged over images."""
+def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-image PSNR of images in [-1, 1] (peak-to-peak 2)."""
     mse = np.mean((a - b) ** 2, axis=(1, 2, 3))
-    return float(np.mean(10 * np.log10(4.0 / np.maximum(mse, 1e-12))))
+    return 10 * np.log10(4.0 / np.maximum(mse, 1e-12))
+
+
+def mean_se(x: np.ndarray) -> tuple[float, float]:
+    """Mean and its standard error over prompts."""
+    return float(np.mean(x)), float(np.std(x, ddof=1) / np.sqrt(len(x)))
+
+
+def paired(rows: list[dict]) -> list[str]:
+    """Reorder minus no reorder at each density, paired over the same prompts: mean +- standard error."""
+    out = []
+    for r in rows:
+        other = next((o for o in rows if o["density"] == r["density"] and not o["reorder"] and not o["int8"]), None)
+        if r["reorder"] and not r["int8"] and other is not None:
+            dp, sp = mean_se(r["psnr_each"] - other["psnr_each"])
+            da, sa = mean_se(r["correct_each"] - other["correct_each"])
+            out.append(f"| {r['density']:.2f} | {dp:+.2f} +- {sp:.2f} | {da:+.3f} +- {sa:.3f} |")
+    return out
 
 
 def run(args) -> tuple[list[dict], dict]:
@@ -105,7 +124,7 @@ def run(args) -> tuple[list[dict], dict]:
         return np.asarray(jax.block_until_ready(fn(state, prompts, sample_rng)))
 
     dense_images = sampler("dense", None)
-    dense_accuracy = prompt_accuracy(dense_images, eval_batch, config.data.image_size)
+    dense_accuracy = mean_se(correct(dense_images, eval_batch, config.data.image_size))
     rows = []
     variants = [(d, reorder, False) for d in args.densities for reorder in (True, False)]
     variants += [(args.densities[0], True, True)]
@@ -118,23 +137,25 @@ def run(args) -> tuple[list[dict], dict]:
         cos, rel = meter.result()
         images = sampler("paro", lambda t, plan=plan, int8=int8: dict(plan=plan, timestep=t, impl="xla",
                                                                       int8_qk=int8, int8_pv=int8))
+        psnr_each, correct_each = psnr(images, dense_images), correct(images, eval_batch, config.data.image_size)
         rows.append(dict(density=density, overall=plan.density(visual_only=False), reorder=reorder, int8=int8,
-                         cos=cos, rel=rel, psnr=psnr(images, dense_images),
-                         accuracy=prompt_accuracy(images, eval_batch, config.data.image_size)))
+                         cos=cos, rel=rel, psnr=mean_se(psnr_each), accuracy=mean_se(correct_each),
+                         psnr_each=psnr_each, correct_each=correct_each))
         print(format_row(rows[-1]), flush=True)
     context = dict(config=config, dense_accuracy=dense_accuracy,
                    calib_seconds=calib_seconds, plan=calib.plan(args.densities[0]))
     return rows, context
 
 
-HEADER = ("| visual density | overall density | reorder | INT8 | attn cos sim | attn rel err | PSNR vs dense (dB) "
-          "| prompt acc |")
+HEADER = ("| visual density | overall density | reorder | INT8 | attn cos sim | attn rel err "
+          "| PSNR vs dense (dB, +- s.e.) | prompt acc (+- s.e.) |")
+PAIRED_HEADER = "| visual density | PSNR, reorder - no reorder (dB) | prompt acc, reorder - no reorder |"
 
 
 def format_row(r: dict) -> str:
     return (f"| {r['density']:.2f} | {r['overall']:.2f} | {'yes' if r['reorder'] else 'no'} | "
-            f"{'Q.K+P.V' if r['int8'] else '-'} | {r['cos']:.4f} | {r['rel']:.4f} | {r['psnr']:.2f} | "
-            f"{r['accuracy']:.3f} |")
+            f"{'Q.K+P.V' if r['int8'] else '-'} | {r['cos']:.4f} | {r['rel']:.4f} | "
+            f"{r['psnr'][0]:.2f} +- {r['psnr'][1]:.2f} | {r['accuracy'][0]:.3f} +- {r['accuracy'][1]:.3f} |")
 
 
 def main():
@@ -158,8 +179,10 @@ def main():
     grid = tool.token_grid(config)
     per_row = -(-(grid[0] * grid[1]) // args.block)
     steps = args.num_steps or config.sampling.num_steps
-    print(f"dense sampler prompt accuracy {ctx['dense_accuracy']:.3f}; calibration {ctx['calib_seconds']:.0f} s")
+    dense = "{:.3f} +- {:.3f}".format(*ctx["dense_accuracy"])
+    print(f"dense sampler prompt accuracy {dense}; calibration {ctx['calib_seconds']:.0f} s")
     print(tool.summarize(plan))
+    print("\n".join([PAIRED_HEADER, "|---|---|---|", *paired(rows)]))
     if args.append:
         command = "python -m benchmarks.paro_quality " + " ".join(
             f"--{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items()
@@ -173,10 +196,12 @@ def main():
             f"{config.data.max_text_len} text tokens, blocks of {args.block} ({per_row} blocks per visual row), "
             f"{steps} sampling steps, CFG {config.sampling.guidance_scale}. Calibration: {args.calib_prompts} "
             f"training prompts, {ctx['calib_seconds']:.0f} s on CPU; evaluation: {args.eval_prompts} held-out "
-            f"prompts. Dense sampler prompt accuracy: {ctx['dense_accuracy']:.3f}.", "",
+            f"prompts. Dense sampler prompt accuracy: {dense}. Standard errors over the prompts.", "",
             f"Plan at density {args.densities[0]}: " + tool.summarize(plan).replace("\n", "; "), "",
             HEADER, "|" + "---|" * 8,
-        ] + [format_row(r) for r in rows]
+        ] + [format_row(r) for r in rows] + [
+            "", "Paired over the same prompts and noise (mean +- standard error of the per-prompt differences):", "",
+            PAIRED_HEADER, "|---|---|---|", *paired(rows)]
         protocol.append("\n".join(lines) + "\n", load_before, args.max_load)
 
 
