@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import json
 import os
-import platform
 import re
 import socket
 import subprocess
@@ -130,11 +128,11 @@ def main() -> int:
     parser.add_argument("--max_seconds", type=float, default=60.0)
     parser.add_argument("--max_batch", type=int, default=16)
     parser.add_argument("--max_wait_ms", type=float, default=10.0)
-    parser.add_argument("--max_load", type=float, default=1.0, help="refuse to append above this load average")
+    protocol.add_max_load(parser)
     parser.add_argument("--no-append", action="store_true")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
-    load_before = os.getloadavg()[0]
+    load_before = protocol.begin(args.max_load, args.no_append)
     rows = []
     for model in args.model:
         with open(os.path.join(model, "manifest.json")) as f:
@@ -155,8 +153,7 @@ def main() -> int:
             proc.wait(timeout=60)
     command = "python -m benchmarks.serve " + " ".join(sys.argv[1:])
     table = "\n".join([
-        f"\n### Serving load test ({datetime.date.today()}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs, load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after)\n",
+        f"\n### Serving load test ({protocol.machine_header(load_before)})\n",
         f"`{command}` (max batch {args.max_batch}, max wait {args.max_wait_ms} ms; "
         "one image per request; closed loop)\n",
         f"| model | concurrency | requests | images/s | vs concurrency {levels[0]} | p50 ms | p95 ms | p99 ms | CPU ms per image (server / load generator) | batch sizes (size:count) |",

@@ -5,8 +5,8 @@
 A first look at where `benchmarks.train_step` loses, before a profile: attention (JAX's
 `dot_product_attention`, and einsum softmax in two head layouts, against torch's
 `scaled_dot_product_attention`), an MLP matmul ([B*L, 512] x [512, 2048] with tanh), and layer
-norm with adaLN modulation. Medians of `--repeats` calls after a warm-up, in one process, op by
-op (JAX then PyTorch). A table is printed and appended to BENCHMARKS.md (benchmarks/protocol.py:
+norm with adaLN modulation. Medians of `--repeats` calls after a warm-up, in one process, the
+two frameworks alternating call by call (`benchmarks.protocol.interleave`). A table is printed and appended to BENCHMARKS.md (benchmarks/protocol.py:
 not when the machine was busy, or with --no-append): ratios on this machine, a lead, not a profile.
 """
 
@@ -25,14 +25,9 @@ from benchmarks import protocol
 B, L, H, D, W = 32, 288, 8, 64, 512  # the `large` preset of benchmarks/train_step.py: batch, tokens, heads
 
 
-def median_seconds(fn, args, repeats: int, block=jax.block_until_ready) -> float:
-    block(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        block(fn(*args))
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+def blocking(fn, args):
+    """A call of fn(*args) that returns once the result is computed (JAX dispatches asynchronously)."""
+    return lambda: jax.block_until_ready(fn(*args))
 
 
 def grads(loss, argnums):
@@ -67,7 +62,6 @@ def main() -> int:
     h = rng.standard_normal((B, L, W), np.float32)
     s = rng.standard_normal((B, 1, W), np.float32)
     scale = 1 / np.sqrt(D)
-    no_block = lambda out: out
     cases = [
         ("attention, jax.nn.dot_product_attention [B,L,H,D]",
          grads(lambda q, k, v: jax.nn.dot_product_attention(q, k, v).sum(), (0, 1, 2)), (q, q, q),
@@ -87,12 +81,16 @@ def main() -> int:
     ]
     rows = ["| op | jax s | torch s | torch time / jax time |", "|---|---|---|---|"]
     for name, jax_fn, jax_args, torch_fn, torch_args in cases:
-        jax_s = median_seconds(jax_fn, jax_args, args.repeats)
-        if torch_fn is None:
+        arms = {"jax": blocking(jax_fn, jax_args)}
+        if torch_fn is not None:
+            arms["torch"] = lambda fn=torch_fn, xs=torch_args: fn(*xs)  # eager: done on return
+        times = protocol.interleave(arms, rounds=args.repeats)
+        jax_s = times["jax"]["median"]
+        if "torch" in times:
+            torch_s = times["torch"]["median"]
+            rows.append(f"| {name} | {jax_s:.4f} | {torch_s:.4f} | {torch_s / jax_s:.2f}x |")
+        else:
             rows.append(f"| {name} | {jax_s:.4f} | - | - |")
-            continue
-        torch_s = median_seconds(torch_fn, torch_args, args.repeats, no_block)
-        rows.append(f"| {name} | {jax_s:.4f} | {torch_s:.4f} | {torch_s / jax_s:.2f}x |")
         print(rows[-1], flush=True)
     table = "\n".join([f"\n### Train-step ops, forward + backward (benchmarks/train_ops.py)\n",
                        f"Machine: {protocol.machine_header(load_before)}; jax {jax.__version__}, torch "
