@@ -26,6 +26,12 @@ os.environ.setdefault("SEEDJAX_CACHE", os.path.join(os.path.dirname(__file__), "
 
 import pytest  # noqa: E402  (after the environment above)
 
+# absl's log handler keeps the sys.stderr of the moment absl.logging is first imported. Imported
+# inside a test that uses capsys, that is the test's capture, closed when the test ends, and every
+# later warning of orbax/jax fails with "--- Logging error ---" into whichever test is running
+# (a CI failure of test_export's one-line check). Imported here, it is pytest's session capture.
+import absl.logging  # noqa: E402,F401
+
 
 @pytest.fixture(scope="session")
 def straight(tmp_path_factory):

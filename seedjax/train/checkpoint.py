@@ -218,7 +218,9 @@ def load_state_tree(path: str) -> dict:
 
 def saved_tree(path: str):
     """The saved state's tree of array metadata (shapes and dtypes; no array is read)."""
-    return ocp.StandardCheckpointer().metadata(state_dir(path)).item_metadata
+    # The handler, not StandardCheckpointer: the latter also looks for a step-level
+    # _CHECKPOINT_METADATA inside state/ (the manager writes it one level up) and logs a warning.
+    return ocp.StandardCheckpointHandler().metadata(epath.Path(state_dir(path)))
 
 
 def restore_part(path: str, target: dict) -> dict:
