@@ -1,24 +1,29 @@
 """Export any stage's trained generator for serving: params-only bundle, diffusers folders, StableHLO.
 
     python -m seedjax.export --workdir=runs/quickstart/pretrain --out=exports/qs \\
-        [--formats=bundle,stablehlo,diffusers] [--step=N] [--quantize=int8] [--sizes=16x16,32x32] \\
-        [--batch=8] [--ema=true] [--platforms=cpu,cuda,tpu]
+        [--formats=bundle,stablehlo,diffusers] [--step=N] [--quantize=int8] [--sizes=16x16,32x32 | 9x16x16] \\
+        [--batch=8] [--ema=true] [--platforms=cpu,cuda,tpu] [--max_shots=S]
 
 Writes into --out (which must not exist yet, or be empty):
   manifest.json         source run and checkpoint step, which weights (EMA by default), the config,
                         NFE and sampler settings, sizes, formats, quantization, sha256 of every file
   params.safetensors    the generator's parameters (text encoder + DiT), float or int8 (--quantize)
   config.json           format `bundle`: `seedjax.inference.load(OUT)` restores the generator onto any mesh
+  vae/                  format `bundle` of a latent run: the frozen VAE (config.json, params.safetensors,
+                        factors.json), so the bundle needs neither the VAE run nor the latent shards
   stablehlo/generate_HxW.jaxexport   format `stablehlo`: prompt tokens -> image, every sampler step with
-                        its guidance and a latent run's decoder, batch size symbolic; run it with
+                        its guidance and a latent run's decoder, batch size symbolic (a video model:
+                        generate_FxHxW, per-shot captions and an optional first frame -> clip); run it with
                         `python -m seedjax.serving.run_exported --model=OUT` (jax and numpy only)
   diffusers/transformer (FluxTransformer2DModel), diffusers/vae (AutoencoderKL, latent runs),
   diffusers/text_encoder (seedjax weights: diffusers has no byte-level text encoder); format
                         `diffusers`, checked against diffusers on random inputs (needs torch + diffusers)
 
 --batch is the largest batch the server forms (recorded in the manifest); --sizes default to the
-run's own size. Exit codes: 0 written; 2 bad arguments, a workdir without a generator, or a
-model a format cannot express (one line on stderr, nothing written).
+run's own size (a video model's: its frames x height x width); --max_shots is the most shots a
+video prompt may have (default: the run's data.video.max_shots). Exit codes: 0 written; 2 bad
+arguments, a workdir without a generator, or a model a format cannot express (one line on
+stderr, nothing written).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from seedjax.inference import exported, weights_file
 from seedjax.inference.bundle import BundleError
 from seedjax.serving import diffusers_export, stablehlo
 from seedjax.serving.run_exported import sha256
+from seedjax.train.params import save_exported_vae
 
 FORMATS = ("bundle", "stablehlo", "diffusers")
 
@@ -44,17 +50,18 @@ class ExportArgsError(cli.UsageError):
     pass
 
 
-def parse_sizes(text: str) -> list[tuple[int, int]]:
+def parse_sizes(text: str) -> list[tuple[int, ...]]:
+    """'16x16,32x32' (images) or '9x16x16' (videos: frames x height x width)."""
     sizes = []
     for item in filter(None, text.split(",")):
         parts = item.lower().split("x")
-        if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
-            raise ExportArgsError(f"--sizes: {item!r} is not HxW (e.g. 16x16); video FxHxW sizes are not exported yet")
-        sizes.append((int(parts[0]), int(parts[1])))
+        if len(parts) not in (2, 3) or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise ExportArgsError(f"--sizes: {item!r} is not HxW (images, e.g. 16x16) or FxHxW (videos, e.g. 9x16x16)")
+        sizes.append(tuple(int(p) for p in parts))
     return sizes
 
 
-def check_args(args) -> tuple[list[str], list[tuple[int, int]]]:
+def check_args(args) -> tuple[list[str], list[tuple[int, ...]]]:
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     unknown = sorted(set(formats) - set(FORMATS))
     if not formats or unknown:
@@ -63,6 +70,8 @@ def check_args(args) -> tuple[list[str], list[tuple[int, int]]]:
         raise ExportArgsError(f"--quantize: {args.quantize!r} (int8 or none)")
     if args.batch < 1:
         raise ExportArgsError(f"--batch must be >= 1, got {args.batch}")
+    if args.max_shots < 0:
+        raise ExportArgsError(f"--max_shots must be >= 1 (or 0: the run's data.video.max_shots), got {args.max_shots}")
     if os.path.exists(args.out) and (not os.path.isdir(args.out) or os.listdir(args.out)):
         raise ExportArgsError(f"--out {args.out}: exists and is not an empty directory")
     return formats, parse_sizes(args.sizes)
@@ -78,6 +87,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--quantize", default="")
     parser.add_argument("--sizes", default="")
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--max_shots", type=int, default=0, help="video: shots per prompt (default: the run's)")
     parser.add_argument("--ema", type=cli.parse_bool, default=True)
     parser.add_argument("--platforms", default="cpu,cuda,tpu")
     args = parser.parse(argv)
@@ -86,12 +96,10 @@ def main(argv: list[str]) -> int:
     path = args.workdir if args.step < 0 else os.path.join(args.workdir, "checkpoints", str(args.step))
     try:
         bundle = inference.load(path, use_ema=args.ema)
-        sizes = sizes or [(int(bundle.config.data.image_size),) * 2]
+        sizes = sizes or [default_size(bundle)]
         if "stablehlo" in formats:
-            for h, w in sizes:
-                stablehlo.geometry_at(bundle, h, w)  # raises on a size the model cannot make
-            if bundle.model.is_video:
-                raise ValueError("stablehlo: video generators are not exported yet (formats bundle, diffusers only)")
+            for size in sizes:
+                stablehlo.geometry_at(bundle, size)  # raises on a size the model cannot make
         if "diffusers" in formats:
             diffusers_export.check(bundle)
     except (BundleError, ValueError) as e:
@@ -107,16 +115,19 @@ def main(argv: list[str]) -> int:
     weights_file.save(os.path.join(args.out, exported.PARAMS), flat, {"quantize": args.quantize or "none"})
     with open(os.path.join(args.out, exported.CONFIG), "w") as f:
         f.write(bundle.config.to_json(indent=1))
+    if "bundle" in formats and bundle.codec is not None:
+        save_exported_vae(bundle.config, os.path.join(args.out, exported.VAE))
     programs = {}
     if "stablehlo" in formats:
         os.makedirs(os.path.join(args.out, "stablehlo"), exist_ok=True)
         platforms = tuple(p.strip() for p in args.platforms.split(",") if p.strip())
-        for h, w in sizes:
-            blob, signature = stablehlo.export(bundle, flat, h, w, platforms)
-            name = f"stablehlo/generate_{h}x{w}.jaxexport"
+        for size in sizes:
+            blob, signature = stablehlo.export(bundle, flat, size, platforms, args.max_shots)
+            key = "x".join(map(str, size))
+            name = f"stablehlo/generate_{key}.jaxexport"
             with open(os.path.join(args.out, name), "wb") as f:
                 f.write(blob)
-            programs[f"{h}x{w}"] = {"file": name, **signature}
+            programs[key] = {"file": name, **signature}
     notes = []
     if "diffusers" in formats:
         notes += diffusers_export.write(bundle, os.path.join(args.out, "diffusers"))
@@ -126,9 +137,15 @@ def main(argv: list[str]) -> int:
         json.dump(manifest, f, indent=1)
     size_mb = sum(entry["bytes"] for entry in manifest["files"].values()) / 2**20
     print(f"export: {bundle.config.stage} at {bundle.nfe} NFE ({bundle.entry} weights of {bundle.step_path}) -> "
-          f"{args.out}: {', '.join(formats)}, sizes {', '.join(f'{h}x{w}' for h, w in sizes)}, {size_mb:.2f} MiB, "
+          f"{args.out}: {', '.join(formats)}, sizes {', '.join('x'.join(map(str, s)) for s in sizes)}, {size_mb:.2f} MiB, "
           f"{manifest['export_seconds']:.1f} s")
     return 0
+
+
+def default_size(bundle) -> tuple[int, ...]:
+    """The run's own size: HxW, or FxHxW for a video model (its data.video.num_frames)."""
+    frame = (int(bundle.config.data.image_size),) * 2
+    return (int(bundle.config.data.video.num_frames), *frame) if bundle.model.is_video else frame
 
 
 def inference_params(bundle) -> dict:
@@ -156,6 +173,7 @@ def make_manifest(bundle, args, formats, sizes, programs, flat, float_bytes, not
                     "embedded_guidance": sampler.guidance, "guidance_kind": stablehlo.guidance_kind(bundle),
                     "default_guidance": stablehlo.default_guidance(bundle)},
         "sizes": [list(s) for s in sizes],
+        "kind": "video" if bundle.model.is_video else "image",
         "formats": formats,
         "max_batch": args.batch,
         "quantization": {"method": "int8 weight-only, symmetric, per output channel" if args.quantize == "int8"

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -77,3 +81,50 @@ def check_reference_losses(name: str, workdir: str) -> None:
         assert got.keys() == want.keys(), (name, got.keys(), want.keys())
         for key in want:
             np.testing.assert_allclose(got[key], want[key], rtol=2e-5, atol=1e-7, err_msg=f"{name} step {got['step']} {key}")
+
+
+# --------------------------------------------------------------------------- a server process
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(export_dir: str, *flags: str):
+    """A `python -m seedjax.serve` process; yields (base URL, Popen) once /healthz answers."""
+    import httpx
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "seedjax.serve", f"--model={export_dir}", f"--port={port}", *flags],
+                            cwd=ROOT, env=env_for(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.time() < deadline, "server did not come up"
+            time.sleep(0.3)
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def post_all(url: str, bodies: list, path: str = "/v1/images") -> list:
+    """Send every body at once (one connection each) and collect the httpx responses in order."""
+    import httpx
+
+    async def go():
+        async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=64)) as client:
+            return await asyncio.gather(*(client.post(url + path, **body) for body in bodies))
+
+    return asyncio.run(go())

@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 
 import httpx
 import numpy as np
@@ -19,7 +14,7 @@ import pytest
 from seedjax import export
 from seedjax.serving import png
 from seedjax.serving.run_exported import ExportedGenerator
-from tests.runner import ROOT, env_for
+from tests.runner import post_all, serving
 
 
 @pytest.fixture(scope="module")
@@ -30,52 +25,11 @@ def export_dir(straight, tmp_path_factory):
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def serving(export_dir: str, *flags: str):
-    """A `python -m seedjax.serve` process; yields (base URL, Popen) once /healthz answers."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "seedjax.serve", f"--model={export_dir}", f"--port={port}", *flags],
-                            cwd=ROOT, env=env_for(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 180
-        while True:
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
-            try:
-                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.time() < deadline, "server did not come up"
-            time.sleep(0.3)
-        yield url, proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
 @pytest.fixture(scope="module")
 def server(export_dir):
     # A batch waits up to 300 ms to fill: concurrent requests sent together land in one batch.
     with serving(export_dir, "--max_batch=4", "--max_wait_ms=300", "--queue_limit=6") as (url, _):
         yield url
-
-
-def post_all(url: str, bodies: list) -> list[httpx.Response]:
-    """Send every body at once (one connection each) and collect the responses in order."""
-
-    async def go():
-        async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=64)) as client:
-            return await asyncio.gather(*(client.post(url + "/v1/images", **body) for body in bodies))
-
-    return asyncio.run(go())
 
 
 def decoded(response: httpx.Response) -> np.ndarray:
@@ -122,7 +76,7 @@ def test_requests_already_queued_join_the_batch_without_waiting():
         def noise_of_seeds(self, seeds, num, size):
             return np.zeros((len(seeds), num, 4, 4), np.float32)
 
-        def generate(self, captions, noise, guidance, size):
+        def generate(self, captions, noise, guidance, size, first_frames=None):
             self.calls.append(len(captions))
             return np.zeros((len(captions), 16, 16, 1), np.float32)
 

@@ -3,18 +3,30 @@ text-to-image + text-to-video batches, GIF sample grids and the video judges at 
 
 The same run on 8 fake devices with the frames split over `mesh.sequence=4` (and the batch
 over `mesh.data=2`) must log the same losses within 1e-4; the sampling tool then writes a
-multi-shot, image-to-video clip from the 1-device run's checkpoint.
+multi-shot, image-to-video clip from the 1-device run's checkpoint. That checkpoint is also
+exported to StableHLO (video sizes FxHxW), run in a process that has only jax, and served over
+HTTP (POST /v1/videos): the same clips as the sampling tool, for text-to-video, multi-shot and
+image-to-video prompts alike.
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import os
+import subprocess
+import sys
 
+import httpx
+import jax
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.runner import env_for, losses, read_metrics, run_main
+from seedjax import export, inference
+from seedjax.serving import png
+from seedjax.serving.run_exported import ExportedGenerator
+from tests.runner import ROOT, env_for, losses, post_all, read_metrics, run_main, serving
 
 CONFIG = "experiments/seedance/t2v.py:tiny"
 
@@ -49,9 +61,6 @@ def test_video_quickstart_on_a_sequence_mesh_logs_the_same_losses(one_device, tm
 
 @pytest.mark.slow
 def test_sample_tool_writes_a_multishot_image_to_video_clip(one_device, tmp_path):
-    import subprocess
-    import sys
-
     first = tmp_path / "first.png"
     Image.fromarray(np.full((20, 20, 3), 200, np.uint8)).save(first)
     out = tmp_path / "clip.gif"
@@ -66,3 +75,109 @@ def test_sample_tool_writes_a_multishot_image_to_video_clip(one_device, tmp_path
     bad = subprocess.run([*cmd[:-1], f"--out={tmp_path / 'x.gif'}", "--first_frame=/nonexistent.png"], env=env_for(1),
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "--first_frame" in bad.stderr and not (tmp_path / "x.gif").exists()
+
+
+# --------------------------------------------------------------------------- export and serving
+
+MULTISHOT = "shot 1: a red 3 moving left; shot 2: a blue 5 moving up"
+FIRST = np.linspace(-1.0, 1.0, 16 * 16 * 3, dtype=np.float32).reshape(16, 16, 3)
+
+
+@pytest.fixture(scope="module")
+def video_export(one_device, tmp_path_factory):
+    """4- and 6-frame clips, up to 3 shots a prompt (the run itself trained on single shots)."""
+    out = str(tmp_path_factory.mktemp("video_export") / "export")
+    assert export.main([f"--workdir={one_device}", f"--out={out}", "--formats=bundle,stablehlo", "--sizes=4x16x16,6x16x16",
+                        "--max_shots=3", "--batch=4", "--platforms=cpu"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def sample_clips(one_device):
+    """clips(prompts, num, seed, frames, first_frame): what `seedjax.tools.sample --frames --first_frame`
+    computes from the checkpoint (its pixels, before the GIF)."""
+    bundle = inference.load(one_device)
+
+    def clips(prompts: list[str], num: int, seed: int, frames: int, first: np.ndarray | None = None) -> np.ndarray:
+        at = bundle.with_sampling(frames=frames)
+        fn, params = at.generate_fn()
+        batch = at.prompts([p for p in prompts for _ in range(num)])
+        if first is not None:
+            batch["first_frame"] = np.repeat(first[None], len(batch["tokens"]), 0)
+        return np.asarray(jax.jit(fn)(params, batch, jax.random.key(seed)))
+
+    return clips
+
+
+@pytest.mark.slow
+def test_video_stablehlo_in_a_jax_only_process_matches_the_sample_tool(video_export, sample_clips, tmp_path):
+    np.save(tmp_path / "first.npy", FIRST)
+    runs = {  # out name: (runner flags, the sample tool's (prompts, num, seed, frames))
+        "t2v": (["--prompt=a red 3 moving left", "--num=2", "--seed=5", "--size=4x16x16"],
+                (["a red 3 moving left"], 2, 5, 4)),
+        "shots": ([f"--prompt={MULTISHOT}", "--prompt=a green 1 moving down", "--seed=7", "--size=6x16x16"],
+                  ([MULTISHOT, "a green 1 moving down"], 1, 7, 6)),
+        "i2v": ([f"--prompt={MULTISHOT}", "--num=2", "--seed=3", "--size=4x16x16", f"--first_frame={tmp_path / 'first.npy'}"],
+                ([MULTISHOT], 2, 3, 4)),
+    }
+    lines = ["import sys; from seedjax.serving import run_exported as r"]
+    for name, (flags, _) in runs.items():
+        argv = [f"--model={video_export}", *flags, f"--out={tmp_path / name}.npy"]
+        lines.append(f"assert r.main({argv!r}) == 0")
+    lines.append("heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('flax', 'orbax', 'torch', 'optax', 'grain') "
+                 "or m.startswith(('seedjax.models', 'seedjax.inference', 'seedjax.config')))")
+    lines.append("assert not heavy, heavy")
+    proc = subprocess.run([sys.executable, "-c", "\n".join(lines)], cwd=ROOT, env=env_for(1), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name, (_, (prompts, num, seed, frames)) in runs.items():
+        got = np.load(tmp_path / f"{name}.npy")
+        want = sample_clips(prompts, num, seed, frames, FIRST if name == "i2v" else None)
+        assert got.shape == (len(prompts) * num, frames, 16, 16, 3), name
+        assert np.abs(want).max() > 0.1, name  # not blank clips
+        np.testing.assert_allclose(got, want, atol=1e-5, err_msg=name)
+    # The first frame changes the clip by far more than the tolerance above (a 12-step model barely
+    # uses it, but the program conditions on it exactly as the sample tool does).
+    assert np.abs(np.load(tmp_path / "i2v.npy") - sample_clips([MULTISHOT], 2, 3, 4)).max() > 1e-3
+
+
+def _png_b64(pixels: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(png.to_uint8(pixels)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+@pytest.mark.slow
+def test_video_server_batches_multishot_and_image_to_video_requests(video_export):
+    model = ExportedGenerator(video_export)
+    first = png.to_uint8(FIRST).astype(np.float32) / 127.5 - 1.0  # what the PNG carries
+    requests = [{"prompt": MULTISHOT, "seed": 7, "size": "4x16x16", "first_frame": _png_b64(FIRST)},
+                {"prompt": "a green 1 moving down", "seed": 2, "num": 2, "size": "4x16x16"}]
+    with serving(video_export, "--max_batch=4", "--max_wait_ms=500") as (url, _):
+        assert httpx.get(url + "/healthz").json()["kind"] == "video"
+        responses = post_all(url, [{"json": r} for r in requests], "/v1/videos")
+        assert [r.status_code for r in responses] == [200, 200], [r.text for r in responses]
+        assert [r.json()["batch_size"] for r in responses] == [3, 3]  # one batch: I2V and T2V rows together
+        for request, response in zip(requests, responses):
+            clips = np.stack([[png.decode(base64.b64decode(f)) for f in clip] for clip in response.json()["videos"]])
+            assert clips.shape == (request.get("num", 1), 4, 16, 16, 3) and response.json()["frames"] == 4
+            want = model.sample([request["prompt"]], request.get("num", 1), request["seed"], (4, 16, 16), None,
+                                first if "first_frame" in request else None)
+            assert np.abs(clips.astype(int) - png.to_uint8(want)).max() <= 1
+        bad = [({"prompt": "a 3"}, "/v1/images", "POST /v1/videos"),
+               ({"prompt": "; ".join(f"shot {i}: a 3" for i in range(1, 5))}, "/v1/videos", "at most 3"),
+               ({"prompt": "a 3", "first_frame": "not base64!"}, "/v1/videos", "first_frame"),
+               ({"prompt": "a 3", "first_frame": _png_b64(FIRST[:8])}, "/v1/videos", "first_frame: 8x16"),
+               ({"prompt": "a 3", "size": "16x16"}, "/v1/videos", "size")]
+        for body, path, message in bad:
+            response = post_all(url, [{"json": body}], path)[0]
+            assert response.status_code == 400 and message in response.json()["error"], (body, response.text)
+        assert post_all(url, [{"json": {"prompt": "a 3"}}], "/v1/videos")[0].status_code == 200
+
+
+def test_video_export_refuses_image_sizes_with_exit_2(one_device, tmp_path, capsys):
+    for sizes, message in (("16x16", "FxHxW"), ("4x15x16", "multiples of 4")):
+        out = str(tmp_path / sizes)
+        assert export.main([f"--workdir={one_device}", f"--out={out}", f"--sizes={sizes}"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err and not os.path.exists(out), err

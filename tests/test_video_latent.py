@@ -118,3 +118,48 @@ def test_latent_factor_checks(latent_run, tmp_path):
     for key, (value, message) in refused.items():
         with pytest.raises(ValueError, match=message):
             latent_factors(config_lib.load_config(LATENT_T2V, {**good, key: value}))
+
+
+def test_latent_video_exports_with_the_vae_inside_and_samples_image_to_video(latent_run, tmp_path, monkeypatch):
+    """The StableHLO program of a latent run holds the frozen video VAE: its encoder for the first
+    frame (image-to-video), its decoder for the clip; its clips equal the sample tool's. The
+    bundle carries the VAE too: loading it reads neither the VAE run nor the latent shards. The
+    sample tool takes a first-frame image at the pixel size (not the latent grid's)."""
+    import jax
+    import numpy as np
+
+    from seedjax import export, inference
+    from seedjax.serving.run_exported import ExportedGenerator
+
+    workdir, out = os.path.join(latent_run, "latent_t2v"), str(tmp_path / "export")
+    assert export.main([f"--workdir={workdir}", f"--out={out}", "--formats=bundle,stablehlo", "--platforms=cpu"]) == 0
+    bundle = inference.load(workdir)
+    fn, params = bundle.generate_fn()
+    model = ExportedGenerator(out)
+    first = np.linspace(-1.0, 1.0, 16 * 16 * 3, dtype=np.float32).reshape(16, 16, 3)
+    for given in (None, first):
+        batch = bundle.prompts(["a red 3 moving left"] * 2)
+        if given is not None:
+            batch["first_frame"] = np.repeat(given[None], 2, 0)
+        want = np.asarray(jax.jit(fn)(params, batch, jax.random.key(3)))
+        got = model.sample(["a red 3 moving left"], 2, 3, (5, 16, 16), None, given)
+        assert got.shape == (2, 5, 16, 16, 3)  # 3 latent frames decoded to 5 pixel frames
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    from seedjax.train import params as params_lib
+
+    def elsewhere(*args, **kwargs):
+        raise AssertionError(f"the export's bundle read outside the export: {args}")
+
+    params_lib._cached_codec.cache_clear()
+    monkeypatch.setattr(params_lib, "read_metadata", elsewhere)  # the latent shards' header
+    monkeypatch.setattr(params_lib.ckpt_lib, "load_state_tree", elsewhere)  # the VAE run's checkpoint
+    loaded = inference.load(out)
+    assert loaded.config.input.vae_workdir == os.path.join(os.path.abspath(out), "vae")
+    fn_loaded, params_loaded = loaded.generate_fn()
+    np.testing.assert_allclose(np.asarray(jax.jit(fn_loaded)(params_loaded, batch, jax.random.key(3))), want, atol=1e-5)
+    monkeypatch.undo()
+    image = tmp_path / "first.png"
+    Image.fromarray(np.full((20, 20, 3), 200, np.uint8)).save(image)
+    proc = run("seedjax.tools.sample", f"--workdir={workdir}", "--prompt=a red 3 moving left", "--num=1",
+               f"--first_frame={image}", f"--out={tmp_path / 'clip.gif'}")
+    assert proc.returncode == 0 and "5-frame clip" in proc.stdout, proc.stderr[-3000:]

@@ -32,7 +32,7 @@ from seedjax.parallel import mesh as mesh_lib
 from seedjax.parallel import sharding as sharding_lib
 from seedjax.train import checkpoint as ckpt_lib
 from seedjax.train.generation import generate_pixels, sampler_of
-from seedjax.train.params import latent_codec
+from seedjax.train.params import latent_codec, to_pixels
 
 
 class BundleError(ValueError):
@@ -53,6 +53,12 @@ class Bundle:
     @property
     def nfe(self) -> int:
         return self.sampler.nfe
+
+    @property
+    def pixel_shape(self) -> tuple[int, int, int, int]:
+        """(F, H, W, C) of a sample in pixels: the geometry's, or a latent run's decoded by its VAE."""
+        x = jax.ShapeDtypeStruct((1, *self.geometry.shape), np.float32)
+        return tuple(jax.eval_shape(lambda v: to_pixels(v, self.config), x).shape[1:])
 
     def with_sampling(self, steps: int = 0, guidance: float = 0.0, frames: int = 0) -> "Bundle":
         """The same generator at other sampling settings (0 = keep): steps, the guidance scale (a

@@ -4,6 +4,8 @@
                              formats, quantization, sha256 of every file)
     DIR/config.json          the run's resolved config (format `bundle`)
     DIR/params.safetensors   the generator's parameters (`weights_file`: float, or int8 + scales)
+    DIR/vae/                 a latent run's frozen VAE: config.json, params.safetensors, factors.json
+                             (`seedjax.train.params.save_exported_vae`)
     DIR/stablehlo/*.jaxexport, DIR/diffusers/{transformer,vae}/   (formats `stablehlo`, `diffusers`)
 
 Only JSON and safetensors are read here: loading an export runs none of its content.
@@ -20,6 +22,7 @@ from seedjax.inference import weights_file
 MANIFEST = "manifest.json"
 CONFIG = "config.json"
 PARAMS = "params.safetensors"
+VAE = "vae"
 
 
 def is_export_dir(path: str) -> bool:
@@ -38,4 +41,7 @@ def read(path: str):
         raise ValueError(f"{path}: exported without the bundle format (formats {info.get('formats')}); "
                          f"export again with --formats=bundle")
     config = config_from_json(os.path.join(path, CONFIG))
+    if config.input.key == "latent":  # decode (and encode) with the export's own copy of the VAE
+        with config.unlocked():
+            config.input.vae_workdir = os.path.join(os.path.abspath(path), VAE)
     return config, weights_file.load(os.path.join(path, PARAMS)), info["source"]["entry"]

@@ -50,15 +50,17 @@ def build_vae(vae_cfg, rngs: nnx.Rngs) -> ImageVAE | VideoVAE:
 def abstract_vae(vae_cfg) -> ImageVAE | VideoVAE:
     """The VAE with abstract parameters, to load weights into. jax.eval_shape, not
     nnx.eval_shape: this may run inside the training loop's mesh (a latent-space stage's
-    decoder), where NNX would read the logical axis names as mesh axes."""
+    decoder), where NNX would read the logical axis names as mesh axes. The key is an argument,
+    not a constant: under `jax.ensure_compile_time_eval` (`latent_codec` loads under it) the
+    initialisers of a constant key would run for real (40 s for the tiny video VAE on CPU)."""
     graphdefs = []
 
-    def make_state():
-        graphdef, state = nnx.split(build_vae(vae_cfg, nnx.Rngs(0)))
+    def make_state(key):
+        graphdef, state = nnx.split(build_vae(vae_cfg, nnx.Rngs(key)))
         graphdefs.append(graphdef)
         return state
 
-    state = jax.eval_shape(make_state)
+    state = jax.eval_shape(make_state, jax.random.key(0))
     return nnx.merge(graphdefs[0], state)
 
 

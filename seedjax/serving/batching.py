@@ -1,4 +1,4 @@
-"""Dynamic batching of image requests onto an exported generator.
+"""Dynamic batching of image (or video) requests onto an exported generator.
 
 Requests wait in a queue; one worker takes the oldest, then adds the requests of the same size
 that are already queued, and waits for more until the batch holds `max_batch` images or
@@ -40,15 +40,16 @@ class Job:
     prompt: str
     seed: int
     num: int
-    size: tuple[int, int]
+    size: tuple[int, ...]  # (H, W), or a video's (F, H, W)
     guidance: float
     future: asyncio.Future
+    first_frame: np.ndarray | None = None  # a video request's frame 0 [H, W, C] in [-1, 1] (image-to-video)
     admitted: float = dataclasses.field(default_factory=time.perf_counter)
 
 
 @dataclasses.dataclass
 class Result:
-    images: list[str]  # base64 PNGs
+    images: list  # base64 PNGs; a video request's: one list of frame PNGs per clip
     batch_size: int  # images in the batch this request ran in (padding excluded)
     queue_ms: float
     compute_ms: float
@@ -163,18 +164,20 @@ class Batcher:
         captions = [job.prompt for job in batch for _ in range(job.num)]
         noise = self._noise(batch, size)
         guidance = np.concatenate([np.full(job.num, job.guidance, np.float32) for job in batch])
+        firsts = [job.first_frame for job in batch for _ in range(job.num)]
         padded = next(b for b in self.buckets if b >= images)
         pad = padded - images  # rows of repeated inputs whose outputs are dropped
         pixels = self.model.generate(captions + captions[:1] * pad, np.concatenate([noise, noise[:1].repeat(pad, 0)]),
-                                     np.concatenate([guidance, guidance[:1].repeat(pad)]), size)[:images]
-        encoded = [base64.b64encode(png.encode(image)).decode("ascii") for image in png.to_uint8(pixels)]
+                                     np.concatenate([guidance, guidance[:1].repeat(pad)]), size,
+                                     firsts + firsts[:1] * pad)[:images]
+        encoded = [_base64_png(sample) for sample in png.to_uint8(pixels)]
         out, start = [], 0
         for job in batch:
             out.append(encoded[start:start + job.num])
             start += job.num
         return out
 
-    def _noise(self, batch: list[Job], size: tuple[int, int]) -> np.ndarray:
+    def _noise(self, batch: list[Job], size: tuple[int, ...]) -> np.ndarray:
         """Each request's noise from its own seed, drawn per request size in one call over the
         batch's seeds (padded to max_batch // num seeds: one compiled shape per num)."""
         rows = [None] * len(batch)
@@ -186,3 +189,10 @@ class Batcher:
             for row, i in enumerate(index):
                 rows[i] = drawn[row]
         return np.concatenate(rows)
+
+
+def _base64_png(sample: np.ndarray):
+    """uint8 [H, W, C] -> a base64 PNG; a clip [F, H, W, C] -> one per frame."""
+    if sample.ndim == 4:
+        return [_base64_png(frame) for frame in sample]
+    return base64.b64encode(png.encode(sample)).decode("ascii")

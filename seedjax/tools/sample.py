@@ -58,7 +58,7 @@ def main(argv: list[str]) -> int:
         captions = [p for p in args.prompt for _ in range(args.num)]
         batch = bundle.prompts(captions)
         if args.first_frame:
-            batch["first_frame"] = np.repeat(_load_image(args.first_frame, bundle.geometry)[None], len(captions), 0)
+            batch["first_frame"] = np.repeat(_load_image(args.first_frame, bundle.pixel_shape)[None], len(captions), 0)
     except (BundleError, ValueError) as e:
         print(f"sample: {e}", file=sys.stderr)
         return 2
@@ -81,14 +81,16 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _load_image(path: str, geometry) -> np.ndarray:
-    """An image file as [H, W, C] in [-1, 1] at the run's frame size and channels."""
+def _load_image(path: str, pixel_shape) -> np.ndarray:
+    """An image file as [H, W, C] in [-1, 1] at the run's frame size and channels (in pixels,
+    also for a latent run, whose VAE encodes it)."""
+    _, height, width, channels = pixel_shape
     try:
-        image = Image.open(path).convert("L" if geometry.channels == 1 else "RGB")
+        image = Image.open(path).convert("L" if channels == 1 else "RGB")
     except OSError as e:
         raise ValueError(f"--first_frame {path!r}: not a readable image ({e})") from None
-    image = image.resize((geometry.width, geometry.height), Image.BILINEAR)
-    pixels = np.asarray(image, np.float32).reshape(geometry.height, geometry.width, -1)
+    image = image.resize((width, height), Image.BILINEAR)
+    pixels = np.asarray(image, np.float32).reshape(height, width, -1)
     return pixels / 127.5 - 1.0
 
 

@@ -5,12 +5,19 @@ every path and shape (a silent partial load is how a distilled model ends up hal
 `pick_params` picks an entry ('model', 'ema', 'teacher', ...) of a saved state; `load_codec`
 (image or video VAE: the one loader for latent caching and decoding) and `latent_codec` give
 the frozen VAE of a latent-space run, `load_reward_model` a trained reward model.
+
+An export of a latent run (`python -m seedjax.export`, format bundle) carries its VAE in
+EXPORT/vae: the VAE run's config.json, its weights (`params.safetensors`) and the factors its
+latents were made with (`factors.json`). `load_codec` and `latent_factors` read such a folder
+wherever they read a VAE workdir, so the export needs neither the VAE run nor the latent shards.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import os
 
 import jax
 import jax.numpy as jnp
@@ -19,16 +26,17 @@ import ml_collections
 from flax import nnx
 
 import data_pipelines
-from seedjax.config import workdir_config
+from seedjax.config import to_json, workdir_config
 from data_pipelines.core.mixtures import components
 from data_pipelines.core.shards import read_metadata
 from seedjax.models import generator
-from seedjax.models.codec import (LatentCodec, input_shape, is_video_vae, spatial_factor, temporal_factor,
-                                  vae_architecture_of_run, vae_name, vae_run_config)
+from seedjax.models.codec import (LatentCodec, abstract_vae, input_shape, is_video_vae, spatial_factor,
+                                  temporal_factor, vae_architecture_of_run, vae_name, vae_run_config)
 from seedjax.models.frozen import Frozen
 from seedjax.models.block_layout import match_block_layout
 from seedjax.models.reward import RewardModel
 from seedjax.train import checkpoint as ckpt_lib
+from seedjax.train.param_names import flatten, unflatten
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +106,14 @@ def load_codec(workdir: str, use_ema: bool = True, calibration_images: int = 256
     held-out data (`calibration_images` images, or `calibration_clips` clips).
     """
     config = vae_run_config(workdir)
-    tree = ckpt_lib.load_state_tree(workdir)
-    params = tree["ema"]["params"] if use_ema and tree.get("ema") else tree["vae"]
+    if exported_vae_factors(workdir) is not None:
+        from safetensors.numpy import load_file
+
+        template = nnx.to_pure_dict(nnx.state(abstract_vae(config.vae)))
+        params = unflatten(load_file(os.path.join(workdir, EXPORTED_VAE_WEIGHTS)), template)
+    else:
+        tree = ckpt_lib.load_state_tree(workdir)
+        params = tree["ema"]["params"] if use_ema and tree.get("ema") else tree["vae"]
     codec = LatentCodec.from_params(config.vae, params, scaling_factor, shift_factor)
     if scaling_factor is None and codec.scaling_factor == 1.0 and codec.shift_factor == 0.0:
         num = calibration_clips if codec.is_video else calibration_images
@@ -107,6 +121,31 @@ def load_codec(workdir: str, use_ema: bool = True, calibration_images: int = 256
         log.info("VAE %s: latent scaling factor %.4f (1 / std over %d held-out %s)", workdir,
                  codec.scaling_factor, num, "clips" if codec.is_video else "images")
     return codec
+
+
+EXPORTED_VAE_WEIGHTS, EXPORTED_VAE_FACTORS = "params.safetensors", "factors.json"
+
+
+def exported_vae_factors(workdir: str) -> dict | None:
+    """The latents' factors of an export's VAE folder (module docstring); None for a VAE workdir."""
+    path = os.path.join(workdir, EXPORTED_VAE_FACTORS)
+    if "://" in workdir or not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def save_exported_vae(config, directory: str) -> None:
+    """The frozen VAE of latent run `config` as an export's VAE folder (module docstring)."""
+    from safetensors.numpy import save_file
+
+    codec = latent_codec(config)
+    os.makedirs(directory)
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        f.write(to_json(vae_run_config(config.input.vae_workdir)))
+    save_file(flatten(nnx.to_pure_dict(nnx.state(codec.vae))), os.path.join(directory, EXPORTED_VAE_WEIGHTS))
+    with open(os.path.join(directory, EXPORTED_VAE_FACTORS), "w") as f:
+        json.dump({"scaling_factor": codec.scaling_factor, "shift_factor": codec.shift_factor}, f)
 
 
 def estimate_scale(codec: LatentCodec, config, num: int) -> float:
@@ -133,8 +172,9 @@ def latent_factors(config) -> dict:
     and config.model.in_channels; a video VAE's latents also need the video DiT and clips of
     data.video.num_frames = 1 + k * temporal factor frames."""
     vae = vae_architecture_of_run(config.input.vae_workdir)
-    factors = []
-    for kind, path, _ in components(config.data).values():
+    exported = exported_vae_factors(config.input.vae_workdir)
+    factors = [] if exported is None else [exported]  # an export's VAE: the shards were checked at export
+    for kind, path, _ in ([] if exported else components(config.data).values()):
         try:
             header = read_metadata(path) if kind == "shards" and path else {}
         except ValueError as e:
