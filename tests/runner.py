@@ -128,3 +128,18 @@ def post_all(url: str, bodies: list, path: str = "/v1/images") -> list:
             return await asyncio.gather(*(client.post(url + path, **body) for body in bodies))
 
     return asyncio.run(go())
+
+
+def causal_copy(workdir: str, out: str, window: int = 2) -> str:
+    """A copy of a bidirectional video run that runs block-causally (model.causal, a causal window;
+    the same parameters): what AAPT's adaptation starts from, and a streamable checkpoint for tests."""
+    import shutil
+
+    shutil.copytree(workdir, out, ignore=shutil.ignore_patterns("samples", "tb", "metrics.jsonl"))
+    path = os.path.join(out, "config.json")
+    with open(path) as f:
+        config = json.load(f)
+    config["model"].update(causal=True, causal_window=window)
+    with open(path, "w") as f:
+        json.dump(config, f, indent=1)
+    return out

@@ -97,6 +97,16 @@ def test_windowed_encode_and_decode_equal_full(window):
     assert max_rel(vv.decode_in_chunks(vae, mean, window), full) < 1e-5
 
 
+def test_frame_by_frame_decoding_equals_full():
+    """Streaming (seedjax.tools.stream): latent frames decoded one at a time as they arrive."""
+    vae = tiny_vae()
+    mean, _ = jitted(vae, "encode")(video(9, seed=4))
+    decoder = vv.FrameDecoder(vae)
+    parts = [decoder(mean[:, f:f + 1]) for f in range(mean.shape[1])]
+    assert [p.shape[1] for p in parts] == [1, 4, 4]
+    assert max_rel(jnp.concatenate(parts, axis=1), jitted(vae, "decode")(mean)) < 1e-5
+
+
 def test_bad_input_names_the_shape():
     vae = tiny_vae()
     with pytest.raises(ValueError, match=r"\(1, 9, 16, 16, 4\)"):

@@ -163,3 +163,30 @@ def test_latent_video_exports_with_the_vae_inside_and_samples_image_to_video(lat
     proc = run("seedjax.tools.sample", f"--workdir={workdir}", "--prompt=a red 3 moving left", "--num=1",
                f"--first_frame={image}", f"--out={tmp_path / 'clip.gif'}")
     assert proc.returncode == 0 and "5-frame clip" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_stream_tool_decodes_each_latent_frame_as_it_comes(latent_run, tmp_path):
+    """A latent run streams through its causal video VAE frame by frame (1 pixel frame, then 2 per
+    latent frame): the same clip as decoding the whole streamed latent clip at once."""
+    import jax
+    import numpy as np
+
+    from seedjax import inference
+    from seedjax.diffusion.autoregressive import Stream
+    from seedjax.tools import stream as stream_tool
+    from tests.runner import causal_copy
+
+    causal, out = causal_copy(os.path.join(latent_run, "latent_t2v"), str(tmp_path / "causal")), tmp_path / "out"
+    assert stream_tool.main([f"--workdir={causal}", "--prompt=a red 3 moving left", "--frames=3", "--seed=2",
+                             f"--out={out}"]) == 0
+    got = np.load(out / "frames.npy")
+    bundle = inference.load(causal)
+    stream = Stream(bundle.model, bundle.geometry, bundle.sampler.sigmas)
+    state, latents = stream.start(bundle.prompts(["a red 3 moving left"]), max_frames=3), []
+    for _ in range(3):
+        tokens, state = stream.next(state, jax.random.key(2))
+        latents.append(stream.geometry.frames_of(tokens))
+    want = np.clip(np.asarray(jax.jit(bundle.codec.decode_jax)(jax.numpy.concatenate(latents, axis=1))), -1, 1)
+    assert got.shape == want.shape == (1, 5, 16, 16, 3)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert len([name for name in os.listdir(out) if name.startswith("frame_")]) == 5

@@ -22,6 +22,7 @@ from flax import nnx
 
 from seedjax import config as config_lib
 from seedjax.models.vae import ImageVAE
+from seedjax.models import video_vae
 from seedjax.models.video_vae import VideoVAE
 from seedjax.parallel.host import to_host
 from seedjax.schema.models import VAEConfig, VideoVAEConfig
@@ -158,6 +159,13 @@ class LatentCodec:
     def decode_jax(self, latents: jax.Array) -> jax.Array:
         """Traceable decode of normalised latents (inside another stage's jitted sampler)."""
         return self.vae.decode(latents / self.scaling_factor + self.shift_factor)
+
+    def frame_decoder(self):
+        """A video VAE's decoder of normalised latent frames one at a time (`video_vae.FrameDecoder`).
+        A frame comes through the host: the generator's frames may live on other devices (its mesh)
+        than the frozen VAE's parameters."""
+        decoder = video_vae.FrameDecoder(self.vae)
+        return lambda z: decoder(np.asarray(z, np.float32) / self.scaling_factor + self.shift_factor)
 
     def encode_jax(self, x: jax.Array) -> jax.Array:
         """Traceable encode to normalised latents (posterior means), e.g. an I2V first frame."""

@@ -332,6 +332,23 @@ def _windowed(vae: VideoVAE, method: str, x: jax.Array, first: int, window: int)
     return jnp.concatenate(outputs, axis=1)
 
 
+class FrameDecoder:
+    """Decodes a clip one latent frame at a time, as the frames arrive (streaming generation):
+    the first latent frame gives one pixel frame, every later one `temporal_factor`; together
+    they equal `decode` of the whole clip (the causal convs' carried frames go from call to call
+    in a CausalCache). Two compiles: the first frame's window and every later one's."""
+
+    def __init__(self, vae: VideoVAE):
+        graphdef, self.state = nnx.split(vae)
+        self.step = _window_step(graphdef, "decode")
+        self.entries = None
+
+    def __call__(self, latent_frame: jax.Array) -> jax.Array:
+        """[B, 1, h, w, c] latents (the VAE's own scale) -> [B, 1 or temporal_factor, H, W, C] pixels."""
+        pixels, self.entries = self.step(self.state, latent_frame, self.entries)
+        return pixels
+
+
 def encode_in_chunks(vae: VideoVAE, video: jax.Array, latent_frames_per_window: int = 1) -> jax.Array:
     """Posterior means of `video`, encoded the first frame alone and then
     `latent_frames_per_window * temporal_factor` frames at a time (equal to `vae.encode`)."""
