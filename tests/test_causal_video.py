@@ -239,3 +239,39 @@ def test_recycled_tokens_and_bad_causal_configs():
     with pytest.raises(ValueError, match="a time per frame"):  # per-frame times need the causal model
         bidirectional(jnp.zeros((1, 2 * P, C)), jnp.zeros((1, 2)), jnp.zeros((1, 3, 8)), jnp.zeros((1, 8)),
                       grid=(2, 2, 4))
+
+
+def test_rollout_is_the_streams_frames_in_one_call():
+    """`autoregressive.rollout` (a block-causal run's sample hook and evaluators) makes the frames
+    `Stream.next` makes, frame for frame."""
+    from seedjax.diffusion.autoregressive import rollout
+
+    mode = "decoupled"
+    got, _, _ = _stream_frames(mode)
+    graphdef, params = nnx.split(_model(mode))
+    clip = Geometry.video(FRAMES, 4, 8, 3, patch=2)
+    tokens = jax.jit(lambda p: rollout(nnx.merge(graphdef, p), BATCH, clip, SIGMAS[mode], KEY,
+                                       commit=COMMIT[mode]))(params)
+    np.testing.assert_allclose(np.asarray(tokens).reshape(2, FRAMES, P, C), got, atol=1e-5)
+
+
+def test_a_bidirectional_checkpoint_loads_into_a_recycling_model_unchanged():
+    """AAPT's adaptation starts from the bidirectional parameters: the recycled channels' input
+    weights are zero, so the recycling model ignores the recycled frame until it is trained."""
+    settings = dict(num_heads=2, head_dim=8, axes_dims_rope=(2, 2, 4), text_dim=8, pooled_dim=8, depth=1,
+                    in_channels=C, causal=True, causal_window=0)
+    plain = _random(lambda: video_dit.VideoDiT(video_dit_config("tiny", **settings), nnx.Rngs(0)))
+    recycling = nnx.eval_shape(lambda: video_dit.VideoDiT(video_dit_config("tiny", recycle=True, **settings),
+                                                          nnx.Rngs(0)))
+    saved = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(plain)))
+    widened = video_dit.widen_for_recycling(saved, recycling.cfg)
+    kernel = saved["x_embedder"]["kernel"]
+    assert widened["x_embedder"]["kernel"].shape == (kernel.shape[0] + C, kernel.shape[1])
+    nnx.replace_by_pure_dict(state := nnx.state(recycling), jax.tree.map(jnp.asarray, widened))
+    recycling = nnx.merge(nnx.graphdef(recycling), state)
+    rng = np.random.default_rng(3)
+    x, recycled = (jnp.asarray(rng.normal(size=(1, 3 * P, C)), jnp.float32) for _ in range(2))
+    args = (x, jnp.full((1, 3), 0.5), jnp.asarray(rng.normal(size=(1, 3, 8)), jnp.float32), jnp.zeros((1, 8)))
+    np.testing.assert_allclose(recycling(*args, grid=(3, 2, 4), recycled=recycled), plain(*args, grid=(3, 2, 4)),
+                               atol=1e-6)
+    assert video_dit.widen_for_recycling(widened, recycling.cfg) is widened  # already wide: unchanged

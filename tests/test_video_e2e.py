@@ -26,7 +26,7 @@ from PIL import Image
 from seedjax import export, inference
 from seedjax.serving import png
 from seedjax.serving.run_exported import ExportedGenerator
-from tests.runner import ROOT, causal_copy, env_for, losses, post_all, read_metrics, run_main, serving
+from tests.runner import ROOT, env_for, losses, post_all, read_metrics, run_main, serving
 
 CONFIG = "experiments/seedance/t2v.py:tiny"
 
@@ -201,9 +201,34 @@ def _reference_stream(workdir: str, prompts: dict[int, str], num: int, seed: int
     return np.concatenate(out, axis=1)
 
 
+@pytest.fixture(scope="module")
+def adapted(one_device, tmp_path_factory):
+    """AAPT's first stage on the tiny run: block-causal, recycling, per-frame times (aapt_adapt.py:tiny)."""
+    workdir = str(tmp_path_factory.mktemp("aapt_adapt"))
+    proc = run_main("experiments/seedance/aapt_adapt.py:tiny", workdir, f"init_from={one_device}", "log_every=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir
+
+
 @pytest.mark.slow
-def test_stream_tool_writes_each_frame_and_follows_a_prompt_script(one_device, tmp_path):
-    causal = causal_copy(one_device, str(tmp_path / "causal"))
+def test_aapt_adaptation_trains_causally_from_the_bidirectional_run(adapted, one_device, tmp_path):
+    rows = read_metrics(adapted)
+    assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
+    evals = [r for r in rows if "eval/video/frame_accuracy" in r]  # the judges ran on frame-by-frame clips
+    assert evals and 0.0 <= evals[-1]["eval/video/frame_accuracy"] <= 1.0
+    with Image.open(os.path.join(adapted, "samples", "step_12.gif")) as image:
+        assert image.n_frames == 4
+    # True CFG needs a second KV cache: a causal config that asks for it exits 2 before writing.
+    workdir = tmp_path / "cfg"
+    proc = run_main("experiments/seedance/aapt_adapt.py:tiny", str(workdir), f"init_from={one_device}",
+                    "sampling.guidance_scale=3.0")
+    assert proc.returncode == 2 and "guidance_scale=1" in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
+    assert not workdir.exists() or not os.listdir(workdir)
+
+
+@pytest.mark.slow
+def test_stream_tool_writes_each_frame_and_follows_a_prompt_script(adapted, one_device, tmp_path):
+    causal = adapted
     script = tmp_path / "script.txt"
     script.write_text("# the prompt changes at latent frame 3\n3: a blue 5 moving up\n")
     out = tmp_path / "stream"

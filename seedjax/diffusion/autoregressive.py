@@ -14,6 +14,10 @@ leaves in the cache (`commit`):
     state = stream.prompt(state, other_batch)       # later frames follow another caption (same length)
     video = stream.generate(batch, rng, frames=N)   # [B, N, H, W, C]
 
+`rollout(model, batch, geometry, sigmas, rng)` is the same recurrence over a whole clip in one
+traceable call (a `lax.scan` over frames): how a block-causal model's sample hook and the
+sampling tool generate, frame for frame the stream's frames.
+
 `next` compiles once: every frame, past the training length too, has the same shapes (the cache
 is a ring buffer; the frame index is data). The noise of frame f is drawn from fold_in(rng, f).
 """
@@ -66,6 +70,43 @@ def frame_step(model, state: StreamState, noise, sigmas, *, grid_hw, commit: str
     return x, StreamState(cache, x.astype(state.previous.dtype))
 
 
+def frame_geometry(geometry: Geometry) -> Geometry:
+    """One latent frame of `geometry` (a block of the block-causal sequence)."""
+    return Geometry.video(geometry.temporal_patch, geometry.height, geometry.width, geometry.channels,
+                          geometry.patch, geometry.temporal_patch)
+
+
+def caption_kwargs(model, batch: dict, grid_hw, guidance: float | None) -> dict:
+    """The keyword arguments of `causal_video.init_cache` / `replace_text` for the batch's caption."""
+    cond = model.condition(batch)
+    if cond["shot_mask"].shape[1] != 1:
+        raise ValueError("a block-causal stream follows one caption (shot) per video")
+    n = cond["text_embeddings"].shape[0]
+    return dict(text_embeddings=cond["text_embeddings"], pooled=cond["pooled"], grid_hw=grid_hw,
+                text_mask=cond["shot_mask"][:, 0],
+                guidance=None if guidance is None else jnp.full((n,), guidance, jnp.float32))
+
+
+def rollout(model, batch: dict, geometry: Geometry, sigmas, rng: jax.Array, *, commit: str = "last",
+            guidance: float | None = None) -> jax.Array:
+    """Every frame of `geometry` one after another (`Stream.next`'s frames, in one traceable call):
+    tokens [B, num_tokens, token_dim] of the whole clip. The cache keeps every frame."""
+    frame = frame_geometry(geometry)
+    frames = geometry.grid[0]
+    caption = caption_kwargs(model, batch, frame.grid_hw, guidance)
+    n = caption["text_embeddings"].shape[0]
+    cache = causal_video.init_cache(model.dit, max_frames=frames, **caption)
+    state = StreamState(cache, jnp.zeros((n, *frame.token_shape), jnp.float32))
+
+    def one_frame(state, index):
+        noise = frame.noise(jax.random.fold_in(rng, index), n)
+        x, state = frame_step(model, state, noise, sigmas, grid_hw=frame.grid_hw, commit=commit)
+        return state, x
+
+    _, xs = jax.lax.scan(one_frame, state, jnp.arange(frames))  # [F, B, P, C]
+    return jnp.swapaxes(xs, 0, 1).reshape(n, -1, frame.token_dim)
+
+
 class Stream:
     """Frame-by-frame generation from one `generator.DiffusionModel` (see the module docstring).
 
@@ -77,8 +118,7 @@ class Stream:
         if commit not in COMMITS:
             raise ValueError(f"commit must be one of {COMMITS}, got {commit!r}")
         causal_video.capacity(model.dit.cfg, 1)  # a causal model, or a one-line error
-        self.geometry = Geometry.video(geometry.temporal_patch, geometry.height, geometry.width, geometry.channels,
-                                       geometry.patch, geometry.temporal_patch)
+        self.geometry = frame_geometry(geometry)
         self.sigmas = tuple(float(s) for s in sigmas)
         self.commit = commit
         self.guidance = guidance
@@ -88,14 +128,7 @@ class Stream:
         self._prompt = jax.jit(self._prompt_fn, donate_argnums=(1,))
 
     def _caption(self, model, batch) -> dict:
-        """The keyword arguments of `causal_video.init_cache` / `replace_text` for the batch's caption."""
-        cond = model.condition(batch)
-        if cond["shot_mask"].shape[1] != 1:
-            raise ValueError("Stream: one caption (shot) per video")
-        n = cond["text_embeddings"].shape[0]
-        return dict(text_embeddings=cond["text_embeddings"], pooled=cond["pooled"], grid_hw=self.geometry.grid_hw,
-                    text_mask=cond["shot_mask"][:, 0],
-                    guidance=None if self.guidance is None else jnp.full((n,), self.guidance, jnp.float32))
+        return caption_kwargs(model, batch, self.geometry.grid_hw, self.guidance)
 
     def _start_fn(self, params, batch, *, max_frames):
         model = nnx.merge(self.graphdef, params)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from seedjax.diffusion import flow, tasks
-from seedjax.models import generator
+from seedjax.models import generator, video_dit
 from seedjax.models.geometry import Geometry
 
 
@@ -46,6 +46,10 @@ def loss_weights(batch: dict, config) -> jax.Array | None:
 def flow_matching_loss(model: generator.DiffusionModel, batch: dict, rng: jax.Array, config, repa_head=None):
     """Velocity MSE on x_t = (1 - t) x0 + t eps, with the defect mask and optional REPA.
 
+    A block-causal video DiT (AAPT's adaptation) trains with teacher forcing: with model.recycle
+    every frame gets the clean previous frame as input, and with config.diffusion.per_frame_t
+    every latent frame its own t ([B, F]).
+
     Returns (loss, aux) with aux = {'fm_loss', 'repa_loss'}.
     """
     rng_drop, rng_t, rng_noise = jax.random.split(rng, 3)
@@ -53,9 +57,14 @@ def flow_matching_loss(model: generator.DiffusionModel, batch: dict, rng: jax.Ar
     geometry = batch_geometry(batch, config)
     x0 = clean_tokens(batch, config, geometry)
     shift = flow.resolution_shift(x0.shape[1], config.diffusion)  # tokens count frames: duration-aware
-    t = flow.sample_t(rng_t, x0.shape[0], config.diffusion, shift)
+    frames = geometry.grid[0]
+    if model.is_causal and config.diffusion.get("per_frame_t", False):
+        t = flow.sample_t(rng_t, x0.shape[0] * frames, config.diffusion, shift).reshape(x0.shape[0], frames)
+        t_tokens = jnp.repeat(t, x0.shape[1] // frames, axis=1)
+    else:
+        t = t_tokens = flow.sample_t(rng_t, x0.shape[0], config.diffusion, shift)
     noise = jax.random.normal(rng_noise, x0.shape, x0.dtype)
-    x_t = flow.interpolate(x0, noise, t)
+    x_t = flow.interpolate(x0, noise, t_tokens)
     weights = loss_weights(batch, config)
     if model.is_video:
         batch = tasks.video_task(batch, geometry.frames_of(x0), jax.random.fold_in(rng, 1), config.diffusion)
@@ -64,6 +73,8 @@ def flow_matching_loss(model: generator.DiffusionModel, batch: dict, rng: jax.Ar
     cond = model.condition(batch)
     extra = generator.extras(model.dit.cfg, batch, x0.shape[0])
     extra["attention_kwargs"] = generator.attention_kwargs(config, t)
+    if model.is_causal and video_dit.causal_settings(model.dit.cfg)[2]:
+        extra["recycled"] = video_dit.recycled_tokens(x0, frames)
     if repa_head is None:
         v = model(x_t, t, cond, geometry, **extra)
         fm = flow.masked_mse(v, flow.velocity_target(x0, noise), weights)

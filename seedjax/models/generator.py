@@ -60,7 +60,9 @@ class DiffusionModel(nnx.Module):
         return out | {k: batch[k] for k in VIDEO_CONDITION_KEYS if k in batch}
 
     def __call__(self, x, t, cond: dict, geometry: Geometry, *, guidance=None, target_size=None,
-                 return_features=False, attention_kwargs=None):
+                 return_features=False, attention_kwargs=None, recycled=None):
+        if recycled is not None and not self.is_video:
+            raise ValueError("recycled frames (model.recycle) are a block-causal video DiT's input")
         if self.is_video:
             if return_features or target_size is not None:
                 raise ValueError("the video DiT has no REPA features or size embedding")
@@ -71,7 +73,7 @@ class DiffusionModel(nnx.Module):
                             frame_shot=frame_shots(cond["frame_shot"], frames) if "frame_shot" in cond else None,
                             cond_tokens=geometry.tokens(cond["cond_frames"]) if "cond_frames" in cond else None,
                             cond_mask=frame_shots(cond["cond_mask"], frames) if "cond_mask" in cond else None,
-                            guidance=guidance, attention_kwargs=attention_kwargs)
+                            guidance=guidance, recycled=recycled, attention_kwargs=attention_kwargs)
         if not geometry.is_image:
             raise ValueError(f"the MMDiT denoises single images; a {geometry.frames}-frame geometry needs the video DiT "
                              f"(config.model = video_dit_config(...))")
@@ -87,6 +89,11 @@ class DiffusionModel(nnx.Module):
         mask = frame_shots(batch["cond_mask"], geometry.grid[0]) > 0
         per_token = jnp.repeat(mask, geometry.num_tokens // geometry.grid[0], axis=1)[..., None]
         return jnp.where(per_token, geometry.tokens(batch["cond_frames"]).astype(noise.dtype), noise)
+
+    @property
+    def is_causal(self) -> bool:
+        """A block-causal video DiT (model.causal): it generates frame after frame (AAPT)."""
+        return self.is_video and video_dit.causal_settings(self.dit.cfg)[0]
 
     @property
     def guidance_embedded(self) -> bool:

@@ -386,6 +386,19 @@ class VideoDiT(nnx.Module):
         return embedded.reshape(*t.shape, -1) + shared.reshape(shared.shape[0], *([1] * (t.ndim - 1)), -1)
 
 
+def widen_for_recycling(dit_params: dict, cfg) -> dict:
+    """A video DiT's parameters saved without `recycle`, for the same DiT with it (AAPT's adaptation
+    of a bidirectional model): the input embedder gets zero rows for the recycled frame's channels
+    (appended last, `embed_frames`), so the model starts out ignoring them. Other trees pass
+    unchanged (a wrong shape is then `load_params`'s error)."""
+    kernel = dit_params.get("x_embedder", {}).get("kernel")
+    if kernel is None or not causal_settings(cfg)[2] or np.shape(kernel)[0] != input_channels(cfg) - cfg.in_channels:
+        return dit_params
+    zeros = np.zeros((cfg.in_channels, np.shape(kernel)[1]), np.asarray(kernel).dtype)
+    embedder = {**dit_params["x_embedder"], "kernel": np.concatenate([np.asarray(kernel), zeros], axis=0)}
+    return {**dit_params, "x_embedder": embedder}
+
+
 def recycled_tokens(x: jax.Array, frames: int) -> jax.Array:
     """AAPT's recycled input for teacher forcing: every frame's previous frame of the clean tokens
     x [B, F*P, C] (frame 0 gets zeros: no previous frame)."""

@@ -77,6 +77,9 @@ def diffusion_config(**overrides) -> ml_collections.ConfigDict:
             # image-to-video, and how often such an example's frame is blanked (CFG on the image).
             i2v_fraction=0.0,
             cond_frame_dropout=0.0,
+            # A block-causal video DiT (model.causal): every latent frame at its own flow time
+            # (AAPT's adaptation: a streamed frame attends to frames made at other noise levels).
+            per_frame_t=False,
         )
     )
     cfg.update(overrides)

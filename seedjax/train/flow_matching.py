@@ -15,6 +15,7 @@ import optax
 from flax import nnx
 
 from seedjax.diffusion.objectives import flow_matching_loss
+from seedjax.models import video_dit
 from seedjax.models.generator import DiffusionModel
 from seedjax.train.repa import RepaHead
 from seedjax.train.generation import generate_pixels
@@ -57,9 +58,14 @@ def sample(state: GeneratorState, config, rng: jax.Array, batch: dict) -> jax.Ar
 
 def load_generator(state, source: dict, config) -> None:
     """`config.init_from`: the source's EMA when `config.init_from_ema` (and it kept one), else its
-    model; every parameter must be there with its shape. The EMA (if any) starts at the loaded weights."""
+    model; every parameter must be there with its shape (a video DiT saved without model.recycle
+    loads into one with it: `video_dit.widen_for_recycling`). The EMA (if any) starts at the
+    loaded weights."""
     what = f"config.init_from={config.init_from}"
     entry = "ema" if config.get("init_from_ema", False) and source.get("ema") else "model"
-    load_params(state.model, pick_params(source, entry, what), f"{what} ({entry})")
+    params = pick_params(source, entry, what)
+    if state.model.is_video and "dit" in params:
+        params = {**params, "dit": video_dit.widen_for_recycling(params["dit"], state.model.dit.cfg)}
+    load_params(state.model, params, f"{what} ({entry})")
     if state.ema is not None:
         state.ema.load(jax.tree.map(jnp.copy, nnx.to_pure_dict(nnx.state(state.model, nnx.Param))))

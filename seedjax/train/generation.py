@@ -13,6 +13,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from seedjax.diffusion import autoregressive
 from seedjax.diffusion.sampling import Sampler
 from seedjax.models import generator
 from seedjax.models.geometry import Geometry
@@ -59,9 +60,25 @@ def generate(model: generator.DiffusionModel, config, rng: jax.Array, batch: dic
     sampler = sampler or sampler_of(config)
     attention = functools.partial(generator.attention_kwargs, config)
     geometry = Geometry.of(config)
+    if model.is_causal:
+        return generate_causal(model, config, rng, batch, sampler, geometry)
     if model.is_video:
         batch = with_first_frame(batch, config, geometry)
     return sampler.generate(model, batch, geometry, rng, attention=attention)
+
+
+def generate_causal(model, config, rng, batch, sampler: Sampler, geometry: Geometry) -> jax.Array:
+    """A block-causal video DiT generates frame after frame with its KV cache and the previous
+    frame recycled (`autoregressive.rollout`: what `seedjax.tools.stream` streams), the sampler's
+    steps for every frame. One cache: no true CFG (a guidance-embedded model takes its scale)."""
+    if sampler.guided:
+        raise ValueError(f"a block-causal video model samples without classifier-free guidance (one KV cache); "
+                         f"set config.sampling.guidance_scale=1 (or --guidance=1), got {sampler.cfg_scale:g}")
+    if "first_frame" in batch or config.sampling.get("i2v", False):
+        raise ValueError("image-to-video is not supported by block-causal generation yet")
+    guidance = sampler.guidance if model.guidance_embedded else None
+    tokens = autoregressive.rollout(model, batch, geometry, sampler.sigmas, rng, guidance=guidance)
+    return geometry.frames_of(tokens)
 
 
 def generate_pixels(model: generator.DiffusionModel, config, rng: jax.Array, batch: dict,

@@ -48,6 +48,12 @@ def validate_config(config) -> None:
     for key, group in config.items():  # optimizer, and a stage's others (fake_optimizer, disc_optimizer)
         if key.endswith("optimizer") and isinstance(group, ml_collections.ConfigDict):
             _validate_optimizer(key, group, int(config.total_steps))
+    model = config.get("model")
+    if model is not None and model.get("kind") == "video_dit" and model.get("causal", False) and \
+            "sampling" in config and float(config.sampling.guidance_scale) != 1.0:
+        raise ConfigError(f"config.model.causal: a block-causal video model samples frame by frame with one KV cache, "
+                          f"without classifier-free guidance; set config.sampling.guidance_scale=1 (got "
+                          f"{config.sampling.guidance_scale})")
     if "data" in config:
         validate_data(config.data, "config.data")
     if "eval" in config and "data" in config.eval:  # held-out data of stages that train on something else
