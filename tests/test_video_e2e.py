@@ -6,7 +6,8 @@ over `mesh.data=2`) must log the same losses within 1e-4; the sampling tool then
 multi-shot, image-to-video clip from the 1-device run's checkpoint. That checkpoint is also
 exported to StableHLO (video sizes FxHxW), run in a process that has only jax, and served over
 HTTP (POST /v1/videos): the same clips as the sampling tool, for text-to-video, multi-shot and
-image-to-video prompts alike.
+image-to-video prompts alike. AAPT's adaptation stage trains a block-causal, recycling copy of it
+(aapt_adapt.py:tiny), and `seedjax.tools.stream` streams that frame by frame with a prompt script.
 """
 
 from __future__ import annotations
