@@ -192,3 +192,17 @@ def test_bad_flags_exit_2_with_one_line_and_write_nothing(straight, tmp_path, ca
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
     assert not os.path.exists(out)
+
+
+def test_the_runner_splits_shots_as_the_bundle_does():
+    """run_exported cannot import the bundle (jax and numpy only), so it has its own copy of the
+    multi-shot caption rule; the two must agree or an export's clips differ from the sample tool's."""
+    from seedjax.inference.bundle import split_shots as bundle_split
+    from seedjax.serving.run_exported import split_shots as runner_split
+
+    captions = ["a red 3 moving left", "shot 1: a red 3 moving left; shot 2: a blue 5 moving up",
+                "  shot 1: a 7;shot 2: a 1 ; shot 3: a 2  ", "shot 1: only one shot", "a shot 1: not a shot list",
+                "shot 1: a 3; shot 2:", ""]
+    for caption in captions:
+        assert runner_split(caption) == bundle_split(caption), caption
+    assert runner_split(captions[2]) == ["a 7", "a 1", "a 2"]

@@ -39,7 +39,6 @@ from PIL import Image
 from seedjax import cli, inference
 from seedjax.diffusion.autoregressive import COMMITS, Stream
 from seedjax.inference.bundle import BundleError, split_shots
-from seedjax.models import causal_video
 from seedjax.train.metrics import animated_gif, make_grid
 
 
@@ -72,7 +71,6 @@ def open_stream(args) -> tuple[Stream, object, dict[int, str]]:
     bundle = inference.load(args.workdir).with_sampling(steps=args.steps)
     if not bundle.model.is_video:
         raise BundleError("this run generates images; streaming needs a block-causal video DiT")
-    causal_video.capacity(bundle.model.dit.cfg, args.frames)  # a one-line error for a bidirectional run
     if bundle.codec is not None and not bundle.codec.is_video:
         raise BundleError("a latent run of an image VAE decodes frames independently; stream a video VAE's run")
     for prompt in (args.prompt, *script.values()):
@@ -80,10 +78,12 @@ def open_stream(args) -> tuple[Stream, object, dict[int, str]]:
             raise ValueError(f"prompt {prompt!r}: a stream follows one caption at a time (use --script to change it)")
     sampler = bundle.sampler
     guidance = sampler.guidance if bundle.model.guidance_embedded else None
+    # Stream refuses a bidirectional run with one line (it needs model.causal for its KV cache).
+    stream = Stream(bundle.model, bundle.geometry, sampler.sigmas, commit=args.commit, guidance=guidance)
     if sampler.guided:
         print(f"stream: note: the run samples with CFG {sampler.cfg_scale:g}; the stream runs the conditional "
               f"prediction alone (one cache)", file=sys.stderr)
-    return Stream(bundle.model, bundle.geometry, sampler.sigmas, commit=args.commit, guidance=guidance), bundle, script
+    return stream, bundle, script
 
 
 def write_frames(out: str, first_index: int, pixels: np.ndarray) -> None:
