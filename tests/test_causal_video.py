@@ -40,8 +40,7 @@ SIGMAS = {"decoupled": (1.0, 0.6, 0.0), "full_3d": (1.0, 0.0)}
 COMMIT = {"decoupled": "last", "full_3d": "clean"}
 
 
-@functools.cache
-def _model(mode: str):
+def _config(mode: str) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.text = text_config()
     config.text.update(width=32, depth=1, num_heads=2, max_len=8)
@@ -51,7 +50,12 @@ def _model(mode: str):
                                     attention=mode, sequence_parallel="ulysses",
                                     causal=True, causal_window=WINDOW, recycle=True,
                                     temporal_spatial_window=(1, 2) if mode == "decoupled" else (1, 1))
-    return _random(lambda: generator.build(config, nnx.Rngs(0)), scale=0.1)
+    return config
+
+
+@functools.cache
+def _model(mode: str):
+    return _random(lambda: generator.build(_config(mode), nnx.Rngs(0)), scale=0.1)
 
 
 BATCH = {"tokens": jnp.asarray(np.random.default_rng(0).integers(3, 200, (2, 8)), jnp.int32),

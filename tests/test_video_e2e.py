@@ -6,8 +6,10 @@ over `mesh.data=2`) must log the same losses within 1e-4; the sampling tool then
 multi-shot, image-to-video clip from the 1-device run's checkpoint. That checkpoint is also
 exported to StableHLO (video sizes FxHxW), run in a process that has only jax, and served over
 HTTP (POST /v1/videos): the same clips as the sampling tool, for text-to-video, multi-shot and
-image-to-video prompts alike. AAPT's adaptation stage trains a block-causal, recycling copy of it
-(aapt_adapt.py:tiny), and `seedjax.tools.stream` streams that frame by frame with a prompt script.
+image-to-video prompts alike. AAPT's chain (aapt_pipeline.py:tiny) trains a block-causal, recycling
+copy of it, distils that to one evaluation a frame and post-trains it adversarially with student
+forcing; `seedjax.tools.stream` streams the adapted model with a prompt script and the final
+1-NFE model past its training length.
 """
 
 from __future__ import annotations
@@ -203,12 +205,22 @@ def _reference_stream(workdir: str, prompts: dict[int, str], num: int, seed: int
 
 
 @pytest.fixture(scope="module")
-def adapted(one_device, tmp_path_factory):
-    """AAPT's first stage on the tiny run: block-causal, recycling, per-frame times (aapt_adapt.py:tiny)."""
-    workdir = str(tmp_path_factory.mktemp("aapt_adapt"))
-    proc = run_main("experiments/seedance/aapt_adapt.py:tiny", workdir, f"init_from={one_device}", "log_every=1")
+def aapt_chain(one_device, tmp_path_factory):
+    """AAPT's chain as a user runs it (experiments/seedance/aapt_pipeline.py:tiny), the tiny t2v run
+    standing in for its first stage: adaptation (block-causal, recycling, per-frame times),
+    consistency distillation to 1 NFE a frame, adversarial training with student forcing."""
+    root = tmp_path_factory.mktemp("aapt")
+    os.symlink(one_device, root / "t2v")
+    cmd = [sys.executable, "-m", "seedjax.pipeline", "--pipeline=experiments/seedance/aapt_pipeline.py:tiny",
+           f"--workdir={root}", "--only=aapt_adapt,aapt_consistency,aapt_adversarial", "--config.log_every=1"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env_for(1), capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return workdir
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def adapted(aapt_chain):
+    return os.path.join(aapt_chain, "aapt_adapt")
 
 
 @pytest.mark.slow
@@ -256,3 +268,27 @@ def test_stream_tool_writes_each_frame_and_follows_a_prompt_script(adapted, one_
         err = proc.stderr.strip()
         assert proc.returncode == 2 and message in err and "\n" not in err, err
         assert not (tmp_path / name).exists()
+
+
+@pytest.mark.slow
+def test_aapt_chain_distils_to_one_evaluation_a_frame_and_streams_past_its_length(aapt_chain, tmp_path):
+    expected = {"aapt_consistency": ("consistency_mse",), "aapt_adversarial": ("disc_loss", "generator_adv", "r1", "r2")}
+    for stage, keys in expected.items():
+        rows = read_metrics(os.path.join(aapt_chain, stage))
+        steps = [r for r in rows if "loss" in r]
+        assert [r["step"] for r in steps] == [1, 2, 3, 4]
+        assert all(np.isfinite(r[k]) for r in steps for k in keys)
+        assert [r["eval/video/nfe"] for r in rows if "eval/video/nfe" in r] == [1.0]
+    assert all(r["r1"] > 0 and r["r2"] > 0 for r in read_metrics(os.path.join(aapt_chain, "aapt_adversarial"))
+               if "r1" in r)
+    workdir = os.path.join(aapt_chain, "aapt_adversarial")
+    assert inference.load(workdir).nfe == 1
+    out = tmp_path / "stream"
+    cmd = [sys.executable, "-m", "seedjax.tools.stream", f"--workdir={workdir}", "--prompt=a green 7 moving down",
+           "--frames=8", "--num=2", "--seed=1", f"--out={out}"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env_for(1), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = np.load(out / "frames.npy")
+    assert got.shape == (2, 8, 16, 16, 3)  # twice the tiny clips' 4 frames, one evaluation each
+    reference = _reference_stream(workdir, {0: "a green 7 moving down"}, 2, 1, 8)
+    np.testing.assert_allclose(got, np.clip(reference, -1, 1), atol=1e-5)

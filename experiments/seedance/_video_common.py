@@ -62,3 +62,22 @@ def video_config(variant: str, *, condition: str = "concat", i2v_fraction: float
         cfg.optimizer.warmup_steps = 2
     link_widths(cfg)
     return cfg
+
+
+def causal_video_config(variant: str, window: int = 0) -> "ml_collections.ConfigDict":  # noqa: F821
+    """The video quickstart's model made block-causal for AAPT (experiments/seedance/aapt_*.py):
+    `model.causal` (a latent frame attends to the text, itself and earlier frames; `window` = W > 0:
+    the W - 1 frames before it and always the first), `model.recycle` (the previous clean frame
+    concatenated to the input) and `diffusion.per_frame_t` (every frame at its own noise level);
+    sampled frame after frame with the KV cache, without classifier-free guidance (one cache)."""
+    cfg = video_config(variant)
+    cfg.model.update(causal=True, causal_window=window, recycle=True)
+    cfg.diffusion.per_frame_t = True
+    cfg.sampling.guidance_scale = 1.0
+    return cfg
+
+
+def clips_only(cfg) -> None:
+    """Train on the clips alone (no one-frame image bucket): AAPT's later stages are about video."""
+    frames = cfg.data.video.num_frames
+    cfg.data.video.update(buckets=f"{frames}x{SIZE}x{SIZE}", bucket_weights="1")

@@ -16,20 +16,17 @@ the bidirectional model run causally. Samples and the video judges generate fram
 with the KV cache (`autoregressive.rollout`), without classifier-free guidance (one cache).
 
 Variants: `quickstart` (default) and `tiny` (CI); `steps=N`, `window=W` (0 = every earlier frame).
-The later AAPT stages (consistency distillation to 1 NFE a frame, adversarial training with
-student forcing) are not built yet.
+The later AAPT stages: aapt_consistency.py (1 NFE a frame), aapt_adversarial.py (student forcing);
+the chain: aapt_pipeline.py.
 """
 
-from experiments.seedance._video_common import video_config
+from experiments.seedance._video_common import causal_video_config
 from seedjax.config import parse_arg
 
 
 def get_config(arg=None):
     arg = parse_arg(arg, variant="quickstart", steps=-1, window=0)
-    cfg = video_config(arg.variant)
-    cfg.model.update(causal=True, causal_window=arg.window, recycle=True)
-    cfg.diffusion.per_frame_t = True
-    cfg.sampling.guidance_scale = 1.0
+    cfg = causal_video_config(arg.variant, arg.window)
     cfg.init_from = "runs/seedance/t2v"
     if arg.variant == "quickstart":
         cfg.total_steps = 500

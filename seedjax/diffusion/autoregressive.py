@@ -87,23 +87,33 @@ def caption_kwargs(model, batch: dict, grid_hw, guidance: float | None) -> dict:
                 guidance=None if guidance is None else jnp.full((n,), guidance, jnp.float32))
 
 
+def clip_noise(geometry: Geometry, rng: jax.Array, n: int) -> jax.Array:
+    """The noise `rollout` and `Stream` start each frame from, for a whole clip: [B, num_tokens,
+    token_dim], frame f's from fold_in(rng, f)."""
+    frame = frame_geometry(geometry)
+    return jnp.concatenate([frame.noise(jax.random.fold_in(rng, f), n) for f in range(geometry.grid[0])], axis=1)
+
+
 def rollout(model, batch: dict, geometry: Geometry, sigmas, rng: jax.Array, *, commit: str = "last",
-            guidance: float | None = None) -> jax.Array:
+            guidance: float | None = None, noise: jax.Array | None = None) -> jax.Array:
     """Every frame of `geometry` one after another (`Stream.next`'s frames, in one traceable call):
-    tokens [B, num_tokens, token_dim] of the whole clip. The cache keeps every frame."""
+    tokens [B, num_tokens, token_dim] of the whole clip. The cache keeps every frame. `noise`
+    [B, num_tokens, token_dim] replaces the noise drawn from `rng` (`clip_noise`)."""
     frame = frame_geometry(geometry)
     frames = geometry.grid[0]
     caption = caption_kwargs(model, batch, frame.grid_hw, guidance)
     n = caption["text_embeddings"].shape[0]
     cache = causal_video.init_cache(model.dit, max_frames=frames, **caption)
     state = StreamState(cache, jnp.zeros((n, *frame.token_shape), jnp.float32))
+    if noise is None:
+        noise = clip_noise(geometry, rng, n)
+    per_frame = jnp.swapaxes(noise.reshape(n, frames, *frame.token_shape), 0, 1)  # [F, B, P, C]
 
-    def one_frame(state, index):
-        noise = frame.noise(jax.random.fold_in(rng, index), n)
-        x, state = frame_step(model, state, noise, sigmas, grid_hw=frame.grid_hw, commit=commit)
+    def one_frame(state, frame_noise):
+        x, state = frame_step(model, state, frame_noise, sigmas, grid_hw=frame.grid_hw, commit=commit)
         return state, x
 
-    _, xs = jax.lax.scan(one_frame, state, jnp.arange(frames))  # [F, B, P, C]
+    _, xs = jax.lax.scan(one_frame, state, per_frame)  # [F, B, P, C]
     return jnp.swapaxes(xs, 0, 1).reshape(n, -1, frame.token_dim)
 
 

@@ -75,8 +75,8 @@ def check_architecture(config) -> None:
     source = config_from_json(found)
     for group, keys in ARCHITECTURE.items():
         for key in keys:
-            if group not in source or key not in source[group]:
-                continue
+            if group not in source or key not in source[group] or key not in config[group]:
+                continue  # e.g. the MMDiT's depth_double for a video DiT
             mine, theirs = config[group][key], source[group][key]
             if (list(mine) if isinstance(mine, (tuple, list)) else mine) != theirs:
                 raise ValueError(f"config.{group}.{key}={mine!r}, but the init_from run ({found.parent}) was "
@@ -85,16 +85,23 @@ def check_architecture(config) -> None:
 
 
 class StudentState(nnx.Module):
-    """The student (guidance-embedded), its optimizer and EMA, and the frozen teacher."""
+    """The student (guidance-embedded unless told otherwise: AAPT's causal students sample without
+    guidance), its optimizer and EMA, and the frozen teacher."""
 
-    def __init__(self, config, rngs: nnx.Rngs):
-        self.model = models_generator.build(config, rngs, guidance_embed=True)
+    def __init__(self, config, rngs: nnx.Rngs, *, guidance_embed: bool = True):
+        self.model = models_generator.build(config, rngs, guidance_embed=guidance_embed)
         self.teacher = freeze(models_generator.build(config, rngs, config.distill.teacher_guidance_embed))
         self.optimizer = make_optimizer(self.model, config.optimizer, config.total_steps)
         self.ema = EMA(self.model, config.ema_decay) if config.ema_decay > 0 else None
 
 
 # --------------------------------------------------------------------------- stage hooks
+
+
+def start_ema(state) -> None:
+    """Start `state.ema` (when kept) at the freshly loaded `state.model`."""
+    if state.ema is not None:
+        state.ema.load(jax.tree.map(jnp.copy, nnx.to_pure_dict(nnx.state(state.model, nnx.Param))))
 
 
 def load_pretrained(state: StudentState, source: dict, config) -> None:
@@ -109,8 +116,7 @@ def load_pretrained(state: StudentState, source: dict, config) -> None:
         down = state.model.dit.guidance_embedder.down
         down.kernel[...] = jnp.zeros_like(down.kernel[...])
         down.bias[...] = jnp.zeros_like(down.bias[...])
-    if state.ema is not None:
-        state.ema.load(jax.tree.map(jnp.copy, nnx.to_pure_dict(nnx.state(state.model, nnx.Param))))
+    start_ema(state)
     load_params(state.teacher, pick_params(source, d.teacher_from, what), f"{what} ({d.teacher_from} -> teacher)")
 
 

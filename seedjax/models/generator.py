@@ -64,8 +64,8 @@ class DiffusionModel(nnx.Module):
         if recycled is not None and not self.is_video:
             raise ValueError("recycled frames (model.recycle) are a block-causal video DiT's input")
         if self.is_video:
-            if return_features or target_size is not None:
-                raise ValueError("the video DiT has no REPA features or size embedding")
+            if target_size is not None:
+                raise ValueError("the video DiT has no size embedding")
             mask = cond["shot_mask"]
             frames = geometry.grid[0]
             return self.dit(x, t, cond["text_embeddings"], cond["pooled"], grid=geometry.grid,
@@ -73,7 +73,8 @@ class DiffusionModel(nnx.Module):
                             frame_shot=frame_shots(cond["frame_shot"], frames) if "frame_shot" in cond else None,
                             cond_tokens=geometry.tokens(cond["cond_frames"]) if "cond_frames" in cond else None,
                             cond_mask=frame_shots(cond["cond_mask"], frames) if "cond_mask" in cond else None,
-                            guidance=guidance, recycled=recycled, attention_kwargs=attention_kwargs)
+                            guidance=guidance, recycled=recycled, attention_kwargs=attention_kwargs,
+                            return_features=return_features)
         if not geometry.is_image:
             raise ValueError(f"the MMDiT denoises single images; a {geometry.frames}-frame geometry needs the video DiT "
                              f"(config.model = video_dit_config(...))")

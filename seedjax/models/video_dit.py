@@ -274,7 +274,8 @@ class VideoDiT(nnx.Module):
                                       dtype=dtype, kernel_init=layers.ZEROS)
 
     def __call__(self, x, t, text_embeddings, pooled, *, grid, num_shots=1, text_mask=None, frame_shot=None,
-                 cond_tokens=None, cond_mask=None, guidance=None, recycled=None, attention_kwargs=None):
+                 cond_tokens=None, cond_mask=None, guidance=None, recycled=None, attention_kwargs=None,
+                 return_features=False):
         """Predict the flow velocity of video tokens.
 
         Args:
@@ -290,8 +291,11 @@ class VideoDiT(nnx.Module):
           guidance: [B] guidance scale (guidance-embedded models only).
           recycled: [B, N, in_channels] (model.recycle) every frame's previous clean frame (frame 0:
             zeros; `recycled_tokens` shifts a clean video). None = zeros.
+          return_features: also return the last block's visual tokens [B, N, hidden] (what AAPT's
+            frame discriminator reads).
 
-        Returns: velocity [B, N, out_channels] float32 (0 on conditioning frames with 'timestep').
+        Returns: velocity [B, N, out_channels] float32 (0 on conditioning frames with 'timestep'),
+        and with `return_features` (velocity, features).
         """
         cfg = self.cfg
         batch, num_tokens, channels = x.shape
@@ -336,7 +340,8 @@ class VideoDiT(nnx.Module):
             run = functools.partial(VideoBlock.__call__, ops=ops.at(i))
             run = nnx.remat(run, policy=policy) if policy is not None else run
             vis, txt = run(block, vis, txt, cond_frames, cond_txt, rope_vis, rope_txt, masks)
-        return self.head(vis, x, t_frames, cond_frames, token_cond)
+        velocity = self.head(vis, x, t_frames, cond_frames, token_cond)
+        return (velocity, vis) if return_features else velocity
 
     def embed_frames(self, x, t_frames, cond_tokens=None, cond_mask=None, recycled=None):
         """Input tokens x [B, F*P, C] at per-frame times [B, F] -> (embedded [B, F*P, D], per-frame

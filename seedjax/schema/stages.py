@@ -190,3 +190,19 @@ def adm_config(**overrides) -> ml_collections.ConfigDict:
     cfg = ml_collections.ConfigDict(dict(ode_dt=1.0 / 64))
     cfg.update(overrides)
     return cfg
+
+
+# --------------------------------------------------------------------------- aapt_consistency, aapt_adversarial: config.aapt
+
+
+def aapt_config(**overrides) -> ml_collections.ConfigDict:
+    """AAPT's distillation stages on a block-causal video DiT (seedjax/distill/causal.py)."""
+    cfg = ml_collections.ConfigDict(dict(
+        grid_steps=16,  # aapt_consistency: the teacher ODE grid of the consistency pairs (one segment: 1 NFE)
+        segments=2,  # aapt_adversarial: the generator rolls out segments x the clip length; each segment is judged
+        gamma=1.0,  # aapt_adversarial: weight of the approximate R1 + R2, (gamma / 2) (R1 + R2)
+        sigma=0.01,  # aapt_adversarial: noise scale of the approximate R1 / R2
+        head_hidden=256,  # aapt_adversarial: width of the frame discriminator's head
+    ))
+    cfg.update(overrides)
+    return cfg
