@@ -9,13 +9,15 @@ HTTP (POST /v1/videos): the same clips as the sampling tool, for text-to-video, 
 image-to-video prompts alike. AAPT's chain (aapt_pipeline.py:tiny) trains a block-causal, recycling
 copy of it, distils that to one evaluation a frame and post-trains it adversarially with student
 forcing; `seedjax.tools.stream` streams the adapted model with a prompt script and the final
-1-NFE model past its training length.
+1-NFE model past its training length; benchmarks.aapt_quality (long-clip drift, prompt switches)
+judges the adapted run.
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import subprocess
 import sys
@@ -26,10 +28,24 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks import aapt_quality as aq
+from data_pipelines.sources import moving_digits
 from seedjax import export, inference
+from seedjax.diffusion.autoregressive import Stream
+from seedjax.eval import video_prompts
+from seedjax.eval.judges import classifier, video
+from seedjax.parallel import mesh as mesh_lib
 from seedjax.serving import png
 from seedjax.serving.run_exported import ExportedGenerator
-from tests.runner import ROOT, env_for, losses, post_all, read_metrics, run_main, serving
+from tests.runner import (
+    ROOT,
+    env_for,
+    losses,
+    post_all,
+    read_metrics,
+    run_main,
+    serving,
+)
 
 CONFIG = "experiments/seedance/t2v.py:tiny"
 
@@ -191,8 +207,6 @@ def test_video_export_refuses_image_sizes_with_exit_2(one_device, tmp_path, caps
 
 def _reference_stream(workdir: str, prompts: dict[int, str], num: int, seed: int, frames: int) -> np.ndarray:
     """Stream.next frame after frame with the prompt changes of `prompts` ({frame: prompt}), in process."""
-    from seedjax.diffusion.autoregressive import Stream
-
     bundle = inference.load(workdir)
     stream = Stream(bundle.model, bundle.geometry, bundle.sampler.sigmas)
     state, out = stream.start(bundle.prompts([prompts[0]] * num), max_frames=frames), []
@@ -292,3 +306,129 @@ def test_aapt_chain_distils_to_one_evaluation_a_frame_and_streams_past_its_lengt
     assert got.shape == (2, 8, 16, 16, 3)  # twice the tiny clips' 4 frames, one evaluation each
     reference = _reference_stream(workdir, {0: "a green 7 moving down"}, 2, 1, 8)
     np.testing.assert_allclose(got, np.clip(reference, -1, 1), atol=1e-5)
+
+
+# --------------------------------------------------------------------------- benchmarks.aapt_quality on the adapted run
+
+F = 4  # the tiny variant's clip length
+
+
+def test_aapt_quality_mean_se_is_a_ratio_estimate_over_clips():
+    values = np.random.default_rng(0).random((10, 4))
+    mean, se = aq.mean_se(values)
+    assert mean == pytest.approx(values.mean()) and se == pytest.approx(values.mean(1).std(ddof=1) / np.sqrt(10))
+    mean, se = aq.mean_se(np.array([[1, 0], [1, 1], [0, np.nan], [np.nan, np.nan]]))  # 3/5 right, 3 clips
+    assert mean == pytest.approx(0.6) and se == pytest.approx(np.sqrt((0.04 + 0.64 + 0.36) / 6) / (5 / 3))
+    assert aq.mean_se(np.full((2, 3), np.nan)) == (None, None) and aq.mean_se(np.ones((1, 3))) == (1.0, None)
+
+
+@pytest.fixture(scope="module")
+def causal_bundle(adapted):
+    return inference.load(adapted, mesh=mesh_lib.make_mesh({"data": 1}, jax.devices()[:1]))
+
+
+@pytest.fixture(scope="module")
+def long_clips(causal_bundle):
+    """(held-out labels of 2F-frame clips, their rollout with seed 5 in batches of 3: one padded)."""
+    labels = video_prompts.prompt_batch(4, 2 * F, 16, 0, max_text_len=48)
+    clips, rates = aq.Rollout(causal_bundle, 2 * F, 3)(labels["captions"], seed=5)
+    assert clips.shape == (4, 2 * F, 16, 16, 3) and len(rates) == 2 and min(rates) > 0
+    return labels, clips
+
+
+def test_mean_se_is_a_ratio_estimate_over_clips():
+    values = np.random.default_rng(0).random((10, 4))
+    mean, se = aq.mean_se(values)
+    assert mean == pytest.approx(values.mean()) and se == pytest.approx(values.mean(1).std(ddof=1) / np.sqrt(10))
+    mean, se = aq.mean_se(np.array([[1, 0], [1, 1], [0, np.nan], [np.nan, np.nan]]))  # 3/5 right, 3 clips
+    assert mean == pytest.approx(0.6) and se == pytest.approx(np.sqrt((0.04 + 0.64 + 0.36) / 6) / (5 / 3))
+    assert aq.mean_se(np.full((2, 3), np.nan)) == (None, None) and aq.mean_se(np.ones((1, 3))) == (1.0, None)
+
+
+@pytest.mark.slow
+def test_aapt_quality_rollouts_are_causal_and_judged_as_score_videos_judges(causal_bundle, long_clips):
+    labels, long = long_clips
+    short, _ = aq.Rollout(causal_bundle, F, 3)(labels["captions"], seed=5)
+    assert short.shape == (4, F, 16, 16, 3)
+    np.testing.assert_allclose(long[:, :F], short, atol=1e-5)  # the later frames change no earlier one
+    assert np.abs(long[:, F:] - long[:, :F]).max() > 1e-3
+    # The real renderings with generated frames mixed in: a clip set the judges read partly right.
+    mixed = np.array(labels["video"])
+    mixed[:2, 1::3], mixed[3, F:] = long[:2, 1::3], long[3, F:]
+    clf = classifier.get_classifier()
+    got = aq.judge(mixed, labels, F, clf)
+    want = video.score_videos(mixed, labels, clf, moving_digits.PALETTE)
+    assert 0 < want["frame_accuracy"] < 1
+    assert aq.mean_se(got["all"])[0] == pytest.approx(want["frame_accuracy"])
+    assert aq.mean_se(got["motion"])[0] == pytest.approx(want["motion_accuracy"])
+    assert aq.mean_se(got["consistency"])[0] == pytest.approx(want["temporal_consistency"])
+    for window, frames in (("first", slice(None, F)), ("last", slice(F, None))):
+        part = dict(labels, frame_shot=labels["frame_shot"][:, frames])
+        accuracy = video.score_videos(mixed[:, frames], part, clf)["frame_accuracy"]
+        assert aq.mean_se(got[window])[0] == pytest.approx(accuracy), window
+    assert aq.mean_se(got["drift"])[0] == pytest.approx(aq.mean_se(got["first"])[0] - aq.mean_se(got["last"])[0])
+    real = aq.judge(labels["video"], labels, F, clf)
+    assert aq.mean_se(real["all"])[0] == aq.mean_se(real["motion"])[0] == 1.0
+
+
+@pytest.mark.slow
+def test_aapt_quality_prompt_switch_streams_the_rollout_and_changes_only_later_frames(causal_bundle, long_clips):
+    labels, rolled = long_clips
+    turning = "a small cyan 2 moving left, then turning up"
+    assert aq.other_digit(turning, 7) == turning.replace("2", "7")
+    a = labels["captions"]
+    b = [aq.other_digit(c, (d + 5) % 10) for c, d in zip(a, labels["shot_digit"][:, 0])]
+    stream = Stream(causal_bundle.model, causal_bundle.geometry, causal_bundle.sampler.sigmas)
+    kept = aq.switched(causal_bundle, stream, a, a, F, seed=5, batch=3)  # 2 batches, the last one padded
+    switched = aq.switched(causal_bundle, stream, a, b, F, seed=5, batch=3)
+    assert kept.shape == switched.shape == (4, 2 * F, 16, 16, 3)
+    np.testing.assert_allclose(kept, rolled, atol=1e-5)  # the same noise, frame for frame
+    np.testing.assert_array_equal(kept[:, :F], switched[:, :F])  # the change reaches no earlier frame
+    # Everything but the caption is the same, bit for bit: any difference later is the switch (the
+    # tiny model barely reads its text: 1.3e-4 when this was written).
+    assert (np.abs(kept[:, F:] - switched[:, F:]).max(axis=(2, 3, 4)) > 0).all()  # every later frame follows B
+
+
+@pytest.mark.slow
+def test_aapt_quality_prints_tables_and_appends_a_json_record(adapted, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SEEDJAX_BENCHMARKS_MD", str(tmp_path / "BENCHMARKS.md"))
+    out = tmp_path / "results" / "aapt.jsonl"
+    assert aq.main([f"--runs=one={adapted}@1", "--lengths=2", "--num=3", "--seeds=0,1", "--batch=2", "--switch",
+                    f"--out={out}", "--max_load=1000"]) == 0
+    printed = capsys.readouterr().out
+    assert f"| one | 1 | {2 * F} (x2) |" in printed and "after: B's digit" in printed
+    assert f"| one | 1 | {2 * F} (x2) |" in (tmp_path / "BENCHMARKS.md").read_text()
+    lines = out.read_text().splitlines()
+    record = json.loads(lines[0], parse_constant=lambda c: pytest.fail(f"{c} in the JSON record"))
+    assert len(lines) == 1 and record["benchmark"] == "aapt_quality"
+    run = record["runs"][0]
+    assert (run["nfe_per_frame"], run["train_frames"], run["causal_window"]) == (1, F, 0)
+    [row] = run["lengths"]
+    assert (row["multiple"], row["frames"], row["real_motion"], row["motion_judged"]) == (2, 2 * F, 1.0, True)
+    assert row["frames_per_second"] > 0 and row["drift"][0] == pytest.approx(row["first"][0] - row["last"][0])
+    for key in ("all", "first", "last", "motion", "consistency"):
+        assert 0 <= row[key][0] <= 1 and row[key][1] >= 0, key
+    assert all(0 <= run["switch"][k][0] <= 1 for k in ("after_a", "after_b", "before_a", "before_b"))
+
+
+@pytest.mark.slow
+def test_aapt_quality_bad_flags_and_runs_exit_2_with_one_line(one_device, adapted, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SEEDJAX_BENCHMARKS_MD", str(tmp_path / "BENCHMARKS.md"))
+    bidirectional, causal = one_device, adapted
+    cases = {
+        "": "--runs",
+        "--runs=nameless": "NAME=WORKDIR",
+        f"--runs=a={causal}@0": "STEPS >= 1",
+        f"--runs=a={causal},a={causal}": "distinct names",
+        f"--runs=a={tmp_path / 'missing'}": "no config.json",
+        f"--runs=a={bidirectional}": "not a block-causal video run",
+        f"--runs=a={causal} --lengths=0,2": "--lengths",
+        f"--runs=a={causal} --seeds=x": "--seeds",
+        f"--runs=a={causal} --num=0": "--num",
+        f"--runs=a={causal} --frames=3": "unknown flag '--frames'",
+    }
+    for flags, message in cases.items():
+        assert aq.main([*flags.split(), f"--out={tmp_path / 'out.jsonl'}", "--max_load=1000"]) == 2, flags
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err, (flags, err)
+    assert not list(tmp_path.iterdir())

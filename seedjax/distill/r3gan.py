@@ -20,7 +20,7 @@ the same for both forms (AAPT folds it into the weight). Tests hold both to floa
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

@@ -28,8 +28,8 @@ from seedjax.distill.frame_discriminator import FrameDiscriminator
 from seedjax.models import generator
 from seedjax.train import updates
 from seedjax.train.params import load_params, pick_params
-from seedjax.train.state import EMA, make_optimizer
 from seedjax.train.stage import Stage
+from seedjax.train.state import EMA, make_optimizer
 
 
 def validate_config(config) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
 from seedjax.diffusion import flow
 from seedjax.diffusion.sampling import uniform_sigmas
 from seedjax.distill import causal, student
