@@ -26,6 +26,7 @@ import threading
 import time
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
@@ -213,7 +214,9 @@ def load_state_tree(path: str) -> dict:
     `path` is a workdir (its latest checkpoint) or a step directory. Stages pick what they
     need from it (e.g. ['model'] or ['ema']['params']) in `load_pretrained`.
     """
-    return _int_keys(ocp.StandardCheckpointer().restore(state_dir(path)))
+    # Restored without a target, orbax puts every array on the first local device; as host arrays
+    # they load under any mesh (a device-0 array copied under a multi-device mesh is an error).
+    return jax.tree.map(np.asarray, _int_keys(ocp.StandardCheckpointer().restore(state_dir(path))))
 
 
 def saved_tree(path: str):
