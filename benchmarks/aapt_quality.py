@@ -14,6 +14,9 @@ geometry (the KV cache keeps every frame), on one device, once per sampling seed
 
 - prompt accuracy: frames whose digit is the prompt's, over all frames, the first F and the last F;
   drift = first F - last F (per clip);
+- color right (first F, last F): frames whose dominant hue is the prompt's color, and digit
+  visible: frames with a digit-like object at all; both read without the digit classifier, so
+  they show drift in models too weak to draw legible digits;
 - motion accuracy: motion segments whose tracked centroid moves the captioned way. A held-out
   rendering fits its whole path on the canvas (no bouncing): a longer clip moves slower, and past
   about 2x an 8-frame length on 16-pixel frames the real clips fall under the judge's minimum
@@ -63,8 +66,8 @@ from seedjax.parallel import mesh as mesh_lib
 DEFAULT_OUT = os.path.join(protocol.ROOT, "benchmarks", "results", "aapt_quality.jsonl")
 MOTION_REFERENCE = 0.9  # real renderings' motion accuracy below this: the motion labels are not visible motion
 PROMPT_SEED = 0
-HEAD = ("| run | NFE a frame | frames (x F) | prompt accuracy | first F | last F | drift | motion (real) "
-        "| consistency | frames/s |")
+HEAD = ("| run | NFE a frame | frames (x F) | prompt accuracy | first F | last F | drift | color right, first F "
+        "| color right, last F | digit visible | motion (real) | consistency | frames/s |")
 
 
 # --------------------------------------------------------------------------- flags and runs
@@ -196,8 +199,14 @@ def judge(clips: np.ndarray, labels: dict, train_frames: int, judge_clf) -> dict
     frame_shot, shots = labels["frame_shot"], labels["shot_digit"].shape[1]
     correct = video.frame_correct(readings, labels["shot_digit"], frame_shot)
     segments = video.segment_correct(readings, labels["shot_motion"], labels["shot_turn_frame"], frame_shot)
+    # The color is read without the digit classifier: a model too weak to draw legible digits can
+    # still keep (or lose) its prompt's color and its object over a long clip.
+    shown = np.where(frame_shot >= 0, readings.present, np.nan)
+    wanted = np.take_along_axis(np.asarray(labels["shot_color"]), np.maximum(frame_shot, 0), axis=1)
+    color = np.where(frame_shot >= 0, (readings.color == wanted) & readings.present, np.nan)
     return {"all": correct, "first": correct[:, :train_frames], "last": correct[:, -train_frames:],
             "drift": correct[:, :train_frames].mean(1) - correct[:, -train_frames:].mean(1),
+            "color_first": color[:, :train_frames], "color_last": color[:, -train_frames:], "visible": shown,
             "motion": segments.reshape(len(clips), -1),
             "consistency": video.shot_consistent(readings, frame_shot, shots)}
 
@@ -266,11 +275,12 @@ def tables(records: list[dict], header: str, command: str, test_accuracy: float)
     lines = [f"\n### Block-causal video quality over long clips (benchmarks/aapt_quality.py), {header.split(',')[0]}\n",
              f"Machine: {header}; JAX backend {jax.default_backend()}.", f"Command: `{command}`",
              (f"Judge: the digit classifier (held-out accuracy {test_accuracy:.4f}); mean ± standard error "
-              "over clips, all seeds pooled.\n"), HEAD, "|---" * 10 + "|"]
+              "over clips, all seeds pooled.\n"), HEAD, "|---" * 13 + "|"]
     for r in records:
         for x in r["lengths"]:
             lines.append(f"| {r['name']} | {r['nfe_per_frame']} | {x['frames']} (x{x['multiple']}) | {cell(x['all'])} "
-                         f"| {cell(x['first'])} | {cell(x['last'])} | {cell(x['drift'])} | {cell(x['motion'])} "
+                         f"| {cell(x['first'])} | {cell(x['last'])} | {cell(x['drift'])} | {cell(x['color_first'])} "
+                         f"| {cell(x['color_last'])} | {cell(x['visible'])} | {cell(x['motion'])} "
                          f"({x['real_motion']:.2f}) | {cell(x['consistency'])} | {x['frames_per_second']:.1f} |")
     switches = [r for r in records if "switch" in r]
     if switches:

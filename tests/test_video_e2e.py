@@ -308,6 +308,21 @@ def test_aapt_chain_distils_to_one_evaluation_a_frame_and_streams_past_its_lengt
     np.testing.assert_allclose(got, np.clip(reference, -1, 1), atol=1e-5)
 
 
+@pytest.mark.slow
+def test_aapt_adversarial_stage_on_a_data_and_sequence_mesh_logs_the_same_losses(aapt_chain, tmp_path):
+    """Student forcing, the frame discriminator and R3GAN on 4 devices (batch over data=2, frames'
+    tokens over sequence=2), samples and judges on, loaded from the 1-device consistency run: the
+    losses of the chain's 1-device run (a checkpoint restored onto device 0 used to fail here)."""
+    proc = run_main("experiments/seedance/aapt_adversarial.py:tiny", str(tmp_path), "log_every=1",
+                    f"init_from={os.path.join(aapt_chain, 'aapt_consistency')}", "mesh.data=2", "mesh.sequence=2",
+                    devices=4)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    keys = ("loss", "disc_loss", "r1", "r2")
+    rows = lambda workdir: [[r[k] for k in keys] for r in read_metrics(workdir) if "loss" in r]
+    np.testing.assert_allclose(rows(str(tmp_path)), rows(os.path.join(aapt_chain, "aapt_adversarial")), rtol=1e-4,
+                               atol=1e-5)
+    assert [r["eval/video/nfe"] for r in read_metrics(str(tmp_path)) if "eval/video/nfe" in r] == [1.0]
+
 # --------------------------------------------------------------------------- benchmarks.aapt_quality on the adapted run
 
 F = 4  # the tiny variant's clip length
@@ -369,6 +384,9 @@ def test_aapt_quality_rollouts_are_causal_and_judged_as_score_videos_judges(caus
     assert aq.mean_se(got["drift"])[0] == pytest.approx(aq.mean_se(got["first"])[0] - aq.mean_se(got["last"])[0])
     real = aq.judge(labels["video"], labels, F, clf)
     assert aq.mean_se(real["all"])[0] == aq.mean_se(real["motion"])[0] == 1.0
+    assert aq.mean_se(real["color_first"])[0] == aq.mean_se(real["visible"])[0] == 1.0
+    other = dict(labels, shot_color=(labels["shot_color"] + 1) % len(moving_digits.PALETTE))  # every color wrong
+    assert aq.mean_se(aq.judge(labels["video"], other, F, clf)["color_first"])[0] == 0.0
 
 
 @pytest.mark.slow
