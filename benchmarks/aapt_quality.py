@@ -32,8 +32,9 @@ Every number is the mean over the clips of all seeds pooled (the mean over seeds
 segments). It treats one prompt's clips under different seeds as independent: somewhat optimistic.
 
 --switch (interactive control): F frames streamed with prompt A (`autoregressive.Stream`), then
-`Stream.prompt` swaps in B (another digit; size, color and motion kept) for F more. Reported: the
-share of frames after the change read as B's digit and as A's, and before it, for reference.
+`Stream.prompt` swaps in B (another color and digit; size and motion kept) for F more. Reported:
+the share of frames after the change read as B's color and digit and as A's, and before it, for
+reference (the color is read without the classifier: a weak model's switch shows there first).
 
 The tables are printed and appended to BENCHMARKS.md, and a JSON record (one line) to --out
 (default benchmarks/results/aapt_quality.jsonl), through `benchmarks.protocol.append`: not with
@@ -168,9 +169,9 @@ def switched(bundle, stream, captions_a: list[str], captions_b: list[str], frame
     return np.concatenate(out)[:len(captions_a)]
 
 
-def other_digit(caption: str, digit: int) -> str:
-    """A held-out caption ('a small cyan 2 moving left') with another digit, all else the same."""
-    new, count = re.subn(r"^(a \w+ \w+ )\d\b", rf"\g<1>{digit}", caption)
+def other_prompt(caption: str, digit: int, color: str) -> str:
+    """A held-out caption ('a small cyan 2 moving left') with another color and digit, all else the same."""
+    new, count = re.subn(r"^(a \w+ )\w+ \d\b", rf"\g<1>{color} {digit}", caption)
     if count != 1:
         raise ValueError(f"not a one-shot moving-digit caption: {caption!r}")
     return new
@@ -247,20 +248,28 @@ def measure_run(name: str, workdir: str, steps: int, args, judge_clf, real_motio
 
 def measure_switch(bundle, train_frames: int, args, prompt_kwargs: dict, judge_clf) -> dict:
     labels = video_prompts.prompt_batch(args.num, 2 * train_frames, **prompt_kwargs)
-    digit_a = labels["shot_digit"][:, 0]
-    digit_b = (digit_a + 1 + np.arange(args.num) % 9) % 10  # never A's digit
-    captions_b = [other_digit(c, int(d)) for c, d in zip(labels["captions"], digit_b)]
+    digit_a, color_a = labels["shot_digit"][:, 0], labels["shot_color"][:, 0]
+    spread = np.arange(args.num)
+    digit_b = (digit_a + 1 + spread % 9) % 10  # never A's digit
+    color_b = (color_a + 1 + spread % (len(moving_digits.PALETTE) - 1)) % len(moving_digits.PALETTE)  # nor A's color
+    captions_b = [other_prompt(c, int(d), moving_digits.PALETTE_NAMES[k])
+                  for c, d, k in zip(labels["captions"], digit_b, color_b)]
     stream = autoregressive.Stream(bundle.model, bundle.geometry, bundle.sampler.sigmas, guidance=guidance_of(bundle))
-    read = []
+    digits, colors = [], []
     for seed in args.seeds:
         clips = switched(bundle, stream, labels["captions"], captions_b, train_frames, seed,
                          min(args.batch, args.num))
-        read.append(video.read_frames(clips, judge_clf, moving_digits.PALETTE).digit)
-    read = np.concatenate(read)
-    a, b = np.tile(digit_a, len(args.seeds))[:, None], np.tile(digit_b, len(args.seeds))[:, None]
-    before, after = read[:, :train_frames], read[:, train_frames:]
-    return {"after_b": mean_se(after == b), "after_a": mean_se(after == a),
-            "before_a": mean_se(before == a), "before_b": mean_se(before == b)}
+        readings = video.read_frames(clips, judge_clf, moving_digits.PALETTE)
+        digits.append(readings.digit)
+        colors.append(readings.color)
+    out = {}
+    for suffix, read, a, b in (("", digits, digit_a, digit_b), ("_color", colors, color_a, color_b)):
+        read = np.concatenate(read)
+        a, b = np.tile(a, len(args.seeds))[:, None], np.tile(b, len(args.seeds))[:, None]
+        before, after = read[:, :train_frames], read[:, train_frames:]
+        out |= {f"after_b{suffix}": mean_se(after == b), f"after_a{suffix}": mean_se(after == a),
+                f"before_a{suffix}": mean_se(before == a), f"before_b{suffix}": mean_se(before == b)}
+    return out
 
 
 # --------------------------------------------------------------------------- report
@@ -284,13 +293,16 @@ def tables(records: list[dict], header: str, command: str, test_accuracy: float)
                          f"({x['real_motion']:.2f}) | {cell(x['consistency'])} | {x['frames_per_second']:.1f} |")
     switches = [r for r in records if "switch" in r]
     if switches:
-        lines += ["", "Prompt switch: F frames with prompt A, `Stream.prompt(B)` (another digit), F more frames.\n",
-                  "| run | NFE a frame | after: B's digit | after: A's digit | before: A's digit | before: B's digit |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["", ("Prompt switch: F frames with prompt A, `Stream.prompt(B)` (another color and digit), F more "
+                       "frames; the share of frames read as each prompt's color and digit.\n"),
+                  "| run | NFE a frame | after: B's color | after: A's color | before: A's color | before: B's color "
+                  "| after: B's digit | after: A's digit | before: A's digit | before: B's digit |",
+                  "|---" * 10 + "|"]
         for r in switches:
             s = r["switch"]
-            lines.append(f"| {r['name']} | {r['nfe_per_frame']} | {cell(s['after_b'])} | {cell(s['after_a'])} "
-                         f"| {cell(s['before_a'])} | {cell(s['before_b'])} |")
+            lines.append(f"| {r['name']} | {r['nfe_per_frame']} | " + " | ".join(
+                cell(s[f"{k}{suffix}"]) for suffix in ("_color", "") for k in ("after_b", "after_a", "before_a", "before_b"))
+                + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -393,9 +393,9 @@ def test_aapt_quality_rollouts_are_causal_and_judged_as_score_videos_judges(caus
 def test_aapt_quality_prompt_switch_streams_the_rollout_and_changes_only_later_frames(causal_bundle, long_clips):
     labels, rolled = long_clips
     turning = "a small cyan 2 moving left, then turning up"
-    assert aq.other_digit(turning, 7) == turning.replace("2", "7")
+    assert aq.other_prompt(turning, 7, "red") == "a small red 7 moving left, then turning up"
     a = labels["captions"]
-    b = [aq.other_digit(c, (d + 5) % 10) for c, d in zip(a, labels["shot_digit"][:, 0])]
+    b = [aq.other_prompt(c, (d + 5) % 10, "yellow") for c, d in zip(a, labels["shot_digit"][:, 0])]
     stream = Stream(causal_bundle.model, causal_bundle.geometry, causal_bundle.sampler.sigmas)
     kept = aq.switched(causal_bundle, stream, a, a, F, seed=5, batch=3)  # 2 batches, the last one padded
     switched = aq.switched(causal_bundle, stream, a, b, F, seed=5, batch=3)
@@ -414,7 +414,7 @@ def test_aapt_quality_prints_tables_and_appends_a_json_record(adapted, tmp_path,
     assert aq.main([f"--runs=one={adapted}@1", "--lengths=2", "--num=3", "--seeds=0,1", "--batch=2", "--switch",
                     f"--out={out}", "--max_load=1000"]) == 0
     printed = capsys.readouterr().out
-    assert f"| one | 1 | {2 * F} (x2) |" in printed and "after: B's digit" in printed
+    assert f"| one | 1 | {2 * F} (x2) |" in printed and "after: B's color" in printed
     assert f"| one | 1 | {2 * F} (x2) |" in (tmp_path / "BENCHMARKS.md").read_text()
     lines = out.read_text().splitlines()
     record = json.loads(lines[0], parse_constant=lambda c: pytest.fail(f"{c} in the JSON record"))
@@ -426,7 +426,8 @@ def test_aapt_quality_prints_tables_and_appends_a_json_record(adapted, tmp_path,
     assert row["frames_per_second"] > 0 and row["drift"][0] == pytest.approx(row["first"][0] - row["last"][0])
     for key in ("all", "first", "last", "motion", "consistency"):
         assert 0 <= row[key][0] <= 1 and row[key][1] >= 0, key
-    assert all(0 <= run["switch"][k][0] <= 1 for k in ("after_a", "after_b", "before_a", "before_b"))
+    assert all(0 <= run["switch"][k + suffix][0] <= 1 for k in ("after_a", "after_b", "before_a", "before_b")
+               for suffix in ("", "_color"))
 
 
 @pytest.mark.slow
