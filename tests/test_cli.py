@@ -109,6 +109,8 @@ def test_override_value_may_follow_its_flag_and_flags_are_not_abbreviated(tmp_pa
     (["--config.optimizer.name=adamww"], "config.optimizer.name: unknown optimizer 'adamww'"),
     (["--config.optimizer.schedule=cosin"], "config.optimizer.schedule: unknown schedule 'cosin'"),
     (["--config.data.channels=2"], "config.data.channels must be 1, 3 or -1"),
+    (["--config.data.degradations.blur_prob=2"], "config.data.degradations.blur_prob: 2.0 is not a probability"),
+    (["--config.data.source=edit_triples"], "config.data.source: edit_triples makes editing batches"),
     (["--config.optimizer.lrr=0.1"], "unknown config key 'config.optimizer.lrr'"),
     (["--config.total_steps=ten"], "config.total_steps: expected an int, got 'ten'"),
     (["--stop_at_step=-1"], "--stop_at_step must be >= 0"),

@@ -1,6 +1,7 @@
 """Real-world degradations (data_pipelines/techniques/degradations.py) against independent references."""
 
 import io
+import json
 
 import grain
 import numpy as np
@@ -9,6 +10,7 @@ from PIL import Image
 from scipy import ndimage
 
 import data_pipelines
+from data_pipelines.core import config as config_lib
 from data_pipelines.core import mixtures
 from data_pipelines.core import streams as streams_lib
 from data_pipelines.sources.moving_digit_source import MovingDigitsSource
@@ -224,3 +226,146 @@ def test_config_from_ml_collections():
 
     cfg = dg.DegradationConfig.of(ml_collections.ConfigDict({"order": ["noise", "blur"], "jpeg_quality": [20, 40]}))
     assert cfg.order == ("noise", "blur") and cfg.jpeg_quality == (20, 40)
+
+
+# ----------------------------------------------------------------------------- through the data pipeline
+#
+# data.degradations.enabled adds a `random_map` to every training stream and a per-row draw to eval
+# batches; these tests go through the real iterators.
+
+
+def pipeline_config(source="digit_scenes", **degradations):
+    cfg = data_pipelines.default_config()
+    cfg.source, cfg.read_buffer = source, 0
+    if source == "moving_digits":
+        cfg.max_text_len = 32
+        cfg.video.update(buckets="1x16x16,4x16x16", num_samples=3)  # 6 clips: positions wrap every few batches
+    cfg.degradations.update(degradations)
+    return cfg
+
+
+def batches(cfg, n, seed=0, state=None, batch_size=4):
+    it = data_pipelines.make_train_iterator(cfg, global_batch_size=batch_size, seed=seed, process_index=0,
+                                            process_count=1)
+    if state is not None:
+        it.set_state(state)
+    out = [next(it) for _ in range(n)]
+    return out, json.loads(json.dumps(it.get_state()))  # what a checkpoint stores
+
+
+def assert_same(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key].dtype == b[key].dtype, key
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def to_uint8(x):
+    return np.clip(np.rint((x.astype(np.float64) + 1) * 127.5), 0, 255).astype(np.uint8)
+
+
+JPEG_ONLY = {"enabled": True, "order": ("jpeg",), "jpeg_prob": 1.0, "jpeg_quality": (40, 40)}
+
+
+def test_image_pairs_in_training_batches_deterministic_and_resume_exact():
+    off = pipeline_config()
+    on = pipeline_config(enabled=True, blur_prob=1.0, downscale_prob=1.0, noise_prob=1.0, jpeg_prob=1.0)
+    clean, _ = batches(off, 4)
+    first, state = batches(on, 2)
+    rest, _ = batches(on, 2, state=state)
+    pairs = first + rest
+    again, _ = batches(on, 4)
+    other, _ = batches(on, 1, seed=1)
+    for plain, pair, twin in zip(clean, pairs, again, strict=True):
+        assert set(pair) == set(plain) | {"degraded_image"}
+        assert_same({k: v for k, v in pair.items() if k != "degraded_image"}, plain)  # clean rows untouched
+        assert_same(pair, twin)  # the same seed: the same pairs, resumed or not
+        d = pair["degraded_image"]
+        assert d.shape == plain["image"].shape == (4, 32, 32, 3) and d.dtype == np.float32
+        assert -1 <= d.min() and d.max() <= 1 and not np.array_equal(d, plain["image"])
+    assert not np.array_equal(other[0]["degraded_image"], pairs[0]["degraded_image"])
+    # The pair is the row's own clean image through the drawn chain: with one fixed kind, exactly it.
+    fixed, _ = batches(pipeline_config(**JPEG_ONLY), 1)
+    expected = jpeg(to_uint8(fixed[0]["image"]), 40)
+    np.testing.assert_array_equal(to_uint8(fixed[0]["degraded_image"]), expected)
+
+
+def test_video_pairs_fresh_every_epoch_and_resume_exact():
+    # Every clip noised and compressed; at the default bitrates a 16x16 clip's codec output can be
+    # flat whatever the noise, which would hide whether two draws differ.
+    cfg = pipeline_config("moving_digits", enabled=True, noise_prob=1.0, video_prob=1.0, video_codecs=codecs(),
+                          video_bits_per_pixel=(1.0, 2.0))
+    straight, _ = batches(cfg, 5)
+    head, state = batches(cfg, 2)
+    resumed, _ = batches(cfg, 3, state=state)
+    plain, _ = batches(pipeline_config("moving_digits"), 5)
+    for a, b, c in zip(straight, head + resumed, plain, strict=True):
+        assert_same(a, b)
+        assert_same({k: v for k, v in a.items() if k != "degraded_video"}, c)
+        assert a["degraded_video"].shape == a["video"].shape and a["degraded_video"].dtype == np.float32
+        assert -1 <= a["degraded_video"].min() and a["degraded_video"].max() <= 1
+    assert {b["video"].shape[1] for b in straight} == {1, 4}  # stills and clips both get pairs
+    # 6 clips in 20 rows: a clip that comes round again is degraded afresh.
+    seen = {}
+    for b in straight:
+        for clean, degraded in zip(b["video"], b["degraded_video"]):
+            seen.setdefault(clean.tobytes(), []).append(degraded)
+    repeats = [d for d in seen.values() if len(d) > 1]
+    assert repeats and all(not np.array_equal(d[0], d[1]) for d in repeats)
+
+
+def test_prefetch_workers_make_the_same_pairs():
+    cfg = pipeline_config(enabled=True, noise_prob=1.0)
+    expected, _ = batches(cfg, 3)
+    cfg.num_workers = 2  # each worker process unpickles the streams and their random_map
+    it = data_pipelines.make_train_iterator(cfg, global_batch_size=4, seed=0, process_index=0, process_count=1)
+    try:
+        for want in expected:
+            assert_same(next(it), want)
+    finally:
+        it.close()
+
+
+def test_eval_batches_get_fixed_pairs():
+    for source, key in (("digit_scenes", "image"), ("moving_digits", "video")):
+        plain = data_pipelines.make_eval_batch(pipeline_config(source), num=3, seed=0)
+        cfg = pipeline_config(source, enabled=True, noise_prob=1.0)
+        pairs = data_pipelines.make_eval_batch(cfg, num=3, seed=0)
+        assert set(pairs) == set(plain) | {f"degraded_{key}"}
+        assert_same({k: v for k, v in pairs.items() if k != f"degraded_{key}"}, plain)
+        assert pairs[f"degraded_{key}"].shape == plain[key].shape
+        assert_same(pairs, data_pipelines.make_eval_batch(cfg, num=3, seed=0))
+        assert not np.array_equal(pairs[f"degraded_{key}"][0], pairs[f"degraded_{key}"][1])
+    fixed = data_pipelines.make_eval_batch(pipeline_config(**JPEG_ONLY), num=2, seed=0)
+    np.testing.assert_array_equal(to_uint8(fixed["degraded_image"]), jpeg(to_uint8(fixed["image"]), 40))
+
+
+def jpeg(images, quality):
+    return np.stack([dg.jpeg(image, quality) for image in images])
+
+
+def test_disabled_degradations_change_nothing():
+    assert data_pipelines.default_config().degradations.enabled is False
+    default, _ = batches(pipeline_config("digits"), 2)
+    # Off means off: the other fields do not matter (and are still checked, see below).
+    tuned, _ = batches(pipeline_config("digits", noise_prob=1.0, second_order_prob=1.0), 2)
+    for a, b in zip(default, tuned, strict=True):
+        assert_same(a, b)
+        assert not any(k.startswith("degraded_") for k in a)
+
+
+@pytest.mark.parametrize("key, value", [
+    ("jpeg_quality", (0, 50)),
+    ("noise_prob", 1.5),
+    ("order", ("blur", "sharpen")),
+    ("video_codecs", ("hevc",)),
+])
+def test_bad_data_degradations_fail_first_with_one_line(key, value):
+    cfg = pipeline_config(**{key: value})  # even when off
+    with pytest.raises(ValueError, match=rf"^data\.degradations\.{key}: ") as err:
+        data_pipelines.make_train_iterator(cfg, global_batch_size=4, seed=0, process_index=0, process_count=1)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match=rf"^config\.data\.degradations\.{key}: "):
+        config_lib.validate(cfg, "config.data")
+    with pytest.raises(ValueError, match=rf"^data\.degradations\.{key}: "):
+        data_pipelines.make_eval_batch(cfg, num=2, seed=0)

@@ -3,10 +3,13 @@ independent scene scorer), determinism, the glyph split and the instruction limi
 
 import collections
 import itertools
+import json
 
 import numpy as np
 import pytest
 
+import data_pipelines
+from data_pipelines.core import config as config_lib
 from data_pipelines.core.tokenizer import detokenize, tokenize
 from data_pipelines.sources import edit_triples as et
 from data_pipelines.sources import glyphs
@@ -244,3 +247,130 @@ def test_instructions_fit_the_tokenizer_and_vary():
     verbs = collections.Counter(" ".join(t.split()[:2]) for t in texts)
     assert len(verbs) >= 20, verbs
     assert sum(len(v) for v in et.TEMPLATES.values()) == len(set(itertools.chain(*et.TEMPLATES.values())))
+
+
+# ----------------------------------------------------------------------------- through the data pipeline
+
+NUM = 16  # triples in the configured split: two batches of 8 are one epoch
+
+
+def _data_cfg(**edits):
+    cfg = data_pipelines.default_config()
+    cfg.source, cfg.read_buffer = "edit_triples", 0  # data.image_size stays 32
+    cfg.edits.num_samples = NUM
+    cfg.edits.update(edits)
+    return cfg
+
+
+def _iterator(cfg, seed=0):
+    return data_pipelines.make_train_iterator(cfg, global_batch_size=8, seed=seed, process_index=0, process_count=1)
+
+
+ROW_KEYS = {"source": (np.float32, (2, 32, 32, 3)), "target": (np.float32, (32, 32, 3)),
+            "tokens": (np.int32, (64,)), "text_mask": (np.bool_, (64,)), "num_sources": (np.int32, ()),
+            "edit_type_id": (np.int32, ()), "changed_boxes": (np.float32, (2, 4)),
+            "source_slot": (np.int32, ()), "target_slot": (np.int32, ()),
+            "compose_digit_from": (np.int32, ()), "compose_region": (np.int32, ()),
+            **{f"source_{k}": (t, (2, *s)) for k, (t, s) in
+               {"digit": (np.int32, (3,)), "color": (np.int32, (3,)), "glyph": (np.int32, (3,)),
+                "box": (np.float32, (3, 4)), "count": (np.int32, ()), "background": (np.float32, (3,))}.items()},
+            **{f"target_{k}": (t, s) for k, (t, s) in
+               {"digit": (np.int32, (3,)), "color": (np.int32, (3,)), "glyph": (np.int32, (3,)),
+                "box": (np.float32, (3, 4)), "count": (np.int32, ()), "background": (np.float32, (3,))}.items()}}
+
+
+def _decode(x):
+    """A row's [-1, 1] image back to the uint8 it was made from."""
+    return np.clip(np.rint((x.astype(np.float64) + 1) * 127.5), 0, 255).astype(np.uint8)
+
+
+def _match(batches, split, seed=0):
+    """Each row's triple number: the one make_edit triple with its instruction and source glyphs,
+    then every array of the row must be that triple's, images decoded bit for bit."""
+    cfg = et.EditConfig(image_size=32)  # what data.image_size and the default data.edits make
+    made = [et.make_edit(i, cfg, seed, split) for i in range(NUM)]
+    found = []
+    for batch in batches:
+        for r, instruction in enumerate(detokenize(batch["tokens"])):
+            hits = [i for i, t in enumerate(made) if t["instruction"] == instruction
+                    and np.array_equal(t["source_glyph"], batch["source_glyph"][r])]
+            assert len(hits) == 1, instruction
+            t = made[hits[0]]
+            np.testing.assert_array_equal(_decode(batch["target"][r]), t["target"])
+            np.testing.assert_array_equal(_decode(batch["source"][r]), t["source"])
+            for key in ROW_KEYS:
+                if key not in ("source", "target", "tokens", "text_mask"):
+                    np.testing.assert_array_equal(batch[key][r], t[key], err_msg=key)
+            np.testing.assert_array_equal(batch["tokens"][r], tokenize([t["instruction"]], 64)[0][0])
+            found.append(hits[0])
+    return found
+
+
+def test_training_batches_are_the_triples():
+    it = _iterator(_data_cfg())
+    batches = [next(it) for _ in range(3)]
+    for b in batches:
+        assert {k: (v.dtype.type, v.shape[1:]) for k, v in b.items()} == ROW_KEYS
+        assert b["source"].min() >= -1 and b["target"].max() <= 1
+    ids = _match(batches, "train")
+    assert sorted(ids[:NUM]) == list(range(NUM))  # an epoch reads every triple once
+    assert ids[NUM:] != ids[:len(ids) - NUM]  # ... and the next one reshuffles
+    state = json.loads(json.dumps(it.get_state()))
+    expected = [next(it) for _ in range(2)]
+    resumed = _iterator(_data_cfg())
+    resumed.set_state(state)
+    for want in expected:
+        got = next(resumed)
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key])
+
+
+def test_eval_batch_is_the_held_out_split():
+    batch = data_pipelines.make_eval_batch(_data_cfg(), num=6, seed=0)
+    assert {k: (v.dtype.type, v.shape[1:]) for k, v in batch.items()} == ROW_KEYS
+    assert len(set(_match([batch], "test"))) == 6
+    glyph_ids = np.concatenate([batch["target_glyph"].ravel(), batch["source_glyph"].ravel()])
+    assert all(i % glyphs.HELD_OUT_EVERY == 0 for i in glyph_ids[glyph_ids >= 0])
+
+
+def test_edit_weights_from_the_config():
+    batch = next(_iterator(_data_cfg(edit_weights="recolor:1, remove:0")))
+    assert (batch["edit_type_id"] == et.EDIT_TYPES.index("recolor")).all()
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("num_samples", 0, "must be positive"),
+    ("max_objects", 1, "add and remove need room"),
+    ("object_size_max", 0.5, r"\[0.26, 0.42\]"),
+    ("object_size_min", 0.05, r"\[0.1, 0.42\]"),
+    ("resize_size_max", 0.1, "resize_size_min"),
+    ("edit_weights", "recolor=1", "not <edit type>:<weight >= 0>"),
+    ("edit_weights", "rotate:1", "unknown edit type 'rotate'"),
+    ("edit_weights", "move:0", "every weight is 0"),
+    ("edit_weights", "move:1,move:2", "listed twice"),
+])
+def test_bad_data_edits_fail_first_with_one_line(key, value, match):
+    cfg = _data_cfg(**{key: value})
+    for make in (lambda: _iterator(cfg), lambda: data_pipelines.make_eval_batch(cfg, num=2, seed=0)):
+        with pytest.raises(ValueError, match=rf"^data\.edits\.{key}: .*{match}") as err:
+            make()
+        assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match=rf"^config\.data\.edits\.{key}: "):
+        config_lib.validate(cfg, "config.data")
+
+
+def test_edit_triples_alone_and_at_their_own_size():
+    mixed = _data_cfg()
+    mixed.mixture = {"edits": {"source": "edit_triples"}, "scenes": {"source": "digit_scenes"}}
+    degraded = _data_cfg()
+    degraded.degradations.enabled = True
+    resized = _data_cfg()
+    resized.buckets = "32x32,64x64"
+    small = _data_cfg()
+    small.image_size = 16
+    for cfg, match in ((mixed, r"^data\.mixture: edit_triples cannot be mixed with digit_scenes"),
+                       (degraded, r"^data\.degradations\.enabled: "), (resized, r"^data\.buckets: .*'32x32'"),
+                       (small, r"^data\.image_size: ")):
+        with pytest.raises(ValueError, match=match) as err:
+            _iterator(cfg)
+        assert "\n" not in str(err.value)

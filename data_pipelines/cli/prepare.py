@@ -295,7 +295,7 @@ def _runner(args):
 @cli.entry("data_pipelines.cli.prepare")
 def main(argv: list[str]) -> int:
     parser = cli.Parser("data_pipelines.cli.prepare", __doc__, overrides="data")
-    parser.add_argument("--source", required=True, choices=[s for s in config_lib.SOURCES if s != "shards"])
+    parser.add_argument("--source", required=True, choices=[s for s in config_lib.SOURCES if s not in ("shards", "edit_triples")])
     parser.add_argument("--path", default="", help="image folder or JSONL manifest")
     parser.add_argument("--out", "--workdir", dest="out", required=True,
                         help="output shard directory (--workdir: as a seedjax.pipeline tool step names it)")

@@ -5,10 +5,17 @@ No value is None, so command-line overrides keep their types ('' / -1 / False me
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
 
+from data_pipelines.core import buckets as buckets_lib
+from data_pipelines.core.mixtures import components
+from data_pipelines.sources.edit_triples import edit_config
+from data_pipelines.techniques.degradations import DegradationConfig
+
 SOURCES = ("digits", "digit_scenes", "folder", "jsonl", "shards", "reward_pairs", "moving_digits", "video_folder",
-           "video_jsonl")
+           "video_jsonl", "edit_triples")
 VIDEO_SOURCES = ("moving_digits", "video_folder", "video_jsonl")
 
 
@@ -87,5 +94,67 @@ def default_config() -> ml_collections.ConfigDict:
     c.video.turn_prob = 0.3  # fraction of shots whose digit turns once mid-shot
     c.video.speed_min = 0.03  # digit speed, as a fraction of the canvas side per frame
     c.video.speed_max = 0.08
+
+    # edit_triples (Seedream 4.0 / SeedEdit instruction editing): generated (source, instruction,
+    # target) triples of digit scenes at data.image_size (see data_pipelines/sources/edit_triples.py).
+    # Its rows have their own keys (source, target, instruction tokens, labels): it cannot share a
+    # mixture with image or video sources.
+    c.edits = ml_collections.ConfigDict()
+    c.edits.num_samples = 20_000  # virtual length of the train split
+    c.edits.max_objects = 3  # objects in a source scene (2 or 3: add and remove need room)
+    c.edits.object_size_min = 0.26  # side of an object's box, as a fraction of the image side
+    c.edits.object_size_max = 0.42
+    c.edits.resize_size_min = 0.2  # the side a `resize` edit may give an object
+    c.edits.resize_size_max = 0.5
+    c.edits.edit_weights = ""  # 'recolor:1,move:2,...' (types left out: never); '' = every type equally often
+
+    # SeedVR2 restoration pairs: each training row also gets `degraded_image` (or `degraded_video`),
+    # a copy of the clean one through a random real-world degradation chain, drawn per (seed,
+    # stream position): resume is exact and every epoch sees fresh degradations. make_eval_batch
+    # rows get pairs too. The fields and their defaults are DegradationConfig's
+    # (data_pipelines/techniques/degradations.py): probabilities and (low, high) ranges per kind.
+    c.degradations = ml_collections.ConfigDict()
+    c.degradations.enabled = False
+    defaults = DegradationConfig()
+    for field in dataclasses.fields(DegradationConfig):
+        c.degradations[field.name] = getattr(defaults, field.name)
     return c
+
+
+def degradation_config(data_cfg, where: str = "data") -> DegradationConfig | None:
+    """data.degradations as a DegradationConfig, or None when it is off (or absent, in configs
+    saved before it existed). Bad values are a one-line ValueError naming `<where>.degradations.<key>`,
+    even when off, so a typo is caught before the run that would turn it on."""
+    group = data_cfg.get("degradations")
+    if group is None:
+        return None
+    values = {k: v for k, v in group.items() if k != "enabled"}
+    try:
+        config = DegradationConfig.of(values)
+    except ValueError as e:  # DegradationConfig names its fields `degradations.<key>`
+        raise ValueError(f"{where}.{e}") from None
+    return config if group.enabled else None
+
+
+def validate(data_cfg, where: str = "data") -> None:
+    """Checks of data.degradations and data.edits that need no data: one-line ValueErrors naming
+    the key (`where` is the config's own prefix, e.g. 'config.data'). The iterators call it first."""
+    degradations = degradation_config(data_cfg, where)
+    kinds = {kind for kind, _, _ in components(data_cfg).values()}
+    if "edit_triples" not in kinds:
+        return
+    # Batches stack one row layout; edit rows (source, target, labels) share no image keys.
+    if len(kinds) > 1:
+        others = ", ".join(sorted(kinds - {"edit_triples"}))
+        raise ValueError(f"{where}.mixture: edit_triples cannot be mixed with {others} "
+                         f"(edit rows have source/target images, not `image`)")
+    if degradations is not None:
+        raise ValueError(f"{where}.degradations.enabled: degradations pair clean images or videos; "
+                         f"edit_triples rows have neither")
+    # Triples are rendered at data.image_size and their boxes are in that image: no resizing or cropping.
+    size = int(data_cfg.image_size)
+    if buckets_lib.parse_buckets(data_cfg.buckets, size) != [(size, size)]:
+        raise ValueError(f"{where}.buckets: edit_triples renders every triple at data.image_size "
+                         f"({size}x{size}); leave data.buckets empty or set it to '{size}x{size}'")
+    edit_config(data_cfg, where)
 

@@ -5,6 +5,9 @@
     batch = next(it)            # dict of numpy arrays, leading axis = local batch
     state = it.get_state()      # JSON-serializable; it.set_state(state) resumes exactly
     it.counters()               # {'samples': ..., 'skipped_<kind>': ...} for metrics
+
+With data.degradations.enabled, training and eval rows also carry `degraded_image` (video:
+`degraded_video`), a degraded copy of the clean one (SeedVR2 restoration pairs).
 """
 
 from __future__ import annotations
@@ -16,11 +19,13 @@ import numpy as np
 
 from data_pipelines.core import buckets as buckets_lib
 from data_pipelines.core import clips as clips_lib
+from data_pipelines.core import config as config_lib
 from data_pipelines.core import streams as streams_lib
 from data_pipelines.core.config import SOURCES
 from data_pipelines.core.mixtures import components, layout_for
 from data_pipelines.core.shards import ShardSource
 from data_pipelines.sources.digits import DigitsSource
+from data_pipelines.sources.edit_triples import EditTripleSource, edit_config
 from data_pipelines.sources.folders import FolderSource, ManifestSource
 from data_pipelines.sources.moving_digit_source import MovingDigitsSource
 from data_pipelines.sources.reward_pairs import open_reward_source
@@ -28,6 +33,10 @@ from data_pipelines.sources.scene_source import SceneSource
 from data_pipelines.sources.videos import VideoFolderSource, VideoManifestSource
 from data_pipelines.techniques import dual_axis
 from data_pipelines.techniques.curation import filter_members
+from data_pipelines.techniques.degradations import DegradePairs
+
+# Eval rows draw their degradations from (seed, row, this): apart from other draws of the same seed.
+_EVAL_DEGRADATIONS = 0xDE6
 
 log = logging.getLogger("data_pipelines")
 
@@ -44,6 +53,9 @@ def open_source(kind: str, path: str, data_cfg, *, split: str, seed: int):
         return open_reward_source(path, open_source, data_cfg, split=split, seed=seed)
     if kind == "moving_digits":
         return MovingDigitsSource(data_cfg, split=split, seed=seed)
+    if kind == "edit_triples":
+        return EditTripleSource(edit_config(data_cfg), split=split, seed=seed,
+                                num_samples=int(data_cfg.edits.num_samples))
     if not path:
         raise ValueError(f"data.path: source {kind!r} needs a path")
     if kind == "folder":
@@ -151,12 +163,24 @@ class TrainIterator:
         self._iterator.close()
 
 
-def _component_streams(name: str, source, data_cfg, layout, *, seed: int,
-                       classifier_features=None) -> tuple[dict, dict]:
+def _degradations(sources: dict, data_cfg):
+    """data.degradations as a DegradationConfig (None when off), after checking the sources have pixels."""
+    degradations = config_lib.degradation_config(data_cfg)
+    latent = [s.name for s in sources.values() if s.latent]
+    if degradations is not None and latent:
+        raise ValueError(f"data.degradations.enabled: degradations need pixels; {', '.join(latent)} "
+                         f"hold latents")
+    return degradations
+
+
+def _component_streams(name: str, source, data_cfg, layout, *, seed: int, classifier_features=None,
+                       degradations=None) -> tuple[dict, dict]:
     """One component's streams (one per resolution bucket) and its sample count per bucket."""
     members = _bucket_members(source, data_cfg)
     if getattr(source, "video", False) and (data_cfg.filter or data_cfg.dual_axis.enabled):
         raise ValueError(f"{source.name}: data.filter and data.dual_axis work on images; not on video sources yet")
+    if isinstance(source, EditTripleSource) and (data_cfg.filter or data_cfg.dual_axis.enabled):
+        raise ValueError(f"{source.name}: data.filter and data.dual_axis work on images; not on edit triples")
     if data_cfg.filter:
         members = filter_members(source, members, data_cfg.filter)
     _check_has_valid_sample(source, members, layout)
@@ -168,7 +192,8 @@ def _component_streams(name: str, source, data_cfg, layout, *, seed: int,
         bname = buckets_lib.bucket_name(bucket)
         stream_weights = None if weights is None or weights[idx].sum() <= 0 else weights[idx]
         streams[f"{name}/{bname}"] = streams_lib.make_stream(
-            source, idx, stream_weights, bucket, layout, seed=seed, name=f"{name}/{bname}")
+            source, idx, stream_weights, bucket, layout, seed=seed, name=f"{name}/{bname}",
+            degradations=degradations)
     return streams, counts
 
 
@@ -186,11 +211,13 @@ def make_train_iterator(data_cfg, *, global_batch_size: int, seed: int, process_
             raise ValueError(f"batch_size {global_batch_size} is not divisible by the {process_count} processes")
         local = global_batch_size // process_count
         rows = (process_index * local, (process_index + 1) * local)
+    config_lib.validate(data_cfg)
     comps = components(data_cfg)
     if data_cfg.dual_axis.enabled and data_cfg.dual_axis.weights_file and len(comps) > 1:
         raise ValueError("data.dual_axis.weights_file holds one source's weights; it cannot serve a mixture")
     sources = {name: open_source(kind, path, data_cfg, split="train", seed=seed) for name, (kind, path, _) in comps.items()}
     layout = layout_for(sources, data_cfg)
+    degradations = _degradations(sources, data_cfg)
 
     scan_counts: dict[str, int] = {}
     streams, counts, stream_sources = {}, {}, {}
@@ -198,7 +225,8 @@ def make_train_iterator(data_cfg, *, global_batch_size: int, seed: int, process_
         for key, n in _report_scan_skips(source).items():
             scan_counts[key] = scan_counts.get(key, 0) + n
         comp_streams, counts[name] = _component_streams(name, source, data_cfg, layout, seed=seed,
-                                                        classifier_features=classifier_features)
+                                                        classifier_features=classifier_features,
+                                                        degradations=degradations)
         streams.update(comp_streams)
         stream_sources.update({stream: source.name for stream in comp_streams})
     if data_cfg.balance_resolutions:  # each bucket of a component as likely as the others
@@ -235,16 +263,19 @@ def make_eval_batch(data_cfg, *, num: int, seed: int, split: str = "test", allow
     (video sources: clips at the first multi-frame bucket's size).
 
     A split with fewer valid samples is read twice (repeats) to reach `num`; with
-    `allow_fewer`, once, and the batch holds every valid sample it has (at least one)."""
+    `allow_fewer`, once, and the batch holds every valid sample it has (at least one).
+    With data.degradations on, row i gets its degraded copy from (seed, i)."""
+    config_lib.validate(data_cfg)
     path = data_cfg.eval_path or data_cfg.path
     source = open_source(data_cfg.source, path, data_cfg, split=split, seed=seed)
     layout = layout_for({data_cfg.source: source}, data_cfg)
+    degradations = _degradations({data_cfg.source: source}, data_cfg)
     members = _bucket_members(source, data_cfg)
     bucket = _eval_bucket(source, data_cfg, members)
     if hasattr(source, "eval_rows"):  # a source with its own held-out prompt set
         raws = source.eval_rows(num, seed, bucket) if layout.video else source.eval_rows(num, seed)
         rows = [streams_lib.finalize(raw, bucket, layout, raw["where"]) for raw in raws]
-        return {key: np.stack([r[key] for r in rows]) for key in rows[0]}
+        return _eval_stack(rows, degradations, seed)
     if layout.video and bucket not in members:
         raise ValueError(f"{source.name}: no clip fits the eval bucket {buckets_lib.bucket_name(bucket)}")
     candidates = members[bucket] if layout.video else np.arange(len(source))  # clips: only those of the bucket
@@ -258,6 +289,15 @@ def make_eval_batch(data_cfg, *, num: int, seed: int, split: str = "test", allow
         if len(rows) == num:
             break
     if len(rows) == num or (allow_fewer and rows):
-        return {key: np.stack([r[key] for r in rows]) for key in rows[0]}
+        return _eval_stack(rows, degradations, seed)
     raise ValueError(f"{source.name}: only {len(rows)} valid samples for an eval batch of {num}")
+
+
+def _eval_stack(rows: list[dict], degradations, seed: int) -> dict:
+    """The eval batch; with degradations, row i's pair comes from (seed, i), as a stream's from its
+    position, so held-out evaluation scores restoration on fixed pairs."""
+    if degradations is not None:
+        pairs = DegradePairs(degradations)
+        rows = [pairs(row, np.random.default_rng([seed, i, _EVAL_DEGRADATIONS])) for i, row in enumerate(rows)]
+    return {key: np.stack([r[key] for r in rows]) for key in rows[0]}
 

@@ -6,6 +6,9 @@ any size) or `latent` (float [h, w, c]), a `caption`, and whatever labels they h
 resolution bucket, applies the defect rules, tokenizes the caption and fills the keys the
 source does not have, so every sample of a run has the same keys, dtypes and shapes.
 
+Edit triples (sources/edit_triples.py) carry `source` [2, h, w, C] and `target` images and an
+`instruction` instead of `image` and `caption`; `finalize_edit` makes their rows.
+
 Bad input raises `BadSample(kind, where)`; the pipeline skips it, counts it by kind and
 reports the first file of each kind.
 """
@@ -154,6 +157,34 @@ def finalize(raw: dict, bucket: tuple[int, int], layout: Layout, where: str) -> 
         out["scene_box"] = np.asarray(raw.get("scene_box", np.zeros((MAX_OBJECTS, 4))), np.float32)
         out["scene_count"] = np.int32(raw.get("scene_count", 0))
     if layout.tags:
+        present = set(raw.get("tags", ()))
+        out["tags"] = np.array([t in present for t in layout.tags], np.int32)
+    return out
+
+
+def finalize_edit(raw: dict, bucket: tuple[int, int], layout: Layout, where: str) -> dict:
+    """Raw edit triple -> one row: `source` [2, H, W, C] and `target` [H, W, C] float32 in [-1, 1],
+    the instruction as `tokens` / `text_mask` (the caption keys of every generator batch), and
+    every numeric label of the triple as it is (num_sources, edit_type_id, changed_boxes,
+    source_* / target_* ...). Strings (instruction, edit_type, target_caption) and lists cannot
+    be stacked into a batch and are dropped; the instruction lives on in its tokens."""
+    instruction = raw.get("instruction", "")
+    if not isinstance(instruction, str) or not instruction.strip():
+        raise BadSample("missing_caption", where, "no instruction")
+    sources, target = np.asarray(raw["source"]), np.asarray(raw["target"])
+    # Labels and changed boxes are in the rendered image: resizing or cropping would move them.
+    if target.shape[:2] != tuple(bucket) or sources.shape[1:3] != tuple(bucket):
+        raise BadSample("wrong_shape", where, f"source {sources.shape}, target {target.shape}, bucket {bucket}")
+    out = {
+        "source": np.stack([fit_image_array(image, bucket, layout.channels)[0] for image in sources]),
+        "target": fit_image_array(target, bucket, layout.channels)[0],
+    }
+    tokens, text_mask = tokenize([instruction], layout.max_text_len)
+    out["tokens"], out["text_mask"] = tokens[0], text_mask[0]
+    for key, value in raw.items():
+        if key not in out and isinstance(value, (np.ndarray, np.generic)) and value.dtype.kind in "biuf":
+            out[key] = np.asarray(value)
+    if layout.tags:  # an explicit data.tags vocabulary: every row of the run has `tags`
         present = set(raw.get("tags", ()))
         out["tags"] = np.array([t in present for t in layout.tags], np.int32)
     return out

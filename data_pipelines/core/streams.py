@@ -4,6 +4,8 @@ A *stream* is a Grain `MapDataset` over positions 0, 1, 2, ... of one mixture co
 restricted to one resolution bucket: position -> sample index (a fresh shuffle every
 epoch, or a weighted draw for dual-axis sampling) -> loaded and finalized sample. It is
 random-access, so a stream's state is one integer: how many positions have been used.
+With data.degradations on, a stream also degrades each sample (techniques/degradations.py),
+drawn from (stream seed, position): a pure function of the position, so resume stays exact.
 
 `ScheduledBatches` reads the streams: global batch g takes its bucket, and each of its slots
 its stream (by mixture weight within that bucket), from draws seeded by (seed, g) alone. Slot j
@@ -27,6 +29,7 @@ import numpy as np
 
 from data_pipelines.core import clips as clips_lib
 from data_pipelines.core import samples as samples_lib
+from data_pipelines.techniques.degradations import DegradationConfig, DegradePairs
 
 
 def stream_seed(seed: int, name: str) -> int:
@@ -54,8 +57,13 @@ class WeightedDraws:
 
 
 def finalize(raw: dict, bucket: tuple[int, ...], layout: samples_lib.Layout, where: str) -> dict:
-    """A raw sample -> one row: an image row (samples.finalize) or, for video layouts, a clip row."""
-    return (clips_lib.finalize_clip if layout.video else samples_lib.finalize)(raw, bucket, layout, where)
+    """A raw sample -> one row: an image row (samples.finalize), for video layouts a clip row, and
+    for an edit triple (it has an `instruction`, not a caption) an edit row (samples.finalize_edit)."""
+    if layout.video:
+        return clips_lib.finalize_clip(raw, bucket, layout, where)
+    if "instruction" in raw:
+        return samples_lib.finalize_edit(raw, bucket, layout, where)
+    return samples_lib.finalize(raw, bucket, layout, where)
 
 
 class LoadSample:
@@ -78,15 +86,23 @@ class LoadSample:
             return {"_skip": e.kind, "_where": e.where, "_detail": e.detail}
 
 
-def make_stream(source, members, weights, bucket, layout, *, seed: int, name: str) -> grain.MapDataset:
-    """The infinite, random-access stream of finalized samples of `members` (indices into `source`)."""
+def make_stream(source, members, weights, bucket, layout, *, seed: int, name: str,
+                degradations: DegradationConfig | None = None) -> grain.MapDataset:
+    """The infinite, random-access stream of finalized samples of `members` (indices into `source`);
+    with `degradations`, each sample also gets `degraded_image` (clips: `degraded_video`)."""
     s = stream_seed(seed, name)
     positions = grain.MapDataset.range(len(members))
     if weights is None:
         positions = positions.shuffle(s).repeat()
     else:
         positions = positions.repeat().map_with_index(WeightedDraws(weights, s))
-    return positions.map_with_index(LoadSample(source, np.asarray(members), bucket, layout))
+    stream = positions.map_with_index(LoadSample(source, np.asarray(members), bucket, layout))
+    if degradations is not None:
+        # random_map seeds each element from (seed, index), and the index is the stream position:
+        # a sample drawn again in a later epoch gets a fresh degradation, a resumed run the same
+        # ones. A seed of its own keeps the draws apart from the shuffle's.
+        stream = stream.random_map(DegradePairs(degradations), seed=stream_seed(seed, f"{name}#degradations"))
+    return stream
 
 
 # A sample that fails to load at position x is replaced by the one at x + k * SPARE_STRIDE

@@ -439,14 +439,79 @@ def _pack(kind: str, edit: _Edit, size: int) -> dict:
     }
 
 
+def edit_config(data_cfg, where: str = "data") -> EditConfig:
+    """EditConfig from config.data (data.image_size and the data.edits group); bad values are a
+    one-line ValueError naming `<where>.edits.<key>` (EditConfig's own messages name its fields)."""
+    e = data_cfg.edits
+
+    def bad(key: str, why: str):
+        raise ValueError(f"{where}.edits.{key}: {why}")
+
+    if int(e.num_samples) <= 0:
+        bad("num_samples", f"must be positive, got {e.num_samples}")
+    if int(data_cfg.image_size) < 24:  # SceneConfig's minimum: glyphs need the room
+        raise ValueError(f"{where}.image_size: edit_triples renders scenes of at least 24 px, got {data_cfg.image_size}")
+    if not 2 <= int(e.max_objects) <= SLOTS:
+        bad("max_objects", f"must be in 2..{SLOTS} (add and remove need room for two objects), got {e.max_objects}")
+    lo, hi = float(e.object_size_min), float(e.object_size_max)
+    if not 0.1 <= lo <= 0.42:
+        bad("object_size_min", f"must be in [0.1, 0.42], got {lo}")
+    if not lo <= hi <= 0.42:  # scenes of several objects leave no room for bigger ones
+        bad("object_size_max", f"must be in [object_size_min, 0.42] = [{lo}, 0.42], got {hi}")
+    lo, hi = float(e.resize_size_min), float(e.resize_size_max)
+    if not 0.1 <= lo < 0.6:
+        bad("resize_size_min", f"must be in [0.1, 0.6), got {lo}")
+    if not lo < hi <= 0.6:
+        bad("resize_size_max", f"must be in (resize_size_min, 0.6] = ({lo}, 0.6], got {hi}")
+    weights = parse_edit_weights(e.edit_weights, f"{where}.edits.edit_weights")
+    try:
+        return EditConfig(image_size=int(data_cfg.image_size), max_objects=int(e.max_objects),
+                          object_size=(float(e.object_size_min), float(e.object_size_max)),
+                          resize_size=(float(e.resize_size_min), float(e.resize_size_max)), edit_weights=weights)
+    except ValueError as err:  # anything the checks above missed still names the group
+        raise ValueError(f"{where}.edits: {err}") from None
+
+
+def parse_edit_weights(spec: str, key: str = "data.edits.edit_weights") -> dict[str, float] | None:
+    """'recolor:1,move:2' -> {'recolor': 1.0, 'move': 2.0}; '' -> None (every type equally often)."""
+    if not spec.strip():
+        return None
+    weights = {}
+    for item in spec.split(","):
+        name, sep, value = item.strip().partition(":")
+        name = name.strip()
+        try:
+            weight = float(value) if sep else None
+        except ValueError:
+            weight = None
+        if weight is None or not weight >= 0:  # (not >= also rejects nan)
+            raise ValueError(f"{key}: {item.strip()!r} is not <edit type>:<weight >= 0> (in {spec!r})")
+        if name not in EDIT_TYPES:
+            raise ValueError(f"{key}: unknown edit type {name!r}; use some of {', '.join(EDIT_TYPES)}")
+        if name in weights:
+            raise ValueError(f"{key}: {name!r} is listed twice (in {spec!r})")
+        weights[name] = weight
+    if sum(weights.values()) <= 0:
+        raise ValueError(f"{key}: every weight is 0 (in {spec!r})")
+    return weights
+
+
 class EditTripleSource:
     """`num_samples` edit triples as a Grain random-access source (`__len__`, `__getitem__`).
 
     `__getitem__` gives `make_edit`'s dict (uint8 images, exact); `load` gives the data
     pipelines' raw-sample convention (float32 images in [0, 1], `where`), as SceneSource does.
+    The class attributes are what the pipeline reads from every source (see sources/digits.py);
+    the 'test' split is the held-out glyph split, which make_eval_batch reads.
     """
 
     channels = 3
+    # Triples carry their own labels (source_*, target_*), not scene_* rows, and no tag
+    # vocabulary: edit_type_id says what the `edit:<type>` tag would.
+    scene_labels = False
+    tags: tuple[str, ...] = ()
+    latent = False
+    text_features = False
 
     def __init__(self, cfg: EditConfig = EditConfig(), *, split: str, seed: int, num_samples: int):
         if split not in _SPLIT_STREAMS:
@@ -455,9 +520,14 @@ class EditTripleSource:
             raise ValueError(f"edit_triples: num_samples must be positive, got {num_samples}")
         self.cfg, self.split, self.seed, self.num_samples = cfg, split, seed, int(num_samples)
         self.name = f"edit_triples[{split}]"
+        self.scan_skips: dict[str, tuple[int, str]] = {}  # generated: nothing to skip while scanning
 
     def __len__(self) -> int:
         return self.num_samples
+
+    def sizes(self) -> np.ndarray:
+        """int64 [N, 2]: every triple is rendered at image_size x image_size."""
+        return np.full((len(self), 2), self.cfg.image_size, np.int64)
 
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < self.num_samples:

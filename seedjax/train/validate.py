@@ -13,6 +13,7 @@ import os
 import ml_collections
 
 from data_pipelines.core.config import SOURCES
+from data_pipelines.core.config import validate as validate_data_groups
 from data_pipelines.core.mixtures import components
 from data_pipelines.sources.reward_pairs import BASE_SOURCES
 from seedjax.config import ConfigError
@@ -85,6 +86,9 @@ def validate_data(data_cfg, where: str) -> None:
         key = f"{where}.mixture.{name}" if data_cfg.mixture else where
         if kind not in SOURCES:
             raise ConfigError(f"{key}.source: unknown source {kind!r}; use one of {', '.join(SOURCES)}")
+        if kind == "edit_triples":  # the data pipeline serves them (make_train_iterator); issue 17 adds the stage
+            raise ConfigError(f"{key}.source: edit_triples makes editing batches (source and target images), which "
+                              "no training stage reads yet")
         if kind == "reward_pairs" and path not in BASE_SOURCES:
             raise ConfigError(f"{key}.path: reward_pairs pairs captions of a bundled source; got {path!r}, "
                               f"use one of {', '.join(BASE_SOURCES)}")
@@ -96,3 +100,7 @@ def validate_data(data_cfg, where: str) -> None:
     eval_path = data_cfg.get("eval_path", "")
     if eval_path and not _is_url(eval_path) and not os.path.exists(eval_path):
         raise ConfigError(f"{where}.eval_path: {eval_path!r} does not exist")
+    try:  # data.degradations and data.edits (their values, and what they cannot be combined with)
+        validate_data_groups(data_cfg, where)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
