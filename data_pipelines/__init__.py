@@ -6,8 +6,10 @@ core/        Grain streams, resolution buckets, mixtures, the sample contract, A
              the tokenizer, the config and the iterators (core/pipeline.py); video clips and their
              (frames, height, width) buckets (core/clips.py)
 sources/     digits, digit scenes, captioned moving digits (video), image folders and manifests,
-             video folders and manifests (PyAV), reward pairs
-techniques/  defect-aware training, dual-axis sampling, curation filters
+             video folders and manifests (PyAV), reward pairs, edit triples of digit scenes
+             (data.source=edit_triples: source/target images, instruction, exact labels)
+techniques/  defect-aware training, dual-axis sampling, curation filters, real-world degradations
+             (data.degradations.enabled: (degraded, clean) pairs for restoration)
 cli/         prepare, report, measure (python -m data_pipelines.cli.<name>): the only part that
              imports seedjax
 
