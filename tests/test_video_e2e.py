@@ -351,15 +351,6 @@ def long_clips(causal_bundle):
     return labels, clips
 
 
-def test_mean_se_is_a_ratio_estimate_over_clips():
-    values = np.random.default_rng(0).random((10, 4))
-    mean, se = aq.mean_se(values)
-    assert mean == pytest.approx(values.mean()) and se == pytest.approx(values.mean(1).std(ddof=1) / np.sqrt(10))
-    mean, se = aq.mean_se(np.array([[1, 0], [1, 1], [0, np.nan], [np.nan, np.nan]]))  # 3/5 right, 3 clips
-    assert mean == pytest.approx(0.6) and se == pytest.approx(np.sqrt((0.04 + 0.64 + 0.36) / 6) / (5 / 3))
-    assert aq.mean_se(np.full((2, 3), np.nan)) == (None, None) and aq.mean_se(np.ones((1, 3))) == (1.0, None)
-
-
 @pytest.mark.slow
 def test_aapt_quality_rollouts_are_causal_and_judged_as_score_videos_judges(causal_bundle, long_clips):
     labels, long = long_clips
