@@ -177,10 +177,10 @@ def _component_streams(name: str, source, data_cfg, layout, *, seed: int, classi
                        degradations=None) -> tuple[dict, dict]:
     """One component's streams (one per resolution bucket) and its sample count per bucket."""
     members = _bucket_members(source, data_cfg)
-    if getattr(source, "video", False) and (data_cfg.filter or data_cfg.dual_axis.enabled):
-        raise ValueError(f"{source.name}: data.filter and data.dual_axis work on images; not on video sources yet")
-    if isinstance(source, EditTripleSource) and (data_cfg.filter or data_cfg.dual_axis.enabled):
-        raise ValueError(f"{source.name}: data.filter and data.dual_axis work on images; not on edit triples")
+    if (getattr(source, "video", False) or isinstance(source, EditTripleSource)) and \
+            (data_cfg.filter or data_cfg.dual_axis.enabled):
+        raise ValueError(f"{source.name}: data.filter and data.dual_axis work on images; not on video sources or "
+                         "edit triples yet")
     if data_cfg.filter:
         members = filter_members(source, members, data_cfg.filter)
     _check_has_valid_sample(source, members, layout)

@@ -30,7 +30,6 @@ from seedjax.models import generator, video_dit
 from seedjax.models.geometry import Geometry
 
 ONE_STEP = (1.0, 0.0)  # the 1-NFE student's per-frame sampler
-CAPTION_KEYS = ("tokens", "text_mask", "shot_tokens", "shot_mask")
 
 
 def validate_config(config) -> None:
@@ -47,9 +46,7 @@ def validate_config(config) -> None:
         raise ValueError(f"stage {config.stage}: block-causal generation has one KV cache and no guidance: set "
                          "sampling.guidance_scale, distill.guidance and distill.teacher_guidance to 1 and "
                          "model.guidance_embed=False")
-    if d.student_from not in ("ema", "model") or d.teacher_from not in ("teacher", "ema", "model"):
-        raise ValueError(f"config.distill: student_from={d.student_from!r} (ema | model), "
-                         f"teacher_from={d.teacher_from!r} (teacher | ema | model)")
+    student.check_entries(d)
     student.check_architecture(config)
 
 
@@ -62,7 +59,7 @@ def teacher_forced(model, batch: dict, x_t: jax.Array, t: jax.Array, x0: jax.Arr
 
 def captions(batch: dict, repeat: int = 1) -> dict:
     """The caption keys of `batch`, each row repeated `repeat` times (one per judged segment)."""
-    return {k: jnp.repeat(batch[k], repeat, axis=0) for k in CAPTION_KEYS if k in batch}
+    return {k: jnp.repeat(batch[k], repeat, axis=0) for k in generator.CAPTION_KEYS if k in batch}
 
 
 def long_geometry(geometry: Geometry, segments: int) -> Geometry:

@@ -36,10 +36,7 @@ def validate_config(config) -> None:
         raise ValueError(f"stage {config.stage}: distillation starts from a trained model; set config.init_from "
                          "to the previous stage's workdir")
     codec.require_pixel_space(config, f"stage {config.stage} (distillation)")
-    if d.student_from not in ("ema", "model"):
-        raise ValueError(f"config.distill.student_from={d.student_from!r}: choose ema or model")
-    if d.teacher_from not in ("teacher", "ema", "model"):
-        raise ValueError(f"config.distill.teacher_from={d.teacher_from!r}: choose teacher, ema or model")
+    check_entries(d)
     if config.sampling.schedule not in ("uniform", "flow") or config.sampling.num_steps < 1:
         raise ValueError(f"config.sampling: schedule {config.sampling.schedule!r} (uniform | flow) with "
                          f"num_steps {config.sampling.num_steps} (>= 1)")
@@ -50,6 +47,14 @@ def validate_config(config) -> None:
         raise ValueError(f"config.model.in_channels={config.model.in_channels} does not match "
                          f"{data_pipelines.channels(config.data)}-channel images in {config.input.patch_size}^2 patches")
     check_architecture(config)
+
+
+def check_entries(d) -> None:
+    """config.distill's checkpoint entries: where the student and the teacher come from."""
+    if d.student_from not in ("ema", "model"):
+        raise ValueError(f"config.distill.student_from={d.student_from!r}: choose ema or model")
+    if d.teacher_from not in ("teacher", "ema", "model"):
+        raise ValueError(f"config.distill.teacher_from={d.teacher_from!r}: choose teacher, ema or model")
 
 
 # What must agree with the run a stage starts from (the parameters' shapes and meaning).

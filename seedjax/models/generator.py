@@ -23,6 +23,7 @@ from seedjax.models.geometry import Geometry
 # space [B, F, H, W, C] (zeros where there are none), which frames they are [B, F], and the
 # shot of every frame [B, F'] (any frame rate: `frame_shots` maps it onto the token frames).
 VIDEO_CONDITION_KEYS = ("cond_frames", "cond_mask", "frame_shot")
+CAPTION_KEYS = ("tokens", "text_mask", "shot_tokens", "shot_mask")  # a batch's captions (one, or one a shot)
 
 
 def is_video(model_cfg) -> bool:
@@ -155,7 +156,7 @@ def drop_captions(batch: dict, rng: jax.Array, p: float) -> dict:
 def empty_captions(batch: dict) -> dict:
     """The batch's captions replaced by the empty caption: the unconditional branch of CFG
     (a video's conditioning frames and shots are kept)."""
-    keep = ("tokens", "text_mask", "shot_tokens", "shot_mask", *VIDEO_CONDITION_KEYS)
+    keep = (*CAPTION_KEYS, *VIDEO_CONDITION_KEYS)
     return drop_captions({k: v for k, v in batch.items() if k in keep}, jax.random.key(0), 1.0)
 
 
