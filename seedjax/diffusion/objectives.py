@@ -67,7 +67,10 @@ def flow_matching_loss(model: generator.DiffusionModel, batch: dict, rng: jax.Ar
     x_t = flow.interpolate(x0, noise, t_tokens)
     weights = loss_weights(batch, config)
     if model.is_video:
-        batch = tasks.video_task(batch, geometry.frames_of(x0), jax.random.fold_in(rng, 1), config.diffusion)
+        if config.diffusion.get("restore", False):
+            batch = tasks.restoration_task(batch)
+        else:
+            batch = tasks.video_task(batch, geometry.frames_of(x0), jax.random.fold_in(rng, 1), config.diffusion)
         noisy = tasks.noisy_token_weights(model.dit.cfg, batch, x0.shape[1])
         weights = noisy if weights is None else (weights if noisy is None else weights * noisy)
     cond = model.condition(batch)

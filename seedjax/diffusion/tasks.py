@@ -1,4 +1,4 @@
-"""The tasks of a video training batch, unified as Seedance does: T2I, T2V and I2V.
+"""The tasks of a video training batch, unified as Seedance does: T2I, T2V and I2V; and restoration.
 
 Text-to-image batches are one-frame videos (the data's '1xHxW' buckets, mixed by bucket
 weights); in a video batch a fraction `diffusion.i2v_fraction` of the examples becomes
@@ -10,6 +10,10 @@ image-to-video: their clean first frame is handed to the model as a conditioning
 How the model takes the frame is its config (`model.condition`, seedjax/models/video_dit.py):
 channel concat keeps every frame noisy and trained; per-frame timesteps keep the
 conditioning frames clean, so `noisy_token_weights` leaves them out of the loss.
+
+Restoration (SeedVR, `diffusion.restore`): every frame is conditioned on its degraded copy
+(`degraded_video`, made by data.degradations), which 'concat' puts beside the noisy tokens with
+an all-ones mask channel: the same inputs as SeedVR's (noise + low-quality latent + mask).
 """
 
 from __future__ import annotations
@@ -40,3 +44,30 @@ def noisy_token_weights(model_cfg, batch: dict, num_tokens: int) -> jax.Array | 
         return None
     mask = batch["cond_mask"]
     return jnp.repeat(1.0 - mask, num_tokens // mask.shape[1], axis=1)
+
+
+DEGRADED = "degraded_video"  # the batch key of the degraded clips [B, F, H, W, C] (data.degradations)
+
+
+def validate_restore(config) -> None:
+    """diffusion.restore's requirements (one-line ValueErrors): a pixel video DiT with channel concat
+    and degradations in the data, and no image-to-video on top."""
+    if not config.diffusion.get("restore", False):
+        return
+    model = config.model
+    if model.get("kind") != "video_dit" or model.condition != "concat" or config.input.key != "video":
+        raise ValueError("config.diffusion.restore conditions the video DiT on degraded pixels: it needs "
+                         "config.model = video_dit_config(condition='concat') and config.input.key='video'")
+    if not config.data.get("degradations", {}).get("enabled", False):
+        raise ValueError("config.diffusion.restore needs (degraded, clean) pairs: set config.data.degradations.enabled")
+    if float(config.diffusion.i2v_fraction) > 0 or config.sampling.get("i2v", False):
+        raise ValueError("config.diffusion.restore conditions every frame on the degraded clip: leave "
+                         "config.diffusion.i2v_fraction at 0 and config.sampling.i2v off")
+
+
+def restoration_task(batch: dict, degraded: jax.Array | None = None) -> dict:
+    """The batch conditioned on degraded clips [B, F, H, W, C] (default: the batch's own
+    `degraded_video`) on every frame: cond_frames = the degraded clip, cond_mask = 1."""
+    degraded = batch[DEGRADED] if degraded is None else degraded
+    mask = jnp.ones(degraded.shape[:2], jnp.float32)
+    return batch | {"cond_frames": jnp.asarray(degraded, jnp.float32), "cond_mask": mask}

@@ -16,10 +16,9 @@ from __future__ import annotations
 import jax
 import numpy as np
 from flax import nnx
-from skimage.metrics import structural_similarity
 
 import data_pipelines
-from seedjax.eval import samples
+from seedjax.eval import image_quality, samples
 from seedjax.stages.vae import eval_vae
 
 
@@ -61,8 +60,6 @@ class Evaluator:
         out = samples.map_chunks(lambda part, _: reconstruct(params, part["image"]), {"image": images},
                                  self.batch_size)
         recon, latents = out["recon"], out["latents"]
-        mse = np.mean(np.square(images - recon), axis=(1, 2, 3))
-        yield "psnr", float(np.mean(10 * np.log10(4.0 / np.maximum(mse, 1e-10))))
-        yield "ssim", float(np.mean([structural_similarity(a, b, data_range=2.0, channel_axis=-1)
-                                     for a, b in zip(images, recon)]))
+        yield "psnr", image_quality.psnr(recon, images)
+        yield "ssim", image_quality.ssim(recon, images)
         yield "latent_std", float(np.std(latents))

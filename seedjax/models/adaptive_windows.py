@@ -87,6 +87,30 @@ def window_size(grid, reference_windows, *, reference_area: int | None = None,
     return tuple(min(max(p, 1), n) for p, n in zip(size, (t, h, w)))
 
 
+RULES = ("adaptive", "fixed", "grow")
+
+
+def model_window(grid, counts, reference, rule: str = "adaptive", max_frames: int | None = None) -> Grid:
+    """The window a model with window `counts` (nt, nh, nw), trained on the (h, w) token grid
+    `reference`, uses on `grid`, by `rule`:
+    - 'adaptive' (SeedVR2): `window_size` with the reference's area: windows keep about the token
+      count they had in training and take the grid's aspect ratio; a larger grid gets more windows;
+    - 'fixed' (SeedVR): the reference grid's window at every resolution (clipped to the grid);
+    - 'grow': the counts of the grid itself, so windows grow with the resolution.
+    The temporal side is `window_size`'s for the grid's own frames in all three."""
+    t, h, w = _grid(grid)
+    rh, rw = (int(n) for n in reference)
+    if rule not in RULES:
+        raise ValueError(f"adaptive windows: rule must be one of {RULES}, got {rule!r}")
+    if rule == "adaptive":
+        return window_size(grid, counts, reference_area=rh * rw, max_frames=max_frames)
+    size = window_size(grid, counts, max_frames=max_frames)
+    if rule == "grow":
+        return size
+    _, wh, ww = window_size((t, rh, rw), counts, max_frames=max_frames)
+    return size[0], min(wh, h), min(ww, w)
+
+
 def half_shift(grid, window) -> Grid:
     """The shifted partition's offset: half a window (p // 2) on every axis with more than one window."""
     return tuple(int(p) // 2 if int(p) < n else 0 for n, p in zip(_grid(grid), window))
@@ -164,36 +188,66 @@ def window_layout(grid, window, shift=(0, 0, 0), block: int = 64) -> WindowLayou
     return layout
 
 
-def windowed_attention(q: jax.Array, k: jax.Array, v: jax.Array, grid, window, shift=(0, 0, 0), *,
-                       backend: str = "dense", block: int = 64, impl: str = "auto", interpret: bool = False,
-                       sequence_parallel: str = "dense") -> jax.Array:
-    """Window attention over visual tokens q, k, v [B, N, H, D] (N = t * h * w, frame-major) -> [B, N, H, D].
+def joint_block_mask(layout: WindowLayout, text_blocks: int) -> np.ndarray:
+    """[T + L/block, T + L/block] bool for a sequence of `text_blocks` blocks of text then the
+    permuted windows of `layout`: text sees text; a window's blocks see the text and their window."""
+    size = text_blocks + layout.block_mask.shape[0]
+    mask = np.zeros((size, size), bool)
+    mask[:, :text_blocks] = True
+    mask[text_blocks:, text_blocks:] = layout.block_mask
+    return mask
 
-    Each token attends to the tokens of its window of the partition (grid, window, shift); softmax
-    scale 1/sqrt(D), float32 scores. `backend`:
-    - 'dense': masked dense attention, the reference, through `sequence.attention` with the 'same'
-      rule over window ids (so `sequence_parallel` 'ulysses' / 'ring' work under a sequence mesh);
-    - 'block_sparse': permute into the block-padded `window_layout`, run `block_sparse_attention`
-      with the block-diagonal mask (`impl`, `interpret` as there: 'xla' on CPU; Triton needs a
-      power-of-two `block` >= 16, Mosaic a multiple of 128), un-permute.
-    `grid`, `window` and `shift` must be static (Python ints)."""
+
+def windowed_attention(q: jax.Array, k: jax.Array, v: jax.Array, grid, window, shift=(0, 0, 0), *,
+                       num_text: int = 0, text_valid: jax.Array | None = None, backend: str = "dense",
+                       block: int = 64, impl: str = "auto", interpret: bool = False,
+                       sequence_parallel: str = "dense") -> jax.Array:
+    """Window attention over q, k, v [B, Lt + N, H, D]: `num_text` text tokens, then the visual
+    tokens (N = t * h * w, frame-major) -> [B, Lt + N, H, D].
+
+    Each visual token attends to the valid text (`text_valid` [B, Lt], None = all) and to the tokens
+    of its window of the partition (grid, window, shift); a text token attends to the text alone.
+    Softmax scale 1/sqrt(D), float32 scores. `backend`:
+    - 'dense': masked dense attention, the reference, through `sequence.attention` with the
+      'same_or_text' rule over window ids (text id -1), so `sequence_parallel` 'ulysses' / 'ring'
+      work under a sequence mesh;
+    - 'block_sparse': the text padded to whole blocks, then the visual tokens permuted into the
+      block-padded `window_layout`, run by `block_sparse_attention` with `joint_block_mask`
+      (`impl`, `interpret` as there: 'xla' on CPU; Triton needs a power-of-two `block` >= 16,
+      Mosaic a multiple of 128), un-permuted.
+    `grid`, `window`, `shift` and `num_text` must be static (Python ints)."""
     grid = _grid(grid)
-    if q.ndim != 4 or q.shape != k.shape or k.shape != v.shape or q.shape[1] != math.prod(grid):
-        raise ValueError(f"windowed_attention: expected q, k, v [B, {math.prod(grid)}, H, D] for grid {grid}, "
-                         f"got {q.shape}, {k.shape}, {v.shape}")
+    length = num_text + math.prod(grid)
+    if q.ndim != 4 or q.shape != k.shape or k.shape != v.shape or q.shape[1] != length:
+        raise ValueError(f"windowed_attention: expected q, k, v [B, {length}, H, D] for {num_text} text tokens and "
+                         f"grid {grid}, got {q.shape}, {k.shape}, {v.shape}")
     window, shift = tuple(int(p) for p in window), tuple(int(s) for s in shift)
+    batch = q.shape[0]
+    text_valid = jnp.ones((batch, num_text), bool) if text_valid is None else text_valid.astype(bool)
     if backend == "dense":
-        ids = jnp.broadcast_to(jnp.asarray(window_ids(grid, window, shift)), q.shape[:2])
-        spec = sequence_lib.MaskSpec("same", q_ids=ids, k_ids=ids)
+        ids = np.concatenate([np.full(num_text, -1, np.int32), window_ids(grid, window, shift)])
+        ids = jnp.broadcast_to(jnp.asarray(ids), (batch, length))
+        key_valid = jnp.concatenate([text_valid, jnp.ones((batch, length - num_text), bool)], axis=1)
+        spec = sequence_lib.MaskSpec("same_or_text", key_valid=key_valid, q_ids=ids, k_ids=ids)
         return sequence_lib.attention(q, k, v, spec, impl=sequence_parallel)
     if backend != "block_sparse":
         raise ValueError(f"windowed_attention: backend must be one of {BACKENDS}, got {backend!r}")
     layout = window_layout(grid, window, shift, int(block))
-    # Out-of-range slots (padding) gather zeros; their keys are masked and their rows dropped below.
-    permute = lambda x: jnp.take(x, layout.slots, axis=1, mode="fill", fill_value=0)
+    text_blocks = -(-num_text // layout.block)
+    text_pad = text_blocks * layout.block - num_text
+    # The text (zero-padded to whole blocks), then the visual tokens slot by slot: out-of-range slots
+    # (padding) gather zeros; their keys are masked and their rows dropped below.
+    def arrange(x):
+        text = jnp.pad(x[:, :num_text], ((0, 0), (0, text_pad), (0, 0), (0, 0)))
+        visual = jnp.take(x[:, num_text:], layout.slots, axis=1, mode="fill", fill_value=0)
+        return jnp.concatenate([text, visual], axis=1)
+
     heads = q.shape[2]
-    mask = np.broadcast_to(layout.block_mask, (heads, *layout.block_mask.shape))
-    key_mask = jnp.broadcast_to(jnp.asarray(layout.key_valid), (q.shape[0], layout.slots.size))
-    out = block_sparse_attention(permute(q), permute(k), permute(v), mask, key_mask=key_mask, block_q=layout.block,
-                                 block_k=layout.block, impl=impl, interpret=interpret)
-    return jnp.take(out, layout.positions, axis=1)
+    mask = joint_block_mask(layout, text_blocks)
+    key_mask = jnp.concatenate([jnp.pad(text_valid, ((0, 0), (0, text_pad))),
+                                jnp.broadcast_to(jnp.asarray(layout.key_valid), (batch, layout.slots.size))], axis=1)
+    out = block_sparse_attention(arrange(q), arrange(k), arrange(v), np.broadcast_to(mask, (heads, *mask.shape)),
+                                 key_mask=key_mask, block_q=layout.block, block_k=layout.block, impl=impl,
+                                 interpret=interpret)
+    visual = jnp.take(out[:, text_blocks * layout.block:], layout.positions, axis=1)
+    return jnp.concatenate([out[:, :num_text], visual], axis=1)

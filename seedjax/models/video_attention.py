@@ -7,6 +7,11 @@ tokens), on one device through the attention backend and under sequence parallel
 `seedjax.parallel.sequence`. `Masks` are the per-call masks; with `causal` (model.causal) every
 mask is the block-causal rule `sequence_lib.causal_allowed` over frames and the text stream sees
 text only.
+
+Mode 'window' (SeedVR's restoration DiT, `seedjax.models.adaptive_windows`): both sublayers attend
+within 3-D windows of `window` (t, h, w) tokens; the spatial sublayer of block i uses the regular
+partition and also attends to the valid text (of every shot), the temporal one the partition shifted
+by half a window, so window borders move every sublayer. The text attends to the text alone.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seedjax.models import adaptive_windows
 from seedjax.models.attention import TokenLayout, attention
 from seedjax.parallel import sequence as sequence_lib
 from seedjax.parallel.sharding import constrain
@@ -100,6 +106,9 @@ class AttentionOps:
     block: int | None = None
     area: tuple[int, int] = (1, 1)  # the temporal layers' spatial window (model.temporal_spatial_window)
     causal: bool = False  # block-causal over frames (model.causal); `window` is then model.causal_window
+    windows: tuple[int, int, int] | None = None  # mode 'window': the (t, h, w) window of this grid
+    window_backend: str = "dense"  # mode 'window': 'dense' | 'block_sparse' (model.window.backend)
+    window_block: int = 64
 
     def at(self, block: int) -> "AttentionOps":
         return dataclasses.replace(self, block=block)
@@ -119,10 +128,23 @@ class AttentionOps:
             return self.extra
         return self.extra | {"timestep": jnp.repeat(timestep, frames)}
 
+    def _windowed(self, q, k, v, sublayer: int, num_text: int = 0, text_valid=None):
+        """Mode 'window': attention within this sublayer's partition (shifted on odd attention layers)."""
+        layer = 2 * (self.block or 0) + sublayer
+        shift = adaptive_windows.layer_shift(layer, self.grid, self.windows)
+        impl = self.sequence_parallel if sequence_lib.sequence_size() > 1 else "dense"
+        return adaptive_windows.windowed_attention(q, k, v, self.grid, self.windows, shift, num_text=num_text,
+                                                   text_valid=text_valid, backend=self.window_backend,
+                                                   block=self.window_block, sequence_parallel=impl)
+
     def spatial(self, qv, kv, vv, qt, kt, vt, masks: Masks):
         """(visual [B, N, H, D], text [B, Lt, H, D]) outputs of the spatial sublayer."""
         frames = self.grid[0]
         num_text = qt.shape[1]
+        if self.mode == "window":
+            q, k, v = (jnp.concatenate(p, axis=1) for p in ((qt, qv), (kt, kv), (vt, vv)))
+            out = self._windowed(q, k, v, 0, num_text, masks.text_valid)
+            return out[:, num_text:], out[:, :num_text]
         if self.mode == "full_3d":
             q, k, v = (jnp.concatenate(p, axis=1) for p in ((qt, qv), (kt, kv), (vt, vv)))
             key_mask = jnp.concatenate([masks.text_valid, jnp.repeat(masks.frame_valid, qv.shape[1] // frames, 1)], 1)
@@ -151,6 +173,8 @@ class AttentionOps:
     def temporal(self, q, k, v, masks: Masks):
         """[B, N, H, D] visual outputs of the temporal sublayer."""
         frames = self.grid[0]
+        if self.mode == "window":
+            return self._windowed(q, k, v, 1)
         if self.mode == "full_3d":
             key_mask = jnp.repeat(masks.frame_valid, q.shape[1] // frames, axis=1)
             return self._joint(q, k, v, key_mask, TokenLayout(0, None, self.grid), sublayer=1, num_text=0)

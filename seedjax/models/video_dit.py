@@ -46,7 +46,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from seedjax.models import layers
+from seedjax.models import adaptive_windows, layers
 from seedjax.models.attention import get_backend
 from seedjax.models.mmdit import (
     REMAT_POLICIES,
@@ -62,7 +62,7 @@ from seedjax.models.video_attention import AttentionOps, Masks, per_frame, windo
 from seedjax.parallel import sequence as sequence_lib
 from seedjax.parallel.sharding import constrain
 
-ATTENTION_MODES = ("decoupled", "full_3d")
+ATTENTION_MODES = ("decoupled", "full_3d", "window")
 CONDITIONS = ("concat", "timestep")
 SEQUENCE_PARALLEL = ("ulysses", "ring")
 
@@ -88,6 +88,8 @@ def validate_config(cfg) -> None:
                          f"leave model.temporal_window at 0 (got {cfg.temporal_window})")
     if causal and cfg.attention_backend != "dense":
         raise ValueError(f"model.causal needs attention_backend 'dense' (got {cfg.attention_backend!r})")
+    if cfg.attention == "window":
+        _validate_windows(cfg, causal)
     if recycle and not causal:
         raise ValueError("model.recycle (the previous frame as input) needs model.causal = True")
     area = temporal_spatial_window(cfg)
@@ -106,6 +108,25 @@ def validate_config(cfg) -> None:
     for key in ("in_channels", "num_heads", "head_dim", "text_dim", "pooled_dim", "depth"):
         if cfg[key] <= 0:
             raise ValueError(f"video DiT config {key} must be positive, got {cfg[key]}")
+
+
+def _validate_windows(cfg, causal: bool) -> None:
+    w = cfg.window
+    if causal or cfg.temporal_window or cfg.attention_backend != "dense":
+        raise ValueError("model.attention='window' is bidirectional and picks its kernels with model.window.backend: "
+                         "leave model.causal off, model.temporal_window 0 and model.attention_backend 'dense'")
+    if len(w.counts) != 3 or min(w.counts) < 1 or len(w.reference) != 2 or min(w.reference) < 1:
+        raise ValueError(f"model.window: counts must be 3 ints >= 1 (t, h, w) and reference the training (h, w) token "
+                         f"grid, 2 ints >= 1; got counts={tuple(w.counts)}, reference={tuple(w.reference)}")
+    if w.rule not in adaptive_windows.RULES or w.backend not in adaptive_windows.BACKENDS or w.block < 1:
+        raise ValueError(f"model.window: rule must be one of {adaptive_windows.RULES}, backend one of "
+                         f"{adaptive_windows.BACKENDS}, block >= 1; got {w.rule!r}, {w.backend!r}, {w.block}")
+
+
+def grid_window(cfg, grid: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Mode 'window': the (t, h, w) window of the token grid `grid` (model.window's rule)."""
+    w = cfg.window
+    return adaptive_windows.model_window(grid, w.counts, w.reference, w.rule, w.max_frames or None)
 
 
 def multishot_position_ids(frame_shot: jax.Array, grid: tuple[int, int, int], shot_len: int,
@@ -152,7 +173,11 @@ def train_flops_per_example(cfg, grid: tuple[int, int, int], num_text: int) -> f
     tokens = n * (in_ch * d + d * out) + num_text * cfg.text_dim * d
     # Projections and MLPs: visual tokens in both sublayers, text tokens once per block.
     tokens += cfg.depth * (2 * n + num_text) * (4 * d * d + 2 * d * m)
-    if cfg.attention == "decoupled":
+    if cfg.attention == "window":
+        tokens_per_window = int(np.prod(grid_window(cfg, grid)))
+        spatial = num_text * num_text + n * (num_text + tokens_per_window)
+        temporal = n * tokens_per_window
+    elif cfg.attention == "decoupled":
         spatial = frames * (num_text + p) ** 2
         window = cfg.temporal_window or frames
         rows, cols = window_tokens(temporal_spatial_window(cfg), grid)
@@ -332,7 +357,8 @@ class VideoDiT(nnx.Module):
         masks = Masks.make(text_mask, text_shot, frame_shot, jnp.ones((batch, frames), bool))
         ops = AttentionOps(cfg.attention, (frames, h, w), window if causal else cfg.temporal_window,
                            cfg.attention_backend, cfg.sequence_parallel, attention_kwargs or {},
-                           area=temporal_spatial_window(cfg), causal=causal)
+                           area=temporal_spatial_window(cfg), causal=causal,
+                           **(self.window_ops((frames, h, w)) if cfg.attention == "window" else {}))
 
         txt = self.context_embedder(text_embeddings).astype(jnp.float32)
         policy = remat_policy(cfg) if cfg.remat else None
@@ -342,6 +368,13 @@ class VideoDiT(nnx.Module):
             vis, txt = run(block, vis, txt, cond_frames, cond_txt, rope_vis, rope_txt, masks)
         velocity = self.head(vis, x, t_frames, cond_frames, token_cond)
         return (velocity, vis) if return_features else velocity
+
+    def window_ops(self, grid) -> dict:
+        w = self.cfg.window
+        if w.backend != "dense" and sequence_lib.sequence_size() > 1:
+            raise ValueError(f"VideoDiT: model.window.backend {w.backend!r} does not run with sequence parallelism "
+                             f"(mesh.sequence > 1); use 'dense' there")
+        return dict(windows=grid_window(self.cfg, grid), window_backend=w.backend, window_block=int(w.block))
 
     def embed_frames(self, x, t_frames, cond_tokens=None, cond_mask=None, recycled=None):
         """Input tokens x [B, F*P, C] at per-frame times [B, F] -> (embedded [B, F*P, D], per-frame

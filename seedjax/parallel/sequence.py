@@ -11,8 +11,9 @@ Masks are ids plus a rule (`MaskSpec`), never an [L, L] array, so each device bu
 'all' (key validity only), 'block_causal' (k_id <= q_id: frame/block ids, text tokens id -1 so every query
 sees them and text queries see only text; with `window` > 0 also q_id - k_id < window, except that keys of
 id <= 0, the text and the first block, are always kept: `causal_allowed`), 'same' (k_id == q_id: shot ids),
-'window' (text keys, id < 0, always; otherwise 0 <= q_id - k_id < window). Key validity is ANDed onto
-every rule.
+'window' (text keys, id < 0, always; otherwise 0 <= q_id - k_id < window), 'same_or_text' (text keys, id < 0,
+always; otherwise k_id == q_id: the video DiT's spatial windows, whose ids are windows). Key validity is ANDed
+onto every rule.
 
 Communication, with s = size of 'sequence' and per-device blocks of L/s tokens:
 - `attention(impl='ulysses')`: all_to_all q, k, v from token-split [B, L/s, H, D] to head-split
@@ -45,7 +46,7 @@ from jax.sharding import PartitionSpec as P
 from seedjax.parallel.sharding import logical_to_spec
 
 SEQUENCE = "sequence"
-MASK_RULES = ("all", "block_causal", "same", "window")
+MASK_RULES = ("all", "block_causal", "same", "window", "same_or_text")
 IMPLS = ("dense", "ulysses", "ring")
 
 
@@ -96,6 +97,8 @@ def _rule_mask(rule: str, window: int, q_ids, k_ids, key_valid) -> jax.Array | N
             allowed = causal_allowed(qi, ki, window)
         elif rule == "same":
             allowed = ki == qi
+        elif rule == "same_or_text":
+            allowed = (ki == qi) | (ki < 0)
         else:  # window: text keys always, else the `window` most recent blocks up to the query's own
             allowed = (ki < 0) | ((qi - ki >= 0) & (qi - ki < window))
     if key_valid is not None:

@@ -20,6 +20,8 @@ config validation. Types and the stages they serve:
     video_prompts    video generator on held-out moving-digit prompts (options frames, multishot, i2v,
                      seed): video/frame_accuracy, motion_accuracy, temporal_consistency,
                      first_frame_psnr (i2v), shot_accuracy (multishot)
+    restoration      restoration model (diffusion.restore) on held-out degraded clips (options num_clips,
+                     batch_size, captions): restore/psnr, ssim, and the degraded input's, seconds_per_clip
 
 Generator types take `num_prompts` and `batch_size` (0 = config.eval.num_prompts / batch_size);
 those that sample the same prompts at the same step share one generation.

@@ -87,7 +87,7 @@ def video_dit_config(preset: str = "tiny", **overrides) -> ml_collections.Config
     cfg.depth = 2  # blocks, each one spatial (dual-stream, per frame) + one temporal sublayer
     cfg.axes_dims_rope = (8, 12, 12)  # (time, row, column)
     # 'decoupled': spatial attention within frames, temporal across frames (Seedance);
-    # 'full_3d': every token attends to every token (the baseline, same weights).
+    # 'full_3d': every token attends to every token (the baseline, same weights); 'window': see cfg.window.
     cfg.attention = "decoupled"
     cfg.temporal_window = 0  # temporal layers attend within windows of this many frames (0 = all)
     # Seedance's windowed temporal layers: a token attends across frames to every token of its spatial
@@ -102,6 +102,18 @@ def video_dit_config(preset: str = "tiny", **overrides) -> ml_collections.Config
     cfg.causal = False
     cfg.causal_window = 0
     cfg.recycle = False  # (causal) the previous clean frame concatenated with the noisy one along channels
+    # attention='window' (SeedVR / SeedVR2): both sublayers attend within 3-D (t, h, w) windows, the
+    # spatial one also to the text, the second with windows shifted by half a window (models/adaptive_windows.py).
+    cfg.window = ml_collections.ConfigDict()
+    cfg.window.counts = (4, 3, 3)  # windows per (t, h, w) axis on the reference grid (SeedVR2's)
+    cfg.window.reference = (0, 0)  # the (h, w) token grid the counts refer to: the training resolution's
+    # How windows follow another resolution: 'adaptive' (SeedVR2: the grid rescaled to the reference's area
+    # first, so windows keep their token count and follow the aspect ratio), 'fixed' (SeedVR: the reference
+    # grid's window size at every resolution), 'grow' (the counts of the grid itself: windows grow with it).
+    cfg.window.rule = "adaptive"
+    cfg.window.max_frames = 30  # the temporal window count is taken over at most this many frames
+    cfg.window.backend = "dense"  # 'dense' (masked, any sequence parallelism) | 'block_sparse' (the kernels)
+    cfg.window.block = 64  # block_sparse: the kernels' block size
     cfg.update(VIDEO_DIT_PRESETS[preset])
     cfg.update(overrides)
     return cfg

@@ -80,6 +80,9 @@ def diffusion_config(**overrides) -> ml_collections.ConfigDict:
             # A block-causal video DiT (model.causal): every latent frame at its own flow time
             # (AAPT's adaptation: a streamed frame attends to frames made at other noise levels).
             per_frame_t=False,
+            # SeedVR restoration (seedjax/diffusion/tasks.py): every clip is conditioned on its degraded
+            # copy (data.degradations), on every frame, through the video DiT's 'concat' channels.
+            restore=False,
         )
     )
     cfg.update(overrides)

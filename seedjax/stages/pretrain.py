@@ -14,6 +14,7 @@ the evaluators of `config.evals` (`seedjax.models.codec`).
 
 from __future__ import annotations
 
+from seedjax.diffusion import tasks
 from seedjax.models import generator
 from seedjax.models.geometry import Geometry
 from seedjax.train.flow_matching import flow_matching_step, init, load_generator, sample
@@ -36,6 +37,7 @@ def validate_config(config) -> None:
         raise ValueError(f"config.input.key={config.input.key!r} does not fit config.model.kind="
                          f"{config.model.get('kind', 'mmdit')!r}: clips (input.key=video) train the video DiT "
                          f"(config.model = video_dit_config(...)), images the MMDiT")
+    tasks.validate_restore(config)
 
 
 STAGE = Stage(init=init, train_step=flow_matching_step, sample=sample, flops_per_example=flops_per_example,

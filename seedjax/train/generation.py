@@ -13,7 +13,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from seedjax.diffusion import autoregressive
+from seedjax.diffusion import autoregressive, tasks
 from seedjax.diffusion.sampling import Sampler
 from seedjax.models import generator
 from seedjax.models.geometry import Geometry
@@ -62,7 +62,9 @@ def generate(model: generator.DiffusionModel, config, rng: jax.Array, batch: dic
     geometry = Geometry.of(config)
     if model.is_causal:
         return generate_causal(model, config, rng, batch, sampler, geometry)
-    if model.is_video:
+    if config.diffusion.get("restore", False):  # a restoration model restores the batch's degraded clips
+        batch = tasks.restoration_task(batch)
+    elif model.is_video:
         batch = with_first_frame(batch, config, geometry)
     return sampler.generate(model, batch, geometry, rng, attention=attention)
 
