@@ -61,7 +61,7 @@ class DiffusionModel(nnx.Module):
         return out | {k: batch[k] for k in VIDEO_CONDITION_KEYS if k in batch}
 
     def __call__(self, x, t, cond: dict, geometry: Geometry, *, guidance=None, target_size=None,
-                 return_features=False, attention_kwargs=None, recycled=None):
+                 return_features=False, attention_kwargs=None, recycled=None, feature_blocks=()):
         if recycled is not None and not self.is_video:
             raise ValueError("recycled frames (model.recycle) are a block-causal video DiT's input")
         if self.is_video:
@@ -75,7 +75,10 @@ class DiffusionModel(nnx.Module):
                             cond_tokens=geometry.tokens(cond["cond_frames"]) if "cond_frames" in cond else None,
                             cond_mask=frame_shots(cond["cond_mask"], frames) if "cond_mask" in cond else None,
                             guidance=guidance, recycled=recycled, attention_kwargs=attention_kwargs,
-                            return_features=return_features)
+                            return_features=return_features, feature_blocks=feature_blocks)
+        if feature_blocks:
+            raise ValueError("feature_blocks (a block's features) are the video DiT's; the MMDiT's are "
+                             "seedjax.distill.discriminator.trunk_features")
         if not geometry.is_image:
             raise ValueError(f"the MMDiT denoises single images; a {geometry.frames}-frame geometry needs the video DiT "
                              f"(config.model = video_dit_config(...))")

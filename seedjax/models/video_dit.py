@@ -300,7 +300,7 @@ class VideoDiT(nnx.Module):
 
     def __call__(self, x, t, text_embeddings, pooled, *, grid, num_shots=1, text_mask=None, frame_shot=None,
                  cond_tokens=None, cond_mask=None, guidance=None, recycled=None, attention_kwargs=None,
-                 return_features=False):
+                 return_features=False, feature_blocks=()):
         """Predict the flow velocity of video tokens.
 
         Args:
@@ -318,9 +318,11 @@ class VideoDiT(nnx.Module):
             zeros; `recycled_tokens` shifts a clean video). None = zeros.
           return_features: also return the last block's visual tokens [B, N, hidden] (what AAPT's
             frame discriminator reads).
+          feature_blocks: block indices (static) whose output visual tokens to return as a list
+            (what a discriminator's feature-matching loss compares).
 
         Returns: velocity [B, N, out_channels] float32 (0 on conditioning frames with 'timestep'),
-        and with `return_features` (velocity, features).
+        with `return_features` (velocity, features), with `feature_blocks` (velocity, [features]).
         """
         cfg = self.cfg
         batch, num_tokens, channels = x.shape
@@ -362,11 +364,16 @@ class VideoDiT(nnx.Module):
 
         txt = self.context_embedder(text_embeddings).astype(jnp.float32)
         policy = remat_policy(cfg) if cfg.remat else None
+        collected = []
         for i, block in enumerate(self.blocks):
             run = functools.partial(VideoBlock.__call__, ops=ops.at(i))
             run = nnx.remat(run, policy=policy) if policy is not None else run
             vis, txt = run(block, vis, txt, cond_frames, cond_txt, rope_vis, rope_txt, masks)
+            if i in feature_blocks:
+                collected.append(vis)
         velocity = self.head(vis, x, t_frames, cond_frames, token_cond)
+        if feature_blocks:
+            return velocity, collected
         return (velocity, vis) if return_features else velocity
 
     def window_ops(self, grid) -> dict:

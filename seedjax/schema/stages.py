@@ -206,3 +206,16 @@ def aapt_config(**overrides) -> ml_collections.ConfigDict:
     ))
     cfg.update(overrides)
     return cfg
+
+
+def restore_gan_config(**overrides) -> ml_collections.ConfigDict:
+    """SeedVR2's one-step adversarial stage (seedjax/stages/restore_adversarial.py)."""
+    cfg = ml_collections.ConfigDict(dict(
+        gamma=1.0,  # weight of the approximate R1 + R2, (gamma / 2) (R1 + R2)
+        sigma=0.01,  # noise scale of the approximate R1 / R2
+        fm_weight=1.0,  # weight of the feature-matching loss (L1 between discriminator features)
+        feature_blocks=(0, -1),  # the discriminator blocks whose features are matched (negative: from the end)
+        head_hidden=64,  # width of the discriminator's patch head
+    ))
+    cfg.update(overrides)
+    return cfg
