@@ -25,7 +25,7 @@ GRIDS = [(1, 6, 10), (4, 9, 7), (2, 16, 24), (3, 5, 5)]
 REFERENCE = (2, 2, 2)  # windows per axis at the reference grid
 
 _jit = functools.partial(jax.jit, static_argnames=("grid", "window", "shift", "backend", "block", "impl",
-                                                   "interpret"))
+                                                   "interpret", "num_text"))
 attend = _jit(aw.windowed_attention)
 
 
@@ -192,6 +192,58 @@ def test_unseen_resolution_and_aspect_ratio():
             assert dense.shape == sparse.shape == q.shape
             np.testing.assert_allclose(np.asarray(sparse), np.asarray(dense), atol=2e-6, rtol=0)
     assert aw.window_size((2, 8, 16), (1, 2, 2), reference_area=64) == (2, 3, 6)  # 5.66 x 11.3 -> 6 x 11
+
+
+def test_model_window_rules_hand_computed():
+    """The three rules a model picks (model.window.rule), trained on an 8 x 8 token grid with 2 x 2
+    windows per frame: at the training grid all give 4 x 4; at 2x (16 x 16) 'adaptive' and 'fixed'
+    keep 4 x 4 windows (16 of them) and 'grow' doubles them; at 16 x 8, 'adaptive' follows the
+    aspect ratio (rescaled to area 64: round(11.31) x round(5.66) = 11 x 6 -> 6 x 3), 'fixed' keeps
+    4 x 4 and 'grow' takes half of each side (8 x 4)."""
+    rule = lambda grid, r: aw.model_window(grid, (2, 2, 2), (8, 8), r, max_frames=None)
+    for r in aw.RULES:
+        assert rule((4, 8, 8), r) == (2, 4, 4)
+    assert [rule((4, 16, 16), r) for r in ("adaptive", "fixed", "grow")] == [(2, 4, 4), (2, 4, 4), (2, 8, 8)]
+    assert [rule((1, 16, 8), r) for r in ("adaptive", "fixed", "grow")] == [(1, 6, 3), (1, 4, 4), (1, 8, 4)]
+    assert rule((1, 3, 2), "fixed") == (1, 3, 2)  # clipped to a grid smaller than the window
+    with pytest.raises(ValueError, match="rule"):
+        rule((1, 8, 8), "big")
+
+
+def _numpy_joint(q, k, v, ids, num_text, text_valid):
+    """float64 reference of the joint text + windows attention: a visual token's keys are the valid
+    text and its window; a text token's keys the valid text."""
+    q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+    length = q.shape[1]
+    out = np.zeros_like(q)
+    for b in range(q.shape[0]):
+        for n in range(length):
+            keys = np.zeros(length, bool)
+            keys[:num_text] = text_valid[b]
+            if n >= num_text:
+                keys[num_text:] = ids == ids[n - num_text]
+            s = np.einsum("hd,khd->hk", q[b, n], k[b, keys]) / np.sqrt(q.shape[-1])
+            p = np.exp(s - s.max(-1, keepdims=True))
+            out[b, n] = np.einsum("hk,khd->hd", p / p.sum(-1, keepdims=True), v[b, keys])
+    return out
+
+
+@pytest.mark.parametrize("grid,num_text,block", [((2, 5, 6), 5, 8), ((1, 4, 4), 3, 4)])
+def test_text_keys_with_windows_match_float64(grid, num_text, block):
+    """The restoration DiT's spatial sublayer: text tokens first, padded text keys masked; dense and
+    block-sparse (text padded to whole blocks) both equal the float64 reference, shifted or not."""
+    rng = np.random.default_rng(4)
+    shape = (2, num_text + int(np.prod(grid)), 2, 8)
+    q, k, v = (rng.standard_normal(shape).astype(np.float32) for _ in range(3))
+    text_valid = np.ones((2, num_text), bool)
+    text_valid[1, -2:] = False
+    window = aw.window_size(grid, REFERENCE)
+    for shift in ((0, 0, 0), aw.half_shift(grid, window)):
+        want = _numpy_joint(q, k, v, aw.window_ids(grid, window, shift), num_text, text_valid)
+        for backend in ("dense", "block_sparse"):
+            got = attend(q, k, v, grid=grid, window=window, shift=shift, num_text=num_text, text_valid=text_valid,
+                         backend=backend, block=block, impl="xla")
+            np.testing.assert_allclose(np.asarray(got, np.float64), want, atol=1e-5, rtol=0, err_msg=backend)
 
 
 def test_rejects_bad_inputs():

@@ -147,6 +147,35 @@ def test_full_3d_attention_is_dense_over_all_tokens():
                                atol=2e-5)
 
 
+def test_window_mode_sublayers_use_regular_then_shifted_windows():
+    """Mode 'window' (SeedVR): the spatial sublayer of block i is attention layer 2i (regular
+    windows, text keys, text sees text), the temporal one layer 2i + 1 (windows shifted by half);
+    both equal `windowed_attention` on those partitions (itself held to float64 in
+    tests/test_adaptive_windows.py), and the block-sparse backend equals the dense one."""
+    from seedjax.models import adaptive_windows as aw
+
+    b, grid, num_text = 2, (2, 4, 6), 3
+    p = grid[1] * grid[2]
+    (qv, kv, vv), (qt, kt, vt) = _inputs(b, grid[0], p, num_text, seed=5)
+    text_mask = jnp.array([[1, 1, 1], [1, 0, 0]], bool)
+    masks = video_dit.Masks.make(text_mask, jnp.zeros((b, num_text), jnp.int32), jnp.zeros((b, grid[0]), jnp.int32),
+                                 jnp.ones((b, grid[0]), bool))
+    window = (1, 2, 4)
+    shifted = aw.half_shift(grid, window)
+    assert shifted == (0, 1, 2)
+    joint = [jnp.concatenate(pair, axis=1) for pair in ((qt, qv), (kt, kv), (vt, vv))]
+    want_spatial = aw.windowed_attention(*joint, grid, window, num_text=num_text, text_valid=text_mask)
+    want_temporal = aw.windowed_attention(qv, kv, vv, grid, window, shifted)
+    for backend in ("dense", "block_sparse"):
+        ops = video_dit.AttentionOps("window", grid, 0, "dense", "ulysses", windows=window, window_backend=backend,
+                                     window_block=8).at(1)
+        out_v, out_t = jax.jit(ops.spatial)(qv, kv, vv, qt, kt, vt, masks)
+        np.testing.assert_allclose(out_v, want_spatial[:, num_text:], atol=2e-5, err_msg=backend)
+        np.testing.assert_allclose(out_t, want_spatial[:, :num_text], atol=2e-5, err_msg=backend)
+        np.testing.assert_allclose(jax.jit(ops.temporal)(qv, kv, vv, masks), want_temporal, atol=2e-5,
+                                   err_msg=backend)
+
+
 # --------------------------------------------------------------------------- the model
 
 
@@ -243,18 +272,45 @@ def test_channel_concat_conditioning_is_wired():
     np.testing.assert_allclose(run(off(_batch(0))), run(_batch(0, cond=False)), atol=1e-5)  # = no conditioning
 
 
+def test_one_block_with_one_window_is_full_3d():
+    """With a single window (counts 1 x 1 x 1) a one-block window model is the full_3d model with
+    the same weights: its visual tokens see all text and all visual tokens in both sublayers (the
+    text stream differs, text-only keys, but one block's output never reads it)."""
+    config = ml_collections.ConfigDict()
+    config.text = text_config()
+    config.text.update(width=32, depth=1, num_heads=2, max_len=8)
+    config.model = video_dit_config("tiny", num_heads=2, head_dim=16, axes_dims_rope=(4, 6, 6), text_dim=32,
+                                    pooled_dim=32, depth=1, in_channels=12, attention="full_3d")
+    full = _random(lambda: generator.build(config, nnx.Rngs(0)))
+    config.model.attention = "window"
+    config.model.window.update(counts=(1, 1, 1), reference=(2, 3))  # the 2 x 3 grid: one window
+    windowed = _random(lambda: generator.build(config, nnx.Rngs(0)))
+    geometry = Geometry.video(3, 4, 6, 3, patch=2)
+    x, t, batch = geometry.noise(jax.random.key(1), 2), jnp.array([0.3, 0.8]), _batch(cond=False)
+    run = lambda m: jax.jit(lambda x: m(x, t, m.condition(batch), geometry))(x)
+    np.testing.assert_allclose(run(windowed), run(full), atol=1e-5)
+
+
 def test_bad_video_config_is_one_line():
     with pytest.raises(ValueError, match="model.attention"):
         video_dit.VideoDiT(video_dit_config("tiny", attention="sparse"), nnx.Rngs(0))
     with pytest.raises(ValueError, match="axes_dims_rope"):
         video_dit.VideoDiT(video_dit_config("tiny", axes_dims_rope=(8, 24)), nnx.Rngs(0))
+    with pytest.raises(ValueError, match="model.window: counts"):  # the training grid must be named
+        video_dit.VideoDiT(video_dit_config("tiny", attention="window"), nnx.Rngs(0))
+    with pytest.raises(ValueError, match="model.window: rule"):
+        cfg = video_dit_config("tiny", attention="window")
+        cfg.window.update(reference=(4, 4), rule="huge")
+        video_dit.VideoDiT(cfg, nnx.Rngs(0))
 
 
-def test_sequence_parallel_full_3d_model_matches_one_device():
-    """The whole full_3d model with ring attention on a data=2 x sequence=4 mesh (8 fake devices):
-    loss and every parameter gradient equal the 1-device ones. (The decoupled model on a sequence
-    mesh, padded frames included, is tests/test_video_e2e.py's run.)"""
-    attention, sequence_parallel, frames = "full_3d", "ring", 3
+@pytest.mark.parametrize("attention,sequence_parallel", [("full_3d", "ring"), ("window", "ulysses")])
+def test_sequence_parallel_model_matches_one_device(attention, sequence_parallel):
+    """The whole full_3d model with ring attention, and the window model (regular and shifted
+    windows with text keys) with Ulysses, on a data=2 x sequence=4 mesh (8 fake devices): loss and
+    every parameter gradient equal the 1-device ones. (The decoupled model on a sequence mesh,
+    padded frames included, is tests/test_video_e2e.py's run.)"""
+    frames = 3
     from seedjax.parallel import mesh as mesh_lib
     from seedjax.parallel import sharding
 
@@ -264,6 +320,8 @@ def test_sequence_parallel_full_3d_model_matches_one_device():
     config.model = video_dit_config("tiny", num_heads=4, head_dim=8, axes_dims_rope=(2, 2, 4), text_dim=32,
                                     pooled_dim=32, depth=1, in_channels=12, attention=attention,
                                     sequence_parallel=sequence_parallel, temporal_window=2)
+    if attention == "window":
+        config.model.update(temporal_window=0, window=dict(counts=(2, 2, 2), reference=(2, 2)))
     model = _random(lambda: generator.build(config, nnx.Rngs(0)))
     geometry = Geometry.video(frames, 4, 4, 3, patch=2)
     batch = _batch(cond=False)
@@ -300,3 +358,22 @@ def test_analytic_flops_match_xla(attention):
     forward = jax.jit(lambda x, text, pooled: model(x, jnp.array([0.5]), text, pooled, grid=grid))
     counted = forward.lower(x, text, pooled).compile().cost_analysis()["flops"]
     assert 0.9 * 3 * counted <= video_dit.train_flops_per_example(cfg, grid, num_text) <= 3 * counted
+
+
+def test_analytic_flops_of_windows():
+    """Window mode counts the pairs its windows keep (the dense backend computes every pair and
+    masks, so XLA's count is no reference): one window over the whole grid is full_3d less the text
+    queries' visual keys (text sees text only), 2 x Lt x N pairs a block (scores and values) x d;
+    windows of a quarter of the tokens keep a quarter of the visual pairs."""
+    cfg = video_dit_config("tiny", num_heads=2, head_dim=16, axes_dims_rope=(4, 6, 6), text_dim=32, pooled_dim=32,
+                           depth=2, in_channels=12, attention="full_3d")
+    grid, num_text = (6, 2, 4), 10
+    n, d = 48, 32
+    flops = lambda c: video_dit.train_flops_per_example(c, grid, num_text)
+    full = flops(cfg)
+    cfg.attention = "window"
+    cfg.window.update(counts=(1, 1, 1), reference=(2, 4))
+    assert full - flops(cfg) == 3 * 2 * cfg.depth * 2 * d * num_text * n
+    cfg.window.counts = (2, 1, 2)  # windows of 3 frames x 2 x 2 tokens: 12 tokens, a quarter
+    saved = 3 * 2 * cfg.depth * 2 * d * (2 * n * (n - 12))  # both sublayers' visual keys outside the window
+    assert full - flops(cfg) == 3 * 2 * cfg.depth * 2 * d * num_text * n + saved
