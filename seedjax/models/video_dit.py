@@ -14,6 +14,12 @@
 `cfg.attention = 'full_3d'` is the baseline with the same weights: the spatial sublayer attends
 jointly over all text and all visual tokens, the temporal one over all visual tokens.
 
+`cfg.attention = 'window'` is SeedVR's restoration DiT: both sublayers attend within 3-D (t, h, w)
+windows (`cfg.window`: counts per axis on the training grid, and the rule that sizes them at other
+resolutions, SeedVR2's 'adaptive' by default), the spatial one also to the text, the temporal one
+on windows shifted by half (`seedjax.models.adaptive_windows`). Restoration conditions through
+'concat' below: the degraded clip on every frame (`seedjax.diffusion.tasks.restoration_task`).
+
 Block-causal mode (`cfg.causal`, AAPT): a frame attends to the text, itself and earlier frames
 (with `cfg.causal_window` = W > 0 the W most recent up to its own, plus always the first); the
 text stream attends to text only and is conditioned at t = 0, so it depends on neither the

@@ -6,6 +6,9 @@ stage reuses (SFT, the regulariser in RLHF, the teachers of distillation).
 With `config.model.kind = 'video_dit'` and `config.input.key = 'video'` (or latents of a video
 VAE) the same stage trains the video DiT on clips (Seedance's joint T2I / T2V / I2V: `seedjax.diffusion.tasks`).
 
+With `config.diffusion.restore` the video DiT learns to restore: each clip's degraded copy
+(data.degradations) conditions every frame (SeedVR; experiments/seedvr/restore.py).
+
 With `config.input.key = 'latent'` the MMDiT denoises cached VAE latents (`data.path`: shards
 from `python -m data_pipelines.cli.prepare --vae=WORKDIR`); `data.image_size` stays the pixel size,
 and the frozen VAE in `config.input.vae_workdir` decodes samples to pixels for the grids and
