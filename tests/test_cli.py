@@ -19,7 +19,8 @@ from seedjax.main import main
 from tests.runner import ROOT, env_for
 
 TINY = f"{ROOT}/experiments/quickstart/pretrain.py:tiny"
-ENTRY_POINTS = ["seedjax.main", "seedjax.pipeline", "seedjax.tools.sample", "seedjax.tools.stream", "seedjax.tools.ode_pairs",
+ENTRY_POINTS = ["seedjax.main", "seedjax.pipeline", "seedjax.tools.sample", "seedjax.tools.stream", "seedjax.tools.restore",
+                "seedjax.tools.ode_pairs",
                 "seedjax.tools.calibrate_paro", "seedjax.eval.report", "data_pipelines.cli.prepare",
                 "data_pipelines.cli.report", "data_pipelines.cli.measure"]
 
@@ -56,6 +57,7 @@ REQUIRED = {
     "seedjax.pipeline": ["--pipeline=P", "--workdir=W"],
     "seedjax.tools.sample": ["--workdir=W", "--prompt=a 3"],
     "seedjax.tools.stream": ["--workdir=W", "--prompt=a 3"],
+    "seedjax.tools.restore": ["--workdir=W", "--input=I", "--out=O"],
     "seedjax.tools.ode_pairs": ["--workdir=W", "--init_from=I"],
     "seedjax.tools.calibrate_paro": ["--workdir=W", "--density=0.5"],
     "seedjax.eval.report": ["--workdir=W"],

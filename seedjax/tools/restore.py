@@ -15,25 +15,26 @@ Every file is restored at its own size by `seedjax.inference.restoration.Restore
 tiles blended over the overlap; 0 = the whole frame at once), --chunk_frames (default: the
 training clips' length) and --prompt (default: the empty caption) are its settings. A video is
 read, restored and written one chunk of frames at a time, so files of any length fit in memory.
-The key of a file's chunk c is jax.random.key(--seed) for the first chunk and
-fold_in(key(--seed), c) after it: an image (or a clip of one chunk) is exactly
-`Restorer(...)(pixels, jax.random.key(seed))`.
+A file's chunk c is `Restorer(...)(frames, key)` with key = jax.random.key(--seed) for the first
+chunk and fold_in(key(--seed), c) after it: an image is exactly `restorer(image, key(seed))`.
 
-Outputs in --out under the input's name: an image as STEM.png, a video (a GIF too) as STEM.mp4
-(H.264 through PyAV: libx264, yuv420p, crf 12, the source's average frame rate, no audio; an
-odd width or height is padded by one edge pixel, as yuv420p needs even sizes). OUT/summary.json
-holds the settings and, per file, its input size, frames, output size, seconds and the NFE.
-Prints a line per file (name, size, frames, seconds) and a last line with the totals.
+Outputs in --out under the input's name: an image as STEM.png, a video as STEM.mp4, GIFs included
+(H.264 through PyAV: libx264, yuv420p, crf 12, the source's average frame rate and rotation tag,
+no audio; an odd width or height is padded by one edge pixel, as yuv420p needs even sizes).
+OUT/summary.json holds the settings and, per file, its input size, frames, output size, seconds
+and the NFE. Prints a line per file (name, size, frames, seconds) and a last line with the totals.
 
 Exit codes: 0 written; 2 bad arguments, input or workdir (one line on stderr, nothing written:
-missing flags, a missing input, a folder with no image or video, two inputs with the same
-output name, an unreadable file header, a run that is not a restoration run, a bad
---window_rule, an --out that is a file).
+missing flags, a missing input, a folder with no image or video, two inputs with one output name,
+a file that does not open (an image's header, a video's first frame), a run that is not a
+restoration run, a bad --window_rule or other setting, an --out that is or lies under a file, an
+--out where an output would overwrite its input).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import sys
@@ -105,8 +106,8 @@ def plan(files: list[str], out: str) -> list[Job]:
 
 
 def check_readable(job: Job) -> None:
-    """Open the file's header (not its pixels): an unreadable file is a one-line exit 2 before anything
-    is written, not a traceback half-way through a folder."""
+    """Open an image's header, decode a video's first frame: an unreadable file is a one-line exit 2
+    before anything is written, not a traceback half-way through a folder."""
     if not job.video:
         try:
             with Image.open(job.source):
@@ -123,8 +124,11 @@ def check_readable(job: Job) -> None:
         with av.open(job.source) as container:
             if not container.streams.video:
                 raise ValueError(f"{job.source}: no video stream")
+            first = next(container.decode(container.streams.video[0]), None)
     except (av.error.FFmpegError, OSError) as e:
         raise ValueError(f"{job.source}: not a readable video ({e})") from None
+    if first is None:
+        raise ValueError(f"{job.source}: no frame of its video stream could be decoded")
 
 
 def check_flags(args) -> None:
@@ -134,8 +138,11 @@ def check_flags(args) -> None:
     for flag in ("steps", "tile", "overlap", "chunk_frames"):
         if getattr(args, flag) < 0:
             raise ValueError(f"--{flag} must be >= 0, got {getattr(args, flag)}")
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise ValueError(f"--out {args.out}: exists and is not a folder")
+    existing = os.path.abspath(args.out)
+    while not os.path.exists(existing):  # the folder itself, or the nearest parent makedirs would start from
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(f"--out {args.out}: {existing} is a file, not a folder")
 
 
 def open_restorer(args) -> Restorer:
@@ -177,11 +184,10 @@ def restore_image(restorer: Restorer, job: Job, seed: int) -> dict:
     return {"width": w, "height": h, "frames": 1, "out_width": w, "out_height": h}
 
 
-def video_chunks(frames: Iterator, size: int, channels: int) -> Iterator[np.ndarray]:
-    """Decoded PyAV frames -> uint8 [<= size, H, W, channels] chunks, every frame at the first one's size."""
-    chunk, shape = [], None
+def video_chunks(frames: Iterator, shape: tuple[int, int], size: int, channels: int) -> Iterator[np.ndarray]:
+    """Decoded PyAV frames -> uint8 [<= size, H, W, channels] chunks, every frame at `shape` (H, W)."""
+    chunk = []
     for frame in frames:
-        shape = shape or (frame.height, frame.width)
         frame = frame.reformat(width=shape[1], height=shape[0], format="gray" if channels == 1 else "rgb24")
         chunk.append(frame.to_ndarray().reshape(*shape, channels))
         if len(chunk) == size:
@@ -195,7 +201,7 @@ def frame_rate(stream) -> Fraction:
     """The source's average frame rate (a variable-rate video is written at its average), 25 if unknown."""
     for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
         if rate:
-            return Fraction(rate).limit_denominator(1001 * 1000)
+            return Fraction(rate)
     return Fraction(25)
 
 
@@ -206,25 +212,29 @@ def restore_video(restorer: Restorer, job: Job, seed: int) -> dict:
     with av.open(job.source) as source, av.open(job.target, "w") as target:
         stream = source.streams.video[0]
         stream.thread_type = "AUTO"
-        rate = frame_rate(stream)
-        encoder, frames, h, w = None, 0, 0, 0
-        for c, chunk in enumerate(video_chunks(source.decode(stream), restorer.chunk_frames, restorer.channels)):
+        decoded = source.decode(stream)
+        first = next(decoded, None)
+        if first is None:  # check_readable decoded one frame; only a file changed since can get here
+            raise ValueError(f"{job.source}: no frame could be decoded")
+        h, w, rate = first.height, first.width, frame_rate(stream)
+        encoder = target.add_stream("libx264", rate=rate)
+        encoder.height, encoder.width = h + h % 2, w + w % 2
+        encoder.pix_fmt = "yuv420p"
+        encoder.options = {"crf": CRF}
+        # A phone's portrait video is stored sideways and shown upright by its rotation tag: copy the tag
+        # (PyAV 18 reads and writes it; with an older PyAV the output plays as stored).
+        rotation = getattr(first, "rotation", 0)
+        if rotation and hasattr(encoder, "set_display_rotation"):
+            encoder.set_display_rotation(rotation)
+        frames = 0
+        chunks = video_chunks(itertools.chain([first], decoded), (h, w), restorer.chunk_frames, restorer.channels)
+        for c, chunk in enumerate(chunks):
             restored = to_uint8(restorer(to_unit(chunk), chunk_key(seed, c)))
-            if encoder is None:
-                h, w = chunk.shape[1:3]
-                encoder = target.add_stream("libx264", rate=rate)
-                encoder.height, encoder.width = h + h % 2, w + w % 2
-                encoder.pix_fmt = "yuv420p"
-                encoder.options = {"crf": CRF}
             # yuv420p needs even sizes: repeat the last row / column rather than lose one.
             restored = np.pad(restored, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-            if restored.shape[-1] == 1:
-                restored = np.repeat(restored, 3, axis=-1)
-            for frame in restored:
+            for frame in np.repeat(restored, 3, axis=-1) if restorer.channels == 1 else restored:
                 target.mux(encoder.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
             frames += len(chunk)
-        if encoder is None:
-            raise ValueError(f"{job.source}: no frame could be decoded")
         target.mux(encoder.encode())
     return {"width": w, "height": h, "frames": frames, "out_width": w + w % 2, "out_height": h + h % 2,
             "fps": float(rate)}
@@ -257,8 +267,8 @@ def main(argv: list[str]) -> int:
         print(f"restore: {e}", file=sys.stderr)
         return 2
     if skipped:
-        print(f"restore: skipped {skipped} entr{'y' if skipped == 1 else 'ies'} of {args.input} that "
-              f"{'is' if skipped == 1 else 'are'} not an image or a video file")
+        print(f"restore: skipped {skipped} entr{'y' if skipped == 1 else 'ies'} of {args.input} (not image or video "
+              f"files, hidden files, sub-folders)")
     os.makedirs(args.out, exist_ok=True)
     rows, start = [], time.perf_counter()
     for job in jobs:
@@ -273,8 +283,8 @@ def main(argv: list[str]) -> int:
     model = restorer.config.model
     settings = {"workdir": args.workdir, "input": args.input, "steps": int(restorer.config.sampling.num_steps),
                 "seed": args.seed, "window_rule": model.window.rule if model.attention == "window" else "",
-                "tile": args.tile, "overlap": args.overlap, "chunk_frames": restorer.chunk_frames, "prompt": args.prompt,
-                "nfe": restorer.nfe}
+                "tile": args.tile, "overlap": args.overlap, "chunk_frames": restorer.chunk_frames,
+                "prompt": args.prompt, "nfe": restorer.nfe}
     summary = os.path.join(args.out, "summary.json")
     with open(summary, "w") as f:
         json.dump({"settings": settings, "files": rows, "seconds": round(seconds, 3)}, f, indent=1)
