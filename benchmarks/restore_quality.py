@@ -1,8 +1,8 @@
 """Restoration quality and speed: the degraded input, the multi-step model and the one-step model (SeedVR2).
 
     python -m benchmarks.restore_quality --multi=runs/seedvr/restore --one=runs/seedvr/restore_adversarial \\
-        [--clips=64] [--photos=32] [--seeds=0,1] [--steps=25,50] [--rounds=5] [--vgg=VGG16.safetensors] \\
-        [--append] [--max_load=1.0]
+        [--clips=64] [--photos=32] [--seeds=0,1] [--steps=25,50] [--rules=adaptive,fixed,grow] [--rounds=5] \\
+        [--vgg=VGG16.safetensors] [--append] [--max_load=1.0]
 
 (`python benchmarks/restore_quality.py ...` runs the same.) Both runs must be pixel-space restoration
 runs (config.diffusion.restore) of the same frame size, clip length and patch; the data follow the
@@ -42,6 +42,7 @@ above --max_load). Exit codes: 0 done, 2 bad flags or runs (one line).
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 
@@ -58,7 +59,7 @@ from seedjax import cli, inference
 from seedjax.eval import image_quality
 from seedjax.inference.bundle import BundleError, run_config
 from seedjax.inference.restoration import Restorer
-from seedjax.models import adaptive_windows, perceptual
+from seedjax.models import adaptive_windows, perceptual, small_cnn
 from seedjax.parallel import mesh as mesh_lib
 from seedjax.schema.models import perceptual_config
 
@@ -140,6 +141,17 @@ def photo_crops(num: int, height: int, width: int) -> np.ndarray:
     return np.stack(out)
 
 
+def data_sets(args, frames: int, size: int, patch: int):
+    """(scale, name, clean uint8 [N, F, H, W, 3], video) at the training size S and at 2S: digit clips,
+    square photo crops and, at 2S, photo crops of 5/8 * 2S (whole patches) by 2S."""
+    low = round(2 * size * 5 / 8 / patch) * patch
+    yield 1, "digits", digit_clips(args.clips, frames, size), True
+    yield 1, "photos", photo_crops(args.photos, size, size), False
+    yield 2, "digits", digit_clips(args.clips, frames, 2 * size), True
+    yield 2, "photos", photo_crops(args.photos, 2 * size, 2 * size), False
+    yield 2, "photos", photo_crops(args.photos, low, 2 * size), False
+
+
 def degrade(clean: np.ndarray, config, seed: int, video: bool) -> np.ndarray:
     """uint8 [N, F, H, W, C] -> each item degraded by its own draw default_rng([seed, i]) (uint8)."""
     out = []
@@ -159,20 +171,19 @@ def unit(x: np.ndarray) -> np.ndarray:
 class Judge:
     """Per-item PSNR, SSIM and perceptual distance of [N, F, H, W, C] arrays in [-1, 1]."""
 
-    BATCH = 32  # frames a perceptual call (the last call padded: one compile per frame size)
+    BATCH = 32  # frames a perceptual call (a set's last call is smaller: at most two compiles a set)
 
     def __init__(self, vgg: str):
-        graphdef, state = nnx.split(perceptual.PerceptualDistance(perceptual_config(weights=vgg)))
-        self.distance = jax.jit(lambda x, y: nnx.merge(graphdef, state)(x, y))
+        graphdef, self.state = nnx.split(perceptual.PerceptualDistance(perceptual_config(weights=vgg)))
+        # Full CPU optimisation whatever XLA_FLAGS say (the tests lower it: 2.4x slower VGG convolutions).
+        self.distance = jax.jit(lambda state, x, y: nnx.merge(graphdef, state)(x, y),
+                                compiler_options=small_cnn.FULL_CPU_OPTIMIZATION)
         self.note = f"VGG16 features from {vgg}" if vgg else "random-VGG features"
 
     def perceptual(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         x, y = (v.reshape(-1, *v.shape[-3:]) for v in (a, b))
-        pad = -len(x) % self.BATCH
-        x, y = (np.concatenate([v, np.repeat(v[-1:], pad, 0)]) for v in (x, y))
-        d = np.concatenate([np.asarray(self.distance(x[k:k + self.BATCH], y[k:k + self.BATCH]))
-                            for k in range(0, len(x), self.BATCH)])
-        return d[:len(d) - pad].reshape(a.shape[:2]).mean(1)
+        d = [self.distance(self.state, x[k:k + self.BATCH], y[k:k + self.BATCH]) for k in range(0, len(x), self.BATCH)]
+        return np.concatenate(d).reshape(a.shape[:2]).mean(1)
 
     def __call__(self, out: np.ndarray, clean: np.ndarray) -> dict[str, np.ndarray]:
         return {"psnr": image_quality.psnr_per_item(out, clean), "ssim": image_quality.ssim_per_item(out, clean),
@@ -208,10 +219,10 @@ def measure_set(data: str, clean_u8: np.ndarray, video: bool, arms: list[tuple],
     data = f"{data} {frames}x{height}x{width}"
     rows = [{"data": data, "rule": "", "windows": "—", "method": "degraded input", "nfe": 0,
              "scores": [judge(d, clean) for d in degraded]}]
-    first, timed = {}, {}  # (parameters, NFE, window) -> the row that computed it; row index -> its call
+    first, timed = {}, {}  # (method, window) -> the row that computed it; row index -> its call
     for rule, label, method, restorer in arms:
         row = {"data": data, "rule": rule, "windows": label, "method": method, "nfe": restorer.nfe}
-        key = (id(restorer.params), restorer.nfe, window_of(restorer, frames, height, width))
+        key = (method, window_of(restorer, frames, height, width))
         if key in first:
             row["same_as"] = first[key]
         else:
@@ -223,7 +234,7 @@ def measure_set(data: str, clean_u8: np.ndarray, video: bool, arms: list[tuple],
     for row in rows:
         if "same_as" in row:
             same = row.pop("same_as")
-            row.update(scores=same["scores"], ms=same["ms"], windows=f"{row['windows']} (= {same['windows']})")
+            row.update(scores=same["scores"], ms=same["ms"], windows=f"{row['windows']} (= {same['rule']})")
     return summarize(rows, max(args.steps))
 
 
@@ -294,7 +305,8 @@ def report(sets: list[list[dict]], args, header: str, command: str, judge: Judge
     lines = [f"\n### Restoration quality: degraded input, multi-step and one-step (benchmarks/restore_quality.py), "
              f"{header.split(',')[0]}\n",
              f"Machine: {header}; JAX backend {jax.default_backend()}.", f"Command: `{command}`",
-             (f"Runs: multi-step `{runs['multi']}`, one-step `{runs['one']}`. Held-out moving-digit clips and "
+             (f"Runs: multi-step `{runs['multi']}`, one-step `{runs['one']}` (checkpoints at steps "
+              f"{runs['multi_step']} and {runs['one_step']}). Held-out moving-digit clips and "
               f"scikit-image photo crops ({', '.join(PHOTOS)}), degraded by the run's data.degradations per "
               f"(seed, item). Mean ± standard error over items of each item's mean over seeds {args.seeds}; "
               f"perceptual distance on {judge.note} (lower is better); ΔPSNR paired per item; ms per frame: "
@@ -315,33 +327,37 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--photos", type=int, default=32, help="photo crops a size")
     parser.add_argument("--seeds", default="0,1", help="seeds (degradations and sampler noise), at least two")
     parser.add_argument("--steps", default="25,50", help="the multi-step run's sampler steps")
+    parser.add_argument("--rules", default=",".join(RULES), help="window rules at 2x the training size")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds")
     parser.add_argument("--vgg", default="", help="torchvision VGG16 weights for the perceptual distance")
     parser.add_argument("--append", action="store_true", help="append the tables to BENCHMARKS.md")
     protocol.add_max_load(parser)
     args = parser.parse(argv)
     args.seeds, args.steps = int_list("seeds", args.seeds, 0), int_list("steps", args.steps, 1)
+    args.rules = args.rules.split(",")
+    if not set(args.rules) <= set(RULES) or len(set(args.rules)) != len(args.rules):
+        raise cli.UsageError(f"--rules: expected distinct entries of {','.join(RULES)}, got {','.join(args.rules)}")
     if len(args.seeds) < 2 or min(args.clips, args.photos, args.rounds) < 1:
         raise cli.UsageError(f"--seeds needs at least two seeds and --clips, --photos, --rounds must be >= 1, got "
                              f"{args.seeds}, {args.clips}, {args.photos}, {args.rounds}")
+    if args.vgg and not os.path.isfile(args.vgg):
+        raise cli.UsageError(f"--vgg: {args.vgg} is not a file")
     config = check_runs(args.multi, args.one)
     load_before = protocol.begin(args.max_load, not args.append)
     frames, size, patch = shape_of(config)
     dconfig, judge = degradation_config(config.data), Judge(args.vgg)
     one_device = mesh_lib.make_mesh({"data": 1}, jax.devices()[:1])
     bundles = {which: inference.load(getattr(args, which), mesh=one_device) for which in ("multi", "one")}
-    restorers = {(which, k, rule): Restorer(bundles[which], steps=k, window_rule=rule)
-                 for rule in RULES for which, k in [*(("multi", k) for k in args.steps), ("one", 0)]}
     own = config.model.window.rule
-    at_train, at_2x = arms_for(restorers, args.steps, [own], own), arms_for(restorers, args.steps, list(RULES), own)
-    wide = (2 * size, round(2 * size * 5 / 8 / patch) * patch)  # (width, height) of the non-square size
-    sets = [measure_set("digits", digit_clips(args.clips, frames, size), True, at_train, args, dconfig, judge),
-            measure_set("photos", photo_crops(args.photos, size, size), False, at_train, args, dconfig, judge),
-            measure_set("digits", digit_clips(args.clips, frames, 2 * size), True, at_2x, args, dconfig, judge),
-            measure_set("photos", photo_crops(args.photos, 2 * size, 2 * size), False, at_2x, args, dconfig, judge),
-            measure_set("photos", photo_crops(args.photos, wide[1], wide[0]), False, at_2x, args, dconfig, judge)]
+    restorers = {(which, k, rule): Restorer(bundles[which], steps=k, window_rule=rule)
+                 for rule in {*args.rules, own} for which, k in [*(("multi", k) for k in args.steps), ("one", 0)]}
+    at_train, at_2x = arms_for(restorers, args.steps, [own], own), arms_for(restorers, args.steps, args.rules, own)
+    sets = [measure_set(name, clean, video, at_train if scale == 1 else at_2x, args, dconfig, judge)
+            for scale, name, clean, video in data_sets(args, frames, size, patch)]
     command = "python -m benchmarks.restore_quality " + " ".join(argv)
-    text = report(sets, args, protocol.machine_header(load_before), command, judge, vars(args))
+    runs = {which: getattr(args, which) for which in bundles} | {
+        f"{which}_step": os.path.basename(os.path.normpath(bundle.step_path)) for which, bundle in bundles.items()}
+    text = report(sets, args, protocol.machine_header(load_before), command, judge, runs)
     print(text)
     if protocol.append(text, load_before, args.max_load, not args.append):
         print(f"restore_quality: appended the tables to {protocol.target_path()}")
