@@ -133,3 +133,22 @@ def test_tiles_cover_every_pixel_with_positive_weight(size, tile, overlap):
     assert covered.min() > 0
     if len(starts) > 1:  # neighbours share at least `overlap` pixels
         assert all(b - a <= side - overlap for a, b in zip(starts, starts[1:]))
+
+
+def test_residual_model_predicts_the_degraded_clip_plus_its_output():
+    """model.residual: x0 = degraded tokens + the network's output. With the output layer at zero
+    (how it is initialised) one step restores to the degraded clip exactly, whatever the noise; a
+    velocity config asking for it is refused."""
+    config = _config()
+    config.model.update(prediction="x0", residual=True)
+    model = _random(lambda: generator.build(config, nnx.Rngs(0)))
+    model.dit.proj_out.kernel[...] = jnp.zeros_like(model.dit.proj_out.kernel[...])
+    model.dit.proj_out.bias[...] = jnp.zeros_like(model.dit.proj_out.bias[...])
+    batch = tasks.restoration_task(_batch(6))
+    for seed in (0, 1):
+        noise = GEOMETRY.noise(jax.random.key(seed), 2)
+        got = jax.jit(lambda n: stage.one_step(model, batch, n, GEOMETRY))(noise)
+        np.testing.assert_allclose(got, GEOMETRY.tokens(batch["cond_frames"]), atol=1e-5)
+    config.model.prediction = "velocity"
+    with pytest.raises(ValueError, match="model.residual"):
+        generator.build(config, nnx.Rngs(0))

@@ -18,7 +18,9 @@ jointly over all text and all visual tokens, the temporal one over all visual to
 windows (`cfg.window`: counts per axis on the training grid, and the rule that sizes them at other
 resolutions, SeedVR2's 'adaptive' by default), the spatial one also to the text, the temporal one
 on windows shifted by half (`seedjax.models.adaptive_windows`). Restoration conditions through
-'concat' below: the degraded clip on every frame (`seedjax.diffusion.tasks.restoration_task`).
+'concat' below: the degraded clip on every frame (`seedjax.diffusion.tasks.restoration_task`). `cfg.residual` (with an x0 prediction)
+adds the conditioning tokens to the predicted clean tokens: the network learns the correction to
+the degraded clip, and starts out predicting the degraded clip itself.
 
 Block-causal mode (`cfg.causal`, AAPT): a frame attends to the text, itself and earlier frames
 (with `cfg.causal_window` = W > 0 the W most recent up to its own, plus always the first); the
@@ -96,6 +98,9 @@ def validate_config(cfg) -> None:
         raise ValueError(f"model.causal needs attention_backend 'dense' (got {cfg.attention_backend!r})")
     if cfg.attention == "window":
         _validate_windows(cfg, causal)
+    if cfg.get("residual", False) and (cfg.condition != "concat" or prediction(cfg)[0] != "x0"):
+        raise ValueError("model.residual (the clean clip predicted as the conditioning clip plus a correction) needs "
+                         "model.prediction='x0' and model.condition='concat'")
     if recycle and not causal:
         raise ValueError("model.recycle (the previous frame as input) needs model.causal = True")
     area = temporal_spatial_window(cfg)
@@ -377,7 +382,8 @@ class VideoDiT(nnx.Module):
             vis, txt = run(block, vis, txt, cond_frames, cond_txt, rope_vis, rope_txt, masks)
             if i in feature_blocks:
                 collected.append(vis)
-        velocity = self.head(vis, x, t_frames, cond_frames, token_cond)
+        skip = cond_tokens * token_cond if cfg.get("residual", False) else None
+        velocity = self.head(vis, x, t_frames, cond_frames, token_cond, skip)
         if feature_blocks:
             return velocity, collected
         return (velocity, vis) if return_features else velocity
@@ -407,11 +413,14 @@ class VideoDiT(nnx.Module):
             x_in = jnp.concatenate([x_in, jnp.zeros_like(x) if recycled is None else recycled.astype(x.dtype)], -1)
         return constrain(self.x_embedder(x_in).astype(jnp.float32), TOKENS), t_frames, token_cond
 
-    def head(self, vis, x, t_frames, cond_frames, token_cond):
-        """Visual tokens -> the velocity [B, N, out_channels] float32 (x0 models convert)."""
+    def head(self, vis, x, t_frames, cond_frames, token_cond, skip=None):
+        """Visual tokens -> the velocity [B, N, out_channels] float32 (x0 models convert; `skip`,
+        model.residual's conditioning tokens, is added to the x0 prediction first)."""
         scale, shift = self.final_modulation(cond_frames)
         out = self.proj_out(_modulate_frames(self.final_norm(vis), shift, scale)).astype(jnp.float32)
         target, x0_min_t = prediction(self.cfg)
+        if skip is not None:
+            out = out + skip.astype(jnp.float32)
         if target == "x0":
             t_tokens = jnp.repeat(t_frames, x.shape[1] // t_frames.shape[1], axis=1)[..., None]
             out = (x.astype(jnp.float32) - out) / jnp.maximum(t_tokens, x0_min_t)

@@ -104,6 +104,9 @@ def video_dit_config(preset: str = "tiny", **overrides) -> ml_collections.Config
     cfg.recycle = False  # (causal) the previous clean frame concatenated with the noisy one along channels
     # attention='window' (SeedVR / SeedVR2): both sublayers attend within 3-D (t, h, w) windows, the
     # spatial one also to the text, the second with windows shifted by half a window (models/adaptive_windows.py).
+    # With prediction='x0' and condition='concat': the clean clip is predicted as the conditioning clip plus
+    # the network's output (restoration learns the correction to the degraded clip).
+    cfg.residual = False
     cfg.window = ml_collections.ConfigDict()
     cfg.window.counts = (4, 3, 3)  # windows per (t, h, w) axis on the reference grid (SeedVR2's)
     cfg.window.reference = (0, 0)  # the (h, w) token grid the counts refer to: the training resolution's
