@@ -107,17 +107,12 @@ def generator_loss(model, disc: FrameDiscriminator, batch: dict, config):
 
 def train_step(state: AdversarialState, batch: dict, rng: jax.Array, config) -> dict:
     rng_rollout, rng_disc = jax.random.split(rng)
-    accum = config.optimizer.grad_accum_steps
     _, geometry = causal.clean_clip(batch, config)
     long = causal.long_geometry(geometry, config.aapt.segments)
     work = dict(batch, **causal.student_forcing(state.model, batch, rng_rollout, long))
-    _, d_aux, d_norm = updates.optimize(state.disc, state.disc_optimizer,
-                                        lambda d, b: disc_loss(d, b, rng_disc, config), work, accum)
-    loss, aux, grad_norm = updates.optimize(state.model, state.optimizer,
-                                            lambda m, b: generator_loss(m, state.disc, b, config), work, accum)
-    updates.update_ema(state)
-    return {"loss": loss, **aux, **d_aux, "grad_norm": grad_norm, "disc_grad_norm": d_norm,
-            **updates.guard_metrics(state.optimizer, state.disc_optimizer)}
+    return updates.adversarial_round(state, lambda d, b: disc_loss(d, b, rng_disc, config),
+                                     lambda m, b: generator_loss(m, state.disc, b, config), work,
+                                     config.optimizer.grad_accum_steps)
 
 
 STAGE = Stage(init=init, train_step=train_step, sample=student.sample, load_pretrained=load_pretrained,

@@ -131,14 +131,9 @@ def train_step(state: RestoreGANState, batch: dict, rng: jax.Array, config) -> d
     noise = jax.random.normal(rng_noise, (batch[tasks.DEGRADED].shape[0], *geometry.token_shape))
     restored = jax.lax.stop_gradient(one_step(state.model, batch, noise, geometry))
     work = dict(batch, noise=noise, restored=restored)
-    accum = config.optimizer.grad_accum_steps
-    _, d_aux, d_norm = updates.optimize(state.disc, state.disc_optimizer,
-                                        lambda d, b: disc_loss(d, b, rng_disc, config), work, accum)
-    loss, aux, grad_norm = updates.optimize(state.model, state.optimizer,
-                                            lambda m, b: generator_loss(m, state.disc, b, config), work, accum)
-    updates.update_ema(state)
-    return {"loss": loss, **aux, **d_aux, "grad_norm": grad_norm, "disc_grad_norm": d_norm,
-            **updates.guard_metrics(state.optimizer, state.disc_optimizer)}
+    return updates.adversarial_round(state, lambda d, b: disc_loss(d, b, rng_disc, config),
+                                     lambda m, b: generator_loss(m, state.disc, b, config), work,
+                                     config.optimizer.grad_accum_steps)
 
 
 def nfe(config) -> int:

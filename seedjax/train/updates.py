@@ -44,3 +44,14 @@ def ema_model(state: nnx.Module, use_ema: bool = True) -> nnx.Module:
     model = nnx.clone(state.model)
     state.ema.copy_into(model)
     return model
+
+
+def adversarial_round(state: nnx.Module, disc_loss_fn, generator_loss_fn, batch: dict, accum_steps: int = 1) -> dict:
+    """One discriminator update (`state.disc`, `state.disc_optimizer` on `disc_loss_fn(disc, batch)`),
+    then one generator update (`state.model`, `state.optimizer` on `generator_loss_fn(model, batch)`),
+    then the EMA: the round of the adversarial stages (AAPT's, SeedVR2's). Returns their metrics."""
+    _, d_aux, d_norm = optimize(state.disc, state.disc_optimizer, disc_loss_fn, batch, accum_steps)
+    loss, aux, grad_norm = optimize(state.model, state.optimizer, generator_loss_fn, batch, accum_steps)
+    update_ema(state)
+    return {"loss": loss, **aux, **d_aux, "grad_norm": grad_norm, "disc_grad_norm": d_norm,
+            **guard_metrics(state.optimizer, state.disc_optimizer)}
