@@ -1,7 +1,8 @@
 """Adaptive (shifted) window attention for video restoration DiTs (SeedVR / SeedVR2), as block-sparse masks.
 
 What. Visual tokens on a (t, h, w) grid (frame-major order: t, then h, then w, as in the video DiT)
-are partitioned into 3-D windows; a token attends only to the tokens of its own window. Odd layers
+are partitioned into 3-D windows; a token attends only to the tokens of its own window (and, when
+text tokens lead the sequence, to the valid text, which itself attends to the text alone). Odd layers
 use a partition shifted by half a window (Swin), so information crosses window borders every other
 layer. `windowed_attention` runs it densely (the reference: a [N, N] "same window" mask) or on the
 existing block-sparse kernels (`seedjax.kernels.block_sparse_attention`): tokens are permuted so that
