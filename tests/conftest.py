@@ -58,3 +58,13 @@ def pytest_collection_modifyitems(config, items):
         for mark in item.iter_markers("slow"):
             weight[item.path] = max(weight.get(item.path, 0), mark.kwargs.get("minutes", 1))
     items.sort(key=lambda item: -weight.get(item.path, 0))
+
+
+def pytest_report_header(config):
+    """The machine and libraries, which decide whether the reference losses are checked bit for bit."""
+    from tests.runner import OTHER_ENVIRONMENT_RTOL as OTHER_RTOL, environment, recorded_environment
+
+    env = environment()
+    same = "bit for bit" if env == recorded_environment() else f"within rtol {OTHER_RTOL} (not where they were recorded)"
+    return [f"seedjax environment: {env['cpu'].get('model name')} family {env['cpu'].get('cpu family')} "
+            f"model {env['cpu'].get('model')}, {env['cores']} cores, {env['packages']}; reference losses checked {same}"]
