@@ -288,3 +288,44 @@ def test_accelerator_runs_every_command_and_reports_failures(tmp_path, stub_pyth
     summary = (out / "summary.txt").read_text()
     assert summary.count("rc=0") == 4 and summary.count("rc=7") == 1
     assert {"env.txt", "train_step.log", "flux_mfu.log", "paro.log", "summary.txt"} <= set(os.listdir(out))
+
+
+def test_profile_categories_follow_the_name_stack():
+    from benchmarks.profile_step import category, instruction_names, torch_category
+
+    assert category("jit(step)/jvp(vmap(BNTS,BSNH->BTNH))/dot_general") == "attention"
+    assert category("jit(step)/transpose(jvp(vmap()))/reduce_max") == "attention"
+    assert category("jit(step)/transpose(jvp())/dot_general;jit(step)/jvp()/add") == "matmul"
+    assert category("jit(step)/jvp()/rsqrt") == "transcendental"
+    assert category("jit(step)/jvp()/reduce_sum") == "reduction"
+    assert category("jit(step)/transpose(jvp())/transpose") == "layout"
+    assert category("jit(step)/add") == "optimizer"  # outside the gradient: the update
+    assert [torch_category(n) for n in ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::addmm",
+                                        "aten::_foreach_mul_", "aten::native_layer_norm", "aten::gelu",
+                                        "aten::permute", "aten::add")] == [
+        "attention", "matmul", "optimizer", "reduction", "transcendental", "layout", "elementwise"]
+    hlo = ('  %ynn_fusion.3 = f32[2,3]{1,0} fusion(%a), kind=kCustom, metadata={op_type="dot_general" '
+           'op_name="jit(step)/jvp()/dot_general" source_file="x.py"}\n'
+           '  ROOT %tuple.1 = (f32[2,3]) tuple(%ynn_fusion.3)\n')
+    assert instruction_names(hlo) == {"ynn_fusion.3": "jit(step)/jvp()/dot_general"}
+
+
+def test_profile_step_attributes_the_real_step(tmp_path):
+    """One profiled step of the quickstart MMDiT (seedjax only, batch 2) in its own process, where the
+    per-thunk trace flag is set before JAX starts: every category the step has shows time."""
+
+    from tests.runner import ROOT, env_for
+
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.profile_step", "--sizes=quickstart", "--steps=1",
+                           "--frameworks=seedjax", "--batch=2", "--no-append"],
+                          cwd=ROOT, env=env_for(1), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = dict(re.findall(r"^\| (\w+) \| ([0-9.]+) \|$", proc.stdout, re.M))
+    assert set(rows) == {"attention", "matmul", "reduction", "transcendental", "elementwise", "layout",
+                         "optimizer", "other"}, proc.stdout
+    for cat in ("attention", "matmul", "optimizer"):
+        assert float(rows[cat]) > 0, (cat, proc.stdout)
+    assert float(rows["other"]) == 0
+    bad = subprocess.run([sys.executable, "-m", "benchmarks.profile_step", "--sizes=nope", "--no-append"],
+                         cwd=ROOT, env=env_for(1), capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown: ['nope']" in bad.stderr
