@@ -13,8 +13,9 @@ two untimed steps each side runs `--steps` steps under its own profiler:
   backward (`transpose(`), or neither (the optimizer update and the loss).
 - PyTorch: `torch.profiler` over the same steps, self CPU time per aten op.
 
-Both are grouped into the same categories (`category`): attention (seedjax: the ops of
-`jax.nn.dot_product_attention`, which it traces under `vmap`; torch: the SDPA kernels), matmul
+seedjax's instructions are also summed by model part: the models' named scopes (`MODEL_PARTS`:
+attention, rope, norm, modulation, mlp), the update, and the rest. Both sides are grouped into the
+same categories (`category`): attention (seedjax: the `attention` scope; torch: the SDPA kernels), matmul
 (the other dots: linear layers), normalisation and softmax reductions, transcendental
 elementwise (exp, tanh, rsqrt), other elementwise, layout (transpose, copy, concatenate, slice,
 pad) and optimizer. Times are summed over threads (XLA's thunks run concurrently on the CPU
@@ -47,15 +48,28 @@ INSTRUCTION = re.compile(r'^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=.*?metadata=\{[^}]*?o
 # --------------------------------------------------------------------------- categories
 
 
-def category(op_name: str) -> str:
-    """The category of a seedjax HLO instruction from its `op_name` ("jit(step)/transpose(jvp())/dot_general";
-    a fusion's names are ';'-joined, and the first one decides)."""
+MODEL_PARTS = ("attention", "rope", "norm", "modulation", "mlp")  # the models' jax.named_scope labels
+
+
+def model_part(op_name: str) -> str:
+    """Which part of the model a seedjax HLO instruction belongs to, from the first name of its `op_name`
+    ("jit(step)/transpose(jvp(attention))/dot_general"; a fusion's names are ';'-joined): a named scope of
+    MODEL_PARTS, 'optimizer' outside the gradient (the update and the loss), else 'other layers' (the
+    linear projections, embedders, the loss's forward)."""
     first = op_name.split(";")[0]
     if "jvp(" not in first and "transpose(" not in first:
         return "optimizer"
-    if "vmap(" in first:  # jax.nn.dot_product_attention's XLA form is the only vmap in the MMDiT's step
-        return "attention"
-    primitive = first.rsplit("/", 1)[-1]
+    words = set(re.findall(r"[A-Za-z_]+", first))
+    return next((part for part in MODEL_PARTS if part in words), "other layers")
+
+
+def category(op_name: str) -> str:
+    """The category of a seedjax HLO instruction: its model part for attention and the optimizer, else
+    the kind of its first primitive."""
+    part = model_part(op_name)
+    if part in ("attention", "optimizer"):
+        return part
+    primitive = op_name.split(";")[0].rsplit("/", 1)[-1]
     if primitive == "dot_general":
         return "matmul"
     if primitive.startswith(("reduce_", "argmax", "argmin", "cumsum")):
@@ -136,8 +150,8 @@ def profile_torch(side, steps: int) -> dict[str, float]:
 # --------------------------------------------------------------------------- tables
 
 
-def by_category(seconds: dict[str, float], categorize) -> dict[str, float]:
-    out = dict.fromkeys(CATEGORIES, 0.0)
+def by_category(seconds: dict[str, float], categorize, labels=CATEGORIES) -> dict[str, float]:
+    out = dict.fromkeys(labels, 0.0)
     for name, t in seconds.items():
         out[categorize(name)] += t
     return out
@@ -174,9 +188,13 @@ def profile_size(name: str, args) -> str:
     if "seedjax" in sides:
         seconds, op_names = profile_seedjax(sj, args.steps)
         per_side["seedjax"] = by_category(seconds, lambda n: category(op_names[n]))
+        parts = by_category(seconds, lambda n: model_part(op_names[n]), MODEL_PARTS + ("other layers", "optimizer"))
+        total = sum(parts.values())
         lines += ["seedjax, top HLO instructions (summed over threads, per step):\n",
-                  "| instruction | op_name (first) | ms | share |", "|---|---|---|---|",
-                  *top_rows(seconds, lambda n: f"{category(op_names[n])}: `{op_names[n].split(';')[0]}`", args.top), ""]
+                  "| instruction | category: op_name (first) | ms | share |", "|---|---|---|---|",
+                  *top_rows(seconds, lambda n: f"{category(op_names[n])}: `{op_names[n].split(';')[0]}`", args.top), "",
+                  "seedjax by model part (named scopes), ms per step:\n", "| part | ms | share |", "|---|---|---|",
+                  *[f"| {part} | {t * 1e3:.1f} | {100 * t / total:.1f}% |" for part, t in parts.items()], ""]
     if "torch" in sides:
         seconds = profile_torch(sides["torch"], args.steps)
         per_side["torch"] = by_category(seconds, torch_category)

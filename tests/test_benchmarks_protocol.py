@@ -291,15 +291,18 @@ def test_accelerator_runs_every_command_and_reports_failures(tmp_path, stub_pyth
 
 
 def test_profile_categories_follow_the_name_stack():
-    from benchmarks.profile_step import category, instruction_names, torch_category
+    from benchmarks.profile_step import category, instruction_names, model_part, torch_category
 
-    assert category("jit(step)/jvp(vmap(BNTS,BSNH->BTNH))/dot_general") == "attention"
-    assert category("jit(step)/transpose(jvp(vmap()))/reduce_max") == "attention"
-    assert category("jit(step)/transpose(jvp())/dot_general;jit(step)/jvp()/add") == "matmul"
-    assert category("jit(step)/jvp()/rsqrt") == "transcendental"
+    assert category("jit(step)/jvp(attention)/dot_general") == "attention"
+    assert category("jit(step)/transpose(jvp(attention))/vmap()/reduce_max") == "attention"
+    assert category("jit(step)/transpose(jvp())/dot_general;jit(step)/jvp(attention)/add") == "matmul"
+    assert category("jit(step)/jvp(norm)/rsqrt") == "transcendental"
     assert category("jit(step)/jvp()/reduce_sum") == "reduction"
-    assert category("jit(step)/transpose(jvp())/transpose") == "layout"
+    assert category("jit(step)/transpose(jvp(rope))/transpose") == "layout"
     assert category("jit(step)/add") == "optimizer"  # outside the gradient: the update
+    assert [model_part(n) for n in ("jit(step)/transpose(jvp(mlp))/dot_general", "jit(step)/jvp(modulation)/mul",
+                                    "jit(step)/jvp(rope)/mul", "jit(step)/jvp()/dot_general", "jit(step)/sub")] == [
+        "mlp", "modulation", "rope", "other layers", "optimizer"]
     assert [torch_category(n) for n in ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::addmm",
                                         "aten::_foreach_mul_", "aten::native_layer_norm", "aten::gelu",
                                         "aten::permute", "aten::add")] == [
@@ -313,7 +316,6 @@ def test_profile_categories_follow_the_name_stack():
 def test_profile_step_attributes_the_real_step(tmp_path):
     """One profiled step of the quickstart MMDiT (seedjax only, batch 2) in its own process, where the
     per-thunk trace flag is set before JAX starts: every category the step has shows time."""
-
     from tests.runner import ROOT, env_for
 
     proc = subprocess.run([sys.executable, "-m", "benchmarks.profile_step", "--sizes=quickstart", "--steps=1",
@@ -326,6 +328,8 @@ def test_profile_step_attributes_the_real_step(tmp_path):
     for cat in ("attention", "matmul", "optimizer"):
         assert float(rows[cat]) > 0, (cat, proc.stdout)
     assert float(rows["other"]) == 0
+    parts = dict(re.findall(r"^\| (attention|rope|norm|modulation|mlp) \| ([0-9.]+) \| [0-9.]+% \|$", proc.stdout, re.M))
+    assert len(parts) == 5 and all(float(t) > 0 for t in parts.values()), proc.stdout  # the scopes reach the profile
     bad = subprocess.run([sys.executable, "-m", "benchmarks.profile_step", "--sizes=nope", "--no-append"],
                          cwd=ROOT, env=env_for(1), capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown: ['nope']" in bad.stderr

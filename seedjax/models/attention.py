@@ -21,6 +21,7 @@ import dataclasses
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 
 from seedjax.kernels import paro
 
@@ -84,7 +85,8 @@ def attention(
     if key_mask is not None and key_mask.shape != k.shape[:2]:
         raise ValueError(f"key_mask must have shape {k.shape[:2]} (batch, keys), got {key_mask.shape}")
     fn = get_backend(backend)
-    return fn(q, k, v, key_mask=key_mask, layer_index=layer_index, layout=layout, **backend_kwargs)
+    with jax.named_scope("attention"):  # labels the ops in profiles (benchmarks/profile_step.py)
+        return fn(q, k, v, key_mask=key_mask, layer_index=layer_index, layout=layout, **backend_kwargs)
 
 
 @register_backend("dense")
@@ -98,14 +100,66 @@ def dense_attention(
     layout: TokenLayout | None = None,
     implementation: str | None = None,
 ) -> jax.Array:
-    """Full attention via `jax.nn.dot_product_attention` (float32 logits and softmax).
+    """Full attention (float32 logits and softmax).
 
-    `implementation` is passed through to JAX (None = XLA, 'cudnn' = fused cuDNN kernel
-    on NVIDIA GPUs). `layer_index` and `layout` are not needed by dense attention.
+    On CPUs, with `implementation` None, `heads_first_attention`; elsewhere (or with an
+    `implementation`: 'xla', or 'cudnn' for the fused cuDNN kernel on NVIDIA GPUs)
+    `jax.nn.dot_product_attention`. `layer_index` and `layout` are not needed here.
     """
     del layer_index, layout
+    if implementation is None and jax.default_backend() == "cpu":
+        return heads_first_attention(q, k, v, key_mask)
     mask = None if key_mask is None else key_mask.astype(bool)[:, None, None, :]
     return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+
+
+# --------------------------------------------------------------------------- CPU attention
+
+
+def _large_negative() -> float:
+    return -0.7 * float(jnp.finfo(jnp.float32).max)  # jax.nn.dot_product_attention's masked logit
+
+
+def _heads_first_forward(q, k, v, key_mask):
+    qh, kh, vh = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))  # [B, H, L, D]
+    # The scale goes on q (and on dq, dk in the backward pass), not on the [B, H, L, L] logits: XLA
+    # materialised it there as a full [B, H, L, L] array read by every pass.
+    scaled_q = qh * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
+    logits = jnp.einsum("bhqd,bhkd->bhqk", scaled_q, kh, preferred_element_type=jnp.float32)
+    if key_mask is not None:
+        logits = jnp.where(key_mask.astype(bool)[:, None, None, :], logits, _large_negative())
+    probs = jax.nn.softmax(logits, axis=-1)
+    out = jnp.einsum("bhqk,bhkd->bhqd", probs.astype(v.dtype), vh, preferred_element_type=jnp.float32)
+    return jnp.swapaxes(out, 1, 2).astype(q.dtype), (qh, kh, vh, probs, out)
+
+
+def _heads_first_backward(residuals, grad):
+    # Softmax's backward as FlashAttention writes it: dS = P * (dP - rowsum(dO * O)). The row sum
+    # runs over the head dimension D instead of over the keys (autodiff's sum(P * dP)), one pass
+    # less over the [B, H, L, L] probabilities.
+    qh, kh, vh, probs, out = residuals
+    scale = qh.shape[-1] ** -0.5
+    g = jnp.swapaxes(grad, 1, 2).astype(jnp.float32)
+    dv = jnp.einsum("bhqk,bhqd->bhkd", probs, g)
+    dp = jnp.einsum("bhqd,bhkd->bhqk", g, vh.astype(jnp.float32))
+    ds = probs * (dp - jnp.sum(g * out, axis=-1, keepdims=True))
+    dq = jnp.einsum("bhqk,bhkd->bhqd", ds, kh.astype(jnp.float32)) * scale
+    dk = jnp.einsum("bhqk,bhqd->bhkd", ds, qh.astype(jnp.float32)) * scale
+    back = lambda x, like: jnp.swapaxes(x, 1, 2).astype(like.dtype)
+    return back(dq, qh), back(dk, kh), back(dv, vh), None  # no cotangent for the key mask
+
+
+@jax.custom_vjp
+def heads_first_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:
+    """`jax.nn.dot_product_attention`'s function (q, k, v [B, L, H, D], optional key_mask [B, Lk])
+    in a form XLA runs faster on CPUs: heads first for the batched dots and a hand-written
+    backward pass. benchmarks/profile_step.py showed XLA's attention at 4.6 s of a 10.3 s
+    train step at hidden 512 where PyTorch's SDPA took 1.0 s (BENCHMARKS.md, issue 20)."""
+    return _heads_first_forward(q, k, v, key_mask)[0]
+
+
+heads_first_attention.defvjp(lambda q, k, v, key_mask: _heads_first_forward(q, k, v, key_mask),
+                             _heads_first_backward)
 
 
 @register_backend("paro")

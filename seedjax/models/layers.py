@@ -112,6 +112,7 @@ class RMSNorm(nnx.Module):
         self.eps = eps
         self.scale = param(rngs, ONES, (dim,), ("norm",)) if use_scale else None
 
+    @jax.named_scope("norm")  # named scopes label the ops in profiles (benchmarks/profile_step.py)
     def __call__(self, x: jax.Array) -> jax.Array:
         y = _normalize_f32(x, self.eps, subtract_mean=False)
         if self.scale is not None:
@@ -135,6 +136,7 @@ class LayerNorm(nnx.Module):
         self.scale = param(rngs, ONES, (dim,), ("norm",)) if use_scale else None
         self.bias = param(rngs, ZEROS, (dim,), ("norm",)) if use_bias else None
 
+    @jax.named_scope("norm")
     def __call__(self, x: jax.Array) -> jax.Array:
         y = _normalize_f32(x, self.eps, subtract_mean=True)
         if self.scale is not None:
@@ -168,6 +170,7 @@ class MLP(nnx.Module):
             hidden_features, out_features, rngs=rngs, names=names[1:], dtype=dtype, kernel_init=out_kernel_init
         )
 
+    @jax.named_scope("mlp")
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.down(self.act(self.up(x)))
 
@@ -214,10 +217,12 @@ class Modulation(nnx.Module):
             cond_dim, num_chunks * dim, rngs=rngs, names=("embed", "modulation"), dtype=dtype, kernel_init=ZEROS
         )
 
+    @jax.named_scope("modulation")
     def __call__(self, cond: jax.Array) -> tuple[jax.Array, ...]:
         return tuple(jnp.split(self.linear(jax.nn.silu(cond)), self.num_chunks, axis=-1))
 
 
+@jax.named_scope("modulation")
 def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
     """x [B, L, D] * (1 + scale[:, None]) + shift[:, None]."""
     return x * (1 + scale[:, None, :]) + shift[:, None, :]

@@ -35,6 +35,7 @@ def rope_frequencies(
     return jnp.cos(angles), jnp.sin(angles)
 
 
+@jax.named_scope("rope")
 def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     """Rotate x [B, L, H, D] by (cos, sin) [L, D/2] or [B, L, D/2]; float32 math, x's dtype out."""
     if cos.shape[-1] * 2 != x.shape[-1] or cos.shape[-2] != x.shape[1]:
