@@ -1,6 +1,6 @@
 """seedjax vs diffusers' FluxTransformer2DModel (PyTorch): one training step, equal work, interleaved.
 
-    python -m benchmarks.train_step [--sizes=quickstart,large,video] [--steps=10] [--warmup=1]
+    python -m benchmarks.train_step [--sizes=quickstart,large,video] [--steps=10] [--warmup=1] [--block=1]
         [--dtype=float32] [--matmul_precision=float32] [--frameworks=seedjax,torch] [--torch_device=auto]
         [--max_load=1.0] [--no-append]
 
@@ -28,8 +28,10 @@ difference in learning rate shows as ~9%; the weight decay's effect over two ste
 to show: it is equal by construction). The forward pass itself is compared with non-trivial
 weights in tests/test_flux_parity.py.
 
-Timing: the two sides alternate step by step (seedjax, torch, seedjax, torch ...: `--steps`
-timed steps each after `--warmup` untimed ones; `benchmarks.protocol.interleave`); reported are
+Timing: the two sides alternate in turns of `--block` steps (seedjax, torch, seedjax, torch ...:
+`--steps` timed turns each after `--warmup` untimed ones; `benchmarks.protocol.interleave`). With
+`--block=1` every step follows a step of the other framework; on a 2-core CPU that costs seedjax's
+step more than torch's (BENCHMARKS.md, 2026-12-01), and `--block=3` shows the steady state. Reported are
 the median, min and max step time of each side, the 1-minute load average before and after each
 size, and the thread settings of each side (XLA's CPU thread pool, torch's intra/inter-op threads).
 MFU is against each framework's matmul peak measured in the same run in the step's dtype, and on
@@ -333,7 +335,10 @@ def run_size(name: str, args, torch_dev: str | None, peaks, sheet: float) -> tup
     else:
         print(f"{name}: FLOPs/step seedjax (analytic) {flops:.6e}; parameters {sj.params:,}", flush=True)
         sj.step()
-    stats = protocol.interleave(arms, rounds=args.steps, warmup=args.warmup)
+    # Each turn runs `--block` steps of one side; the times below are per step.
+    turns = {label: (lambda side=side: [side() for _ in range(args.block)]) for label, side in arms.items()}
+    stats = protocol.interleave(turns, rounds=args.steps, warmup=args.warmup)
+    stats = {label: protocol.summarize([t / args.block for t in st["times"]]) for label, st in stats.items()}
     load_after = protocol.load_average()
     tflop = flops / 1e12
     jax_peak, torch_peak = peaks
@@ -356,8 +361,10 @@ def run_size(name: str, args, torch_dev: str | None, peaks, sheet: float) -> tup
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="benchmarks.train_step", description=__doc__.split("\n")[0])
     p.add_argument("--sizes", default="quickstart,large,video", help=f"comma-separated, of {', '.join(SIZES)}")
-    p.add_argument("--steps", type=int, default=10, help="timed steps per side, the sides alternating step by step")
-    p.add_argument("--warmup", type=int, default=1, help="untimed alternating steps before the timed ones")
+    p.add_argument("--steps", type=int, default=10, help="timed turns per side (of --block steps each)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed alternating turns before the timed ones")
+    p.add_argument("--block", type=int, default=1,
+                   help="steps per turn: the sides alternate every --block steps (1: step by step); times per step")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--matmul_precision", default="float32", choices=["float32", "tf32"],
                    help="float32 matmuls on both sides: full float32 (default) or TF32 on both")
@@ -371,8 +378,8 @@ def main(argv=None) -> int:
     unknown = [name for name in sizes if name not in SIZES]
     if unknown or not sizes:
         p.error(f"--sizes: unknown {unknown or 'empty'}; choose from {', '.join(SIZES)}")
-    if args.steps < 1 or args.warmup < 0:
-        p.error("--steps must be >= 1 and --warmup >= 0")
+    if args.steps < 1 or args.warmup < 0 or args.block < 1:
+        p.error("--steps and --block must be >= 1 and --warmup >= 0")
     load_before = protocol.begin(args.max_load, args.no_append)
     with_torch = args.frameworks == "seedjax,torch"
     if with_torch:  # both frameworks allocate on one GPU: JAX must not take 75% of it up front
