@@ -116,8 +116,7 @@ def dense_attention(
 # --------------------------------------------------------------------------- CPU attention
 
 
-def _large_negative() -> float:
-    return -0.7 * float(jnp.finfo(jnp.float32).max)  # jax.nn.dot_product_attention's masked logit
+MASKED_LOGIT = -0.7 * float(jnp.finfo(jnp.float32).max)  # jax.nn.dot_product_attention's
 
 
 def _heads_first_forward(q, k, v, key_mask):
@@ -127,7 +126,7 @@ def _heads_first_forward(q, k, v, key_mask):
     scaled_q = qh * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
     logits = jnp.einsum("bhqd,bhkd->bhqk", scaled_q, kh, preferred_element_type=jnp.float32)
     if key_mask is not None:
-        logits = jnp.where(key_mask.astype(bool)[:, None, None, :], logits, _large_negative())
+        logits = jnp.where(key_mask.astype(bool)[:, None, None, :], logits, MASKED_LOGIT)
     probs = jax.nn.softmax(logits, axis=-1)
     out = jnp.einsum("bhqk,bhkd->bhqd", probs.astype(v.dtype), vh, preferred_element_type=jnp.float32)
     return jnp.swapaxes(out, 1, 2).astype(q.dtype), (qh, kh, vh, probs, out)
@@ -153,8 +152,8 @@ def _heads_first_backward(residuals, grad):
 def heads_first_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:
     """`jax.nn.dot_product_attention`'s function (q, k, v [B, L, H, D], optional key_mask [B, Lk])
     in a form XLA runs faster on CPUs: heads first for the batched dots and a hand-written
-    backward pass. benchmarks/profile_step.py showed XLA's attention at 4.6 s of a 10.3 s
-    train step at hidden 512 where PyTorch's SDPA took 1.0 s (BENCHMARKS.md, issue 20)."""
+    backward pass. At hidden 512, benchmarks/profile_step.py had XLA's attention at 4.6 s of the
+    step's 14.8 s of thread time, where PyTorch's SDPA took 1.0 s (BENCHMARKS.md, issue 20)."""
     return _heads_first_forward(q, k, v, key_mask)[0]
 
 
