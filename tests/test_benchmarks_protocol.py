@@ -333,3 +333,21 @@ def test_profile_step_attributes_the_real_step(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "benchmarks.profile_step", "--sizes=nope", "--no-append"],
                          cwd=ROOT, env=env_for(1), capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown: ['nope']" in bad.stderr
+
+
+def test_vae_step_checks_equal_work_and_times_both_sides():
+    """benchmarks.vae_step as users run it, at its tiny size: the same parameters and losses on both sides
+    (diffusers' AutoencoderKL loaded with seedjax's weights), then one timed turn each."""
+    from tests.runner import ROOT, env_for
+
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.vae_step", "--sizes=tiny", "--steps=1", "--warmup=0",
+                           "--no-append"], cwd=ROOT, env=env_for(1), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    parity = re.search(r"first loss relative difference ([0-9.e+-]+), decrease over two updates ([0-9.e+-]+)",
+                       proc.stdout)
+    assert parity and float(parity.group(1)) < 1e-4 and float(parity.group(2)) < 1e-2, proc.stdout
+    assert re.search(r"^\| tiny \| 2 x 16x16 \| [0-9,]+ \| [0-9.]+ \([0-9.-]+\) \| [0-9.]+ \([0-9.-]+\) \| [0-9.]+x \|",
+                     proc.stdout, re.M), proc.stdout
+    bad = subprocess.run([sys.executable, "-m", "benchmarks.vae_step", "--sizes=tiny,nope"], cwd=ROOT,
+                         env=env_for(1), capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "nope" in bad.stderr
