@@ -149,15 +149,20 @@ def summarize(times: list[float]) -> dict:
 
 
 def interleave(arms: Mapping[str, Callable[[], object]], rounds: int, warmup: int = 1,
-               clock: Callable[[], float] = time.perf_counter) -> dict[str, dict]:
+               clock: Callable[[], float] = time.perf_counter, block: int = 1) -> dict[str, dict]:
     """Call the arms in rounds A B A B ...: `warmup` untimed rounds, then `rounds` timed ones.
 
-    Each call must finish its work before returning (block on device results). Returns, per
-    arm in the given order, {"times", "median", "min", "max"} of its timed calls (seconds)."""
+    In each turn an arm is called `block` times in a row, and its time is per call. Each call
+    must finish its work before returning (block on device results). Returns, per arm in the
+    given order, {"times", "median", "min", "max"} of its timed turns (seconds per call)."""
     if not arms:
         raise ValueError("interleave: no arms")
-    if rounds < 1 or warmup < 0:
-        raise ValueError(f"interleave: rounds must be >= 1 and warmup >= 0, got {rounds} and {warmup}")
+    if rounds < 1 or warmup < 0 or block < 1:
+        raise ValueError(f"interleave: rounds and block must be >= 1 and warmup >= 0, got {rounds}, {block}, {warmup}")
+    if block > 1:
+        turns = {name: (lambda fn=fn: [fn() for _ in range(block)]) for name, fn in arms.items()}
+        stats = interleave(turns, rounds, warmup, clock)
+        return {name: summarize([t / block for t in st["times"]]) for name, st in stats.items()}
     for _ in range(warmup):
         for fn in arms.values():
             fn()

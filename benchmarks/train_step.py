@@ -335,10 +335,7 @@ def run_size(name: str, args, torch_dev: str | None, peaks, sheet: float) -> tup
     else:
         print(f"{name}: FLOPs/step seedjax (analytic) {flops:.6e}; parameters {sj.params:,}", flush=True)
         sj.step()
-    # Each turn runs `--block` steps of one side; the times below are per step.
-    turns = {label: (lambda side=side: [side() for _ in range(args.block)]) for label, side in arms.items()}
-    stats = protocol.interleave(turns, rounds=args.steps, warmup=args.warmup)
-    stats = {label: protocol.summarize([t / args.block for t in st["times"]]) for label, st in stats.items()}
+    stats = protocol.interleave(arms, rounds=args.steps, warmup=args.warmup, block=args.block)  # per step
     load_after = protocol.load_average()
     tflop = flops / 1e12
     jax_peak, torch_peak = peaks

@@ -158,10 +158,8 @@ def run_size(name: str, args) -> str:
     if first > 1e-4 or drop > PARITY_RTOL:
         raise SystemExit(f"{name}: the two steps do not compute the same loss and update (first loss {first:.1e} "
                          f"> 1e-4 or decrease {drop:.1e} > {PARITY_RTOL})")
-    turns = {label: (lambda side=side: [side() for _ in range(args.block)]) for label, side in
-             (("seedjax", sj), ("torch", th))}
-    stats = protocol.interleave(turns, rounds=args.steps, warmup=args.warmup)
-    sj_t, th_t = (protocol.summarize([t / args.block for t in stats[k]["times"]]) for k in ("seedjax", "torch"))
+    stats = protocol.interleave({"seedjax": sj, "torch": th}, rounds=args.steps, warmup=args.warmup, block=args.block)
+    sj_t, th_t = stats["seedjax"], stats["torch"]
     return (f"| {name} | {size['batch']} x {size['image']}x{size['image']} | {sj.params:,} | {protocol.spread(sj_t)} "
             f"| {protocol.spread(th_t)} | {th_t['median'] / sj_t['median']:.2f}x | "
             f"{load_before:.2f}-{protocol.load_average():.2f} |")

@@ -172,6 +172,15 @@ def test_interleave_three_arms_odd_rounds_no_warmup():
     assert protocol.spread(stats["x"]) == "5.0000 (1.0000-9.0000)"
 
 
+def test_interleave_in_blocks_times_per_call():
+    arms, calls, clock = fake_arms({"A": [9.0, 9.0, 1.0, 3.0, 2.0, 2.0], "B": [8.0, 8.0, 4.0, 6.0, 10.0, 20.0]})
+    stats = protocol.interleave(arms, rounds=2, warmup=1, clock=clock, block=2)
+    assert calls == ["A", "A", "B", "B"] * 3
+    assert stats["A"]["times"] == [2.0, 2.0] and stats["B"]["times"] == [5.0, 15.0]
+    with pytest.raises(ValueError):
+        protocol.interleave(arms, rounds=1, block=0)
+
+
 def test_interleave_rejects_bad_arguments():
     with pytest.raises(ValueError):
         protocol.interleave({}, rounds=1)
