@@ -62,9 +62,13 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_report_header(config):
     """The machine and libraries, which decide whether the reference losses are checked bit for bit."""
-    from tests.runner import OTHER_ENVIRONMENT_RTOL as OTHER_RTOL, environment, recorded_environment
+    import json
 
-    env = environment()
-    same = "bit for bit" if env == recorded_environment() else f"within rtol {OTHER_RTOL} (not where they were recorded)"
+    from tests.runner import OTHER_ENVIRONMENT_RTOL as OTHER_RTOL, REFERENCE_LOSSES, environment, recorded_environment
+
+    env, table = environment(), json.load(open(REFERENCE_LOSSES))
+    runs = [name for name in table if not name.startswith("_")]
+    exact = sum(recorded_environment(name, table) == env for name in runs)
+    same = f"bit for bit for {exact} of {len(runs)} runs, the others within rtol {OTHER_RTOL} (recorded elsewhere)"
     return [f"seedjax environment: {env['cpu'].get('model name')} family {env['cpu'].get('cpu family')} "
             f"model {env['cpu'].get('model')}, {env['cores']} cores, {env['packages']}; reference losses checked {same}"]

@@ -48,7 +48,10 @@ def losses(workdir: str) -> dict[int, float]:
 # --------------------------------------------------------------------------- reference losses
 
 REFERENCE_LOSSES = os.path.join(ROOT, "tests", "reference_losses.json")
-ENVIRONMENT_KEY = "_environment"
+ENVIRONMENT_KEY = "_environment"  # where the table's runs were recorded
+# Run name -> the environment it was recorded in, for the runs recorded somewhere else (a run
+# added on another machine keeps its exact check there, and the others keep theirs).
+ELSEWHERE_KEY = "_recorded_elsewhere"
 # Another CPU or library release moves the last bits of a run. The chained distillation stages
 # amplify that most: their losses are 1e-9..1e-5, differences of nearly equal terms (DMD's, seen
 # moving 8e-3 relative between two machines whose teachers agreed to 5e-8).
@@ -73,9 +76,12 @@ def environment() -> dict:
             "packages": {p: version(p) for p in ("jax", "jaxlib", "flax", "optax", "numpy")}}
 
 
-def recorded_environment() -> dict | None:
-    with open(REFERENCE_LOSSES) as f:
-        return json.load(f).get(ENVIRONMENT_KEY)
+def recorded_environment(name: str | None = None, table: dict | None = None) -> dict | None:
+    """The environment run `name` was recorded in (None: the table's own)."""
+    if table is None:
+        with open(REFERENCE_LOSSES) as f:
+            table = json.load(f)
+    return table.get(ELSEWHERE_KEY, {}).get(name) or table.get(ENVIRONMENT_KEY)
 
 
 def loss_rows(workdir: str) -> list[dict]:
@@ -92,8 +98,9 @@ def check_reference_losses(name: str, workdir: str) -> None:
     compilation cache or warm, and the check is exact. Elsewhere it allows OTHER_ENVIRONMENT_RTOL:
     enough for another machine's last bits, far from what a changed RNG split, loss term or
     model does (whole percents to orders of magnitude). SEEDJAX_RECORD_LOSSES=1 writes the current
-    values and environment instead (after a deliberate change of results, with a note in the
-    commit; record every run in one environment).
+    values instead (after a deliberate change of results, with a note in the commit). A run recorded
+    outside the table's environment keeps its own (ELSEWHERE_KEY); to move the whole table to a
+    new environment, delete its ENVIRONMENT_KEY and record every run there.
     """
     import warnings
 
@@ -102,13 +109,19 @@ def check_reference_losses(name: str, workdir: str) -> None:
     rows = loss_rows(workdir)
     table = json.load(open(REFERENCE_LOSSES)) if os.path.exists(REFERENCE_LOSSES) else {}
     if os.environ.get("SEEDJAX_RECORD_LOSSES") == "1":
-        table[name] = rows
-        table[ENVIRONMENT_KEY] = environment()
+        table[name], here = rows, environment()
+        table.setdefault(ENVIRONMENT_KEY, here)
+        elsewhere = table.pop(ELSEWHERE_KEY, {})
+        elsewhere.pop(name, None)
+        if here != table[ENVIRONMENT_KEY]:
+            elsewhere[name] = here
+        if elsewhere:
+            table[ELSEWHERE_KEY] = elsewhere
         with open(REFERENCE_LOSSES, "w") as f:
             json.dump(table, f, indent=1, sort_keys=True)
         return
     assert name in table, f"no reference losses for {name!r}; record them with SEEDJAX_RECORD_LOSSES=1"
-    same = table.get(ENVIRONMENT_KEY) == environment()
+    same = recorded_environment(name, table) == environment()
     if not same:
         warnings.warn(f"{name}: not the environment the reference losses were recorded in; compared "
                       f"within rtol {OTHER_ENVIRONMENT_RTOL}, not bit for bit")

@@ -45,6 +45,32 @@ def test_another_environment_gets_the_stated_tolerance_and_a_warning(recorded):
         runner.check_reference_losses("run", write(scale=1 + 2 * runner.OTHER_ENVIRONMENT_RTOL))
 
 
+def test_a_run_recorded_elsewhere_keeps_its_own_environment(recorded, monkeypatch):
+    """Recording a run on another machine leaves the table's environment (and the other runs' exact
+    check) alone; that run is exact where it was recorded and within the tolerance here."""
+    table, write = recorded
+    here = runner.environment()
+    there = {**here, "cores": -1}
+    monkeypatch.setenv("SEEDJAX_RECORD_LOSSES", "1")
+    monkeypatch.setattr(runner, "environment", lambda: there)
+    runner.check_reference_losses("added", write(scale=1.5))
+    data = json.loads(table.read_text())
+    assert data[runner.ENVIRONMENT_KEY] == here and data[runner.ELSEWHERE_KEY] == {"added": there}
+    monkeypatch.delenv("SEEDJAX_RECORD_LOSSES")
+    runner.check_reference_losses("added", write(scale=1.5))  # exact there
+    with pytest.raises(AssertionError, match="bit for bit"):
+        runner.check_reference_losses("added", write(scale=1.5 * math.nextafter(1.0, 2.0)))
+    monkeypatch.setattr(runner, "environment", lambda: here)
+    runner.check_reference_losses("run", write())  # the table's own runs: still exact here
+    with pytest.raises(AssertionError, match="bit for bit"):
+        runner.check_reference_losses("run", write(scale=math.nextafter(1.0, 2.0)))
+    with pytest.warns(UserWarning, match="not the environment"):
+        runner.check_reference_losses("added", write(scale=1.5 * (1 + runner.OTHER_ENVIRONMENT_RTOL / 2)))
+    monkeypatch.setenv("SEEDJAX_RECORD_LOSSES", "1")
+    runner.check_reference_losses("added", write(scale=1.5))  # recorded again here: no longer elsewhere
+    assert runner.ELSEWHERE_KEY not in json.loads(table.read_text())
+
+
 def test_a_missing_or_extra_loss_fails(recorded):
     _, write = recorded
     with pytest.raises(AssertionError):
@@ -53,8 +79,9 @@ def test_a_missing_or_extra_loss_fails(recorded):
         runner.check_reference_losses("other", write())
 
 
-def test_the_repository_table_was_recorded_in_one_named_environment():
+def test_the_repository_table_names_the_environment_of_every_run():
     table = json.load(open(runner.REFERENCE_LOSSES))
-    env = table[runner.ENVIRONMENT_KEY]
-    assert env.keys() == runner.environment().keys() and env["packages"]["jax"]
+    for name in (n for n in table if not n.startswith("_")):
+        env = runner.recorded_environment(name, table)
+        assert env.keys() == runner.environment().keys() and env["packages"]["jax"], name
     assert {"pretrain_tiny", "distill_tiny/adp", "latent_tiny/vae", "post_training_tiny/rlhf"} <= table.keys()
