@@ -138,38 +138,9 @@ def test_edits_do_what_their_type_says(triples):
         _check_labels(t)
 
 
-def _find(found, digit, color):
-    return [o for o in found if (o.digit, o.color) == (digit, color)]
-
-
-def _near(o, box, tol=0.1):
-    """The detected object's center is within `tol` of the labelled box's center."""
-    return all(abs((o.box[a] + o.box[a + 2]) / 2 - (box[a] + box[a + 2]) / 2) <= tol for a in (0, 1))
-
-
-def _scorer_confirms(t, found, found_src):
-    """The edit, as read by the scorer from the target (and source) pixels."""
-    kind, k, j = t["edit_type"], int(t["source_slot"]), int(t["target_slot"])
-    if kind == "remove":
-        return not _find(found, t["source_digit"][0, k], t["source_color"][0, k])
-    hit = [o for o in _find(found, t["target_digit"][j], t["target_color"][j]) if _near(o, t["target_box"][j])]
-    if len(hit) != 1:
-        return False
-    if kind == "compose":
-        return len(found) == 1
-    if kind in ("recolor", "replace_digit"):  # the old object is gone
-        return not _find(found, t["source_digit"][0, k], t["source_color"][0, k])
-    if kind == "resize":
-        before = [o for o in found_src if _near(o, t["source_box"][0, k])]
-        height = lambda o: o.box[2] - o.box[0]
-        return len(before) == 1 and ((height(hit[0]) > height(before[0])) ==
-                                     bool(t["target_box"][j, 2] - t["target_box"][j, 0] >
-                                          t["source_box"][0, k, 2] - t["source_box"][0, k, 0]))
-    return True  # move, add: the object is where the labels put it
-
-
 def test_independent_scorer_reads_the_edit_from_pixels(triples):
     from seedjax.eval.judges.classifier import get_classifier
+    from seedjax.eval.judges.edits import edit_confirmed
     from seedjax.eval.judges.scenes import detect_objects, score_scenes
 
     classifier = get_classifier(32)
@@ -181,7 +152,7 @@ def test_independent_scorer_reads_the_edit_from_pixels(triples):
     found_src = detect_objects(np.stack([t["source"][0] for t in rows]), classifier)
     agree, scene_ok = collections.defaultdict(list), collections.defaultdict(list)
     for t, f, fs, ok in zip(rows, found, found_src, scores["overall"]):
-        agree[t["edit_type"]].append(_scorer_confirms(t, f, fs))
+        agree[t["edit_type"]].append(edit_confirmed(t, f, fs))
         scene_ok[t["edit_type"]].append(bool(ok))
     summary = {k: (round(float(np.mean(agree[k])), 2), round(float(np.mean(scene_ok[k])), 2)) for k in et.EDIT_TYPES}
     print(f"scorer on targets, (edit confirmed, whole scene correct) per type: {summary}")

@@ -56,6 +56,14 @@ def test_packed_geometry_puts_references_after_the_target():
         np.testing.assert_array_equal(np.asarray(part), np.asarray(g.tokens(x)))
     assert packed.target_mask().tolist() == [1, 1, 1, 1, 0, 0, 0, 0]
     assert packed.position_ids()[:, 0].tolist() == [0, 0, 0, 0, 1, 1, 2, 2]
+    # By hand: target rows/cols 0..1 x 0..1, each reference 1 x 2 at rows 0, cols 0..1.
+    rows_cols = [[0, 0], [0, 1], [1, 0], [1, 1], [0, 0], [0, 1], [0, 0], [0, 1]]
+    np.testing.assert_array_equal(packed.position_ids("per_reference")[:, 1:], rows_cols)
+    kontext = packed.position_ids("kontext")
+    assert kontext[:, 0].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]  # every reference at 1 (FLUX.1 Kontext)
+    np.testing.assert_array_equal(kontext[:, 1:], rows_cols)
+    with pytest.raises(ValueError, match="reference RoPE scheme"):
+        packed.position_ids("flux")
     with pytest.raises(ValueError, match="token width"):
         PackedGeometry(target, (Geometry.image(8, 8, 3, 4),))
 

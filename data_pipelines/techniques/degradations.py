@@ -239,7 +239,7 @@ def _x264_without_avx512() -> dict:
     """x264 options that keep it off its AVX-512 code, on CPUs that have AVX-512.
 
     With its AVX-512 kernels the libx264 bundled with PyAV makes a different bitstream for the
-    same input about once in 40 encodes (seen on AMD EPYC, family 25: 2.5% of 21,240 encodes of
+    same input about once in 40 encodes (seen on an Intel Xeon with AVX-512: 2.5% of 21,240 encodes of
     a 4x32x32 clip alternating with decodes, 0 of 19,800 with AVX-512 left out), which made the
     degraded half of a pair depend on the heap rather than on the seed. x264's `asm` option
     takes the instruction sets to use and does not check them against the CPU, so the list is

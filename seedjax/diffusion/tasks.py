@@ -11,6 +11,11 @@ How the model takes the frame is its config (`model.condition`, seedjax/models/v
 channel concat keeps every frame noisy and trained; per-frame timesteps keep the
 conditioning frames clean, so `noisy_token_weights` leaves them out of the loss.
 
+Editing (Seedream 4.0 / SeedEdit 3.0, data.source=edit_triples): the target is what is denoised
+and the source images are clean references packed after it in the MMDiT's sequence
+(`edit_task`; `seedjax.models.generator.pack_references`), so the loss and the sampler see the
+target's tokens alone.
+
 Restoration (SeedVR, `diffusion.restore`): every frame is conditioned on its degraded copy
 (`degraded_video`, made by data.degradations), which 'concat' puts beside the noisy tokens with
 an all-ones mask channel: the same inputs as SeedVR's (noise + low-quality latent + mask).
@@ -44,6 +49,16 @@ def noisy_token_weights(model_cfg, batch: dict, num_tokens: int) -> jax.Array | 
         return None
     mask = batch["cond_mask"]
     return jnp.repeat(1.0 - mask, num_tokens // mask.shape[1], axis=1)
+
+
+def edit_task(batch: dict) -> dict:
+    """An edit batch (`source` [B, R, H, W, C], `num_sources` [B], `target` [B, H, W, C]) in the
+    generator's terms: the target as the `image` to denoise, the sources as its references
+    (`generator.REFERENCE_KEYS`). Other batches pass unchanged."""
+    if "source" not in batch:
+        return batch
+    out = batch | {"references": batch["source"], "num_references": batch["num_sources"]}
+    return out | ({"image": batch["target"]} if "target" in batch else {})
 
 
 DEGRADED = "degraded_video"  # the batch key of the degraded clips [B, F, H, W, C] (data.degradations)

@@ -17,13 +17,17 @@ import numpy as np
 from flax import nnx
 
 from seedjax.models import mmdit, text, video_dit
-from seedjax.models.geometry import Geometry
+from seedjax.models.geometry import Geometry, PackedGeometry
 
 # Batch keys of a video task (besides the captions): the clean conditioning frames in model
 # space [B, F, H, W, C] (zeros where there are none), which frames they are [B, F], and the
 # shot of every frame [B, F'] (any frame rate: `frame_shots` maps it onto the token frames).
 VIDEO_CONDITION_KEYS = ("cond_frames", "cond_mask", "frame_shot")
 CAPTION_KEYS = ("tokens", "text_mask", "shot_tokens", "shot_mask")  # a batch's captions (one, or one a shot)
+# Batch keys of an editing task (MMDiT): clean reference images [B, R, H, W, C] in model space,
+# packed after the target's tokens, and how many of the R slots each example uses [B] (the
+# others are masked out of attention). `seedjax.diffusion.tasks.edit_task` makes them.
+REFERENCE_KEYS = ("references", "num_references")
 
 
 def is_video(model_cfg) -> bool:
@@ -46,7 +50,8 @@ class DiffusionModel(nnx.Module):
     def condition(self, batch: dict) -> dict:
         if not self.is_video:
             embeddings, mask, pooled = text.text_conditioning(self.text, batch)
-            return {"text_embeddings": embeddings, "pooled": pooled, "text_mask": mask}
+            refs = {k: batch[k] for k in REFERENCE_KEYS if "references" in batch}
+            return {"text_embeddings": embeddings, "pooled": pooled, "text_mask": mask, **refs}
         # Every shot's caption is encoded on its own; the DiT sees them one after another.
         if "shot_tokens" in batch:
             tokens, mask = batch["shot_tokens"], batch["shot_mask"].astype(bool)
@@ -82,9 +87,17 @@ class DiffusionModel(nnx.Module):
         if not geometry.is_image:
             raise ValueError(f"the MMDiT denoises single images; a {geometry.frames}-frame geometry needs the video DiT "
                              f"(config.model = video_dit_config(...))")
-        return self.dit(x, t, cond["text_embeddings"], cond["pooled"], text_mask=cond["text_mask"],
-                        grid_hw=geometry.grid_hw, guidance=guidance, target_size=target_size,
-                        return_features=return_features, attention_kwargs=attention_kwargs)
+        if "references" not in cond:
+            return self.dit(x, t, cond["text_embeddings"], cond["pooled"], text_mask=cond["text_mask"],
+                            grid_hw=geometry.grid_hw, guidance=guidance, target_size=target_size,
+                            return_features=return_features, attention_kwargs=attention_kwargs)
+        # Editing: [target | reference 1 | ...] in one sequence; only the target's tokens come back.
+        packed, image_mask, img_ids, txt_ids = pack_references(x, cond, geometry, self.dit.cfg)
+        out = self.dit(packed, t, cond["text_embeddings"], cond["pooled"], text_mask=cond["text_mask"],
+                       image_mask=image_mask, img_ids=img_ids, txt_ids=txt_ids, guidance=guidance,
+                       target_size=target_size, return_features=return_features, attention_kwargs=attention_kwargs)
+        n = x.shape[1]
+        return (out[0][:, :n], out[1][:, :n]) if return_features else out[:, :n]
 
     def start(self, noise: jax.Array, batch: dict, geometry: Geometry) -> jax.Array:
         """Where a sampler starts: the noise, except that a per-frame-timestep video model's clean
@@ -104,6 +117,25 @@ class DiffusionModel(nnx.Module):
     def guidance_embedded(self) -> bool:
         """Whether the guidance scale enters through an embedder (CFG-distilled: one evaluation per step)."""
         return self.dit.guidance_embedder is not None
+
+
+def pack_references(x: jax.Array, cond: dict, geometry: Geometry, model_cfg):
+    """The MMDiT's inputs for a target x [B, N, D] and the references of `cond` (REFERENCE_KEYS):
+    (packed tokens [B, N + sum N_r, D], image_mask [B, N + sum N_r] (False on unused slots),
+    img_ids, txt_ids). The references' ids follow model.reference_rope; the text's are the
+    Seedream ids of the target's grid, as without references."""
+    refs = cond["references"]
+    if refs.ndim != 5:
+        raise ValueError(f"references must be [B, R, H, W, C], got shape {refs.shape}")
+    parts = tuple(Geometry.of_array(refs[:, r], geometry.patch) for r in range(refs.shape[1]))
+    packed = PackedGeometry(geometry, parts)
+    tokens = [x] + [g.tokens(refs[:, r]).astype(x.dtype) for r, g in enumerate(parts)]
+    used = jnp.arange(len(parts))[None, :] < jnp.asarray(cond["num_references"]).reshape(-1, 1)  # [B, R]
+    image_mask = jnp.concatenate([jnp.ones(x.shape[:2], bool)] +
+                                 [jnp.repeat(used[:, r:r + 1], g.num_tokens, axis=1) for r, g in enumerate(parts)], 1)
+    _, txt_ids = mmdit.seedream_position_ids(*geometry.grid_hw, cond["text_embeddings"].shape[1])
+    img_ids = packed.position_ids(model_cfg.get("reference_rope", "per_reference"))
+    return jnp.concatenate(tokens, axis=1), image_mask, img_ids, txt_ids
 
 
 def with_guidance_embed(config, guidance_embed: bool):
@@ -158,8 +190,8 @@ def drop_captions(batch: dict, rng: jax.Array, p: float) -> dict:
 
 def empty_captions(batch: dict) -> dict:
     """The batch's captions replaced by the empty caption: the unconditional branch of CFG
-    (a video's conditioning frames and shots are kept)."""
-    keep = (*CAPTION_KEYS, *VIDEO_CONDITION_KEYS)
+    (a video's conditioning frames and shots, an edit's references are kept)."""
+    keep = (*CAPTION_KEYS, *VIDEO_CONDITION_KEYS, *REFERENCE_KEYS)
     return drop_captions({k: v for k, v in batch.items() if k in keep}, jax.random.key(0), 1.0)
 
 

@@ -7,8 +7,9 @@ counts and the `sample` hooks:
   image is one frame. Tokens run row-major over (frame, row, column); a token's channels are
   ordered (c, pt, ph, pw), which for one frame is Flux's packing (c, ph, pw).
 - `PackedGeometry`: a target plus reference inputs (editing: "this image, in the style of
-  these two") in one token sequence; the target's tokens come first, every input has its own
-  index on the leading RoPE axis, and `target_mask` says which tokens the loss sees.
+  these two") in one token sequence; the target's tokens come first, the references are told
+  apart by the leading RoPE axis (`REFERENCE_ROPE` schemes), and `target_mask` says which
+  tokens the loss sees.
 
 Samples and generated arrays carry a frame axis: [B, F, H, W, C] (a still image: F = 1).
 Batches of still images stay [B, H, W, C]; `tokens` accepts both.
@@ -147,6 +148,13 @@ class Geometry:
         return np.stack([t + index, h, w], axis=-1).reshape(-1, 3).astype(np.float32)
 
 
+# How reference inputs are placed on the leading RoPE axis (config.model.reference_rope):
+# 'kontext': every reference at index 1, the target at 0 (FLUX.1 Kontext, diffusers'
+#   FluxKontextPipeline); 'per_reference': reference r at index r + 1 (Qwen-Image-Edit, OmniGen2),
+#   so two references of one size stay apart.
+REFERENCE_ROPE = ("kontext", "per_reference")
+
+
 @dataclasses.dataclass(frozen=True)
 class PackedGeometry:
     """A target and reference inputs in one sequence: [target tokens | reference 1 | ...]."""
@@ -181,9 +189,13 @@ class PackedGeometry:
         bounds = np.cumsum([g.num_tokens for g in self.parts])[:-1]
         return tuple(jnp.split(tokens, bounds, axis=1))
 
-    def position_ids(self) -> np.ndarray:
-        """The target at index 0, reference r at index r + 1 (their grids overlap, the index tells them apart)."""
-        return np.concatenate([g.position_ids(index=i) for i, g in enumerate(self.parts)])
+    def position_ids(self, scheme: str = "per_reference") -> np.ndarray:
+        """[num_tokens, 3] RoPE ids: the target at index 0, the references as `scheme` says
+        (REFERENCE_ROPE); their row and column ids overlap the target's, the index tells them apart."""
+        if scheme not in REFERENCE_ROPE:
+            raise ValueError(f"reference RoPE scheme must be one of {', '.join(REFERENCE_ROPE)}, got {scheme!r}")
+        index = lambda i: min(i, 1) if scheme == "kontext" else i
+        return np.concatenate([g.position_ids(index=index(i)) for i, g in enumerate(self.parts)])
 
     def target_mask(self) -> np.ndarray:
         """[num_tokens] 1.0 on the target's tokens (what the loss and the sampler update), 0.0 on references."""

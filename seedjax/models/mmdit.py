@@ -30,6 +30,7 @@ from flax import nnx
 
 from seedjax.models import layers
 from seedjax.models.attention import TokenLayout, attention, get_backend
+from seedjax.models.geometry import REFERENCE_ROPE
 from seedjax.models.rope import apply_rope, rope_frequencies, seedream_position_ids
 from seedjax.parallel.sharding import constrain
 from seedjax.schema.models import mmdit_config
@@ -79,6 +80,8 @@ def remat_policy(cfg):
 
 def validate_config(cfg: ml_collections.ConfigDict) -> None:
     """Raise a one-line ValueError naming the first inconsistent MMDiT setting."""
+    if cfg.get("reference_rope", "per_reference") not in REFERENCE_ROPE:
+        raise ValueError(f"reference_rope must be one of {', '.join(REFERENCE_ROPE)}, got {cfg.reference_rope!r}")
     if sum(cfg.axes_dims_rope) != cfg.head_dim or any(d % 2 for d in cfg.axes_dims_rope):
         raise ValueError(f"axes_dims_rope {tuple(cfg.axes_dims_rope)} must be even and sum to head_dim {cfg.head_dim}")
     num_blocks = cfg.depth_double + cfg.depth_single
@@ -281,6 +284,7 @@ class MMDiT(nnx.Module):
         pooled: jax.Array,
         *,
         text_mask: jax.Array | None = None,
+        image_mask: jax.Array | None = None,
         grid_hw: tuple[int, int] | None = None,
         img_ids: jax.Array | None = None,
         txt_ids: jax.Array | None = None,
@@ -297,6 +301,8 @@ class MMDiT(nnx.Module):
           text_embeddings: [B, T, text_dim]. pooled: [B, pooled_dim].
           text_mask: [B, T] bool, False = padding; padded text keys are masked out of joint
             attention. None = all valid.
+          image_mask: [B, N] bool, False = an image token no query attends to (an unused
+            reference slot of a packed sequence); its own output is still computed. None = all valid.
           grid_hw: (h, w) token grid of x (static ints); builds the default Seedream ids and
             the attention layout. Needed unless both img_ids and txt_ids are given.
           img_ids, txt_ids: [N, 3] / [T, 3] (or batched [B, ., 3]) RoPE position ids,
@@ -321,6 +327,8 @@ class MMDiT(nnx.Module):
             raise ValueError(f"MMDiT: pooled shape {pooled.shape}, expected [{batch}, {cfg.pooled_dim}]")
         if text_mask is not None and text_mask.shape != (batch, num_txt):
             raise ValueError(f"MMDiT: text_mask shape {text_mask.shape}, expected [{batch}, {num_txt}]")
+        if image_mask is not None and image_mask.shape != (batch, num_img):
+            raise ValueError(f"MMDiT: image_mask shape {image_mask.shape}, expected [{batch}, {num_img}]")
         if return_features and cfg.repa_layer < 0:
             raise ValueError("MMDiT: return_features=True needs cfg.repa_layer >= 0")
         get_backend(cfg.attention_backend)  # fail early on an unknown backend name
@@ -328,8 +336,10 @@ class MMDiT(nnx.Module):
         cond = constrain(self._conditioning(t, pooled, guidance, target_size, batch), ("batch", "act_embed"))
         cos, sin = self._rope_tables(num_img, num_txt, grid_hw, img_ids, txt_ids)
         key_mask = None
-        if text_mask is not None:
-            key_mask = jnp.concatenate([text_mask.astype(bool), jnp.ones((batch, num_img), bool)], axis=1)
+        if text_mask is not None or image_mask is not None:
+            key_mask = jnp.concatenate([
+                jnp.ones((batch, num_txt), bool) if text_mask is None else text_mask.astype(bool),
+                jnp.ones((batch, num_img), bool) if image_mask is None else image_mask.astype(bool)], axis=1)
         attend_at = functools.partial(
             _attend,
             backend=cfg.attention_backend,

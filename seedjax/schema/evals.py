@@ -14,6 +14,9 @@ config validation. Types and the stages they serve:
     image_folder     generator on your own images (folder, jsonl): pixel_frechet_distance,
                      channel_mean_gap, channel_std_gap, diversity_ratio, seconds_per_image, nfe
     target_share     SFT: share of generated / real held-out images that meet sft.target
+    edit_success     editing (data.source=edit_triples) on held-out triples: edit_success (overall and per
+                     edit type), edit_confirmed, preserved_psnr, untouched_kept, each also *_real
+                     on the real targets, seconds_per_image
     rlhf_reward      RLHF: the reward models' composite reward (and each term) on generated images
     reward_accuracy  reward stage: held-out accuracy per head, per perturbation and degradation kind
     reconstruction   VAE: psnr, ssim, latent_std of held-out images
@@ -54,6 +57,8 @@ def generator_eval(source: str = "digits", **options) -> ml_collections.ConfigDi
                          f"config.evals empty (sample grids still show progress)")
     if source == "moving_digits":
         return generator_entry("video_prompts", **options)
+    if source == "edit_triples":
+        return generator_entry("edit_success", **options)
     return generator_entry("image_folder" if source in NON_DIGIT_SOURCES else "digit_prompts", **options)
 
 

@@ -51,6 +51,10 @@ def mmdit_config() -> ml_collections.ConfigDict:
     # faster than a velocity, which must carry the full-rank noise (Li & He 2025, "JiT").
     cfg.prediction = "velocity"  # 'velocity' | 'x0'
     cfg.x0_min_t = 0.05
+    # Editing (reference images packed after the target, seedjax.models.geometry.REFERENCE_ROPE):
+    # 'per_reference' gives reference r its own index r + 1 on the leading RoPE axis; 'kontext'
+    # puts every reference at 1, as FLUX.1 Kontext does (use it to fine-tune Kontext weights).
+    cfg.reference_rope = "per_reference"
     return cfg
 
 

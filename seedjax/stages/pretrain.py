@@ -9,6 +9,10 @@ VAE) the same stage trains the video DiT on clips (Seedance's joint T2I / T2V / 
 With `config.diffusion.restore` the video DiT learns to restore: each clip's degraded copy
 (data.degradations) conditions every frame (SeedVR; experiments/seedvr/restore.py).
 
+With `data.source = edit_triples` the MMDiT learns instruction editing: each triple's target is
+denoised with its source images packed after it as clean references (`seedjax.diffusion.tasks.edit_task`;
+experiments/seedream/edit.py).
+
 With `config.input.key = 'latent'` the MMDiT denoises cached VAE latents (`data.path`: shards
 from `python -m data_pipelines.cli.prepare --vae=WORKDIR`); `data.image_size` stays the pixel size,
 and the frozen VAE in `config.input.vae_workdir` decodes samples to pixels for the grids and
@@ -17,6 +21,10 @@ the evaluators of `config.evals` (`seedjax.models.codec`).
 
 from __future__ import annotations
 
+import dataclasses
+
+from data_pipelines.core.mixtures import components
+from data_pipelines.sources.edit_triples import MAX_SOURCES
 from seedjax.diffusion import tasks
 from seedjax.models import generator
 from seedjax.models.geometry import Geometry
@@ -25,13 +33,23 @@ from seedjax.train.params import latent_factors
 from seedjax.train.stage import Stage
 
 
+def trains_edits(config) -> bool:
+    return "edit_triples" in {kind for kind, _, _ in components(config.data).values()}
+
+
 def flops_per_example(config) -> float:
     shots = int(config.data.video.max_shots) if generator.is_video(config.model) else 1
-    return generator.train_flops_per_example(config, Geometry.of(config), shots)
+    geometry = Geometry.of(config)
+    if trains_edits(config):  # the references' tokens are in every sequence too
+        geometry = dataclasses.replace(geometry, height=geometry.height * (1 + MAX_SOURCES))
+    return generator.train_flops_per_example(config, geometry, shots)
 
 
 def validate_config(config) -> None:
     """The `validate_config` hook (exit 2 before anything runs)."""
+    if trains_edits(config) and (config.input.key != "image" or generator.is_video(config.model)):
+        raise ValueError("data.source=edit_triples trains the MMDiT on pixel images: set config.input.key=image "
+                         "and an MMDiT config.model")
     if config.input.key not in ("image", "video", "latent"):
         raise ValueError(f"config.input.key must be 'image', 'video' or 'latent', got {config.input.key!r}")
     if config.input.key == "latent":
@@ -44,4 +62,4 @@ def validate_config(config) -> None:
 
 
 STAGE = Stage(init=init, train_step=flow_matching_step, sample=sample, flops_per_example=flops_per_example,
-              load_pretrained=load_generator, validate_config=validate_config)
+              load_pretrained=load_generator, validate_config=validate_config, reads_edits=True)

@@ -66,6 +66,8 @@ def generate(model: generator.DiffusionModel, config, rng: jax.Array, batch: dic
         batch = tasks.restoration_task(batch)
     elif model.is_video:
         batch = with_first_frame(batch, config, geometry)
+    else:
+        batch = tasks.edit_task(batch)
     return sampler.generate(model, batch, geometry, rng, attention=attention)
 
 

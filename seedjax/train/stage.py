@@ -32,6 +32,8 @@ class Stage:
     validate_config: Callable[..., None] | None = None
     # config -> network evaluations per sample; None = the Euler sampler's count at config.sampling
     nfe: Callable[..., int] | None = None
+    # Whether its train step reads edit batches (data.source=edit_triples: source, instruction, target)
+    reads_edits: bool = False
 
 
 def load_stage(name: str) -> Stage:

@@ -56,9 +56,9 @@ def validate_config(config) -> None:
                           f"without classifier-free guidance; set config.sampling.guidance_scale=1 (got "
                           f"{config.sampling.guidance_scale})")
     if "data" in config:
-        validate_data(config.data, "config.data")
+        validate_data(config.data, "config.data", stage.reads_edits)
     if "eval" in config and "data" in config.eval:  # held-out data of stages that train on something else
-        validate_data(config.eval.data, "config.eval.data")
+        validate_data(config.eval.data, "config.eval.data", stage.reads_edits)
     evaluators.check(config)  # config.evals: every type, option and cadence
 
 
@@ -74,8 +74,9 @@ def _is_url(path: str) -> bool:
     return "://" in path  # gs://, s3://...: checked by their filesystem when opened
 
 
-def validate_data(data_cfg, where: str) -> None:
-    """Every source known and every path that must exist present (locally)."""
+def validate_data(data_cfg, where: str, reads_edits: bool = False) -> None:
+    """Every source known and every path that must exist present (locally); edit triples only
+    for a stage that reads edit batches (`reads_edits`)."""
     try:
         comps = components(data_cfg)
     except ValueError as e:
@@ -86,9 +87,9 @@ def validate_data(data_cfg, where: str) -> None:
         key = f"{where}.mixture.{name}" if data_cfg.mixture else where
         if kind not in SOURCES:
             raise ConfigError(f"{key}.source: unknown source {kind!r}; use one of {', '.join(SOURCES)}")
-        if kind == "edit_triples":  # the data pipeline serves them (make_train_iterator); issue 17 adds the stage
+        if kind == "edit_triples" and not reads_edits:
             raise ConfigError(f"{key}.source: edit_triples makes editing batches (source and target images), which "
-                              "no training stage reads yet")
+                              "this stage does not read; the generator stages (stage=pretrain or sft) do")
         if kind == "reward_pairs" and path not in BASE_SOURCES:
             raise ConfigError(f"{key}.path: reward_pairs pairs captions of a bundled source; got {path!r}, "
                               f"use one of {', '.join(BASE_SOURCES)}")

@@ -1,0 +1,41 @@
+"""Instruction editing (SeedEdit 3.0 / Seedream 4.0) on generated edit triples at 32x32 (RGB).
+
+    python -m seedjax.main --config=experiments/seedream/edit.py --workdir=runs/edit
+    python -m seedjax.main --config=experiments/seedream/edit.py:init_from=runs/scenes --workdir=runs/edit
+
+The scenes model's MMDiT (4x4 patches -> 64 target tokens) learns to follow an instruction:
+each triple's target is denoised with its one or two source images packed after it as clean
+reference tokens (`seedjax.diffusion.tasks.edit_task`), their place on the leading RoPE axis set
+by `model.reference_rope`. `init_from` starts from a text-to-image run of the same model
+(`scenes_pretrain.py`): the T2I-pretrain -> edit pipeline.
+"""
+
+from experiments.common import link_widths, make_tiny
+from experiments.seedream.scenes_pretrain import scenes_config
+from seedjax.config import parse_arg
+from seedjax.schema.evals import evals_config, generator_eval
+
+
+def edit_config(steps: int = 4000, variant: str = "default", init_from: str = ""):
+    cfg = scenes_config(steps, "default")
+    cfg.data.source = "edit_triples"
+    cfg.data.max_text_len = 64  # instructions are up to 62 bytes (edit_triples.MAX_INSTRUCTION_BYTES)
+    cfg.data.edits.num_samples = 20_000
+    cfg.init_from = init_from
+    cfg.evals = evals_config(edits=generator_eval("edit_triples"))  # edit success and preservation
+    cfg.eval_every = steps
+    cfg.eval.num_prompts = cfg.eval.batch_size = 70  # ten held-out triples of each edit type, on average
+    if variant == "tiny":
+        make_tiny(cfg)
+        cfg.data.edits.num_samples = 256
+        cfg.eval_every = cfg.total_steps
+        cfg.eval.num_prompts = cfg.eval.batch_size = 8
+    elif variant != "default":
+        raise ValueError(f"unknown variant {variant!r} (default | tiny)")
+    link_widths(cfg)
+    return cfg
+
+
+def get_config(arg=None):
+    arg = parse_arg(arg, variant="default", steps=4000, init_from="")
+    return edit_config(arg.steps, arg.variant, arg.init_from)

@@ -1,0 +1,44 @@
+"""`type=edit_success`: an editing model (data.source=edit_triples) on held-out edit triples.
+
+    edit_success             share of edits that did what the instruction asked and left the
+                             target scene (every object, color, digit, relation) right
+    edit_success/<type>      the same per edit type (recolor, move, add, remove, replace_digit,
+                             resize, compose: the two-reference edits)
+    edit_confirmed           share where the asked-for change is there, whatever else happened
+    preserved_psnr           single-image edits: PSNR against the source outside the changed boxes
+    untouched_kept           single-image edits: share of the objects the edit did not touch that
+                             are found again, same digit and color, at their place
+    <metric>_real            the same judges on the real targets (their ceiling: the scorer
+                             misreads a few real glyphs)
+    seconds_per_image
+
+Held-out triples are the data's 'test' split (held-out glyphs); the judge is independent of the
+model (`seedjax.eval.judges.edits`: color segmentation and the digit classifier).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from seedjax.eval import samples
+from seedjax.eval.judges import classifier, edits
+
+
+class Evaluator(samples.GeneratorEvaluator):
+    kind = "edit_success"
+
+    def __init__(self, config, *, num_prompts: int = 0, batch_size: int = 0):
+        super().__init__(config, num_prompts=num_prompts, batch_size=batch_size)
+        if samples.plain_source(self.data) != "edit_triples":
+            raise ValueError("type edit_success judges edits of held-out edit triples: it needs "
+                             "data.source=edit_triples (or config.eval.data with it)")
+        self._real = None
+
+    def run(self, state, stage, rng):
+        images, batch, seconds = self.generate(state, stage, rng)
+        judge = classifier.get_classifier(images.shape[1])
+        yield from edits.summarize(edits.judge_edits(images, batch, judge)).items()
+        if self._real is None:  # the real targets do not change: judged once
+            self._real = edits.summarize(edits.judge_edits(np.asarray(batch["target"]), batch, judge))
+        yield from ((f"{k}_real", v) for k, v in self._real.items())
+        yield from self.generation_cost(stage, seconds)
