@@ -153,14 +153,17 @@ def test_an_unused_reference_slot_is_the_same_as_no_slot(tiny_model):
                                atol=1e-5)
 
 
-def test_edit_sampling_equals_a_hand_packed_euler_loop_with_cfg(tiny_model):
-    """Sampler.generate on an edit batch (true CFG: the empty instruction keeps the references)
-    against Euler steps written out here, the MMDiT called on [target | used references] with ids
-    built from rope.image_position_ids and an index per reference."""
+@pytest.mark.parametrize("reference_scale", [1.0, 1.5])
+def test_edit_sampling_equals_a_hand_packed_euler_loop_with_cfg(tiny_model, reference_scale):
+    """Sampler.generate on an edit batch (true CFG: the empty instruction keeps the references;
+    reference guidance: a third branch with neither) against Euler steps written out here, the
+    MMDiT called on [target | used references] with ids from rope.image_position_ids and an index
+    per reference."""
     cfg, model = tiny_model
     geometry = Geometry.of(cfg)
     batch = tasks.edit_task(edit_batch(cfg))
-    sampler = Sampler.make(3, shift=1.0, cfg_scale=2.5)
+    sampler = Sampler.make(3, shift=1.0, cfg_scale=2.5, reference_scale=reference_scale)
+    assert sampler.nfe == 3 * (2 if reference_scale == 1 else 3)
     ours = np.asarray(sampler.generate(model, batch, geometry, jax.random.key(7)))
 
     grid = geometry.grid_hw
@@ -170,23 +173,38 @@ def test_edit_sampling_equals_a_hand_packed_euler_loop_with_cfg(tiny_model):
     rows = []
     for i in range(2):
         used = int(batch["num_references"][i])
-        refs = [geometry.tokens(batch["references"][i:i + 1, r]) for r in range(used)]
-        ids = np.concatenate([rope.image_position_ids(*grid) + [r, 0, 0] for r in range(used + 1)])
         _, txt_ids = rope.seedream_position_ids(*grid, cfg.data.max_text_len)
 
-        def velocity(x, s, tokens, mask):
+        def velocity(x, s, tokens, mask, used):
+            refs = [geometry.tokens(batch["references"][i:i + 1, r]) for r in range(used)]
+            ids = np.concatenate([rope.image_position_ids(*grid) + [r, 0, 0] for r in range(used + 1)])
             emb, pooled = model.text(tokens[None], mask[None].astype(bool))
             out = model.dit(jnp.concatenate([x, *refs], 1), jnp.full((1,), s), emb, pooled,
                             text_mask=mask[None].astype(bool), img_ids=ids, txt_ids=txt_ids)
             return out[:, :geometry.num_tokens]
 
         x = noise[i:i + 1]
+        empty = jnp.asarray(empty_tokens), jnp.asarray(empty_mask)
         for k in range(len(sigmas) - 1):
-            v_c = velocity(x, sigmas[k], batch["tokens"][i], batch["text_mask"][i])
-            v_u = velocity(x, sigmas[k], jnp.asarray(empty_tokens), jnp.asarray(empty_mask))
-            x = x + (sigmas[k + 1] - sigmas[k]) * (v_u + 2.5 * (v_c - v_u))
+            v_c = velocity(x, sigmas[k], batch["tokens"][i], batch["text_mask"][i], used)
+            v_u = velocity(x, sigmas[k], *empty, used)
+            v = v_u + 2.5 * (v_c - v_u)
+            if reference_scale != 1:
+                v_none = velocity(x, sigmas[k], *empty, 0)
+                v = v_none + reference_scale * (v_u - v_none) + 2.5 * (v_c - v_u)
+            x = x + (sigmas[k + 1] - sigmas[k]) * v
         rows.append(np.asarray(geometry.frames_of(x)))
     np.testing.assert_allclose(ours, np.concatenate(rows), atol=2e-5)
+
+
+def test_reference_dropout_masks_every_reference_of_a_fraction_of_the_examples():
+    batch = edit_batch(edit_config(), num_references=(2, 1))
+    batch = {k: jnp.repeat(v, 500, axis=0) for k, v in batch.items()}
+    kept = tasks.edit_task(batch, jax.random.key(0), 0.0)["num_references"]
+    np.testing.assert_array_equal(kept, batch["num_sources"])
+    dropped = np.asarray(tasks.edit_task(batch, jax.random.key(0), 0.3)["num_references"])
+    assert set(np.unique(dropped)) == {0, 1, 2} and abs(np.mean(dropped == 0) - 0.3) < 0.05
+    assert np.all((dropped == 0) | (dropped == np.asarray(batch["num_sources"])))
 
 
 def test_empty_captions_keep_the_references():
@@ -252,3 +270,21 @@ def test_text_to_image_then_edit_pipeline(tmp_path):
     config = json.load(open(os.path.join(edit, "config.json")))
     assert config["init_from"] == os.path.join(root, "t2i") and config["data"]["source"] == "edit_triples"
     assert json.load(open(os.path.join(root, "t2i", "config.json")))["data"]["max_text_len"] == 64
+
+    # The edit tool on a user's image: the input and two edits in one row; bad input exits 2, writes nothing.
+    from PIL import Image
+
+    image, out = str(tmp_path / "scene.png"), str(tmp_path / "out" / "edited.png")
+    Image.fromarray(edit_triples.make_edit(0, split="test")["source"][0]).resize((48, 40)).save(image)
+    tool = lambda *flags: subprocess.run([sys.executable, "-m", "seedjax.tools.edit", *flags], cwd=ROOT,
+                                         env=env_for(1), capture_output=True, text=True, timeout=300)
+    proc = tool(f"--workdir={edit}", f"--image={image}", "--instruction=make the red 3 blue", f"--out={out}", "--num=2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert Image.open(out).size[1] == 32 + 2 * 2 and "2 edit(s)" in proc.stdout  # one row at the run's size
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    for flags, message in (([f"--workdir={root}/t2i", f"--image={image}"], "not an editing run"),
+                           ([f"--workdir={edit}", f"--image={tmp_path}/broken.png"], "not a readable image"),
+                           ([f"--workdir={edit}"] + [f"--image={image}"] * 3, "takes 1 to 2")):
+        bad = str(tmp_path / "bad" / "x.png")
+        proc = tool(*flags, "--instruction=remove the 3", f"--out={bad}")
+        assert proc.returncode == 2 and message in proc.stderr and not os.path.exists(bad), proc.stderr[-2000:]

@@ -9,6 +9,12 @@ evaluates a model under that conditioning:
 with both halves in one call (the batch concatenated), so true CFG costs two evaluations per
 step. A guidance-embedded (CFG-distilled) model takes the scale as an input instead: one
 evaluation, `guidance=s`.
+
+An edit batch (reference images, `generator.REFERENCE_KEYS`) keeps its references in the empty
+caption's branch, so `s` guides the instruction. With a reference scale r != 1, a third branch
+has neither (InstructPix2Pix's two scales; train with diffusion.reference_dropout):
+
+    v = v(x | none) + r * (v(x | images) - v(x | none)) + s * (v(x | images, caption) - v(x | images))
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ class Conditioning:
     uncond: dict | None  # the empty caption's; None when not guiding
     extras: dict
     cfg_scale: jax.Array | None  # [B, 1, 1]; None when not guiding
+    bare: dict | None = None  # neither caption nor reference images; only with reference guidance
+    reference_scale: jax.Array | None = None  # [B, 1, 1] with `bare`
 
     @property
     def guided(self) -> bool:
@@ -42,20 +50,28 @@ def is_unguided(cfg_scale) -> bool:
     return isinstance(cfg_scale, (int, float)) and cfg_scale == 1.0
 
 
-def condition(model: generator.DiffusionModel, batch: dict, *, guidance=None, cfg_scale=1.0) -> Conditioning:
+def condition(model: generator.DiffusionModel, batch: dict, *, guidance=None, cfg_scale=1.0,
+              reference_scale=1.0) -> Conditioning:
     """Encode the batch's captions (and, for CFG, the empty caption) with `model`'s text encoder.
 
     `guidance` (scalar or [B]) feeds a guidance-embedded model; `cfg_scale` (scalar or [B]) != 1
-    runs classifier-free guidance with the empty caption.
+    runs classifier-free guidance with the empty caption; `reference_scale` != 1 (edit batches)
+    adds the branch without reference images.
     """
     n = generator.batch_size(batch)
     cond = model.condition(batch)
     extras = generator.extras(model.dit.cfg, batch, n, guidance)
+    scale = lambda s: jnp.broadcast_to(jnp.asarray(s, jnp.float32), (n,))[:, None, None]
+    if not is_unguided(reference_scale):
+        if "references" not in batch:
+            raise ValueError("sampling.reference_scale guides on reference images; this batch has none (an edit "
+                             "batch has them)")
+        empty = generator.empty_captions(batch)
+        bare = model.condition(empty | {"num_references": jnp.zeros_like(empty["num_references"])})
+        return Conditioning(cond, model.condition(empty), extras, scale(cfg_scale), bare, scale(reference_scale))
     if is_unguided(cfg_scale):
         return Conditioning(cond, None, extras, None)
-    uncond = model.condition(generator.empty_captions(batch))
-    scale = jnp.broadcast_to(jnp.asarray(cfg_scale, jnp.float32), (n,))[:, None, None]
-    return Conditioning(cond, uncond, extras, scale)
+    return Conditioning(cond, model.condition(generator.empty_captions(batch)), extras, scale(cfg_scale))
 
 
 def velocity(model: generator.DiffusionModel, c: Conditioning, x: jax.Array, t: jax.Array, geometry: Geometry,
@@ -64,16 +80,21 @@ def velocity(model: generator.DiffusionModel, c: Conditioning, x: jax.Array, t: 
     attention backend's per-call arguments (PARO's plan and timestep)."""
     if not c.guided:
         return model(x, t, c.cond, geometry, attention_kwargs=attention(t) if attention else None, **c.extras)
-    n = x.shape[0]
-    both = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), c.cond, c.uncond)
-    ex = {k: jnp.concatenate([v, v]) for k, v in c.extras.items()}
-    tt = jnp.concatenate([t, t])
-    v = model(jnp.concatenate([x, x]), tt, both, geometry, attention_kwargs=attention(tt) if attention else None, **ex)
-    return v[n:] + c.cfg_scale * (v[:n] - v[n:])
+    branches = [c.cond, c.uncond] + ([c.bare] if c.bare is not None else [])
+    k, n = len(branches), x.shape[0]
+    every = jax.tree.map(lambda *a: jnp.concatenate(a), *branches)
+    ex = {key: jnp.concatenate([v] * k) for key, v in c.extras.items()}
+    tt = jnp.concatenate([t] * k)
+    v = model(jnp.concatenate([x] * k), tt, every, geometry, attention_kwargs=attention(tt) if attention else None, **ex)
+    full, uncond = v[:n], v[n:2 * n]
+    if c.bare is None:
+        return uncond + c.cfg_scale * (full - uncond)
+    bare = v[2 * n:]
+    return bare + c.reference_scale * (uncond - bare) + c.cfg_scale * (full - uncond)
 
 
 def bind(model: generator.DiffusionModel, batch: dict, geometry: Geometry, *, guidance=None, cfg_scale=1.0,
-         attention=None) -> VelocityFn:
+         reference_scale=1.0, attention=None) -> VelocityFn:
     """The model's (guided) velocity for this batch's captions, as a function of (x, t)."""
-    c = condition(model, batch, guidance=guidance, cfg_scale=cfg_scale)
+    c = condition(model, batch, guidance=guidance, cfg_scale=cfg_scale, reference_scale=reference_scale)
     return lambda x, t: velocity(model, c, x, t, geometry, attention)

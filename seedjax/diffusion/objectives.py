@@ -53,7 +53,7 @@ def flow_matching_loss(model: generator.DiffusionModel, batch: dict, rng: jax.Ar
     Returns (loss, aux) with aux = {'fm_loss', 'repa_loss'}.
     """
     rng_drop, rng_t, rng_noise = jax.random.split(rng, 3)
-    batch = tasks.edit_task(batch)
+    batch = tasks.edit_task(batch, jax.random.fold_in(rng, 2), config.diffusion.get("reference_dropout", 0.0))
     batch = generator.drop_captions(batch, rng_drop, config.diffusion.cfg_dropout)
     geometry = batch_geometry(batch, config)
     x0 = clean_tokens(batch, config, geometry)

@@ -56,23 +56,25 @@ class Sampler:
     sigmas: tuple[float, ...]
     cfg_scale: float = 1.0
     guidance: float | None = None
+    reference_scale: float = 1.0  # edit batches: guidance on the reference images (a third evaluation a step)
 
     @classmethod
     def make(cls, num_steps: int, shift: float = 1.0, cfg_scale: float = 1.0, schedule: str = "flow",
-             guidance: float | None = None) -> "Sampler":
+             guidance: float | None = None, reference_scale: float = 1.0) -> "Sampler":
         if schedule == "flow":
             sig = flow_sigmas(num_steps, shift)
         elif schedule == "uniform":
             sig = uniform_sigmas(num_steps, shift)
         else:
             raise ValueError(f"config.sampling.schedule: unknown schedule {schedule!r} (uniform | flow)")
-        return cls(tuple(float(s) for s in sig), float(cfg_scale), None if guidance is None else float(guidance))
+        return cls(tuple(float(s) for s in sig), float(cfg_scale), None if guidance is None else float(guidance),
+                   float(reference_scale))
 
     @classmethod
     def from_config(cls, sampling, guidance: float | None = None) -> "Sampler":
         """The sampler of a `config.sampling` group (`schedule` defaults to the flow grid)."""
         return cls.make(sampling.num_steps, sampling.shift, sampling.guidance_scale, sampling.get("schedule", "flow"),
-                        guidance)
+                        guidance, sampling.get("reference_scale", 1.0))
 
     @property
     def num_steps(self) -> int:
@@ -84,13 +86,14 @@ class Sampler:
 
     @property
     def nfe(self) -> int:
-        """Network evaluations per sample (a true-CFG step counts twice)."""
-        return self.num_steps * (2 if self.guided else 1)
+        """Network evaluations per sample (a true-CFG step counts twice; with reference guidance,
+        which only edit batches take, three times)."""
+        return self.num_steps * (3 if self.reference_scale != 1.0 else 2 if self.guided else 1)
 
     def velocity(self, model, batch: dict, geometry: Geometry, attention=None) -> VelocityFn:
         """`model`'s velocity for the batch's captions at this sampler's guidance."""
         return guidance_lib.bind(model, batch, geometry, guidance=self.guidance, cfg_scale=self.cfg_scale,
-                                 attention=attention)
+                                 reference_scale=self.reference_scale, attention=attention)
 
     def __call__(self, velocity: VelocityFn, noise: jax.Array) -> jax.Array:
         return integrate(velocity, noise, self.sigmas)

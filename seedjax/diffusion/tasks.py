@@ -51,13 +51,17 @@ def noisy_token_weights(model_cfg, batch: dict, num_tokens: int) -> jax.Array | 
     return jnp.repeat(1.0 - mask, num_tokens // mask.shape[1], axis=1)
 
 
-def edit_task(batch: dict) -> dict:
+def edit_task(batch: dict, rng: jax.Array | None = None, reference_dropout: float = 0.0) -> dict:
     """An edit batch (`source` [B, R, H, W, C], `num_sources` [B], `target` [B, H, W, C]) in the
     generator's terms: the target as the `image` to denoise, the sources as its references
-    (`generator.REFERENCE_KEYS`). Other batches pass unchanged."""
+    (`generator.REFERENCE_KEYS`); with `rng`, a fraction `reference_dropout` of the examples
+    without references (the branch reference guidance needs). Other batches pass unchanged."""
     if "source" not in batch:
         return batch
-    out = batch | {"references": batch["source"], "num_references": batch["num_sources"]}
+    count = batch["num_sources"]
+    if rng is not None and reference_dropout > 0:
+        count = jnp.where(jax.random.bernoulli(rng, reference_dropout, count.shape), 0, count)
+    out = batch | {"references": batch["source"], "num_references": count}
     return out | ({"image": batch["target"]} if "target" in batch else {})
 
 

@@ -60,9 +60,11 @@ class Bundle:
         x = jax.ShapeDtypeStruct((1, *self.geometry.shape), np.float32)
         return tuple(jax.eval_shape(lambda v: to_pixels(v, self.config), x).shape[1:])
 
-    def with_sampling(self, steps: int = 0, guidance: float = 0.0, frames: int = 0) -> "Bundle":
+    def with_sampling(self, steps: int = 0, guidance: float = 0.0, frames: int = 0,
+                      reference_guidance: float = 0.0) -> "Bundle":
         """The same generator at other sampling settings (0 = keep): steps, the guidance scale (a
-        guidance-embedded student's embedded scale, else the CFG scale) and a video's frames."""
+        guidance-embedded student's embedded scale, else the CFG scale), a video's frames and an
+        editing run's guidance on its reference images (sampling.reference_scale)."""
         config = self.config.copy_and_resolve_references()
         if frames > 0 and not generator.is_video(config.model):
             raise BundleError(f"frames={frames}: this run generates images (config.model is an MMDiT)")
@@ -74,6 +76,8 @@ class Bundle:
                 config.data.video.num_frames = frames
             if steps > 0:
                 config.sampling.num_steps = steps
+            if reference_guidance > 0:
+                config.sampling.reference_scale = reference_guidance
             if guidance > 0:
                 if "distill" in config and config.sampling.guidance_scale == 1.0:
                     config.distill.guidance = guidance

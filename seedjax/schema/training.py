@@ -83,6 +83,9 @@ def diffusion_config(**overrides) -> ml_collections.ConfigDict:
             # SeedVR restoration (seedjax/diffusion/tasks.py): every clip is conditioned on its degraded
             # copy (data.degradations), on every frame, through the video DiT's 'concat' channels.
             restore=False,
+            # Editing (data.source=edit_triples): probability of training an example without its
+            # reference images (their slots masked), so sampling.reference_scale can guide on them.
+            reference_dropout=0.0,
         )
     )
     cfg.update(overrides)
@@ -103,7 +106,9 @@ def sampling_config(**overrides) -> ml_collections.ConfigDict:
     # paro_plan: the plan file of `python -m seedjax.tools.calibrate_paro`, used when
     # config.model.attention_backend = 'paro' (sampling, and training if set while training).
     # i2v: video sample grids condition on the first frame of the held-out clips they caption.
+    # reference_scale: editing's guidance on the reference images (!= 1: a third evaluation a step
+    # without them; train with diffusion.reference_dropout), guidance_scale then guides the instruction.
     cfg = ml_collections.ConfigDict(dict(num_steps=30, guidance_scale=3.0, shift=1.0, use_ema=True, paro_plan="",
-                                         i2v=False))
+                                         i2v=False, reference_scale=1.0))
     cfg.update(overrides)
     return cfg
