@@ -20,7 +20,7 @@ from tests.runner import ROOT, env_for
 
 TINY = f"{ROOT}/experiments/quickstart/pretrain.py:tiny"
 ENTRY_POINTS = ["seedjax.main", "seedjax.pipeline", "seedjax.tools.sample", "seedjax.tools.stream", "seedjax.tools.restore",
-                "seedjax.tools.ode_pairs",
+                "seedjax.tools.edit", "seedjax.tools.ode_pairs",
                 "seedjax.tools.calibrate_paro", "seedjax.eval.report", "data_pipelines.cli.prepare",
                 "data_pipelines.cli.report", "data_pipelines.cli.measure"]
 
@@ -58,6 +58,7 @@ REQUIRED = {
     "seedjax.tools.sample": ["--workdir=W", "--prompt=a 3"],
     "seedjax.tools.stream": ["--workdir=W", "--prompt=a 3"],
     "seedjax.tools.restore": ["--workdir=W", "--input=I", "--out=O"],
+    "seedjax.tools.edit": ["--workdir=W", "--image=I", "--instruction=make it red"],
     "seedjax.tools.ode_pairs": ["--workdir=W", "--init_from=I"],
     "seedjax.tools.calibrate_paro": ["--workdir=W", "--density=0.5"],
     "seedjax.eval.report": ["--workdir=W"],
@@ -112,7 +113,7 @@ def test_override_value_may_follow_its_flag_and_flags_are_not_abbreviated(tmp_pa
     (["--config.optimizer.schedule=cosin"], "config.optimizer.schedule: unknown schedule 'cosin'"),
     (["--config.data.channels=2"], "config.data.channels must be 1, 3 or -1"),
     (["--config.data.degradations.blur_prob=2"], "config.data.degradations.blur_prob: 2.0 is not a probability"),
-    (["--config.data.source=edit_triples"], "config.data.source: edit_triples makes editing batches"),
+    (["--config.data.source=edit_triples"], "config.data.image_size: edit_triples renders scenes of at least 24 px"),
     (["--config.optimizer.lrr=0.1"], "unknown config key 'config.optimizer.lrr'"),
     (["--config.total_steps=ten"], "config.total_steps: expected an int, got 'ten'"),
     (["--stop_at_step=-1"], "--stop_at_step must be >= 0"),
