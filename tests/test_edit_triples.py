@@ -330,16 +330,40 @@ def test_bad_data_edits_fail_first_with_one_line(key, value, match):
         config_lib.validate(cfg, "config.data")
 
 
-def test_edit_triples_alone_and_at_their_own_size():
+def test_joint_rows_carry_both_layouts():
+    """Edit triples mixed with digit_scenes (unified generation and editing): every row has the
+    union of the keys; a scene row is an edit without sources whose target is the image, an edit
+    row's image is its target and its scene labels are the target's."""
+    cfg = _data_cfg()
+    cfg.mixture = {"edits": {"source": "edit_triples", "weight": 1.0}, "scenes": {"source": "digit_scenes", "weight": 1.0}}
+    cfg.scenes.num_samples = NUM
+    batch = next(_iterator(cfg))
+    scene_keys = {"image", "loss_mask", "target_size", "label", "defect_box", "defect_kind",
+                  "scene_digit", "scene_color", "scene_box", "scene_count", "tags"}  # tags: the scenes' vocabulary
+    assert set(batch) == set(ROW_KEYS) | scene_keys
+    assert {k: (batch[k].dtype.type, batch[k].shape[1:]) for k in ROW_KEYS} == ROW_KEYS
+    no_edit = et.no_edit_labels(32)
+    assert {k: (np.asarray(v).dtype.type, np.shape(v)) for k, v in no_edit.items()} == \
+        {k: v for k, v in ROW_KEYS.items() if k not in ("source", "target", "tokens", "text_mask")}
+    t2i, edit = batch["num_sources"] == 0, batch["num_sources"] > 0
+    assert t2i.any() and edit.any()
+    np.testing.assert_array_equal(batch["target"], batch["image"])
+    assert not batch["source"][t2i].any() and (batch["edit_type_id"][t2i] == -1).all()
+    assert (batch["edit_type_id"][edit] >= 0).all() and (batch["loss_mask"][edit] == 1).all()
+    for k in ("digit", "color", "box", "count"):
+        np.testing.assert_array_equal(batch[f"scene_{k}"][edit], batch[f"target_{k}"][edit])
+
+
+def test_edit_triples_mix_with_images_only_and_keep_their_own_size():
     mixed = _data_cfg()
-    mixed.mixture = {"edits": {"source": "edit_triples"}, "scenes": {"source": "digit_scenes"}}
+    mixed.mixture = {"edits": {"source": "edit_triples"}, "clips": {"source": "moving_digits"}}
     degraded = _data_cfg()
     degraded.degradations.enabled = True
     resized = _data_cfg()
     resized.buckets = "32x32,64x64"
     small = _data_cfg()
     small.image_size = 16
-    for cfg, match in ((mixed, r"^data\.mixture: edit_triples cannot be mixed with digit_scenes"),
+    for cfg, match in ((mixed, r"^data\.mixture: edit_triples mixes with image sources .*not with moving_digits"),
                        (degraded, r"^data\.degradations\.enabled: "), (resized, r"^data\.buckets: .*'32x32'"),
                        (small, r"^data\.image_size: ")):
         with pytest.raises(ValueError, match=match) as err:

@@ -255,8 +255,9 @@ def test_edit_batches_only_for_stages_that_read_them():
 
 @pytest.mark.slow(minutes=2)
 def test_text_to_image_then_edit_pipeline(tmp_path):
-    """The recipe's pipeline as a user runs it: a T2I run, then editing from its weights; losses as
-    recorded, the edit judges reported on held-out triples, and the real targets judged right."""
+    """The recipe's pipeline as a user runs it: a T2I run, then joint generation and editing from its
+    weights; losses as recorded, the edit judges on held-out triples (the real targets judged
+    right) and the scene judges on held-out prompts; then the edit tool on a user's image."""
     root = str(tmp_path / "run")
     proc = subprocess.run([sys.executable, "-m", "seedjax.pipeline", "--pipeline=experiments/seedream/edit_pipeline.py:"
                            "variant=tiny", f"--workdir={root}", "--config.sample_every=0"],
@@ -266,9 +267,11 @@ def test_text_to_image_then_edit_pipeline(tmp_path):
     check_reference_losses("edit_tiny", edit)
     evals = [r for r in read_metrics(edit) if "eval/edit_success" in r][-1]
     assert evals["eval/edit_success_real"] >= 0.85 and 0 <= evals["eval/edit_success"] <= 1
+    assert 0 <= evals["eval/prompt_accuracy"] <= 1 and evals["eval/classifier_test_accuracy"] > 0.9  # T2I, same step
     assert np.isfinite(evals["eval/preserved_psnr"]) and evals["eval/preserved_psnr_real"] == 60.0
     config = json.load(open(os.path.join(edit, "config.json")))
-    assert config["init_from"] == os.path.join(root, "t2i") and config["data"]["source"] == "edit_triples"
+    assert config["init_from"] == os.path.join(root, "t2i")
+    assert {c["source"] for c in config["data"]["mixture"].values()} == {"edit_triples", "digit_scenes"}
     assert json.load(open(os.path.join(root, "t2i", "config.json")))["data"]["max_text_len"] == 64
 
     # The edit tool on a user's image: the input and two edits in one row; bad input exits 2, writes nothing.

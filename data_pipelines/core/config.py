@@ -97,8 +97,8 @@ def default_config() -> ml_collections.ConfigDict:
 
     # edit_triples (Seedream 4.0 / SeedEdit instruction editing): generated (source, instruction,
     # target) triples of digit scenes at data.image_size (see data_pipelines/sources/edit_triples.py).
-    # Its rows have their own keys (source, target, instruction tokens, labels): it cannot share a
-    # mixture with image or video sources.
+    # Its rows have their own keys (source, target, instruction tokens, labels); in a mixture with
+    # image sources (a joint run: samples.Layout.joint_edits) every row gets both kinds of keys.
     c.edits = ml_collections.ConfigDict()
     c.edits.num_samples = 20_000  # virtual length of the train split
     c.edits.max_objects = 3  # objects in a source scene (2 or 3: add and remove need room)
@@ -136,6 +136,9 @@ def degradation_config(data_cfg, where: str = "data") -> DegradationConfig | Non
     return config if group.enabled else None
 
 
+JOINT_EDIT_SOURCES = ("digits", "digit_scenes", "folder", "jsonl")  # image sources a joint editing run mixes in
+
+
 def validate(data_cfg, where: str = "data") -> None:
     """Checks of data.degradations and data.edits that need no data: one-line ValueErrors naming
     the key (`where` is the config's own prefix, e.g. 'config.data'). The iterators call it first."""
@@ -143,11 +146,12 @@ def validate(data_cfg, where: str = "data") -> None:
     kinds = {kind for kind, _, _ in components(data_cfg).values()}
     if "edit_triples" not in kinds:
         return
-    # Batches stack one row layout; edit rows (source, target, labels) share no image keys.
-    if len(kinds) > 1:
-        others = ", ".join(sorted(kinds - {"edit_triples"}))
-        raise ValueError(f"{where}.mixture: edit_triples cannot be mixed with {others} "
-                         f"(edit rows have source/target images, not `image`)")
+    # A joint run (samples.Layout.joint_edits) gives image rows the edit keys and edit rows the
+    # image keys; clips, latents and reward pairs have other rows.
+    others = sorted(kinds - {"edit_triples"} - set(JOINT_EDIT_SOURCES))
+    if others:
+        raise ValueError(f"{where}.mixture: edit_triples mixes with image sources ({', '.join(JOINT_EDIT_SOURCES)}), "
+                         f"not with {', '.join(others)}")
     if degradations is not None:
         raise ValueError(f"{where}.degradations.enabled: degradations pair clean images or videos; "
                          f"edit_triples rows have neither")

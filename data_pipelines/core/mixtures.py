@@ -55,6 +55,7 @@ def layout_for(sources: dict, data_cfg) -> samples_lib.Layout:
         text_features=text_features,
         video=video,
         max_shots=int(data_cfg.video.max_shots) if video else 1,
+        joint_edits=len({bool(getattr(s, "edits", False)) for s in sources.values()}) > 1,
     )
 
 

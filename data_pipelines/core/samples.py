@@ -7,7 +7,8 @@ resolution bucket, applies the defect rules, tokenizes the caption and fills the
 source does not have, so every sample of a run has the same keys, dtypes and shapes.
 
 Edit triples (sources/edit_triples.py) carry `source` [2, h, w, C] and `target` images and an
-`instruction` instead of `image` and `caption`; `finalize_edit` makes their rows.
+`instruction` instead of `image` and `caption`; `finalize_edit` makes their rows. In a mixture
+with image sources (`Layout.joint_edits`) every row gets the other kind's keys too.
 
 Bad input raises `BadSample(kind, where)`; the pipeline skips it, counts it by kind and
 reports the first file of each kind.
@@ -21,6 +22,7 @@ import numpy as np
 
 from data_pipelines.core import buckets as buckets_lib
 from data_pipelines.core.tokenizer import tokenize
+from data_pipelines.sources.edit_triples import MAX_SOURCES, no_edit_labels
 from data_pipelines.techniques import defects
 
 # Every reason a sample can be skipped. `defect_area` is by design (Seedream's drop rule);
@@ -64,6 +66,9 @@ class Layout:
     text_features: bool = False  # samples carry `text_embeddings` and `pooled`
     video: bool = False  # clips: rows follow data_pipelines/core/clips.py (finalize_clip)
     max_shots: int = 1  # shot caption rows of a clip
+    # Image sources mixed with edit triples (unified generation and editing): every row has both
+    # kinds of keys; an image row is an edit with no source images, an edit row's `image` is its target.
+    joint_edits: bool = False
 
 
 def fit_image_array(image, bucket, channels: int) -> tuple[np.ndarray, tuple]:
@@ -159,6 +164,9 @@ def finalize(raw: dict, bucket: tuple[int, int], layout: Layout, where: str) -> 
     if layout.tags:
         present = set(raw.get("tags", ()))
         out["tags"] = np.array([t in present for t in layout.tags], np.int32)
+    if layout.joint_edits:  # a text-to-image row of a joint run: an edit with no source images
+        out |= {"source": np.zeros((MAX_SOURCES, *out["image"].shape), np.float32), "target": out["image"],
+                **no_edit_labels(bucket[0])}
     return out
 
 
@@ -187,4 +195,11 @@ def finalize_edit(raw: dict, bucket: tuple[int, int], layout: Layout, where: str
     if layout.tags:  # an explicit data.tags vocabulary: every row of the run has `tags`
         present = set(raw.get("tags", ()))
         out["tags"] = np.array([t in present for t in layout.tags], np.int32)
+    if layout.joint_edits:  # the keys of an image row: the target is the image, without defects
+        out |= {"image": out["target"], "loss_mask": np.ones(bucket, np.float32),
+                "target_size": np.asarray(bucket, np.int32), "label": np.int32(-1)}
+        out["defect_box"], out["defect_kind"] = defects.padded(np.zeros((0, 4), np.float32), np.zeros((0,), np.int32))
+        if layout.scene_labels:  # the target's scene
+            out |= {"scene_digit": out["target_digit"], "scene_color": out["target_color"],
+                    "scene_box": out["target_box"], "scene_count": out["target_count"]}
     return out

@@ -439,6 +439,17 @@ def _pack(kind: str, edit: _Edit, size: int) -> dict:
     }
 
 
+def no_edit_labels(size: int) -> dict:
+    """The numeric labels of a row that is no edit (a text-to-image row of a joint run): no
+    sources, nothing changed; the same keys, shapes and dtypes as an edit's (`make_edit`)."""
+    empty = Scene((), (0.0, 0.0, 0.0), size).labels()
+    return {"num_sources": np.int32(0), "edit_type_id": np.int32(-1), "changed_boxes": np.zeros((MAX_CHANGED, 4), np.float32),
+            "source_slot": np.int32(-1), "target_slot": np.int32(-1),
+            "compose_digit_from": np.int32(-1), "compose_region": np.int32(-1),
+            **{f"source_{k}": np.stack([empty[k]] * MAX_SOURCES) for k in _LABEL_KEYS},
+            **{f"target_{k}": empty[k] for k in _LABEL_KEYS}}
+
+
 def edit_config(data_cfg, where: str = "data") -> EditConfig:
     """EditConfig from config.data (data.image_size and the data.edits group); bad values are a
     one-line ValueError naming `<where>.edits.<key>` (EditConfig's own messages name its fields)."""
@@ -506,6 +517,7 @@ class EditTripleSource:
     """
 
     channels = 3
+    edits = True  # rows are edits (a mixture with image sources is a joint run: samples.Layout.joint_edits)
     # Triples carry their own labels (source_*, target_*), not scene_* rows, and no tag
     # vocabulary: edit_type_id says what the `edit:<type>` tag would.
     scene_labels = False

@@ -12,14 +12,18 @@
                              misreads a few real glyphs)
     seconds_per_image
 
-Held-out triples are the data's 'test' split (held-out glyphs); the judge is independent of the
-model (`seedjax.eval.judges.edits`: color segmentation and the digit classifier).
+Held-out triples are the data's 'test' split (held-out glyphs): of `config.eval.data` or
+`config.data`, or of their edit_triples component in a joint run (a mixture with image sources,
+whose text-to-image side `digit_prompts` judges). The judge is independent of the model
+(`seedjax.eval.judges.edits`: color segmentation and the digit classifier).
 """
 
 from __future__ import annotations
 
+import ml_collections
 import numpy as np
 
+from data_pipelines.core.mixtures import components
 from seedjax.eval import samples
 from seedjax.eval.judges import classifier, edits
 
@@ -29,10 +33,19 @@ class Evaluator(samples.GeneratorEvaluator):
 
     def __init__(self, config, *, num_prompts: int = 0, batch_size: int = 0):
         super().__init__(config, num_prompts=num_prompts, batch_size=batch_size)
-        if samples.plain_source(self.data) != "edit_triples":
-            raise ValueError("type edit_success judges edits of held-out edit triples: it needs "
-                             "data.source=edit_triples (or config.eval.data with it)")
         self._real = None
+
+    def held_out_data(self, config):
+        for data_cfg in (samples.eval_data(config), config.data):
+            if samples.plain_source(data_cfg) == "edit_triples":
+                return data_cfg
+            if any(kind == "edit_triples" for kind, _, _ in components(data_cfg).values()):
+                edits = data_cfg.copy_and_resolve_references()
+                with edits.unlocked():
+                    edits.mixture, edits.source = ml_collections.ConfigDict(), "edit_triples"
+                return edits
+        raise ValueError("type edit_success judges edits of held-out edit triples: it needs data.source=edit_triples "
+                         "(or a mixture with an edit_triples component)")
 
     def run(self, state, stage, rng):
         images, batch, seconds = self.generate(state, stage, rng)

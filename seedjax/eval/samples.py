@@ -162,10 +162,16 @@ class GeneratorEvaluator:
         if load_stage(config.stage).sample is None:
             raise ValueError(f"type {self.kind} samples the generator, but stage {config.stage!r} has no sample hook")
         self.config = config  # what the sample hook gets: the training config, as for the sample grids
-        self.data = eval_data(config)  # the held-out prompts and real images
+        self.data = self.held_out_data(config)  # the held-out prompts and real images
         self._batch = None
         self._sampler = None  # (stage.sample, graphdef, jitted sampler): compiled once, reused every run
-        self._what = (self.num_prompts, self.batch_size, config_lib.to_json(config))  # what `generate` samples
+        # what `generate` samples
+        self._what = (self.num_prompts, self.batch_size, config_lib.to_json(config), config_lib.to_json(self.data))
+
+    def held_out_data(self, config):
+        """The data config of the held-out prompts (`eval_data`; an evaluator of one component of a
+        mixture picks it)."""
+        return eval_data(config)
 
     def held_out(self) -> dict:
         """The held-out batch (loaded once): prompts, and real images when the data has them."""
