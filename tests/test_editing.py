@@ -291,3 +291,72 @@ def test_text_to_image_then_edit_pipeline(tmp_path):
         bad = str(tmp_path / "bad" / "x.png")
         proc = tool(*flags, "--instruction=remove the 3", f"--out={bad}")
         assert proc.returncode == 2 and message in proc.stderr and not os.path.exists(bad), proc.stderr[-2000:]
+
+
+# ----------------------------------------------------------------------------- your own edit triples
+
+
+def write_manifest(tmp_path) -> str:
+    """A manifest of your own edits: five usable lines (sizes 40x48 and 32x32, one or two sources)
+    and one line of each kind that is skipped."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name, (h, w) in {"a": (40, 48), "b": (40, 48), "c": (32, 32), "d": (32, 32), "e": (20, 24)}.items():
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / f"{name}.png")
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    lines = [{"source": "a.png", "instruction": "make it red", "target": "b.png"},
+             {"source": ["a.png", "c.png"], "instruction": "the cat of image 2 into image 1", "target": "b.png"},
+             {"source": "c.png", "instruction": "keep it", "target": "c.png"},
+             {"source": ["d.png"], "instruction": "blur it", "target": "c.png"},
+             {"source": "d.png", "instruction": "sharpen it", "target": "d.png"},
+             "not json {",
+             {"source": "a.png", "target": "b.png"},                                      # missing_caption
+             {"source": "broken.png", "instruction": "x", "target": "b.png"},             # unreadable_image
+             {"source": "e.png", "instruction": "x", "target": "b.png"},                  # wrong_shape
+             {"source": ["a.png", "c.png", "d.png"], "instruction": "x", "target": "b.png"}]  # bad_manifest_line
+    manifest = tmp_path / "edits.jsonl"
+    manifest.write_text("\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines) + "\n")
+    return str(manifest)
+
+
+def test_your_own_edit_triples_are_read_and_bad_lines_skipped_and_counted(tmp_path):
+    import data_pipelines
+    from data_pipelines.sources.user_edits import EditManifestSource
+
+    source = EditManifestSource(write_manifest(tmp_path))
+    assert len(source) == 5
+    assert {k: n for k, (n, _) in source.scan_skips.items()} == \
+        {"bad_manifest_line": 2, "missing_caption": 1, "unreadable_image": 1, "wrong_shape": 1}
+    cfg = data_pipelines.default_config()
+    cfg.source, cfg.path, cfg.image_size, cfg.read_buffer, cfg.max_text_len = "edit_jsonl", source.name, 32, 0, 64
+    batch = data_pipelines.make_eval_batch(cfg, num=5, seed=0, allow_fewer=True)
+    assert batch["source"].shape == (5, 2, 32, 32, 3) and batch["target"].shape == (5, 32, 32, 3)
+    assert sorted(batch["num_sources"].tolist()) == [1, 1, 1, 1, 2]
+    one = batch["num_sources"] == 1
+    assert not batch["source"][one, 1].any()  # an unused slot is empty
+    same = [i for i in range(5) if np.array_equal(batch["source"][i, 0], batch["target"][i])]
+    assert len(same) == 2  # c -> c and d -> d: fit alike, so still equal
+    with pytest.raises(ValueError, match="edit_jsonl .* trains alone"):
+        mixed = cfg.copy_and_resolve_references()
+        mixed.mixture = {"mine": {"source": "edit_jsonl", "path": source.name}, "scenes": {"source": "digit_scenes"}}
+        data_pipelines.make_eval_batch(mixed, num=2, seed=0)
+
+
+@pytest.mark.slow(minutes=1)
+def test_training_on_your_own_edits_samples_and_edits(tmp_path):
+    manifest = write_manifest(tmp_path)
+    workdir = str(tmp_path / "run")
+    proc = subprocess.run([sys.executable, "-m", "seedjax.main", "--config=experiments/seedream/edit.py:variant=tiny",
+                           f"--workdir={workdir}", "--config.data.source=edit_jsonl", f"--config.data.path={manifest}",
+                           "--config.total_steps=4", "--config.log_every=2", "--config.checkpoint_every=4",
+                           "--config.sample_every=4", "--config.eval_every=0"],
+                          cwd=ROOT, env=env_for(1), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert os.path.exists(os.path.join(workdir, "samples", "step_4.png"))
+    assert np.isfinite([r["loss"] for r in read_metrics(workdir) if "loss" in r]).all()
+    out = str(tmp_path / "edited.png")
+    proc = subprocess.run([sys.executable, "-m", "seedjax.tools.edit", f"--workdir={workdir}",
+                           f"--image={tmp_path}/a.png", "--instruction=make it red", f"--out={out}"],
+                          cwd=ROOT, env=env_for(1), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and os.path.exists(out), proc.stderr[-2000:]

@@ -15,7 +15,8 @@ from data_pipelines.sources.edit_triples import edit_config
 from data_pipelines.techniques.degradations import DegradationConfig
 
 SOURCES = ("digits", "digit_scenes", "folder", "jsonl", "shards", "reward_pairs", "moving_digits", "video_folder",
-           "video_jsonl", "edit_triples")
+           "video_jsonl", "edit_triples", "edit_jsonl")
+EDIT_SOURCES = ("edit_triples", "edit_jsonl")  # rows are edits: (source images, instruction, target)
 VIDEO_SOURCES = ("moving_digits", "video_folder", "video_jsonl")
 
 
@@ -144,6 +145,15 @@ def validate(data_cfg, where: str = "data") -> None:
     the key (`where` is the config's own prefix, e.g. 'config.data'). The iterators call it first."""
     degradations = degradation_config(data_cfg, where)
     kinds = {kind for kind, _, _ in components(data_cfg).values()}
+    edits = kinds & set(EDIT_SOURCES)
+    if not edits:
+        return
+    if degradations is not None:
+        raise ValueError(f"{where}.degradations.enabled: degradations pair clean images or videos; "
+                         f"{' and '.join(sorted(edits))} rows have neither")
+    if "edit_jsonl" in kinds and len(kinds) > 1:  # its rows carry no generated labels: one layout
+        raise ValueError(f"{where}.mixture: edit_jsonl (your own edit triples) trains alone, not mixed with "
+                         f"{', '.join(sorted(kinds - {'edit_jsonl'}))}")
     if "edit_triples" not in kinds:
         return
     # A joint run (samples.Layout.joint_edits) gives image rows the edit keys and edit rows the
@@ -152,9 +162,6 @@ def validate(data_cfg, where: str = "data") -> None:
     if others:
         raise ValueError(f"{where}.mixture: edit_triples mixes with image sources ({', '.join(JOINT_EDIT_SOURCES)}), "
                          f"not with {', '.join(others)}")
-    if degradations is not None:
-        raise ValueError(f"{where}.degradations.enabled: degradations pair clean images or videos; "
-                         f"edit_triples rows have neither")
     # Triples are rendered at data.image_size and their boxes are in that image: no resizing or cropping.
     size = int(data_cfg.image_size)
     if buckets_lib.parse_buckets(data_cfg.buckets, size) != [(size, size)]:

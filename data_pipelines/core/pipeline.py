@@ -26,6 +26,7 @@ from data_pipelines.core.mixtures import components, layout_for
 from data_pipelines.core.shards import ShardSource
 from data_pipelines.sources.digits import DigitsSource
 from data_pipelines.sources.edit_triples import EditTripleSource, edit_config
+from data_pipelines.sources.user_edits import EditManifestSource
 from data_pipelines.sources.folders import FolderSource, ManifestSource
 from data_pipelines.sources.moving_digit_source import MovingDigitsSource
 from data_pipelines.sources.reward_pairs import open_reward_source
@@ -62,6 +63,8 @@ def open_source(kind: str, path: str, data_cfg, *, split: str, seed: int):
         return FolderSource(path)
     if kind == "jsonl":
         return ManifestSource(path)
+    if kind == "edit_jsonl":
+        return EditManifestSource(path)
     if kind == "video_folder":
         return VideoFolderSource(path, data_cfg, seed=seed)
     if kind == "video_jsonl":
@@ -177,7 +180,7 @@ def _component_streams(name: str, source, data_cfg, layout, *, seed: int, classi
                        degradations=None) -> tuple[dict, dict]:
     """One component's streams (one per resolution bucket) and its sample count per bucket."""
     members = _bucket_members(source, data_cfg)
-    if (getattr(source, "video", False) or isinstance(source, EditTripleSource)) and \
+    if (getattr(source, "video", False) or getattr(source, "edits", False)) and \
             (data_cfg.filter or data_cfg.dual_axis.enabled):
         raise ValueError(f"{source.name}: data.filter and data.dual_axis work on images; not on video sources or "
                          "edit triples yet")

@@ -179,14 +179,19 @@ def finalize_edit(raw: dict, bucket: tuple[int, int], layout: Layout, where: str
     instruction = raw.get("instruction", "")
     if not isinstance(instruction, str) or not instruction.strip():
         raise BadSample("missing_caption", where, "no instruction")
-    sources, target = np.asarray(raw["source"]), np.asarray(raw["target"])
-    # Labels and changed boxes are in the rendered image: resizing or cropping would move them.
-    if target.shape[:2] != tuple(bucket) or sources.shape[1:3] != tuple(bucket):
-        raise BadSample("wrong_shape", where, f"source {sources.shape}, target {target.shape}, bucket {bucket}")
+    if "changed_boxes" in raw:  # generated triples: labels and boxes are in the rendered image
+        sources, target = np.asarray(raw["source"]), np.asarray(raw["target"])
+        if target.shape[:2] != tuple(bucket) or sources.shape[1:3] != tuple(bucket):  # fitting would move them
+            raise BadSample("wrong_shape", where, f"source {sources.shape}, target {target.shape}, bucket {bucket}")
+    else:  # your own (sources/user_edits.py): PIL images of any size, fit alike; empty slots after them
+        sources, target = list(raw["source"]), raw["target"]
     out = {
         "source": np.stack([fit_image_array(image, bucket, layout.channels)[0] for image in sources]),
         "target": fit_image_array(target, bucket, layout.channels)[0],
     }
+    missing = MAX_SOURCES - len(out["source"])
+    if missing:
+        out["source"] = np.concatenate([out["source"], np.zeros((missing, *out["target"].shape), np.float32)])
     tokens, text_mask = tokenize([instruction], layout.max_text_len)
     out["tokens"], out["text_mask"] = tokens[0], text_mask[0]
     for key, value in raw.items():

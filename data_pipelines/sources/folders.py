@@ -157,9 +157,9 @@ class ManifestSource(_ScannedImages):
         self._finish_scan(manifest_entries(manifest, _parse_row, self._skip))
 
 
-def manifest_entries(manifest: str, parse, skip) -> list[dict]:
-    """`parse(row, path, where)` of every line of a JSONL manifest whose `path` (relative to the
-    manifest) is a string; `skip(kind, where)` for lines that are not one or that `parse`
+def manifest_entries(manifest: str, parse, skip, path_key: str = "path") -> list[dict]:
+    """`parse(row, path, where)` of every line of a JSONL manifest whose `path_key` (a path relative
+    to the manifest) is a string; `skip(kind, where)` for lines that are not one or that `parse`
     refuses with a BadSample."""
     base = os.path.dirname(os.path.abspath(manifest))
     entries = []
@@ -173,9 +173,9 @@ def manifest_entries(manifest: str, parse, skip) -> list[dict]:
                     row = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise BadSample("bad_manifest_line", where, f"not JSON: {e}") from None
-                if not isinstance(row, dict) or not isinstance(row.get("path"), str):
-                    raise BadSample("bad_manifest_line", where, "needs an object with a string 'path'")
-                entries.append(parse(row, os.path.join(base, row["path"]), where))
+                if not isinstance(row, dict) or not isinstance(row.get(path_key), str):
+                    raise BadSample("bad_manifest_line", where, f"needs an object with a string {path_key!r}")
+                entries.append(parse(row, os.path.join(base, row[path_key]), where))
             except BadSample as e:
                 skip(e.kind, e.where)
     return entries

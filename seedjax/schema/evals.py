@@ -59,6 +59,9 @@ def generator_eval(source: str = "digits", **options) -> ml_collections.ConfigDi
         return generator_entry("video_prompts", **options)
     if source == "edit_triples":
         return generator_entry("edit_success", **options)
+    if source == "edit_jsonl":
+        raise ValueError("data.source='edit_jsonl': no held-out evaluator judges your own edits yet; leave "
+                         "config.evals empty (sample grids still show progress)")
     return generator_entry("image_folder" if source in NON_DIGIT_SOURCES else "digit_prompts", **options)
 
 

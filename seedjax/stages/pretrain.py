@@ -9,7 +9,7 @@ VAE) the same stage trains the video DiT on clips (Seedance's joint T2I / T2V / 
 With `config.diffusion.restore` the video DiT learns to restore: each clip's degraded copy
 (data.degradations) conditions every frame (SeedVR; experiments/seedvr/restore.py).
 
-With `data.source = edit_triples` the MMDiT learns instruction editing: each triple's target is
+With `data.source = edit_triples` (or your own, `edit_jsonl`) the MMDiT learns instruction editing: each triple's target is
 denoised with its source images packed after it as clean references (`seedjax.diffusion.tasks.edit_task`;
 experiments/seedream/edit.py).
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from data_pipelines.core.config import EDIT_SOURCES
 from data_pipelines.core.mixtures import components
 from data_pipelines.sources.edit_triples import MAX_SOURCES
 from seedjax.diffusion import tasks
@@ -34,7 +35,7 @@ from seedjax.train.stage import Stage
 
 
 def trains_edits(config) -> bool:
-    return "edit_triples" in {kind for kind, _, _ in components(config.data).values()}
+    return any(kind in EDIT_SOURCES for kind, _, _ in components(config.data).values())
 
 
 def flops_per_example(config) -> float:
@@ -48,8 +49,8 @@ def flops_per_example(config) -> float:
 def validate_config(config) -> None:
     """The `validate_config` hook (exit 2 before anything runs)."""
     if trains_edits(config) and (config.input.key != "image" or generator.is_video(config.model)):
-        raise ValueError("data.source=edit_triples trains the MMDiT on pixel images: set config.input.key=image "
-                         "and an MMDiT config.model")
+        raise ValueError("editing data (data.source=edit_triples or edit_jsonl) trains the MMDiT on pixel images: "
+                         "set config.input.key=image and an MMDiT config.model")
     if config.input.key not in ("image", "video", "latent"):
         raise ValueError(f"config.input.key must be 'image', 'video' or 'latent', got {config.input.key!r}")
     if config.input.key == "latent":

@@ -1,4 +1,4 @@
-"""Edit images with an editing run (data.source=edit_triples): one instruction, one or two images.
+"""Edit images with an editing run (data.source=edit_triples or edit_jsonl): one instruction, one or two images.
 
     python -m seedjax.tools.edit --workdir=runs/edit_pipeline/edit --image=scene.png \\
         --instruction="make the red 3 blue" [--out=edited.png] [--num=4] [--seed=0] [--steps=N] [--guidance=G] \\
@@ -30,6 +30,7 @@ import jax
 import numpy as np
 from PIL import Image, ImageOps
 
+from data_pipelines.core.config import EDIT_SOURCES
 from data_pipelines.core.mixtures import components
 from data_pipelines.sources.edit_triples import MAX_SOURCES
 from seedjax import cli, inference
@@ -59,9 +60,9 @@ def edit_batch(bundle, images: list[np.ndarray], instruction: str, num: int) -> 
 def open_run(path: str, steps: int, guidance: float, reference_guidance: float):
     bundle = inference.load(path).with_sampling(steps, guidance, reference_guidance=reference_guidance)
     sources = {kind for kind, _, _ in components(bundle.config.data).values()}
-    if "edit_triples" not in sources or bundle.model.is_video:
+    if not sources & set(EDIT_SOURCES) or bundle.model.is_video:
         raise BundleError(f"{path}: not an editing run (its data is {', '.join(sorted(sources))}; an editing run "
-                          f"trains on data.source=edit_triples, e.g. experiments/seedream/edit.py)")
+                          f"trains on data.source={' or '.join(EDIT_SOURCES)}, e.g. experiments/seedream/edit.py)")
     if bundle.pixel_shape[-1] != 3:
         raise BundleError(f"{path}: this run's images have {bundle.pixel_shape[-1]} channels; edits are RGB")
     return bundle

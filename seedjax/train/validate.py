@@ -12,7 +12,7 @@ import os
 
 import ml_collections
 
-from data_pipelines.core.config import SOURCES
+from data_pipelines.core.config import EDIT_SOURCES, SOURCES
 from data_pipelines.core.config import validate as validate_data_groups
 from data_pipelines.core.mixtures import components
 from data_pipelines.sources.reward_pairs import BASE_SOURCES
@@ -22,7 +22,8 @@ from seedjax.train.stage import load_stage
 from seedjax.train.state import make_tx
 
 # Sources read from `path` (the others are generated or bundled).
-_PATH_SOURCES = {"folder": "an image folder", "jsonl": "a JSONL manifest", "shards": "a shard directory",
+_PATH_SOURCES = {"folder": "an image folder", "jsonl": "a JSONL manifest", "edit_jsonl": "a JSONL edit manifest",
+                 "shards": "a shard directory",
                  "video_folder": "a video folder", "video_jsonl": "a JSONL video manifest"}
 
 
@@ -87,8 +88,8 @@ def validate_data(data_cfg, where: str, reads_edits: bool = False) -> None:
         key = f"{where}.mixture.{name}" if data_cfg.mixture else where
         if kind not in SOURCES:
             raise ConfigError(f"{key}.source: unknown source {kind!r}; use one of {', '.join(SOURCES)}")
-        if kind == "edit_triples" and not reads_edits:
-            raise ConfigError(f"{key}.source: edit_triples makes editing batches (source and target images), which "
+        if kind in EDIT_SOURCES and not reads_edits:
+            raise ConfigError(f"{key}.source: {kind} makes editing batches (source and target images), which "
                               "this stage does not read; the generator stages (stage=pretrain or sft) do")
         if kind == "reward_pairs" and path not in BASE_SOURCES:
             raise ConfigError(f"{key}.path: reward_pairs pairs captions of a bundled source; got {path!r}, "
