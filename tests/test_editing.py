@@ -353,7 +353,10 @@ def test_training_on_your_own_edits_samples_and_edits(tmp_path):
                            "--config.sample_every=4", "--config.eval_every=0"],
                           cwd=ROOT, env=env_for(1), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert os.path.exists(os.path.join(workdir, "samples", "step_4.png"))
+    from PIL import Image
+
+    grid = Image.open(os.path.join(workdir, "samples", "step_4.png"))
+    assert grid.size[0] >= 3 * 32 > grid.size[1] / 4  # a row per edit: source(s), the edit, the target
     assert np.isfinite([r["loss"] for r in read_metrics(workdir) if "loss" in r]).all()
     out = str(tmp_path / "edited.png")
     proc = subprocess.run([sys.executable, "-m", "seedjax.tools.edit", f"--workdir={workdir}",

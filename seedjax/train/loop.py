@@ -189,7 +189,8 @@ def _run(config, workdir: str, stop_at_step: int, classifier_features) -> int:
                 _check_finite(scalars, step, config)
 
             if sampler and config.sample_every and (step % config.sample_every == 0 or step == total_steps):
-                path = writer.images(step, sampler(state, step))
+                images, cols = sampler(state, step)
+                path = writer.images(step, images, cols=cols)
                 if path:
                     log.info("samples: %s", path)
             due = [e for e in evaluators if e.due(step, total_steps)]
@@ -253,7 +254,16 @@ def _make_sampler(stage, config, graphdef):
     batch = data_pipelines.make_eval_batch(config.data, num=config.num_samples, seed=config.seed)
     sample = jax.jit(lambda state, batch, rng: stage.sample(nnx.merge(graphdef, state), config, rng, batch))
     key = jax.random.key(config.seed + 1)  # the same noise at every sample step: the grid shows progress
-    return lambda state, step: to_host(sample(state, batch, key))
+    if "source" not in batch:
+        return lambda state, step: (to_host(sample(state, batch, key)), None)
+    # An edit run's row: the source image(s), the edit, the target.
+    sources = [batch["source"][:, 0]] + ([batch["source"][:, 1]] if (batch["num_sources"] > 1).any() else [])
+
+    def edits(state, step):
+        row = np.stack([*sources, to_host(sample(state, batch, key))[:, 0], batch["target"]], axis=1)
+        return row.reshape(-1, *row.shape[2:]), row.shape[1]
+
+    return edits
 
 
 def _config_change_hint(config, workdir: str) -> str:

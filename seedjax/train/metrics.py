@@ -78,13 +78,13 @@ class MetricWriter:
         eta = f" eta {_duration(eta_s)}" if eta_s is not None else ""
         print(f"[step {step}/{self.total_steps}] " + " ".join(parts) + eta, file=sys.stderr, flush=True)
 
-    def images(self, step: int, images: np.ndarray, name: str = "samples") -> str | None:
-        """Save a grid of samples [N, F, H, W, C] (or images [N, H, W, C]) in [-1, 1] to
+    def images(self, step: int, images: np.ndarray, name: str = "samples", cols: int | None = None) -> str | None:
+        """Save a grid of samples [N, F, H, W, C] (or images [N, H, W, C], `cols` a row) in [-1, 1] to
         workdir/samples/step_<N>.png; a video's frames run along its row (also TensorBoard's
         image), and videos are also written as an animated grid, samples/step_<N>.gif."""
         if not self.enabled:
             return None
-        grid = make_grid(images)
+        grid = make_grid(images, cols)
         path = self.root / "samples" / f"step_{step}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
