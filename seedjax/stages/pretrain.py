@@ -9,9 +9,9 @@ VAE) the same stage trains the video DiT on clips (Seedance's joint T2I / T2V / 
 With `config.diffusion.restore` the video DiT learns to restore: each clip's degraded copy
 (data.degradations) conditions every frame (SeedVR; experiments/seedvr/restore.py).
 
-With `data.source = edit_triples` (or your own, `edit_jsonl`) the MMDiT learns instruction editing: each triple's target is
-denoised with its source images packed after it as clean references (`seedjax.diffusion.tasks.edit_task`;
-experiments/seedream/edit.py).
+With `data.source = edit_triples` (or your own triples, `edit_jsonl`) the MMDiT learns instruction
+editing: each triple's target is denoised with its source images packed after it as clean
+references (`seedjax.diffusion.tasks.edit_task`; experiments/seedream/edit.py).
 
 With `config.input.key = 'latent'` the MMDiT denoises cached VAE latents (`data.path`: shards
 from `python -m data_pipelines.cli.prepare --vae=WORKDIR`); `data.image_size` stays the pixel size,
