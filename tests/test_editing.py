@@ -246,7 +246,7 @@ def test_edit_batches_only_for_stages_that_read_them():
     assert load_stage("pretrain").reads_edits and not load_stage("sft").reads_edits
     with pytest.raises(ConfigError, match="edit_triples makes editing batches .* this stage does not read"):
         validate_data(cfg.data, "config.data", reads_edits=False)
-    with pytest.raises(ConfigError, match="edit_triples trains the MMDiT on pixel images"):
+    with pytest.raises(ConfigError, match=r"editing data \(data.source=edit_triples or edit_jsonl\) trains the MMDiT on pixel"):
         validate_config(edit_config(**{"input.key": "latent"}))
 
 
