@@ -22,28 +22,11 @@ from seedjax.models.geometry import Geometry, PackedGeometry
 from seedjax.train.stage import load_stage
 from seedjax.train.validate import validate_config, validate_data
 from tests.runner import ROOT, check_reference_losses, env_for, read_metrics
+from tests.test_mmdit import randomized
 
 
 def edit_config(**overrides):
-    cfg = load_config(f"{ROOT}/experiments/seedream/edit.py:variant=tiny")
-    with cfg.unlocked():
-        for key, value in overrides.items():
-            node = cfg
-            *path, last = key.split(".")
-            for part in path:
-                node = node[part]
-            node[last] = value
-    return cfg
-
-
-def randomized(model, seed=0, scale=0.05):
-    """Non-trivial values everywhere (zero-initialised output layers included)."""
-    graphdef, state = nnx.split(model)
-    leaves, treedef = jax.tree.flatten(state)
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    leaves = [x + scale * jax.random.normal(k, x.shape, x.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
-              for x, k in zip(leaves, keys)]
-    return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
+    return load_config(f"{ROOT}/experiments/seedream/edit.py:variant=tiny", {k: str(v) for k, v in overrides.items()})
 
 
 def edit_batch(cfg, n=2, num_references=(1, 2), seed=0):
@@ -130,7 +113,7 @@ def test_kontext_packing_and_output_match_diffusers():
 @pytest.fixture(scope="module")
 def tiny_model():
     cfg = edit_config()
-    return cfg, randomized(generator.build(cfg, nnx.Rngs(0)))
+    return cfg, randomized(generator.build(cfg, nnx.Rngs(0)), scale=0.05)
 
 
 def test_an_unused_reference_slot_is_the_same_as_no_slot(tiny_model):

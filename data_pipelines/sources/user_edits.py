@@ -60,27 +60,19 @@ class EditManifestSource(_ScannedImages):
             return {"path": target, "sources": sources, "instruction": instruction.strip(), "where": where, "tags": []}
 
         entries = manifest_entries(manifest, parse, self._skip, path_key="target")
-        # The sources' headers: unreadable ones, and a first source of another size than the target, are skipped.
+        # Unreadable sources, and a first source of another size than its target, are skipped here;
+        # _finish_scan skips unreadable targets.
         kept = []
         for entry in entries:
             try:
-                shapes = [read_header(p) for p in entry["sources"]]
+                first = [read_header(p) for p in entry["sources"]][0]
+                if first != read_header(entry["path"]):
+                    raise BadSample("wrong_shape", entry["where"], "the first source's size is not the target's")
             except BadSample as e:
                 self._skip(e.kind, e.where)
                 continue
-            entry["first_source_size"] = shapes[0]
             kept.append(entry)
         self._finish_scan(kept)
-        for entry, size in zip(list(self.entries), self._sizes):
-            if tuple(entry["first_source_size"]) != tuple(size):
-                self._skip("wrong_shape", entry["where"])
-        same = [tuple(e["first_source_size"]) == tuple(s) for e, s in zip(self.entries, self._sizes)]
-        self.entries = [e for e, ok in zip(self.entries, same) if ok]
-        self._sizes = self._sizes[np.asarray(same, bool)]
-        if not self.entries:
-            found = ", ".join(f"{n} {k}" for k, (n, _) in self.scan_skips.items())
-            raise ValueError(f"{self.name}: no valid sample ({found})")
-        self.tags = ()
 
     def load(self, index: int, position: int) -> dict:
         entry = self.entries[index]
