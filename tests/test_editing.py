@@ -320,22 +320,52 @@ def test_your_own_edit_triples_are_read_and_bad_lines_skipped_and_counted(tmp_pa
     assert not batch["source"][one, 1].any()  # an unused slot is empty
     same = [i for i in range(5) if np.array_equal(batch["source"][i, 0], batch["target"][i])]
     assert len(same) == 2  # c -> c and d -> d: fit alike, so still equal
-    with pytest.raises(ValueError, match="edit_jsonl .* trains alone"):
-        mixed = cfg.copy_and_resolve_references()
-        mixed.mixture = {"mine": {"source": "edit_jsonl", "path": source.name}, "scenes": {"source": "digit_scenes"}}
-        data_pipelines.make_eval_batch(mixed, num=2, seed=0)
+
+
+def test_your_own_edits_mix_with_generated_edits_and_images(tmp_path):
+    """A joint mixture of your edits, generated triples and scene images: every row has the keys
+    your edits have (no generated edit labels), an image row is an edit without sources, and the
+    scene labels are the target's where known."""
+    import data_pipelines
+
+    cfg = data_pipelines.default_config()
+    cfg.image_size, cfg.read_buffer, cfg.max_text_len = 32, 0, 64
+    cfg.mixture = {"mine": {"source": "edit_jsonl", "path": write_manifest(tmp_path)},
+                   "triples": {"source": "edit_triples"}, "scenes": {"source": "digit_scenes"}}
+    cfg.edits.num_samples = cfg.scenes.num_samples = 64
+    batch = next(data_pipelines.make_train_iterator(cfg, global_batch_size=24, seed=0, process_index=0,
+                                                    process_count=1))
+    assert {"source", "target", "image", "num_sources", "scene_count", "tokens"} <= set(batch)
+    assert not {"edit_type_id", "changed_boxes", "target_digit"} & set(batch)
+    images = batch["num_sources"] == 0
+    np.testing.assert_array_equal(batch["image"], batch["target"])
+    assert not batch["source"][images].any() and (batch["scene_count"][images] > 0).all()
+    yours = (batch["num_sources"] > 0) & (batch["scene_count"] == 0)
+    generated = (batch["num_sources"] > 0) & (batch["scene_count"] > 0)
+    assert images.any() and yours.any() and generated.any(), batch["num_sources"]
+    assert (batch["scene_digit"][yours] == -1).all()
+    bad = cfg.copy_and_resolve_references()
+    bad.mixture = {"mine": {"source": "edit_jsonl", "path": cfg.mixture.mine.path}, "clips": {"source": "moving_digits"}}
+    with pytest.raises(ValueError, match="edit_jsonl mixes with image sources .* not with moving_digits"):
+        data_pipelines.make_eval_batch(bad, num=2, seed=0)
 
 
 @pytest.mark.slow(minutes=1)
-def test_training_on_your_own_edits_samples_and_edits(tmp_path):
+def test_training_on_your_own_edits_with_text_to_image_samples_and_edits(tmp_path):
+    """Joint training on your edits and scene captions (edit.py's manifest and t2i_share), cached
+    references and meta-info on, the text-to-image judge at the end, then the edit tool on the run."""
     manifest = write_manifest(tmp_path)
     workdir = str(tmp_path / "run")
-    proc = subprocess.run([sys.executable, "-m", "seedjax.main", "--config=experiments/seedream/edit.py:variant=tiny",
-                           f"--workdir={workdir}", "--config.data.source=edit_jsonl", f"--config.data.path={manifest}",
-                           "--config.total_steps=4", "--config.log_every=2", "--config.checkpoint_every=4",
-                           "--config.sample_every=4", "--config.eval_every=0"],
+    proc = subprocess.run([sys.executable, "-m", "seedjax.main",
+                           f"--config=experiments/seedream/edit.py:variant=tiny,t2i_share=0.3,manifest={manifest}",
+                           f"--workdir={workdir}", "--config.model.reference_attention=cached",
+                           "--config.model.meta_embed=true", "--config.total_steps=4", "--config.log_every=2",
+                           "--config.checkpoint_every=4", "--config.sample_every=4", "--config.eval_every=4"],
                           cwd=ROOT, env=env_for(1), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    config = json.load(open(os.path.join(workdir, "config.json")))
+    assert {c["source"] for c in config["data"]["mixture"].values()} == {"edit_jsonl", "digit_scenes"}
+    assert 0 <= [r for r in read_metrics(workdir) if "eval/prompt_accuracy" in r][-1]["eval/prompt_accuracy"] <= 1
     from PIL import Image
 
     grid = Image.open(os.path.join(workdir, "samples", "step_4.png"))

@@ -21,7 +21,7 @@ import pytest
 from flax import nnx
 
 from seedjax.diffusion.sampling import Sampler, rollout
-from seedjax.models import generator, mmdit, video_dit
+from seedjax.models import generator, mmdit_blocks, video_dit
 from seedjax.models.geometry import Geometry
 from seedjax.models.rope import rope_frequencies
 from seedjax.schema.models import text_config, video_dit_config
@@ -193,7 +193,7 @@ def _random(make, seed: int = 0, scale: float = 0.2) -> nnx.Module:
 def test_spatial_sublayer_on_one_frame_is_the_mmdit_block():
     cfg = video_dit_config("tiny", num_heads=2, head_dim=16, axes_dims_rope=(4, 6, 6), text_dim=16, pooled_dim=16)
     block = _random(lambda: video_dit.VideoBlock(32, 16, 64, rngs=nnx.Rngs(0), dtype=jnp.float32))
-    reference = _random(lambda: mmdit.DoubleStreamBlock(32, 16, 64, rngs=nnx.Rngs(1), dtype=jnp.float32), seed=1)
+    reference = _random(lambda: mmdit_blocks.DoubleStreamBlock(32, 16, 64, rngs=nnx.Rngs(1), dtype=jnp.float32), seed=1)
     nnx.update(reference, {"img": nnx.state(block.img), "txt": nnx.state(block.txt)})
     h, w, num_text = 2, 3, 5
     keys = jax.random.split(jax.random.key(3), 3)

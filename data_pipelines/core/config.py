@@ -151,17 +151,14 @@ def validate(data_cfg, where: str = "data") -> None:
     if degradations is not None:
         raise ValueError(f"{where}.degradations.enabled: degradations pair clean images or videos; "
                          f"{' and '.join(sorted(edits))} rows have neither")
-    if "edit_jsonl" in kinds and len(kinds) > 1:  # its rows carry no generated labels: one layout
-        raise ValueError(f"{where}.mixture: edit_jsonl (your own edit triples) trains alone, not mixed with "
-                         f"{', '.join(sorted(kinds - {'edit_jsonl'}))}")
-    if "edit_triples" not in kinds:
-        return
     # A joint run (samples.Layout.joint_edits) gives image rows the edit keys and edit rows the
     # image keys; clips, latents and reward pairs have other rows.
-    others = sorted(kinds - {"edit_triples"} - set(JOINT_EDIT_SOURCES))
+    others = sorted(kinds - set(EDIT_SOURCES) - set(JOINT_EDIT_SOURCES))
     if others:
-        raise ValueError(f"{where}.mixture: edit_triples mixes with image sources ({', '.join(JOINT_EDIT_SOURCES)}), "
-                         f"not with {', '.join(others)}")
+        raise ValueError(f"{where}.mixture: {' and '.join(sorted(edits))} {'mixes' if len(edits) == 1 else 'mix'} "
+                         f"with image sources ({', '.join(JOINT_EDIT_SOURCES)}), not with {', '.join(others)}")
+    if "edit_triples" not in kinds:
+        return
     # Triples are rendered at data.image_size and their boxes are in that image: no resizing or cropping.
     size = int(data_cfg.image_size)
     if buckets_lib.parse_buckets(data_cfg.buckets, size) != [(size, size)]:

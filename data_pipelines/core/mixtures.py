@@ -56,6 +56,7 @@ def layout_for(sources: dict, data_cfg) -> samples_lib.Layout:
         video=video,
         max_shots=int(data_cfg.video.max_shots) if video else 1,
         joint_edits=len({bool(getattr(s, "edits", False)) for s in sources.values()}) > 1,
+        edit_labels=all(getattr(s, "edit_labels", True) for s in sources.values()),
     )
 
 

@@ -69,6 +69,9 @@ class Layout:
     # Image sources mixed with edit triples (unified generation and editing): every row has both
     # kinds of keys; an image row is an edit with no source images, an edit row's `image` is its target.
     joint_edits: bool = False
+    # Edit rows keep the generated triples' labels (edit_type_id, changed_boxes, source_* / target_*);
+    # False when your own edits (edit_jsonl, which have none) are in the mixture: only num_sources.
+    edit_labels: bool = True
 
 
 def fit_image_array(image, bucket, channels: int) -> tuple[np.ndarray, tuple]:
@@ -166,7 +169,7 @@ def finalize(raw: dict, bucket: tuple[int, int], layout: Layout, where: str) -> 
         out["tags"] = np.array([t in present for t in layout.tags], np.int32)
     if layout.joint_edits:  # a text-to-image row of a joint run: an edit with no source images
         out |= {"source": np.zeros((MAX_SOURCES, *out["image"].shape), np.float32), "target": out["image"],
-                **no_edit_labels(bucket[0])}
+                **(no_edit_labels(bucket[0]) if layout.edit_labels else {"num_sources": np.int32(0)})}
     return out
 
 
@@ -197,6 +200,8 @@ def finalize_edit(raw: dict, bucket: tuple[int, int], layout: Layout, where: str
     for key, value in raw.items():
         if key not in out and isinstance(value, (np.ndarray, np.generic)) and value.dtype.kind in "biuf":
             out[key] = np.asarray(value)
+    if not layout.edit_labels:  # a mixture with your own edits: the keys every edit row has
+        out = {k: v for k, v in out.items() if k in ("source", "target", "tokens", "text_mask", "num_sources")}
     if layout.tags:  # an explicit data.tags vocabulary: every row of the run has `tags`
         present = set(raw.get("tags", ()))
         out["tags"] = np.array([t in present for t in layout.tags], np.int32)
@@ -204,7 +209,9 @@ def finalize_edit(raw: dict, bucket: tuple[int, int], layout: Layout, where: str
         out |= {"image": out["target"], "loss_mask": np.ones(bucket, np.float32),
                 "target_size": np.asarray(bucket, np.int32), "label": np.int32(-1)}
         out["defect_box"], out["defect_kind"] = defects.padded(np.zeros((0, 4), np.float32), np.zeros((0,), np.int32))
-        if layout.scene_labels:  # the target's scene
-            out |= {"scene_digit": out["target_digit"], "scene_color": out["target_color"],
-                    "scene_box": out["target_box"], "scene_count": out["target_count"]}
+        if layout.scene_labels:  # the target's scene, where it is known (generated triples)
+            out |= {f"scene_{k}": np.asarray(raw[f"target_{k}"]) if f"target_{k}" in raw else empty
+                    for k, empty in (("digit", np.full(MAX_OBJECTS, -1, np.int32)),
+                                     ("color", np.full(MAX_OBJECTS, -1, np.int32)),
+                                     ("box", np.zeros((MAX_OBJECTS, 4), np.float32)), ("count", np.int32(0)))}
     return out

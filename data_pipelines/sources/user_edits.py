@@ -45,6 +45,7 @@ class EditManifestSource(_ScannedImages):
     """The edit triples listed in a JSONL manifest (see the module doc for the line format)."""
 
     edits = True  # rows are edits (samples.finalize_edit), as edit_triples'
+    edit_labels = False  # ... without generated labels (samples.Layout.edit_labels)
 
     def __init__(self, manifest: str):
         super().__init__(manifest)

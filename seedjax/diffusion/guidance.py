@@ -51,15 +51,21 @@ def is_unguided(cfg_scale) -> bool:
 
 
 def condition(model: generator.DiffusionModel, batch: dict, *, guidance=None, cfg_scale=1.0,
-              reference_scale=1.0) -> Conditioning:
+              reference_scale=1.0, geometry: Geometry | None = None) -> Conditioning:
     """Encode the batch's captions (and, for CFG, the empty caption) with `model`'s text encoder.
 
     `guidance` (scalar or [B]) feeds a guidance-embedded model; `cfg_scale` (scalar or [B]) != 1
     runs classifier-free guidance with the empty caption; `reference_scale` != 1 (edit batches)
-    adds the branch without reference images.
+    adds the branch without reference images. With the target's `geometry`, a model that caches
+    reference images (model.reference_attention='cached') encodes them here, once per branch.
     """
     n = generator.batch_size(batch)
-    cond = model.condition(batch)
+
+    def encode(b):
+        c = model.condition(b)
+        return c if geometry is None else model.cache_references(c, geometry)
+
+    cond = encode(batch)
     extras = generator.extras(model.dit.cfg, batch, n, guidance)
     scale = lambda s: jnp.broadcast_to(jnp.asarray(s, jnp.float32), (n,))[:, None, None]
     if not is_unguided(reference_scale):
@@ -67,11 +73,11 @@ def condition(model: generator.DiffusionModel, batch: dict, *, guidance=None, cf
             raise ValueError("sampling.reference_scale guides on reference images; this batch has none (an edit "
                              "batch has them)")
         empty = generator.empty_captions(batch)
-        bare = model.condition(empty | {"num_references": jnp.zeros_like(empty["num_references"])})
-        return Conditioning(cond, model.condition(empty), extras, scale(cfg_scale), bare, scale(reference_scale))
+        bare = encode(empty | {"num_references": jnp.zeros_like(empty["num_references"])})
+        return Conditioning(cond, encode(empty), extras, scale(cfg_scale), bare, scale(reference_scale))
     if is_unguided(cfg_scale):
         return Conditioning(cond, None, extras, None)
-    return Conditioning(cond, model.condition(generator.empty_captions(batch)), extras, scale(cfg_scale))
+    return Conditioning(cond, encode(generator.empty_captions(batch)), extras, scale(cfg_scale))
 
 
 def velocity(model: generator.DiffusionModel, c: Conditioning, x: jax.Array, t: jax.Array, geometry: Geometry,
@@ -96,5 +102,6 @@ def velocity(model: generator.DiffusionModel, c: Conditioning, x: jax.Array, t: 
 def bind(model: generator.DiffusionModel, batch: dict, geometry: Geometry, *, guidance=None, cfg_scale=1.0,
          reference_scale=1.0, attention=None) -> VelocityFn:
     """The model's (guided) velocity for this batch's captions, as a function of (x, t)."""
-    c = condition(model, batch, guidance=guidance, cfg_scale=cfg_scale, reference_scale=reference_scale)
+    c = condition(model, batch, guidance=guidance, cfg_scale=cfg_scale, reference_scale=reference_scale,
+                  geometry=geometry)
     return lambda x, t: velocity(model, c, x, t, geometry, attention)

@@ -60,7 +60,7 @@ def check_entries(d) -> None:
 # What must agree with the run a stage starts from (the parameters' shapes and meaning).
 ARCHITECTURE = {
     "model": ("in_channels", "out_channels", "num_heads", "head_dim", "depth_double", "depth_single", "mlp_ratio",
-              "text_dim", "pooled_dim", "size_embed", "axes_dims_rope"),
+              "text_dim", "pooled_dim", "size_embed", "meta_embed", "axes_dims_rope"),
     "text": ("vocab_size", "width", "depth", "num_heads", "mlp_ratio", "max_len"),
     "input": ("key", "patch_size"),
     "data": ("image_size", "max_text_len"),

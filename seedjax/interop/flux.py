@@ -164,8 +164,12 @@ def export_state_dict(model: mmdit.MMDiT) -> dict[str, np.ndarray]:
 
 def check_exportable(cfg: ml_collections.ConfigDict) -> None:
     """Raise if `cfg` uses something FluxTransformer2DModel cannot express."""
-    if cfg.size_embed:
-        raise ValueError("Flux export: the size embedding (cfg.size_embed) has no FluxTransformer2DModel counterpart")
+    for key, what in (("size_embed", "size embedding"), ("meta_embed", "meta-info embedding")):
+        if cfg.get(key, False):
+            raise ValueError(f"Flux export: the {what} (cfg.{key}) has no FluxTransformer2DModel counterpart")
+    if cfg.get("reference_attention", "joint") != "joint":
+        raise ValueError("Flux export: FluxTransformer2DModel packs references in one sequence "
+                         "(cfg.reference_attention='joint'), not cached")
     target = mmdit.prediction(cfg)[0]
     if target != "velocity":
         raise ValueError(f"Flux export: FluxTransformer2DModel predicts a velocity, config predicts {target!r}")
@@ -246,9 +250,9 @@ def from_pretrained(path: str, **overrides) -> mmdit.MMDiT:
         raise FileNotFoundError(f"{config_file} not found (expected a diffusers FluxTransformer2DModel folder)")
     with open(config_file) as f:
         cfg = config_from_diffusers(json.load(f), **overrides)
-    if cfg.size_embed:
-        raise ValueError("from_pretrained: a Flux checkpoint has no size embedding; build MMDiT(cfg with size_embed) "
-                         "and call load_state_dict instead")
+    if cfg.size_embed or cfg.meta_embed:
+        raise ValueError("from_pretrained: a Flux checkpoint has no size or meta-info embedding; build MMDiT(cfg with "
+                         "size_embed or meta_embed) and call load_state_dict instead")
     state_dict = {}
     for file in _safetensors_files(path):
         with safe_open(file, framework="flax") as f:  # flax: keeps bfloat16 checkpoints readable

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from seedjax.models import mmdit, text, video_dit
+from seedjax.models import mmdit, reference_cache, text, video_dit
 from seedjax.models.geometry import Geometry, PackedGeometry
 
 # Batch keys of a video task (besides the captions): the clean conditioning frames in model
@@ -28,6 +28,8 @@ CAPTION_KEYS = ("tokens", "text_mask", "shot_tokens", "shot_mask")  # a batch's 
 # packed after the target's tokens, and how many of the R slots each example uses [B] (the
 # others are masked out of attention). `seedjax.diffusion.tasks.edit_task` makes them.
 REFERENCE_KEYS = ("references", "num_references")
+# Meta-info (SeedEdit 3.0; model.meta_embed): the task, told apart by the number of references.
+META_TASKS = ("t2i", "edit", "multi_ref")
 
 
 def is_video(model_cfg) -> bool:
@@ -51,6 +53,8 @@ class DiffusionModel(nnx.Module):
         if not self.is_video:
             embeddings, mask, pooled = text.text_conditioning(self.text, batch)
             refs = {k: batch[k] for k in REFERENCE_KEYS if "references" in batch}
+            if self.dit.meta_embedder is not None:  # the meta-info goes with the caption (CFG, caption dropout)
+                refs["meta_dropped"] = is_empty_caption(batch)
             return {"text_embeddings": embeddings, "pooled": pooled, "text_mask": mask, **refs}
         # Every shot's caption is encoded on its own; the DiT sees them one after another.
         if "shot_tokens" in batch:
@@ -87,17 +91,37 @@ class DiffusionModel(nnx.Module):
         if not geometry.is_image:
             raise ValueError(f"the MMDiT denoises single images; a {geometry.frames}-frame geometry needs the video DiT "
                              f"(config.model = video_dit_config(...))")
+        inputs = dict(guidance=guidance, target_size=target_size, return_features=return_features,
+                      attention_kwargs=attention_kwargs)
+        if self.dit.meta_embedder is not None:
+            inputs["meta"] = meta_info(cond, geometry, x.shape[0])
         if "references" not in cond:
             return self.dit(x, t, cond["text_embeddings"], cond["pooled"], text_mask=cond["text_mask"],
-                            grid_hw=geometry.grid_hw, guidance=guidance, target_size=target_size,
-                            return_features=return_features, attention_kwargs=attention_kwargs)
+                            grid_hw=geometry.grid_hw, **inputs)
+        if self.caches_references:  # the target attends to the references' cached keys and values
+            kv = self.cache_references(cond, geometry)["reference_kv"]
+            return self.dit(x, t, cond["text_embeddings"], cond["pooled"], text_mask=cond["text_mask"],
+                            grid_hw=geometry.grid_hw, reference_kv=kv, **inputs)
         # Editing: [target | reference 1 | ...] in one sequence; only the target's tokens come back.
         packed, image_mask, img_ids, txt_ids = pack_references(x, cond, geometry, self.dit.cfg)
         out = self.dit(packed, t, cond["text_embeddings"], cond["pooled"], text_mask=cond["text_mask"],
-                       image_mask=image_mask, img_ids=img_ids, txt_ids=txt_ids, guidance=guidance,
-                       target_size=target_size, return_features=return_features, attention_kwargs=attention_kwargs)
+                       image_mask=image_mask, img_ids=img_ids, txt_ids=txt_ids, **inputs)
         n = x.shape[1]
         return (out[0][:, :n], out[1][:, :n]) if return_features else out[:, :n]
+
+    @property
+    def caches_references(self) -> bool:
+        """Whether reference images are encoded once, apart from the target (model.reference_attention)."""
+        return not self.is_video and self.dit.cfg.get("reference_attention", "joint") == "cached"
+
+    def cache_references(self, cond: dict, geometry: Geometry) -> dict:
+        """`cond` with the references' keys and values (`reference_cache.ReferenceKV`) under
+        "reference_kv", when the model caches them and `cond` has references; else `cond` as it is.
+        A sampler calls this once per generation; a call without it recomputes them every step."""
+        if not self.caches_references or "references" not in cond or "reference_kv" in cond:
+            return cond
+        tokens, valid, ids = reference_tokens(cond, geometry, self.dit.cfg)
+        return cond | {"reference_kv": reference_cache.reference_kv(self.dit, tokens, valid, ids, cond["pooled"])}
 
     def start(self, noise: jax.Array, batch: dict, geometry: Geometry) -> jax.Array:
         """Where a sampler starts: the noise, except that a per-frame-timestep video model's clean
@@ -119,23 +143,48 @@ class DiffusionModel(nnx.Module):
         return self.dit.guidance_embedder is not None
 
 
-def pack_references(x: jax.Array, cond: dict, geometry: Geometry, model_cfg):
-    """The MMDiT's inputs for a target x [B, N, D] and the references of `cond` (REFERENCE_KEYS):
-    (packed tokens [B, N + sum N_r, D], image_mask [B, N + sum N_r] (False on unused slots),
-    img_ids, txt_ids). The references' ids follow model.reference_rope; the text's are the
-    Seedream ids of the target's grid, as without references."""
+def is_empty_caption(batch: dict) -> jax.Array:
+    """[B] bool: whether each caption is the empty caption (CFG's unconditional input)."""
+    tokens = batch["tokens"]
+    empty, _ = text.empty_caption(tokens.shape[-1])
+    return jnp.all(tokens == empty, axis=-1)
+
+
+def meta_info(cond: dict, geometry: Geometry, n: int) -> jax.Array:
+    """[n, mmdit.META_FEATURES] meta-info of a conditioning: 1 (present), the task one-hot
+    (META_TASKS: no reference, one, several), log(height / width) of the target, the number of
+    references; all zeros where the caption is the empty one (`cond["meta_dropped"]`)."""
+    refs = jnp.asarray(cond.get("num_references", jnp.zeros((n,), jnp.int32))).reshape(n)
+    h, w = geometry.grid_hw
+    features = jnp.concatenate([jnp.ones((n, 1)), jax.nn.one_hot(jnp.minimum(refs, 2), len(META_TASKS)),
+                                jnp.full((n, 1), np.log(h / w)), refs[:, None].astype(jnp.float32)], axis=1)
+    return jnp.where(cond["meta_dropped"][:, None], 0.0, features)
+
+
+def reference_tokens(cond: dict, geometry: Geometry, model_cfg):
+    """The references of `cond` (REFERENCE_KEYS) for a target of `geometry`: (tokens [B, sum N_r, D],
+    valid [B, sum N_r] (False on unused slots), RoPE ids [sum N_r, 3] as model.reference_rope says)."""
     refs = cond["references"]
     if refs.ndim != 5:
         raise ValueError(f"references must be [B, R, H, W, C], got shape {refs.shape}")
     parts = tuple(Geometry.of_array(refs[:, r], geometry.patch) for r in range(refs.shape[1]))
-    packed = PackedGeometry(geometry, parts)
-    tokens = [x] + [g.tokens(refs[:, r]).astype(x.dtype) for r, g in enumerate(parts)]
+    tokens = jnp.concatenate([g.tokens(refs[:, r]) for r, g in enumerate(parts)], axis=1)
     used = jnp.arange(len(parts))[None, :] < jnp.asarray(cond["num_references"]).reshape(-1, 1)  # [B, R]
-    image_mask = jnp.concatenate([jnp.ones(x.shape[:2], bool)] +
-                                 [jnp.repeat(used[:, r:r + 1], g.num_tokens, axis=1) for r, g in enumerate(parts)], 1)
-    _, txt_ids = mmdit.seedream_position_ids(*geometry.grid_hw, cond["text_embeddings"].shape[1])
-    img_ids = packed.position_ids(model_cfg.get("reference_rope", "per_reference"))
-    return jnp.concatenate(tokens, axis=1), image_mask, img_ids, txt_ids
+    valid = jnp.concatenate([jnp.repeat(used[:, r:r + 1], g.num_tokens, axis=1) for r, g in enumerate(parts)], 1)
+    ids = PackedGeometry(geometry, parts).position_ids(model_cfg.get("reference_rope", "per_reference"))
+    return tokens, valid, ids[geometry.num_tokens:]
+
+
+def pack_references(x: jax.Array, cond: dict, geometry: Geometry, model_cfg):
+    """The MMDiT's inputs for a target x [B, N, D] and the references of `cond` in one sequence
+    (model.reference_attention = 'joint'): (packed tokens [B, N + sum N_r, D], image_mask
+    [B, N + sum N_r] (False on unused slots), img_ids, txt_ids). The references' ids follow
+    model.reference_rope; the text's are the Seedream ids of the target's grid, as without references."""
+    tokens, valid, ref_ids = reference_tokens(cond, geometry, model_cfg)
+    image_mask = jnp.concatenate([jnp.ones(x.shape[:2], bool), valid], 1)
+    img_ids, txt_ids = mmdit.seedream_position_ids(*geometry.grid_hw, cond["text_embeddings"].shape[1])
+    return (jnp.concatenate([x, tokens.astype(x.dtype)], axis=1), image_mask,
+            np.concatenate([img_ids, ref_ids]), txt_ids)
 
 
 def with_guidance_embed(config, guidance_embed: bool):

@@ -31,12 +31,15 @@ from flax import nnx
 from seedjax.models import layers
 from seedjax.models.attention import TokenLayout, attention, get_backend
 from seedjax.models.geometry import REFERENCE_ROPE
-from seedjax.models.rope import apply_rope, rope_frequencies, seedream_position_ids
+from seedjax.models.mmdit_blocks import TOKENS, DoubleStreamBlock, SingleStreamBlock
+from seedjax.models.rope import rope_frequencies, seedream_position_ids
 from seedjax.parallel.sharding import constrain
 from seedjax.schema.models import mmdit_config
 
 TIMESTEP_CHANNELS = 256  # sinusoid width of every scalar embedder (Flux)
-TOKENS = ("batch", "seq", "act_embed")
+# Meta-info features (model.meta_embed; built by seedjax.models.generator.meta_info): present,
+# task one-hot (t2i, edit, multi-reference), log aspect ratio, number of references.
+META_FEATURES = 6
 LAYER_AXIS = "layers"  # logical name of the leading axis of stacked (scanned) block parameters
 BLOCK_STACKS = ("double_blocks", "single_blocks")  # the stacks `scan_layers` scans
 # Named remat policies: any argument-free policy of jax.checkpoint_policies, plus 'full'.
@@ -49,6 +52,9 @@ REMAT_POLICIES = {
 # of per-layer static sizes; calibration: a host callback per layer). Under `scan_layers` the
 # layer index is a traced scan counter, which they cannot take.
 STATIC_LAYER_INDEX_BACKENDS = ("paro", "paro_capture")
+# How reference images (editing) meet the target: in one sequence ('joint', FLUX.1 Kontext), or
+# encoded once on their own, keys and values cached (`seedjax.models.reference_cache`).
+REFERENCE_ATTENTION = ("joint", "cached")
 
 __all__ = [
     "MMDiT",
@@ -82,6 +88,11 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
     """Raise a one-line ValueError naming the first inconsistent MMDiT setting."""
     if cfg.get("reference_rope", "per_reference") not in REFERENCE_ROPE:
         raise ValueError(f"reference_rope must be one of {', '.join(REFERENCE_ROPE)}, got {cfg.reference_rope!r}")
+    if cfg.get("reference_attention", "joint") not in REFERENCE_ATTENTION:
+        raise ValueError(f"reference_attention must be one of {', '.join(REFERENCE_ATTENTION)}, "
+                         f"got {cfg.reference_attention!r}")
+    if cfg.get("reference_attention", "joint") == "cached" and cfg.attention_backend != "dense":
+        raise ValueError(f"reference_attention 'cached' needs attention_backend 'dense', not {cfg.attention_backend!r}")
     if sum(cfg.axes_dims_rope) != cfg.head_dim or any(d % 2 for d in cfg.axes_dims_rope):
         raise ValueError(f"axes_dims_rope {tuple(cfg.axes_dims_rope)} must be even and sum to head_dim {cfg.head_dim}")
     num_blocks = cfg.depth_double + cfg.depth_single
@@ -149,6 +160,7 @@ def train_flops_per_example(cfg, num_image_tokens: int, num_text_tokens: int) ->
         scalar_embedders * (TIMESTEP_CHANNELS * d + d * d)
         + cfg.pooled_dim * d + d * d
         + int(cfg.size_embed) * (2 * TIMESTEP_CHANNELS * d + d * d)
+        + int(cfg.get("meta_embed", False)) * (META_FEATURES * d + d * d)
         + cfg.depth_double * 2 * 6 * d * d
         + cfg.depth_single * 3 * d * d
         + 2 * d * d
@@ -158,85 +170,6 @@ def train_flops_per_example(cfg, num_image_tokens: int, num_text_tokens: int) ->
     per_token += cfg.depth_single * seq * (3 * d * d + d * m + (d + m) * d)
     attention_macs = (cfg.depth_double + cfg.depth_single) * 2 * seq * seq * d  # q k^T and p v
     return 3.0 * 2.0 * float(per_example + per_token + attention_macs)
-
-
-class StreamWeights(nnx.Module):
-    """One modality's weights inside a dual-stream block (image or text)."""
-
-    def __init__(self, hidden: int, head_dim: int, mlp_hidden: int, *, rngs: nnx.Rngs, dtype):
-        self.head_dim = head_dim
-        self.modulation = layers.Modulation(hidden, hidden, 6, rngs=rngs)
-        self.q = layers.Linear(hidden, hidden, rngs=rngs, names=("embed", "heads"), dtype=dtype)
-        self.k = layers.Linear(hidden, hidden, rngs=rngs, names=("embed", "heads"), dtype=dtype)
-        self.v = layers.Linear(hidden, hidden, rngs=rngs, names=("embed", "heads"), dtype=dtype)
-        self.q_norm = layers.RMSNorm(head_dim, rngs=rngs, eps=1e-6)
-        self.k_norm = layers.RMSNorm(head_dim, rngs=rngs, eps=1e-6)
-        self.out = layers.Linear(hidden, hidden, rngs=rngs, names=("heads", "embed"), dtype=dtype)
-        self.norm = layers.LayerNorm(hidden, rngs=rngs, eps=1e-6)
-        self.mlp = layers.MLP(hidden, mlp_hidden, hidden, rngs=rngs, activation_name="gelu_tanh", dtype=dtype)
-
-
-def heads_qkv(mod, h: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Project to q, k, v [B, L, H, Dh] with QK RMSNorm (every MMDiT and video DiT attention)."""
-    split = lambda y: y.reshape(*y.shape[:-1], -1, mod.head_dim)
-    q, k, v = split(mod.q(h)), split(mod.k(h)), split(mod.v(h))
-    names = ("batch", "seq", "act_heads", None)
-    return constrain(mod.q_norm(q), names), constrain(mod.k_norm(k), names), constrain(v, names)
-
-
-class DoubleStreamBlock(nnx.Module):
-    """Separate image/text weights, one joint attention over [text, image] (Flux FluxTransformerBlock)."""
-
-    def __init__(self, hidden: int, head_dim: int, mlp_hidden: int, *, rngs: nnx.Rngs, dtype):
-        self.img = StreamWeights(hidden, head_dim, mlp_hidden, rngs=rngs, dtype=dtype)
-        self.txt = StreamWeights(hidden, head_dim, mlp_hidden, rngs=rngs, dtype=dtype)
-
-    def __call__(self, img, txt, cond, cos, sin, key_mask, *, attend):
-        img_mod, txt_mod = self.img.modulation(cond), self.txt.modulation(cond)
-        # Chunk order of Flux's AdaLayerNormZero: shift, scale, gate (attention), shift, scale, gate (MLP).
-        streams = []
-        for x, w, (shift, scale, _, _, _, _) in ((txt, self.txt, txt_mod), (img, self.img, img_mod)):
-            streams.append(heads_qkv(w, layers.modulate(w.norm(x), shift, scale)))
-        q, k, v = (jnp.concatenate(parts, axis=1) for parts in zip(*streams))
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        out = attend(q, k, v, key_mask)
-        num_txt = txt.shape[1]
-        txt_attn = out[:, :num_txt].reshape(*txt.shape[:2], -1)
-        img_attn = out[:, num_txt:].reshape(*img.shape[:2], -1)
-
-        def residual(x, w, attn_out, mod):
-            _, _, gate, shift, scale, gate_mlp = mod
-            x = x + gate[:, None] * w.out(attn_out)
-            return x + gate_mlp[:, None] * w.mlp(layers.modulate(w.norm(x), shift, scale))
-
-        img = residual(img, self.img, img_attn, img_mod)
-        txt = residual(txt, self.txt, txt_attn, txt_mod)
-        return constrain(img, TOKENS), constrain(txt, TOKENS)
-
-
-class SingleStreamBlock(nnx.Module):
-    """One weight set over the joint sequence; attention and MLP in parallel (Flux FluxSingleTransformerBlock)."""
-
-    def __init__(self, hidden: int, head_dim: int, mlp_hidden: int, *, rngs: nnx.Rngs, dtype):
-        self.head_dim = head_dim
-        self.modulation = layers.Modulation(hidden, hidden, 3, rngs=rngs)
-        self.q = layers.Linear(hidden, hidden, rngs=rngs, names=("embed", "heads"), dtype=dtype)
-        self.k = layers.Linear(hidden, hidden, rngs=rngs, names=("embed", "heads"), dtype=dtype)
-        self.v = layers.Linear(hidden, hidden, rngs=rngs, names=("embed", "heads"), dtype=dtype)
-        self.q_norm = layers.RMSNorm(head_dim, rngs=rngs, eps=1e-6)
-        self.k_norm = layers.RMSNorm(head_dim, rngs=rngs, eps=1e-6)
-        self.mlp_in = layers.Linear(hidden, mlp_hidden, rngs=rngs, names=("embed", "mlp"), dtype=dtype)
-        self.out = layers.Linear(hidden + mlp_hidden, hidden, rngs=rngs, names=("mlp", "embed"), dtype=dtype)
-        self.norm = layers.LayerNorm(hidden, rngs=rngs, eps=1e-6)
-
-    def __call__(self, x, cond, cos, sin, key_mask, *, attend):
-        shift, scale, gate = self.modulation(cond)
-        h = layers.modulate(self.norm(x), shift, scale)
-        q, k, v = heads_qkv(self, h)
-        attn = attend(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, key_mask).reshape(*x.shape[:2], -1)
-        mlp = jax.nn.gelu(self.mlp_in(h), approximate=True)
-        x = x + gate[:, None] * self.out(jnp.concatenate([attn, mlp], axis=-1))
-        return constrain(x, TOKENS)
 
 
 class MMDiT(nnx.Module):
@@ -263,6 +196,7 @@ class MMDiT(nnx.Module):
         self.guidance_embedder = embedder(TIMESTEP_CHANNELS) if cfg.guidance_embed else None
         # Zero-initialised output: a model with a size embedding starts exactly like one without.
         self.size_embedder = embedder(2 * TIMESTEP_CHANNELS, layers.ZEROS) if cfg.size_embed else None
+        self.meta_embedder = embedder(META_FEATURES, layers.ZEROS) if cfg.get("meta_embed", False) else None
         make_double = lambda r: DoubleStreamBlock(hidden, cfg.head_dim, mlp_hidden, rngs=r, dtype=dtype)
         make_single = lambda r: SingleStreamBlock(hidden, cfg.head_dim, mlp_hidden, rngs=r, dtype=dtype)
         if is_scanned(cfg):  # one module per stack, parameters stacked on a leading LAYER_AXIS
@@ -290,8 +224,10 @@ class MMDiT(nnx.Module):
         txt_ids: jax.Array | None = None,
         guidance: jax.Array | None = None,
         target_size: jax.Array | None = None,
+        meta: jax.Array | None = None,
         return_features: bool = False,
         attention_kwargs: dict | None = None,
+        reference_kv=None,
     ):
         """Predict the flow velocity of image tokens.
 
@@ -309,9 +245,12 @@ class MMDiT(nnx.Module):
             overriding the default ones (e.g. Flux's all-zero txt_ids).
           guidance: [B] guidance scale (only with cfg.guidance_embed; multiplied by 1000 inside).
           target_size: [B, 2] target (height, width) in pixels (only with cfg.size_embed).
+          meta: [B, META_FEATURES] the task's meta-info (only with cfg.meta_embed; zeros = dropped).
           return_features: also return [B, N, hidden] image-token features after block
             cfg.repa_layer (double blocks first, then single blocks), for REPA.
           attention_kwargs: extra keyword arguments for the attention backend (e.g. sparse plans).
+          reference_kv: a `seedjax.models.reference_cache.ReferenceKV`: keys and values of
+            reference images that every query also attends to (model.reference_attention='cached').
 
         Returns:
           velocity [B, N, out_channels] float32, or (velocity, features) with return_features.
@@ -332,8 +271,11 @@ class MMDiT(nnx.Module):
         if return_features and cfg.repa_layer < 0:
             raise ValueError("MMDiT: return_features=True needs cfg.repa_layer >= 0")
         get_backend(cfg.attention_backend)  # fail early on an unknown backend name
+        if reference_kv is not None and cfg.attention_backend != "dense":
+            raise ValueError(f"MMDiT: cached reference keys need the dense attention backend, not "
+                             f"{cfg.attention_backend!r} (its layout knows only text and image tokens)")
 
-        cond = constrain(self._conditioning(t, pooled, guidance, target_size, batch), ("batch", "act_embed"))
+        cond = constrain(self._conditioning(t, pooled, guidance, target_size, batch, meta), ("batch", "act_embed"))
         cos, sin = self._rope_tables(num_img, num_txt, grid_hw, img_ids, txt_ids)
         key_mask = None
         if text_mask is not None or image_mask is not None:
@@ -345,6 +287,7 @@ class MMDiT(nnx.Module):
             backend=cfg.attention_backend,
             layout=TokenLayout(num_txt, None if grid_hw is None else tuple(grid_hw)),
             extra=attention_kwargs or {},
+            context=reference_kv,
         )
 
         # The residual stream stays float32 whatever the compute dtype.
@@ -364,7 +307,7 @@ class MMDiT(nnx.Module):
             velocity = out
         return (velocity, features) if return_features else velocity
 
-    def _conditioning(self, t, pooled, guidance, target_size, batch) -> jax.Array:
+    def _conditioning(self, t, pooled, guidance, target_size, batch, meta=None) -> jax.Array:
         """[B, hidden] float32 vector that drives every adaLN modulation."""
         cfg = self.cfg
 
@@ -391,6 +334,13 @@ class MMDiT(nnx.Module):
             cond = cond + self.size_embedder(size)
         elif target_size is not None:
             raise ValueError("MMDiT: target_size was given but cfg.size_embed is off")
+        if self.meta_embedder is not None:
+            if meta is None or meta.shape != (batch, META_FEATURES):
+                raise ValueError(f"MMDiT: cfg.meta_embed is on, pass meta [{batch}, {META_FEATURES}]; got "
+                                 f"{None if meta is None else meta.shape}")
+            cond = cond + self.meta_embedder(meta.astype(jnp.float32))
+        elif meta is not None:
+            raise ValueError("MMDiT: meta was given but cfg.meta_embed is off")
         return cond
 
     def _rope_tables(self, num_img, num_txt, grid_hw, img_ids, txt_ids):
@@ -529,11 +479,17 @@ def _with_attention(block_call, attend):
     return run
 
 
-def _attend(layer_index, *, backend: str, layout: TokenLayout, extra: dict):
+def _attend(layer_index, *, backend: str, layout: TokenLayout, extra: dict, context=None):
     """The attention function block `layer_index` calls: (q, k, v, key_mask) -> out. The index
-    is an int, or a traced int32 under scan_layers (see STATIC_LAYER_INDEX_BACKENDS)."""
+    is an int, or a traced int32 under scan_layers (see STATIC_LAYER_INDEX_BACKENDS). A
+    `context` (ReferenceKV) adds its keys and values of this layer after the block's own."""
 
     def attend(q, k, v, key_mask):
+        if context is not None:
+            k = jnp.concatenate([k, context.k[:, layer_index].astype(k.dtype)], axis=1)
+            v = jnp.concatenate([v, context.v[:, layer_index].astype(v.dtype)], axis=1)
+            own = jnp.ones(q.shape[:2], bool) if key_mask is None else key_mask.astype(bool)
+            key_mask = jnp.concatenate([own, context.valid.astype(bool)], axis=1)
         return attention(q, k, v, key_mask=key_mask, backend=backend, layer_index=layer_index, layout=layout, **extra)
 
     return attend

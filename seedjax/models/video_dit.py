@@ -56,15 +56,8 @@ from flax import nnx
 
 from seedjax.models import adaptive_windows, layers
 from seedjax.models.attention import get_backend
-from seedjax.models.mmdit import (
-    REMAT_POLICIES,
-    TIMESTEP_CHANNELS,
-    TOKENS,
-    StreamWeights,
-    heads_qkv,
-    prediction,
-    remat_policy,
-)
+from seedjax.models.mmdit import REMAT_POLICIES, TIMESTEP_CHANNELS, prediction, remat_policy
+from seedjax.models.mmdit_blocks import TOKENS, StreamWeights, heads_qkv, stream_qkv, stream_update
 from seedjax.models.rope import apply_rope, rope_frequencies
 from seedjax.models.video_attention import AttentionOps, Masks, per_frame, window_tokens
 from seedjax.parallel import sequence as sequence_lib
@@ -109,8 +102,8 @@ def validate_config(cfg) -> None:
     if cfg.remat_policy not in REMAT_POLICIES:
         raise ValueError(f"model.remat_policy {cfg.remat_policy!r} is not one of {sorted(REMAT_POLICIES)}")
     for key, why in (("scan_layers", "scanned layers"), ("size_embed", "a size embedding"),
-                     ("repa_layer", "REPA features")):
-        if cfg[key] not in (False, -1):
+                     ("repa_layer", "REPA features"), ("meta_embed", "meta-info embedding")):
+        if cfg.get(key, False) not in (False, -1):
             raise ValueError(f"model.{key}: the video DiT has no {why} yet; leave it at its default")
     layers.compute_dtype(cfg.dtype)
     target, _ = prediction(cfg)
@@ -243,14 +236,11 @@ def visual_update(w: StreamWeights, vis, attn, mod):
 
 
 def text_qkv(w: StreamWeights, txt, mod, rope):
-    q, k, v = heads_qkv(w, layers.modulate(w.norm(txt), mod[0], mod[1]))
+    q, k, v = stream_qkv(w, txt, mod)
     return apply_rope(q, *rope), apply_rope(k, *rope), v
 
 
-def text_update(w: StreamWeights, txt, attn, mod):
-    _, _, gate, shift, scale, gate_mlp = mod
-    txt = txt + gate[:, None] * w.out(attn.reshape(*txt.shape[:2], -1))
-    return txt + gate_mlp[:, None] * w.mlp(layers.modulate(w.norm(txt), shift, scale))
+text_update = stream_update  # the text stream updates as the MMDiT's streams do
 
 
 class VideoBlock(nnx.Module):

@@ -34,6 +34,9 @@ def mmdit_config() -> ml_collections.ConfigDict:
     cfg.pooled_dim = 512  # width of pooled text (diffusers: pooled_projection_dim)
     cfg.guidance_embed = False  # guidance-scale embedder (guidance-distilled models)
     cfg.size_embed = False  # target-resolution embedder (Seedream mixed resolution)
+    # Meta-info embedder (SeedEdit 3.0): the task (t2i / edit / multi-reference), the target's aspect
+    # ratio and the number of references, added to the conditioning; dropped with the caption.
+    cfg.meta_embed = False
     cfg.axes_dims_rope = (8, 28, 28)  # must sum to head_dim
     cfg.rope_theta = 10000.0
     cfg.repa_layer = -1  # block whose image features `return_features` gives; -1 off
@@ -55,6 +58,10 @@ def mmdit_config() -> ml_collections.ConfigDict:
     # 'per_reference' gives reference r its own index r + 1 on the leading RoPE axis; 'kontext'
     # puts every reference at 1, as FLUX.1 Kontext does (use it to fine-tune Kontext weights).
     cfg.reference_rope = "per_reference"
+    # 'joint': references in the target's sequence, attending to it (Kontext); 'cached': references
+    # encoded once at t = 0, attending to themselves only, their keys and values reused at every
+    # sampler step (seedjax/models/reference_cache.py).
+    cfg.reference_attention = "joint"
     return cfg
 
 
