@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from seedjax.config import ConfigError
+from seedjax.config import ConfigError, load_config
 from seedjax.diffusion import guidance as guidance_lib
 from seedjax.diffusion import objectives, sampling, tasks
 from seedjax.models import attention, generator, mmdit
 from seedjax.models.geometry import Geometry
+from tests.runner import ROOT
 from tests.test_editing import edit_batch, edit_config
 from tests.test_mmdit import randomized
 
@@ -181,3 +182,13 @@ def test_meta_info_starts_as_a_no_op_and_trains():
 
     randomized(model.dit.meta_embedder, scale=0.5)
     assert np.abs(ours() - theirs).max() > 1e-3
+
+
+def test_distillation_refuses_a_meta_info_model():
+    """The distillation discriminators' trunk reads no meta-info: refused before anything runs."""
+    from seedjax.distill import student
+
+    cfg = load_config(f"{ROOT}/experiments/quickstart/distill_cfg.py:tiny",
+                      {"init_from": "runs/teacher", "model.meta_embed": "true"})
+    with pytest.raises(ValueError, match="meta-info embedding"):
+        student.validate_config(cfg)

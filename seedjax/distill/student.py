@@ -36,6 +36,9 @@ def validate_config(config) -> None:
         raise ValueError(f"stage {config.stage}: distillation starts from a trained model; set config.init_from "
                          "to the previous stage's workdir")
     codec.require_pixel_space(config, f"stage {config.stage} (distillation)")
+    if config.model.get("meta_embed", False):  # the discriminators' trunk (discriminator.trunk_features) reads none
+        raise ValueError(f"stage {config.stage}: distillation does not feed the meta-info embedding yet; "
+                         "distil a model with config.model.meta_embed=false")
     check_entries(d)
     if config.sampling.schedule not in ("uniform", "flow") or config.sampling.num_steps < 1:
         raise ValueError(f"config.sampling: schedule {config.sampling.schedule!r} (uniform | flow) with "
