@@ -16,8 +16,9 @@ FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_pass
 # One XLA thread per test process (and subprocess): the two xdist workers already keep both
 # cores busy, and XLA's thread pools on top of them only add switching (two concurrent tiny runs
 # 51 s instead of 62 s, their train-step compile 16 s instead of 25 s; the losses bit for bit
-# the same). SEEDJAX_TEST_XLA_THREADS=1 keeps XLA's thread pools.
-ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+# the same). SEEDJAX_TEST_XLA_THREADS=1 keeps XLA's thread pools. (Only `--` flags here: XLA
+# stops reading XLA_FLAGS at a bare word, and tests/runner.py appends the device count.)
+ONE_THREAD = "--xla_cpu_multi_thread_eigen=false"
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 flags = os.environ.get("XLA_FLAGS", "")
