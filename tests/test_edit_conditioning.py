@@ -3,8 +3,8 @@ images (model.reference_attention='cached') against one packed sequence with a p
 and against recomputing them at every sampler step; the meta-info embedding (model.meta_embed)."""
 
 import jax
-import ml_collections
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from flax import nnx

@@ -23,8 +23,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from seedjax.models import layers, mmdit
-from seedjax.models.mmdit_blocks import DoubleStreamBlock, stream_qkv, stream_update
 from seedjax.models.attention import attention
+from seedjax.models.mmdit_blocks import DoubleStreamBlock, stream_qkv, stream_update
 from seedjax.models.rope import apply_rope, rope_frequencies
 
 
@@ -64,7 +64,8 @@ def reference_kv(dit: mmdit.MMDiT, tokens: jax.Array, valid: jax.Array, ids, poo
     keys, values = [], []
     every = list(blocks(dit))
     for i, block in enumerate(every):
-        if isinstance(block, DoubleStreamBlock):
+        double = isinstance(block, DoubleStreamBlock)  # the references are its image stream
+        if double:
             mod = block.img.modulation(cond)
             q, k, v = stream_qkv(block.img, x, mod)
         else:
@@ -75,6 +76,5 @@ def reference_kv(dit: mmdit.MMDiT, tokens: jax.Array, valid: jax.Array, ids, poo
         if i == len(every) - 1:
             break  # the last block's outputs are never read
         out = attention(apply_rope(q, cos, sin), k, v, key_mask=key_mask)
-        x = stream_update(block.img, x, out, mod) if isinstance(block, DoubleStreamBlock) else \
-            block.update(x, h, out, gate)
+        x = stream_update(block.img, x, out, mod) if double else block.update(x, h, out, gate)
     return ReferenceKV(jnp.stack(keys, axis=1), jnp.stack(values, axis=1), valid.astype(bool))
