@@ -50,6 +50,18 @@ def test_workdir_contract(straight):
         assert json.load(f) == {"step": 20, "total_steps": 20, "stage": "pretrain"}
 
 
+def test_metric_writer_writes_tensorboard_events_without_importing_torch(tmp_path):
+    # tensorboardX tries torch at import, 2 s of every training process's start where torch is
+    # installed (as in this test environment); seedjax logs no torch tensors.
+    code = ("import sys; from seedjax.train.metrics import MetricWriter\n"
+            "w = MetricWriter(sys.argv[1], 1, enabled=True); w.write(1, {'loss': 1.0}); w.close()\n"
+            "assert 'torch' not in sys.modules; import torch")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, env=env_for(1), capture_output=True,
+                          text=True, timeout=120)
+    assert_ok(proc)
+    assert os.listdir(tmp_path / "tb") and read_metrics(str(tmp_path))[0]["loss"] == 1.0
+
+
 def test_exact_resume_after_stop_is_bitwise_equal(straight, tmp_path):
     workdir = str(tmp_path / "resumed")
     assert_ok(run_main(CONFIG, workdir, *FAST, extra_flags=("--stop_at_step=10",)))

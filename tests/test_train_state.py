@@ -77,3 +77,42 @@ def test_lr_schedule_warmup_then_cosine():
     assert float(sched(110)) == pytest.approx(0.1, rel=1e-5)
     with pytest.raises(ValueError, match="schedule"):
         st.lr_schedule(optimizer_config(schedule="steps"), 10)
+
+
+def test_traced_init_and_ema_update_never_ask_a_tracer_for_its_error_origin(monkeypatch):
+    """Flax's indexed set (`var[...] = x`) compares x's sharding; a tracer answers with an error
+    message whose origin JAX finds by walking every equation traced so far. Once per parameter in
+    model init and in the EMA update, that made tracing quadratic in the parameter count (seconds
+    of every train step's trace): neither may do it. The keys stay those of Flax's own stream."""
+    from jax._src.interpreters import partial_eval
+
+    from seedjax.models.layers import Linear, next_key
+
+    a, b = nnx.Rngs(3), nnx.Rngs(3)
+    for _ in range(3):
+        np.testing.assert_array_equal(jax.random.key_data(a.params()), jax.random.key_data(next_key(b.params)))
+    assert int(b.params.count[...]) == 3
+
+    asked = []
+    origin = partial_eval.DynamicJaxprTracer._origin_msg
+    monkeypatch.setattr(partial_eval.DynamicJaxprTracer, "_origin_msg", lambda self: asked.append(1) or origin(self))
+    stack = lambda rngs: nnx.List([Linear(4, 4, rngs=rngs) for _ in range(6)])
+    abstract = nnx.eval_shape(lambda: stack(nnx.Rngs(0)))
+    assert len(jax.tree.leaves(nnx.state(abstract, nnx.Param))) == 12 and not asked
+
+    model = stack(nnx.Rngs(0))
+    ema = st.EMA(model, decay=0.5)
+
+    @nnx.jit
+    def step(model, ema):
+        for layer in model:
+            layer.kernel.set_value(layer.kernel[...] + 1.0)
+        ema.update(model)
+
+    start = np.asarray(model[0].kernel[...])
+    step(model, ema)
+    assert not asked
+    np.testing.assert_allclose(ema.params[0]["kernel"][...], start + 0.5, rtol=1e-6)
+    # The probe itself works: an indexed set of a traced value does ask.
+    nnx.jit(lambda m: m[0].kernel.__setitem__(..., m[0].kernel[...] * 2))(model)
+    assert asked

@@ -46,11 +46,24 @@ def compute_dtype(name: str) -> jnp.dtype:
     return jnp.dtype(name)
 
 
+def next_key(stream: nnx.RngStream) -> jax.Array:
+    """The key `stream()` returns (the stream's key folded with its count; the count advanced).
+
+    Written out because of the count's update: Flax's indexed set (`count[...] += 1`) compares
+    the new value's sharding with the old one's, and a tracer, which has none, answers with an
+    error message whose origin JAX finds by walking every equation traced so far. Once per
+    parameter, model init traced that way grew with the square of the parameter count (4 s of
+    a tiny distillation stage). `set_value` replaces the value without that comparison."""
+    key = jax.random.fold_in(stream.key[...], stream.count[...])
+    stream.count.set_value(stream.count[...] + 1)
+    return key
+
+
 def param(rngs: nnx.Rngs, init: Initializer, shape: Sequence[int], names: Sequence[str | None]) -> nnx.Param:
     """A float32 parameter of `shape` whose axes carry the logical `names`."""
     if len(names) != len(shape):
         raise ValueError(f"param: {len(names)} logical names {tuple(names)} for shape {tuple(shape)}")
-    return nnx.Param(nnx.with_partitioning(init, tuple(names))(rngs.params(), tuple(shape), jnp.float32))
+    return nnx.Param(nnx.with_partitioning(init, tuple(names))(next_key(rngs.params), tuple(shape), jnp.float32))
 
 
 class Linear(nnx.Module):

@@ -24,6 +24,21 @@ from PIL import Image
 from seedjax.train import workdir as workdir_lib
 
 
+def summary_writer_class():
+    """tensorboardX's SummaryWriter, imported without torch. tensorboardX tries `import torch`
+    only to accept torch tensors, which seedjax never logs; where torch is installed (diffusers
+    interop, the tests) that import cost 2 s of every training process's start."""
+    if "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+        return SummaryWriter
+    sys.modules["torch"] = None  # `import torch` raises ImportError while this is set
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 class MetricWriter:
     def __init__(self, workdir: str, total_steps: int, enabled: bool | None = None, sync_s: float = 30.0):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
@@ -40,8 +55,7 @@ class MetricWriter:
                 self._lines = metrics.read_text().splitlines(keepends=True) if metrics.exists() else []
             else:
                 self._jsonl = open(metrics, "a", buffering=1)
-            from tensorboardX import SummaryWriter
-
+            SummaryWriter = summary_writer_class()
             self._tb_dir = tempfile.mkdtemp(prefix="seedjax_tb_") if self.remote else str(self.root / "tb")
             self._tb = SummaryWriter(self._tb_dir, flush_secs=10)
 

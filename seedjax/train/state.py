@@ -85,7 +85,9 @@ class EMA(nnx.Module):
         new = nnx.state(model, nnx.Param)
 
         def one(ema_var, p):
-            ema_var[...] = self.decay * ema_var[...] + (1.0 - self.decay) * p[...]
+            # set_value, not `ema_var[...] = ...`: see layers.next_key (a traced indexed set walks
+            # the whole jaxpr; over every parameter of a train step, seconds of tracing).
+            ema_var.set_value(self.decay * ema_var[...] + (1.0 - self.decay) * p[...])
 
         jax.tree.map(one, self.params, new, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
