@@ -46,6 +46,9 @@ def main() -> None:
     args = parser.parse_args()
     load_before = protocol.begin(args.max_load, args.no_append)
     os.environ["SEEDJAX_CACHE"] = tempfile.mkdtemp(prefix="seedjax_bench_eval_")
+    from seedjax.models import small_cnn
+
+    small_cnn.SHIPPED = small_cnn.cache_dir() / "none_shipped"  # train them: that is the cost measured
 
     from data_pipelines.sources.scenes import SceneConfig, make_scene
     from seedjax.eval.judges.classifier import get_classifier

@@ -148,6 +148,34 @@ def test_classifier_fd_orders_distributions(classifier, test_digits):
     assert report["diversity"] > 0
 
 
+def test_shipped_judges_load_without_training_and_each_file_is_its_settings(tmp_path, monkeypatch):
+    """The judges shipped configs use load from seedjax/models/small_cnn_weights: a fresh machine
+    (and CI) trains none. Changing one's settings or code version fails here until
+    `python -m seedjax.tools.ship_judges` has shipped the new weights."""
+    import json
+
+    from safetensors import safe_open
+
+    from seedjax.eval.judges import stamps
+    from seedjax.tools import ship_judges
+    from seedjax.train import digit_encoder
+
+    monkeypatch.setenv("SEEDJAX_CACHE", str(tmp_path))
+    for module in (digit_encoder, stamps):
+        monkeypatch.setattr(module, "_train", lambda *a: pytest.fail(f"{module.__name__} trained a shipped judge"))
+    for name, settings in ship_judges.SHIPPED_JUDGES:
+        metadata = ship_judges.load(name, settings)
+        accuracy = metadata.get("test_accuracy", metadata.get("any_recall"))
+        assert float(accuracy) > 0.95, (name, settings, metadata)
+    assert not list(tmp_path.iterdir())  # nothing trained, nothing cached
+    shipped = sorted(small_cnn.SHIPPED.rglob("*.safetensors"))
+    assert len(shipped) == len(ship_judges.SHIPPED_JUDGES)  # no stale file ships
+    for path in shipped:
+        with safe_open(str(path), "np") as f:
+            settings = json.loads(f.metadata()["settings"])
+        assert small_cnn.settings_key(settings) == path.stem and settings["model"] == path.parent.name
+
+
 def test_training_is_deterministic_and_cached(tmp_path, monkeypatch):
     """Same settings -> bitwise-equal weights (two fresh trainings); a reload gives the same model;
     a cache file that does not fit the model is refused with its path in the message."""

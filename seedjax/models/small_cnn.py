@@ -6,6 +6,11 @@ convolutional networks trained on CPU in well under a minute and then cached as 
 `$SEEDJAX_CACHE` (default `~/.cache/seedjax`), keyed by a hash of everything that determines the
 weights (settings and a code version). A file lock makes concurrent processes (pytest-xdist
 workers, several stages) train once and share the result.
+
+The judges that shipped configs use ship trained, in `small_cnn_weights/` beside this file, under
+the same keys (`python -m seedjax.tools.ship_judges` trains them there): a fresh machine and CI
+load them instead of training them (minutes of CPU), and every machine judges with the same
+weights. Settings or a code version that no shipped file has are trained and cached as before.
 """
 
 from __future__ import annotations
@@ -129,6 +134,9 @@ def batched_apply(fn: Callable, x: np.ndarray, batch_size: int = 256) -> np.ndar
 # ----------------------------------------------------------------------------- cache
 
 
+SHIPPED = Path(__file__).resolve().parent / "small_cnn_weights"
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("SEEDJAX_CACHE", "~/.cache/seedjax")).expanduser()
 
@@ -177,8 +185,10 @@ def load_or_train(name: str, settings: dict, make: Callable[[], nnx.Module],
     """
     from safetensors.numpy import load_file, safe_open, save_file
 
-    path = cache_dir() / name / f"{settings_key(settings)}.safetensors"
-    with _file_lock(path.with_suffix(".lock")):
+    path = SHIPPED / name / f"{settings_key(settings)}.safetensors"
+    if not path.exists():
+        path = cache_dir() / name / path.name
+    with contextlib.nullcontext() if path.is_relative_to(SHIPPED) else _file_lock(path.with_suffix(".lock")):
         if not path.exists():
             model = make()
             metadata = {k: str(v) for k, v in train(model).items()}
