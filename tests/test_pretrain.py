@@ -43,11 +43,9 @@ def test_defect_mask_removes_masked_pixels_from_the_loss():
     batch = batch_for(cfg)
     masked = dict(batch, loss_mask=batch["loss_mask"].at[:, :16].set(0.0))
     poisoned = dict(masked, image=masked["image"].at[:, :16].set(50.0))  # only inside the masked rows
-    rng = jax.random.key(1)
-    loss_masked, _ = flow_matching_loss(state.model, masked, rng, cfg)
-    loss_poisoned, _ = flow_matching_loss(state.model, poisoned, rng, cfg)
-    loss_unmasked_poisoned, _ = flow_matching_loss(state.model, dict(poisoned, loss_mask=batch["loss_mask"]),
-                                                           rng, cfg)
+    loss = nnx.jit(lambda model, batch: flow_matching_loss(model, batch, jax.random.key(1), cfg)[0])
+    loss_masked, loss_poisoned = loss(state.model, masked), loss(state.model, poisoned)
+    loss_unmasked_poisoned = loss(state.model, dict(poisoned, loss_mask=batch["loss_mask"]))
     # The poisoned pixels shift the model input (attention sees everything) but their targets are
     # excluded, so the masked loss stays in the normal range while the unmasked one explodes.
     assert float(loss_unmasked_poisoned) > 20 * float(loss_poisoned)
@@ -100,7 +98,7 @@ def test_repa_loss_trains_the_projector_and_the_blocks_below_its_layer():
         return aux["repa_loss"]
 
     mods = nnx.List([state.model, state.repa])
-    loss, grads = nnx.value_and_grad(repa_only)(mods)
+    loss, grads = nnx.jit(nnx.value_and_grad(repa_only))(mods)  # one compile, not one per op
     assert 0.0 < float(loss) <= 2.0
     norm = lambda tree: float(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(tree)))
     assert norm(grads[1]) > 0  # projector
