@@ -113,7 +113,7 @@ def test_gradients_flow_through_the_reference_pass(cached):
         return jnp.sum(model(x, jnp.array([0.6, 0.3]), model.condition(batch | {"references": references}),
                              geometry) ** 2)
 
-    grad = np.asarray(jax.grad(target_output)(batch["references"]))
+    grad = np.asarray(jax.jit(jax.grad(target_output))(batch["references"]))
     assert np.all(np.isfinite(grad))
     assert np.abs(grad[0, 0]).max() > 0 and np.abs(grad[1]).max() > 0
     np.testing.assert_array_equal(grad[0, 1], 0.0)  # example 0's unused slot
@@ -177,7 +177,7 @@ def test_meta_info_starts_as_a_no_op_and_trains():
     np.testing.assert_array_equal(ours(), theirs)
 
     train_batch = edit_batch(cfg) | {"image": jnp.zeros((2, cfg.data.image_size, cfg.data.image_size, 3))}
-    grads = nnx.grad(lambda m: objectives.flow_matching_loss(m, train_batch, jax.random.key(3), cfg)[0])(model)
+    grads = nnx.jit(nnx.grad(lambda m: objectives.flow_matching_loss(m, train_batch, jax.random.key(3), cfg)[0]))(model)
     assert np.abs(np.asarray(grads.dit.meta_embedder.down.kernel[...])).max() > 0
 
     randomized(model.dit.meta_embedder, scale=0.5)

@@ -15,6 +15,10 @@ import shutil
 import sys
 import tempfile
 
+from seedjax.eval.judges import stamps
+from seedjax.models import small_cnn
+from seedjax.train import digit_encoder
+
 # What shipped configs and evaluators load: the digit CNN at the 32-pixel default and at the tiny
 # variants' 16 pixels (the classifier judges, REPA's encoder), and the 64-pixel stamp detector.
 SHIPPED_JUDGES = (("digit_classifier", {"image_size": 32}), ("digit_classifier", {"image_size": 16}),
@@ -24,17 +28,11 @@ SHIPPED_JUDGES = (("digit_classifier", {"image_size": 32}), ("digit_classifier",
 def load(name: str, settings: dict):
     """The judge `name` with `settings`, trained first where nothing has it; returns its metadata."""
     if name == "digit_classifier":
-        from seedjax.train import digit_encoder
-
         return digit_encoder.load(**settings).metadata
-    from seedjax.eval.judges import stamps
-
     return stamps.get_stamp_detector.__wrapped__(**settings).metadata
 
 
 def main() -> int:
-    from seedjax.models import small_cnn
-
     shutil.rmtree(small_cnn.SHIPPED, ignore_errors=True)
     with tempfile.TemporaryDirectory() as cache:
         os.environ["SEEDJAX_CACHE"] = cache
