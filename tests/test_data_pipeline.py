@@ -1,6 +1,8 @@
 """The training iterator: batch contract, determinism, exact resume (1 and 2 processes, 0 and 2 workers)."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -39,6 +41,19 @@ def _row_ids(images, reference):
         hits = np.flatnonzero(np.all(flat == img, axis=1))
         out.append(int(hits[0]) if len(hits) else -1)
     return np.array(out)
+
+
+def test_glyphs_are_scikit_learns_digits_read_without_importing_it():
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images, labels = glyphs.load_digits("all")
+    np.testing.assert_array_equal(images, (bunch.images / 16.0).astype(np.float32))
+    np.testing.assert_array_equal(labels, bunch.target)
+    assert glyphs.load_digits("test")[0].shape == (300, 8, 8)
+    # A training process pays no scikit-learn import (scipy.stats and more: 1-2 s) for the digits.
+    code = "import sys; from data_pipelines.sources import glyphs; glyphs.load_digits(); print('sklearn' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
 
 
 def test_digits_batch_follows_contract():

@@ -110,8 +110,8 @@ def test_repa_loss_trains_the_projector_and_the_blocks_below_its_layer():
 
 def test_sample_shapes_and_nfe_counted_by_model_calls():
     """The sample hook gives [N, 1, H, W, C] in [-1, 1]; the sampler's NFE equals the generator
-    evaluations counted by wrapping its call (the scan unrolled with jit off): true CFG counts
-    twice, a guidance-embedded student once."""
+    evaluations counted while the compiled sampler runs (a host callback in the wrapped call fires
+    once per evaluation, inside the scan): true CFG counts twice, a guidance-embedded student once."""
     from seedjax.diffusion.sampling import Sampler
     from seedjax.models.generator import DiffusionModel
     from seedjax.models.geometry import Geometry
@@ -127,7 +127,8 @@ def test_sample_shapes_and_nfe_counted_by_model_calls():
     original = DiffusionModel.__call__
 
     def counted(self, x, *args, **kwargs):
-        evaluations.append(x.shape[0] // 2)  # examples evaluated / prompts: 2 under CFG's doubled batch
+        # examples evaluated / prompts: 2 under CFG's doubled batch
+        jax.debug.callback(lambda rows: evaluations.append(int(rows) // 2), x.shape[0])
         return original(self, x, *args, **kwargs)
 
     embedded = pretrain.init(tiny(**{"model.guidance_embed": True}), nnx.Rngs(0)).model
@@ -138,8 +139,9 @@ def test_sample_shapes_and_nfe_counted_by_model_calls():
         DiffusionModel.__call__ = counted
         for model, sampler in cases:
             evaluations.clear()
-            with jax.disable_jit():
-                sampler.generate(model, batch, geometry, jax.random.key(0))
+            generate = jax.jit(lambda key: sampler.generate(model, batch, geometry, key))
+            jax.block_until_ready(generate(jax.random.key(0)))
+            jax.effects_barrier()
             assert sum(evaluations) == sampler.nfe, (sampler, evaluations)
     finally:
         DiffusionModel.__call__ = original
