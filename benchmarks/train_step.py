@@ -60,6 +60,8 @@ import numpy as np
 from benchmarks import protocol
 
 SIZES = {
+    # tiny: for the tests of the benchmarks (seconds on a CPU; nothing to read into its times)
+    "tiny": dict(heads=2, head_dim=16, double=1, single=1, img_tokens=16, txt_tokens=8, in_ch=4, batch=2),
     # quickstart: the MMDiT of experiments/quickstart/pretrain.py (16 image + 32 text tokens)
     "quickstart": dict(heads=3, head_dim=32, double=2, single=2, img_tokens=16, txt_tokens=32, in_ch=16, batch=64),
     # the larger point: hidden 512, 256 image tokens, batch 32

@@ -360,3 +360,28 @@ def test_vae_step_checks_equal_work_and_times_both_sides():
     bad = subprocess.run([sys.executable, "-m", "benchmarks.vae_step", "--sizes=tiny,nope"], cwd=ROOT,
                          env=env_for(1), capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "nope" in bad.stderr
+
+
+def test_step_memory_counts_the_peak_of_the_measured_steps_only():
+    """benchmarks.step_memory: the procfs counters it reads, one side measured in this process (the
+    tiny size), and its table's arithmetic."""
+    import numpy as np
+
+    from benchmarks import step_memory as sm
+
+    spike = np.ones(96 * 2**20, np.uint8)  # written, so resident
+    del spike
+    sm.reset_peak()
+    before = sm.rss_kib()
+    assert before["VmHWM"] - before["VmRSS"] < 16 * 1024  # the earlier spike is forgotten
+    block = np.ones(48 * 2**20, np.uint8)
+    assert sm.rss_kib()["VmHWM"] - before["VmRSS"] >= 40 * 1024
+    del block
+    got = sm.measure("seedjax", "tiny", 1)
+    assert got["peak"] >= got["resting"] > 0 and got["xla_temp"] > 0 and got["xla_arguments"] > 0
+    results = {"seedjax": dict(resting=100 * sm.MIB, peak=150 * sm.MIB, xla_temp=40 * sm.MIB,
+                               xla_arguments=10 * sm.MIB),
+               "torch": dict(resting=120 * sm.MIB, peak=220 * sm.MIB)}
+    cells = [c.strip() for c in sm.row("quickstart", results).strip("|").split("|")]
+    assert cells[2:] == ["100", "150", "50", "120", "220", "100", "40 + 10", "2.00x"]
+    assert sm.main(["--sizes=nope"]) == 2 and sm.main(["--child=jax:quickstart"]) == 2

@@ -84,6 +84,14 @@ def test_same_seed_same_batches_other_seed_differs():
     assert not np.array_equal(a[0]["label"], c[0]["label"])
 
 
+def test_read_threads_change_the_speed_not_the_batches():
+    one = _take(dp.make_train_iterator(_cfg(read_threads=1), global_batch_size=8, seed=3, process_index=0,
+                                       process_count=1), 3)
+    three = _take(dp.make_train_iterator(_cfg(read_threads=3), global_batch_size=8, seed=3, process_index=0,
+                                         process_count=1), 3)
+    assert _same(one, three)
+
+
 def test_epochs_cover_the_split_and_reshuffle():
     reference, _ = _reference_digits("train")
     n = len(reference)  # 1497; batches of 499 = 3 per epoch

@@ -43,8 +43,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.filter = ""
 
     # Throughput: threads reading and decoding the samples of a batch, batches read ahead in a
-    # background thread (when num_workers = 0), and prefetch worker processes.
-    c.read_threads = 2
+    # background thread (when num_workers = 0), and prefetch worker processes. One read thread:
+    # decoding and rendering hold the GIL, so a second thread made every source slower on two
+    # cores (BENCHMARKS.md, data pipeline throughput, 2026-12-01); more can pay off for storage
+    # with latency (remote files), where threads wait rather than compute.
+    c.read_threads = 1
     c.read_buffer = 4
     c.num_workers = 0
     c.worker_buffer_size = 2
