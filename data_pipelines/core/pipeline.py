@@ -12,7 +12,9 @@ With data.degradations.enabled, training and eval rows also carry `degraded_imag
 
 from __future__ import annotations
 
+import atexit
 import logging
+import weakref
 
 import grain
 import numpy as np
@@ -136,6 +138,13 @@ class TrainIterator:
         self._iterator = iter(dataset)
         self._counts = {"samples": 0, **scan_counts}
         self._reported: set[str] = set()
+        # A program that exits without close() would leave the read-ahead thread loading a sample
+        # while the interpreter tears down under it (seen as "terminate called without an active
+        # exception", exit -6). Closing at exit stops and joins it first; a weak reference keeps
+        # the hook from holding the iterator alive.
+        ref = weakref.ref(self)
+        self._close_at_exit = lambda: ref() is not None and ref().close()
+        atexit.register(self._close_at_exit)
 
     def __iter__(self):
         return self
@@ -163,6 +172,7 @@ class TrainIterator:
         self._counts = dict(state["counters"])
 
     def close(self) -> None:
+        atexit.unregister(self._close_at_exit)
         self._iterator.close()
 
 
