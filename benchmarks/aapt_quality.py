@@ -88,13 +88,6 @@ def parse_runs(text: str) -> list[tuple[str, str, int]]:
     return runs
 
 
-def int_list(flag: str, text: str, least: int) -> list[int]:
-    values = [int(v) for v in text.split(",") if re.fullmatch(r"\s*-?\d+\s*", v)]
-    if len(values) != text.count(",") + 1 or min(values) < least:
-        raise cli.UsageError(f"--{flag}: expected comma-separated integers >= {least}, got {text!r}")
-    return values
-
-
 def check_run(name: str, workdir: str) -> None:
     """Refuse, before anything is generated, what this benchmark cannot measure."""
     try:
@@ -320,8 +313,8 @@ def main(argv: list[str]) -> int:
     protocol.add_max_load(parser)
     args = parser.parse(argv)
     runs = parse_runs(args.runs)
-    args.lengths = int_list("lengths", args.lengths, 1)
-    args.seeds = int_list("seeds", args.seeds, 0)
+    args.lengths = cli.int_list("lengths", args.lengths, 1)
+    args.seeds = cli.int_list("seeds", args.seeds, 0)
     if args.num < 1 or args.batch < 1:
         raise cli.UsageError(f"--num and --batch must be >= 1, got {args.num} and {args.batch}")
     for name, workdir, _ in runs:

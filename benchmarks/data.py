@@ -165,16 +165,6 @@ def run_rounds(arms: dict, rounds: int) -> dict[str, list[float]]:
 # --------------------------------------------------------------------------- main
 
 
-def _ints(text: str, flag: str, least: int) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        values = []
-    if not values or min(values) < least:
-        raise cli.UsageError(f"{flag}: expected comma-separated integers >= {least}, got {text!r}")
-    return values
-
-
 def parse(argv: list[str]):
     parser = cli.Parser("benchmarks.data", __doc__)
     parser.add_argument("--rounds", type=int, default=3)
@@ -190,8 +180,8 @@ def parse(argv: list[str]):
     args = parser.parse(argv)
     from data_pipelines.core import config as config_lib
 
-    args.workers = _ints(args.workers, "--workers", 0)
-    args.read_threads = _ints(args.read_threads or str(config_lib.default_config().read_threads), "--read_threads", 1)
+    args.workers = cli.int_list("workers", args.workers, 0)
+    args.read_threads = cli.int_list("read_threads", args.read_threads or str(config_lib.default_config().read_threads), 1)
     args.sources = [s for s in args.sources.split(",") if s]
     args.per_core = [s for s in args.per_core.split(",") if s]
     bad = [s for s in args.sources if s not in ("digits", "digit_scenes", "folder", "shards")]

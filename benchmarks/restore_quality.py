@@ -43,7 +43,6 @@ above --max_load). Exit codes: 0 done, 2 bad flags or runs (one line).
 from __future__ import annotations
 
 import os
-import re
 import sys
 
 import jax
@@ -72,13 +71,6 @@ HEAD = ("| data | windows | method | NFE | PSNR (dB) | SSIM | perceptual distanc
 
 
 # --------------------------------------------------------------------------- runs
-
-
-def int_list(flag: str, text: str, least: int) -> list[int]:
-    values = [int(v) for v in text.split(",") if re.fullmatch(r"\s*\d+\s*", v)]
-    if len(values) != text.count(",") + 1 or min(values) < least or len(set(values)) != len(values):
-        raise cli.UsageError(f"--{flag}: expected distinct comma-separated integers >= {least}, got {text!r}")
-    return values
 
 
 def shape_of(config) -> tuple[int, int, int]:
@@ -333,7 +325,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--append", action="store_true", help="append the tables to BENCHMARKS.md")
     protocol.add_max_load(parser)
     args = parser.parse(argv)
-    args.seeds, args.steps = int_list("seeds", args.seeds, 0), int_list("steps", args.steps, 1)
+    args.seeds = cli.int_list("seeds", args.seeds, 0, distinct=True)
+    args.steps = cli.int_list("steps", args.steps, 1, distinct=True)
     args.rules = args.rules.split(",")
     if not set(args.rules) <= set(RULES) or len(set(args.rules)) != len(args.rules):
         raise cli.UsageError(f"--rules: expected distinct entries of {','.join(RULES)}, got {','.join(args.rules)}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import re
 import sys
 from typing import Callable, Sequence
 
@@ -88,6 +89,15 @@ class Parser(argparse.ArgumentParser):
             out[key] = value
             i += 1
         return out
+
+
+def int_list(flag: str, text: str, least: int, distinct: bool = False) -> list[int]:
+    """`--flag=1,2,3` as integers >= `least` (and no repeats if `distinct`); UsageError otherwise."""
+    values = [int(v) for v in text.split(",") if re.fullmatch(r"\s*-?\d+\s*", v)]
+    if len(values) != text.count(",") + 1 or min(values) < least or (distinct and len(set(values)) != len(values)):
+        what = "distinct comma-separated" if distinct else "comma-separated"
+        raise UsageError(f"--{flag}: expected {what} integers >= {least}, got {text!r}")
+    return values
 
 
 def entry(prog: str) -> Callable[[Callable[[list[str]], int]], Callable[..., int]]:

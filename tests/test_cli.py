@@ -356,3 +356,14 @@ def test_pipeline_forwards_sigterm_and_exits_with_the_stage_code(tmp_path):
     assert not (tmp_path / "root" / "second").exists()
     assert not (tmp_path / "root" / "first" / "done.json").exists()
     assert "stage first exited with code 143" in err
+
+
+def test_int_list_flags_take_integers_at_least_the_bound():
+    from seedjax import cli
+
+    assert cli.int_list("seeds", "0, 1,2", 0) == [0, 1, 2]
+    assert cli.int_list("seeds", "3,3", 0) == [3, 3]
+    for text, least, distinct in (("", 0, False), ("1,,2", 0, False), ("x", 0, False), ("0,2", 1, False),
+                                  ("-1", 0, False), ("2,2", 0, True), ("1.5", 0, False)):
+        with pytest.raises(cli.UsageError, match=r"^--seeds: expected .*integers >= \d"):
+            cli.int_list("seeds", text, least, distinct)
