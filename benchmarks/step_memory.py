@@ -13,8 +13,8 @@ Each side of each size runs in a fresh process (`--child=SIDE:SIZE`), which
    resting state (weights, optimizer moments, inputs, both libraries: the shared set-up imports jax);
 3. runs `--steps` steps and reads the peak resident set over them (VmHWM).
 The table gives resting and peak RSS and their difference, the step's own memory (activations,
-gradients, workspace; on seedjax's side XLA's temporaries, which its CPU runtime keeps allocated
-from the first execution on). seedjax's row adds XLA's count for the compiled step
+gradients, workspace; on seedjax's side XLA's temporaries, which its CPU runtime seems to keep
+allocated from the first execution on: hence the step is compiled, not run, before the baseline). seedjax's row adds XLA's count for the compiled step
 (memory_analysis: temporaries, and the arguments, which the outputs alias through donation).
 Both sides allocate through glibc, run with a fixed mmap threshold (see MALLOC). Linux only
 (procfs). A table is appended to BENCHMARKS.md unless --no-append, or unless the 1-minute load
