@@ -18,6 +18,7 @@ None: where text and image tokens sit), plus whatever the caller adds in `**back
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable
 
 import jax
@@ -118,18 +119,45 @@ def dense_attention(
 
 MASKED_LOGIT = -0.7 * float(jnp.finfo(jnp.float32).max)  # jax.nn.dot_product_attention's
 
+# Above this many queries the CPU form runs in query blocks of at most this size and keeps each
+# row's log-sum-exp for the backward pass instead of the [B, H, Lq, Lk] probabilities. At 1,056
+# queries (batch 4, 8 heads) three blocks took 0.56-0.58 s forward + backward against 0.75-0.83 s
+# unblocked, with a third of the memory; at 288 queries splitting was no faster, and recomputing
+# the logits in the backward pass costs a whole QK^T, so shorter sequences keep the probabilities.
+LONGEST_QUERY_BLOCK = 512
 
-def _heads_first_forward(q, k, v, key_mask):
-    qh, kh, vh = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))  # [B, H, L, D]
-    # The scale goes on q (and on dq, dk in the backward pass), not on the [B, H, L, L] logits: XLA
-    # materialised it there as a full [B, H, L, L] array read by every pass.
-    scaled_q = qh * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
+
+def query_block(num_queries: int) -> int:
+    """Equal query blocks of at most LONGEST_QUERY_BLOCK (all queries in one when they fit)."""
+    blocks = -(-num_queries // LONGEST_QUERY_BLOCK)
+    return -(-num_queries // blocks)
+
+
+def _scaled_logits(scaled_q, kh, key_mask):
+    """[B, H, q, D] x [B, H, Lk, D] -> float32 logits [B, H, q, Lk], masked keys at MASKED_LOGIT."""
     logits = jnp.einsum("bhqd,bhkd->bhqk", scaled_q, kh, preferred_element_type=jnp.float32)
     if key_mask is not None:
         logits = jnp.where(key_mask.astype(bool)[:, None, None, :], logits, MASKED_LOGIT)
-    probs = jax.nn.softmax(logits, axis=-1)
+    return logits
+
+
+def _heads_first(q, k, v):
+    """[B, L, H, D] -> [B, H, L, D], and q times the softmax scale: the scale goes on q (and on dq,
+    dk in the backward passes), as XLA materialised a scale on the [B, H, L, L] logits as a full
+    array read by every pass."""
+    qh, kh, vh = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))
+    return qh, qh * jnp.asarray(q.shape[-1] ** -0.5, q.dtype), kh, vh
+
+
+def _back(x, like):
+    return jnp.swapaxes(x, 1, 2).astype(like.dtype)
+
+
+def _heads_first_forward(q, k, v, key_mask):
+    qh, scaled_q, kh, vh = _heads_first(q, k, v)
+    probs = jax.nn.softmax(_scaled_logits(scaled_q, kh, key_mask), axis=-1)
     out = jnp.einsum("bhqk,bhkd->bhqd", probs.astype(v.dtype), vh, preferred_element_type=jnp.float32)
-    return jnp.swapaxes(out, 1, 2).astype(q.dtype), (qh, kh, vh, probs, out)
+    return _back(out, q), (qh, kh, vh, probs, out)
 
 
 def _heads_first_backward(residuals, grad):
@@ -144,21 +172,91 @@ def _heads_first_backward(residuals, grad):
     ds = probs * (dp - jnp.sum(g * out, axis=-1, keepdims=True))
     dq = jnp.einsum("bhqk,bhkd->bhqd", ds, kh.astype(jnp.float32)) * scale
     dk = jnp.einsum("bhqk,bhqd->bhkd", ds, qh.astype(jnp.float32)) * scale
-    back = lambda x, like: jnp.swapaxes(x, 1, 2).astype(like.dtype)
-    return back(dq, qh), back(dk, kh), back(dv, vh), None  # no cotangent for the key mask
+    return _back(dq, qh), _back(dk, kh), _back(dv, vh), None  # no cotangent for the key mask
 
 
 @jax.custom_vjp
-def heads_first_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:
-    """`jax.nn.dot_product_attention`'s function (q, k, v [B, L, H, D], optional key_mask [B, Lk])
-    in a form XLA runs faster on CPUs: heads first for the batched dots and a hand-written
-    backward pass. At hidden 512, benchmarks/profile_step.py had XLA's attention at 4.6 s of the
-    step's 14.8 s of thread time, where PyTorch's SDPA took 1.0 s (BENCHMARKS.md, issue 20)."""
+def _stored_probabilities(q, k, v, key_mask):
     return _heads_first_forward(q, k, v, key_mask)[0]
 
 
-heads_first_attention.defvjp(lambda q, k, v, key_mask: _heads_first_forward(q, k, v, key_mask),
-                             _heads_first_backward)
+_stored_probabilities.defvjp(_heads_first_forward, _heads_first_backward)
+
+
+def _in_blocks(x, block):
+    """[B, H, L, ...] -> [n, B, H, block, ...], L zero-padded to n blocks."""
+    n = -(-x.shape[2] // block)
+    pad = [(0, 0)] * x.ndim
+    pad[2] = (0, n * block - x.shape[2])
+    x = jnp.pad(x, pad).reshape(*x.shape[:2], n, block, *x.shape[3:])
+    return jnp.moveaxis(x, 2, 0)
+
+
+def _from_blocks(x, length):
+    """[n, B, H, block, ...] -> [B, H, length, ...]."""
+    x = jnp.moveaxis(x, 0, 2)
+    return x.reshape(*x.shape[:2], -1, *x.shape[4:])[:, :, :length]
+
+
+def _blocked_forward(q, k, v, key_mask, block):
+    _, scaled_q, kh, vh = _heads_first(q, k, v)
+
+    def one_block(qb):
+        logits = _scaled_logits(qb, kh, key_mask)
+        top = jnp.max(logits, axis=-1, keepdims=True)
+        p = jnp.exp(logits - top)
+        total = jnp.sum(p, axis=-1, keepdims=True)
+        out = jnp.einsum("bhqk,bhkd->bhqd", p.astype(v.dtype), vh, preferred_element_type=jnp.float32) / total
+        return out, (top + jnp.log(total))[..., 0]
+
+    out, lse = jax.lax.map(one_block, _in_blocks(scaled_q, block))
+    out, lse = _from_blocks(out, q.shape[1]), _from_blocks(lse, q.shape[1])
+    return _back(out, q), (scaled_q, kh, vh, key_mask, out, lse)
+
+
+def _blocked_backward(block, residuals, grad):
+    # The probabilities of each query block again, from its logits and its rows' log-sum-exp;
+    # dK and dV summed over the blocks, dQ block by block.
+    scaled_q, kh, vh, key_mask, out, lse = residuals
+    scale = scaled_q.shape[-1] ** -0.5
+    g = jnp.swapaxes(grad, 1, 2).astype(jnp.float32)
+    row_dot = jnp.sum(g * out, axis=-1)
+    k32, v32 = kh.astype(jnp.float32), vh.astype(jnp.float32)
+
+    def one_block(carry, blocks):
+        dk, dv = carry
+        qb, gb, lse_b, row_b = blocks
+        p = jnp.exp(_scaled_logits(qb, kh, key_mask) - lse_b[..., None])
+        ds = p * (jnp.einsum("bhqd,bhkd->bhqk", gb, v32) - row_b[..., None])
+        dk = dk + jnp.einsum("bhqk,bhqd->bhkd", ds, qb.astype(jnp.float32))
+        dv = dv + jnp.einsum("bhqk,bhqd->bhkd", p, gb)
+        return (dk, dv), jnp.einsum("bhqk,bhkd->bhqd", ds, k32) * scale
+
+    blocks = tuple(_in_blocks(x, block) for x in (scaled_q, g, lse, row_dot))
+    (dk, dv), dq = jax.lax.scan(one_block, (jnp.zeros_like(k32), jnp.zeros_like(v32)), blocks)
+    dq = _from_blocks(dq, scaled_q.shape[2])
+    return _back(dq, scaled_q), _back(dk, kh), _back(dv, vh), None
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _query_blocked(q, k, v, key_mask, block):
+    return _blocked_forward(q, k, v, key_mask, block)[0]
+
+
+_query_blocked.defvjp(_blocked_forward, _blocked_backward)
+
+
+def heads_first_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None = None, *,
+                          block: int | None = None) -> jax.Array:
+    """`jax.nn.dot_product_attention`'s function (q, k, v [B, L, H, D], optional key_mask [B, Lk])
+    in a form XLA runs faster on CPUs: heads first for the batched dots, hand-written backward
+    passes, and long query sequences in blocks (`block` queries each; default `query_block`).
+    At hidden 512, benchmarks/profile_step.py had XLA's attention at 4.6 s of the step's 14.8 s
+    of thread time, where PyTorch's SDPA took 1.0 s (BENCHMARKS.md, issue 20)."""
+    block = block or query_block(q.shape[1])
+    if block >= q.shape[1]:
+        return _stored_probabilities(q, k, v, key_mask)
+    return _query_blocked(q, k, v, key_mask, block)
 
 
 @register_backend("paro")
