@@ -1,10 +1,12 @@
 """Where a train step's time goes, seedjax (XLA CPU) beside PyTorch, at the sizes of benchmarks.train_step.
 
-    python -m benchmarks.profile_step [--sizes=quickstart,large] [--steps=3] [--top=12]
+    python -m benchmarks.profile_step [--sizes=quickstart,large,vae_small] [--steps=3] [--top=12]
         [--frameworks=seedjax,torch] [--batch=N] [--max_load=1.0] [--no-append]
 
-The step is `benchmarks.train_step`'s, on both sides (same model, weights, inputs, AdamW). After
-two untimed steps each side runs `--steps` steps under its own profiler:
+The step is `benchmarks.train_step`'s (the MMDiT against diffusers' Flux; sizes of its SIZES) or,
+for `vae_<size>`, `benchmarks.vae_step`'s (the image VAE against diffusers' AutoencoderKL), on both
+sides (same model, weights, inputs, AdamW). After two untimed steps each side runs `--steps` steps
+under its own profiler:
 
 - seedjax: `jax.profiler.trace` with XLA's per-thunk trace events on
   (`--xla_cpu_enable_xprof_traceme=true`, set here before JAX starts). Each event is one HLO
@@ -16,7 +18,7 @@ two untimed steps each side runs `--steps` steps under its own profiler:
 seedjax's instructions are also summed by model part: the models' named scopes (`MODEL_PARTS`:
 attention, rope, norm, modulation, mlp), the update, and the rest. Both sides are grouped into the
 same categories (`category`): attention (seedjax: the `attention` scope; torch: the SDPA kernels), matmul
-(the other dots: linear layers), normalisation and softmax reductions, transcendental
+(the other dots: linear layers), conv (convolutions, forward and backward), normalisation and softmax reductions, transcendental
 elementwise (exp, tanh, rsqrt), other elementwise, layout (transpose, copy, concatenate, slice,
 pad) and optimizer. Times are summed over threads (XLA's thunks run concurrently on the CPU
 thread pool), per step; the shares are of that sum, not of the wall time.
@@ -36,9 +38,9 @@ import re  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
-from benchmarks import protocol, train_step  # noqa: E402
+from benchmarks import protocol, train_step, vae_step  # noqa: E402
 
-CATEGORIES = ("attention", "matmul", "reduction", "transcendental", "elementwise", "layout", "optimizer", "other")
+CATEGORIES = ("attention", "matmul", "conv", "reduction", "transcendental", "elementwise", "layout", "optimizer", "other")
 LAYOUT = ("transpose", "reshape", "copy", "concatenate", "slice", "dynamic_slice", "dynamic_update_slice", "pad",
           "broadcast_in_dim", "squeeze", "expand_dims", "gather", "scatter", "convert_element_type", "select_n")
 TRANSCENDENTAL = ("exp", "tanh", "logistic", "rsqrt", "sqrt", "log", "sin", "cos", "pow", "erf")
@@ -72,6 +74,8 @@ def category(op_name: str) -> str:
     primitive = op_name.split(";")[0].rsplit("/", 1)[-1]
     if primitive == "dot_general":
         return "matmul"
+    if primitive == "conv_general_dilated":
+        return "conv"
     if primitive.startswith(("reduce_", "argmax", "argmin", "cumsum")):
         return "reduction"
     if primitive in TRANSCENDENTAL:
@@ -88,6 +92,8 @@ def torch_category(name: str) -> str:
         return "attention"
     if "foreach" in n or "adam" in n or "optimizer" in n:
         return "optimizer"
+    if "conv" in n:
+        return "conv"
     if re.search(r"aten::(mm|addmm|bmm|matmul|linear|baddbmm)\b", n):
         return "matmul"
     if "norm" in n or "softmax" in n or re.search(r"aten::(sum|mean|var|std|amax|max)\b", n):
@@ -165,14 +171,28 @@ def top_rows(seconds: dict[str, float], describe, top: int) -> list[str]:
     return rows
 
 
-def profile_size(name: str, args) -> str:
+def make_sides(name: str, args) -> tuple[dict, str]:
+    """The size's sides (seedjax first) and the line that describes its shapes."""
+    if name.startswith("vae_"):
+        s = dict(vae_step.SIZES[name[4:]], **({"batch": args.batch} if args.batch else {}))
+        cfg, images = vae_step.vae_config(s), vae_step.make_images(s)
+        sj = vae_step.SeedjaxVAE(cfg, images)
+        sides = {"seedjax": sj} | ({"torch": vae_step.TorchVAE(cfg, images, sj.export_weights())}
+                                   if "torch" in args.frameworks else {})
+        return sides, f"{name}: batch {s['batch']} x {s['image']}x{s['image']} images, {sj.params:,} parameters"
     s = dict(train_step.SIZES[name], **({"batch": args.batch} if args.batch else {}))
     cfg = train_step.seedjax_config(s)
     inputs = train_step.make_inputs(s, cfg)
     sj = train_step.SeedjaxSide(cfg, inputs)
-    sides = {"seedjax": sj}
-    if "torch" in args.frameworks:
-        sides["torch"] = train_step.TorchSide(cfg, inputs, sj.export_weights(), "cpu", "float32")
+    sides = {"seedjax": sj} | ({"torch": train_step.TorchSide(cfg, inputs, sj.export_weights(), "cpu", "float32")}
+                               if "torch" in args.frameworks else {})
+    return sides, (f"{name}: batch {s['batch']} x ({s['img_tokens']}+{s['txt_tokens']}) tokens, hidden "
+                   f"{s['heads'] * s['head_dim']}")
+
+
+def profile_size(name: str, args) -> str:
+    sides, title = make_sides(name, args)
+    sj = sides["seedjax"]
     wall = {}
     for label, side in sides.items():
         for _ in range(2):
@@ -181,20 +201,19 @@ def profile_size(name: str, args) -> str:
         for _ in range(args.steps):
             side.step()
         wall[label] = (time.perf_counter() - start) / args.steps
-    lines = [f"\n#### {name}: batch {s['batch']} x ({s['img_tokens']}+{s['txt_tokens']}) tokens, hidden "
-             f"{s['heads'] * s['head_dim']}; wall s/step unprofiled: "
-             + ", ".join(f"{k} {v:.4f}" for k, v in wall.items()) + "\n"]
+    lines = [f"\n#### {title}; wall s/step unprofiled: " + ", ".join(f"{k} {v:.4f}" for k, v in wall.items()) + "\n"]
     per_side = {}
     if "seedjax" in sides:
         seconds, op_names = profile_seedjax(sj, args.steps)
         per_side["seedjax"] = by_category(seconds, lambda n: category(op_names[n]))
-        parts = by_category(seconds, lambda n: model_part(op_names[n]), MODEL_PARTS + ("other layers", "optimizer"))
-        total = sum(parts.values())
         lines += ["seedjax, top HLO instructions (summed over threads, per step):\n",
                   "| instruction | category: op_name (first) | ms | share |", "|---|---|---|---|",
-                  *top_rows(seconds, lambda n: f"{category(op_names[n])}: `{op_names[n].split(';')[0]}`", args.top), "",
-                  "seedjax by model part (named scopes), ms per step:\n", "| part | ms | share |", "|---|---|---|",
-                  *[f"| {part} | {t * 1e3:.1f} | {100 * t / total:.1f}% |" for part, t in parts.items()], ""]
+                  *top_rows(seconds, lambda n: f"{category(op_names[n])}: `{op_names[n].split(';')[0]}`", args.top), ""]
+        if not name.startswith("vae_"):  # the VAE has no named scopes
+            parts = by_category(seconds, lambda n: model_part(op_names[n]), MODEL_PARTS + ("other layers", "optimizer"))
+            total = sum(parts.values())
+            lines += ["seedjax by model part (named scopes), ms per step:\n", "| part | ms | share |", "|---|---|---|",
+                      *[f"| {part} | {t * 1e3:.1f} | {100 * t / total:.1f}% |" for part, t in parts.items()], ""]
     if "torch" in sides:
         seconds = profile_torch(sides["torch"], args.steps)
         per_side["torch"] = by_category(seconds, torch_category)
@@ -215,7 +234,7 @@ def profile_size(name: str, args) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="benchmarks.profile_step", allow_abbrev=False)
-    parser.add_argument("--sizes", default="quickstart,large")
+    parser.add_argument("--sizes", default="quickstart,large", help="train_step sizes, or vae_<vae_step size>")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--top", type=int, default=12)
     parser.add_argument("--batch", type=int, default=0, help="override the sizes' batch (0: theirs)")
@@ -225,7 +244,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     sizes = [x for x in args.sizes.split(",") if x]
     args.frameworks = [x for x in args.frameworks.split(",") if x]
-    unknown = [x for x in sizes if x not in train_step.SIZES] + [x for x in args.frameworks
+    known = list(train_step.SIZES) + [f"vae_{x}" for x in vae_step.SIZES]
+    unknown = [x for x in sizes if x not in known] + [x for x in args.frameworks
                                                                     if x not in ("seedjax", "torch")]
     if unknown or not sizes or "seedjax" not in args.frameworks or args.steps < 1 or args.top < 1 or args.batch < 0:
         parser.error(f"bad --sizes/--frameworks/--steps/--top (unknown: {unknown}; seedjax is always profiled)")

@@ -73,7 +73,7 @@ class SeedjaxVAE:
                                                     weight_decay=o["weight_decay"]), wrt=nnx.Param)
         self.params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(self.model, nnx.Param)))
         graphdef, self.state = nnx.split((self.model, opt))
-        self.x = jnp.asarray(images)
+        self.arrays = jnp.asarray(images)
 
         def step(state, x):
             model, opt = nnx.merge(graphdef, state)
@@ -95,7 +95,7 @@ class SeedjaxVAE:
         return autoencoder_kl.export_state_dict(self.model)
 
     def step(self):
-        self.state, loss = self.step_fn(self.state, self.x)
+        self.state, loss = self.step_fn(self.state, self.arrays)
         self._block((self.state, loss))
         return loss
 

@@ -307,15 +307,17 @@ def test_profile_categories_follow_the_name_stack():
     assert category("jit(step)/transpose(jvp())/dot_general;jit(step)/jvp(attention)/add") == "matmul"
     assert category("jit(step)/jvp(norm)/rsqrt") == "transcendental"
     assert category("jit(step)/jvp()/reduce_sum") == "reduction"
+    assert category("jit(step)/transpose(jvp())/conv_general_dilated") == "conv"
     assert category("jit(step)/transpose(jvp(rope))/transpose") == "layout"
     assert category("jit(step)/add") == "optimizer"  # outside the gradient: the update
     assert [model_part(n) for n in ("jit(step)/transpose(jvp(mlp))/dot_general", "jit(step)/jvp(modulation)/mul",
                                     "jit(step)/jvp(rope)/mul", "jit(step)/jvp()/dot_general", "jit(step)/sub")] == [
         "mlp", "modulation", "rope", "other layers", "optimizer"]
     assert [torch_category(n) for n in ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::addmm",
+                                        "aten::mkldnn_convolution", "aten::convolution_backward",
                                         "aten::_foreach_mul_", "aten::native_layer_norm", "aten::gelu",
                                         "aten::permute", "aten::add")] == [
-        "attention", "matmul", "optimizer", "reduction", "transcendental", "layout", "elementwise"]
+        "attention", "matmul", "conv", "conv", "optimizer", "reduction", "transcendental", "layout", "elementwise"]
     hlo = ('  %ynn_fusion.3 = f32[2,3]{1,0} fusion(%a), kind=kCustom, metadata={op_type="dot_general" '
            'op_name="jit(step)/jvp()/dot_general" source_file="x.py"}\n'
            '  ROOT %tuple.1 = (f32[2,3]) tuple(%ynn_fusion.3)\n')
@@ -323,22 +325,25 @@ def test_profile_categories_follow_the_name_stack():
 
 
 def test_profile_step_attributes_the_real_step(tmp_path):
-    """One profiled step of the quickstart MMDiT (seedjax only, batch 2) in its own process, where the
-    per-thunk trace flag is set before JAX starts: every category the step has shows time."""
+    """One profiled step of the quickstart MMDiT and of the tiny VAE (seedjax only, batch 2) in their own
+    process, where the per-thunk trace flag is set before JAX starts: every category each step has shows time."""
     from tests.runner import ROOT, env_for
 
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.profile_step", "--sizes=quickstart", "--steps=1",
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.profile_step", "--sizes=quickstart,vae_tiny", "--steps=1",
                            "--frameworks=seedjax", "--batch=2", "--no-append"],
                           cwd=ROOT, env=env_for(1), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = dict(re.findall(r"^\| (\w+) \| ([0-9.]+) \|$", proc.stdout, re.M))
-    assert set(rows) == {"attention", "matmul", "reduction", "transcendental", "elementwise", "layout",
-                         "optimizer", "other"}, proc.stdout
-    for cat in ("attention", "matmul", "optimizer"):
-        assert float(rows[cat]) > 0, (cat, proc.stdout)
-    assert float(rows["other"]) == 0
-    parts = dict(re.findall(r"^\| (attention|rope|norm|modulation|mlp) \| ([0-9.]+) \| [0-9.]+% \|$", proc.stdout, re.M))
+    mmdit, vae = proc.stdout.split("\n#### ")[1:]
+    assert mmdit.startswith("quickstart: batch 2") and vae.startswith("vae_tiny: batch 2 x 16x16"), proc.stdout
+    for text, present, absent in ((mmdit, ("attention", "matmul", "optimizer"), ("conv", "other")),
+                                  (vae, ("conv", "reduction", "optimizer"), ("attention", "other"))):
+        rows = dict(re.findall(r"^\| (\w+) \| ([0-9.]+) \|$", text, re.M))
+        assert set(rows) == {"attention", "matmul", "conv", "reduction", "transcendental", "elementwise", "layout",
+                             "optimizer", "other"}, text
+        assert all(float(rows[c]) > 0 for c in present) and all(float(rows[c]) == 0 for c in absent), text
+    parts = dict(re.findall(r"^\| (attention|rope|norm|modulation|mlp) \| ([0-9.]+) \| [0-9.]+% \|$", mmdit, re.M))
     assert len(parts) == 5 and all(float(t) > 0 for t in parts.values()), proc.stdout  # the scopes reach the profile
+    assert "by model part" not in vae
     bad = subprocess.run([sys.executable, "-m", "benchmarks.profile_step", "--sizes=nope", "--no-append"],
                          cwd=ROOT, env=env_for(1), capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown: ['nope']" in bad.stderr
