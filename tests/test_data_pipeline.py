@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import data_pipelines as dp
+from data_pipelines.core import streams as streams_lib
 from data_pipelines.core.tokenizer import detokenize
 from data_pipelines.sources import glyphs
 
@@ -92,7 +93,11 @@ def test_read_threads_change_the_speed_not_the_batches():
     assert _same(one, three)
 
 
-def test_epochs_cover_the_split_and_reshuffle():
+@pytest.mark.parametrize("shuffle", ["numpy_permutations", "grain_index_shuffle"])
+def test_epochs_cover_the_split_and_reshuffle(shuffle, monkeypatch):
+    # 1497 members: numpy's per-epoch permutations; with the threshold at 0, grain's `shuffle`.
+    if shuffle == "grain_index_shuffle":
+        monkeypatch.setattr(streams_lib, "PERMUTE_BELOW", 0)
     reference, _ = _reference_digits("train")
     n = len(reference)  # 1497; batches of 499 = 3 per epoch
     it = dp.make_train_iterator(_cfg(), global_batch_size=499, seed=0, process_index=0, process_count=1)
