@@ -65,6 +65,7 @@ class SeedjaxVAE:
         from flax import nnx
 
         from seedjax.models.vae import ImageVAE, kl_divergence
+        from seedjax.train import perf
 
         # 'rbg' keys: threefry initialisers cost a slow XLA compile per parameter shape on CPU.
         self.model = ImageVAE(cfg, rngs=nnx.Rngs(jax.random.key(0, impl="rbg")))
@@ -86,7 +87,8 @@ class SeedjaxVAE:
             opt.update(model, grads)
             return nnx.state((model, opt)), loss
 
-        self.step_fn = jax.jit(step, donate_argnums=0)
+        # the options of seedjax's own training step (seedjax.train.perf: no YNNPACK convolutions on CPUs)
+        self.step_fn = jax.jit(step, donate_argnums=0, compiler_options=perf.compiler_options())
         self._block = jax.block_until_ready
 
     def export_weights(self) -> dict:

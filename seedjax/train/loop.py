@@ -142,7 +142,8 @@ def _run(config, workdir: str, stop_at_step: int, classifier_features) -> int:
             metrics = stage.train_step(module, batch, jax.random.fold_in(base_key, step), config)
             return nnx.state(module), metrics
 
-        jitted_step = jax.jit(train_step, out_shardings=(shardings, None), donate_argnums=0)
+        jitted_step = jax.jit(train_step, out_shardings=(shardings, None), donate_argnums=0,
+                              compiler_options=perf.compiler_options())
         compiled = {}  # one executable per batch shape (resolution buckets)
 
         def compiled_step(state, batch, step):

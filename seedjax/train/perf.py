@@ -1,8 +1,10 @@
-"""Performance bookkeeping: compiled-memory report, device peak FLOP/s, replication check."""
+"""Performance bookkeeping: compiled-memory report, device peak FLOP/s, replication check, and the
+XLA compiler options of the training step."""
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import jax
@@ -13,6 +15,22 @@ from flax import nnx
 log = logging.getLogger("seedjax")
 
 REPLICATION_LIMIT_BYTES = 1 << 20
+
+# XLA's CPU backend hands convolutions to YNNPACK by default. Its convolutions, the backward ones
+# above all, were most of the VAE step's time: without them (Eigen's) the image VAE's training
+# step went from 2.36-2.65 s to 1.51 s (benchmarks/vae_step.py's small size; BENCHMARKS.md, issue
+# 20). The list is jaxlib 0.10's default (individual dots and convolutions, reductions) less the
+# convolutions, so that dots and reductions stay with YNNPACK: the MMDiT step compiles to the same
+# program as with the default. A YNNPACK choice of the user's own in XLA_FLAGS wins.
+CPU_COMPILER_OPTIONS = {
+    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+
+
+def compiler_options() -> dict:
+    """Options for `jax.jit(..., compiler_options=...)` of a training step on this backend."""
+    if jax.default_backend() != "cpu" or "xla_cpu_experimental_ynn_fusion_type" in os.environ.get("XLA_FLAGS", ""):
+        return {}
+    return dict(CPU_COMPILER_OPTIONS)
 
 # Dense bf16 peak TFLOP/s per device, by device_kind substring (vendor data sheets).
 _PEAK_TFLOPS = {
