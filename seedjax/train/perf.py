@@ -32,6 +32,7 @@ def compiler_options() -> dict:
         return {}
     return dict(CPU_COMPILER_OPTIONS)
 
+
 # Dense bf16 peak TFLOP/s per device, by device_kind substring (vendor data sheets).
 _PEAK_TFLOPS = {
     "H200": 989.0,
