@@ -120,10 +120,10 @@ def dense_attention(
 MASKED_LOGIT = -0.7 * float(jnp.finfo(jnp.float32).max)  # jax.nn.dot_product_attention's
 
 # Above this many queries the CPU form runs in query blocks of at most this size and keeps each
-# row's log-sum-exp for the backward pass instead of the [B, H, Lq, Lk] probabilities. At 1,056
-# queries (batch 4, 8 heads) three blocks took 0.56-0.58 s forward + backward against 0.75-0.83 s
-# unblocked, with a third of the memory; at 288 queries splitting was no faster, and recomputing
-# the logits in the backward pass costs a whole QK^T, so shorter sequences keep the probabilities.
+# row's log-sum-exp for the backward pass instead of the [B, H, Lq, Lk] probabilities: that is
+# what it saves, memory (the MMDiT step at 4 x 1,056 tokens: 2,752 -> 1,918 MiB, its time unchanged;
+# BENCHMARKS.md). At 288 queries splitting was no faster alone, and recomputing the logits in the
+# backward pass costs a whole QK^T, so shorter sequences keep the probabilities.
 LONGEST_QUERY_BLOCK = 512
 
 
