@@ -18,7 +18,7 @@ REPLICATION_LIMIT_BYTES = 1 << 20
 
 # XLA's CPU backend hands convolutions to YNNPACK by default. Its convolutions, the backward ones
 # above all, were most of the VAE step's time: without them (Eigen's) the image VAE's training
-# step went from 2.36-2.65 s to 1.51 s (benchmarks/vae_step.py's small size; BENCHMARKS.md, issue
+# step went from 2.36-2.93 s to 1.51 s (benchmarks/vae_step.py's small size; BENCHMARKS.md, issue
 # 20). The list is jaxlib 0.10's default (individual dots and convolutions, reductions) less the
 # convolutions, so that dots and reductions stay with YNNPACK: the MMDiT step compiles to the same
 # program as with the default. A YNNPACK choice of the user's own in XLA_FLAGS wins.
