@@ -312,15 +312,20 @@ def test_aapt_chain_distils_to_one_evaluation_a_frame_and_streams_past_its_lengt
 def test_aapt_adversarial_stage_on_a_data_and_sequence_mesh_logs_the_same_losses(aapt_chain, tmp_path):
     """Student forcing, the frame discriminator and R3GAN on 4 devices (batch over data=2, frames'
     tokens over sequence=2), samples and judges on, loaded from the 1-device consistency run: the
-    losses of the chain's 1-device run (a checkpoint restored onto device 0 used to fail here)."""
+    losses of the chain's 1-device run (a checkpoint restored onto device 0 used to fail here).
+
+    R1 and R2 are held to 1e-2, not 1e-4: they are finite differences, ||D(x + sigma eps) - D(x)||^2
+    / sigma^2 at sigma = 0.01, so a logit that the mesh's other reduction order moves by 1e-6 moves
+    them by 2e-6 / (sigma |J eps|) relative, about 1e-3 here (|J eps| ~ 0.1: 2e-4 at step 0, 9e-4 at
+    step 1 in CI, where the losses agreed to 2e-6). A wrong noise draw or a missing mean over a shard moves them by 100%."""
     proc = run_main("experiments/seedance/aapt_adversarial.py:tiny", str(tmp_path), "log_every=1",
                     f"init_from={os.path.join(aapt_chain, 'aapt_consistency')}", "mesh.data=2", "mesh.sequence=2",
                     devices=4)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    keys = ("loss", "disc_loss", "r1", "r2")
-    rows = lambda workdir: [[r[k] for k in keys] for r in read_metrics(workdir) if "loss" in r]
-    np.testing.assert_allclose(rows(str(tmp_path)), rows(os.path.join(aapt_chain, "aapt_adversarial")), rtol=1e-4,
-                               atol=1e-5)
+    rows = lambda workdir, keys: [[r[k] for k in keys] for r in read_metrics(workdir) if "loss" in r]
+    for keys, rtol in (("loss", "disc_loss"), 1e-4), (("r1", "r2"), 1e-2):
+        np.testing.assert_allclose(rows(str(tmp_path), keys), rows(os.path.join(aapt_chain, "aapt_adversarial"), keys),
+                                   rtol=rtol, err_msg=str(keys))
     assert [r["eval/video/nfe"] for r in read_metrics(str(tmp_path)) if "eval/video/nfe" in r] == [1.0]
 
 # --------------------------------------------------------------------------- benchmarks.aapt_quality on the adapted run
