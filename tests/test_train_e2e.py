@@ -121,11 +121,12 @@ def test_mesh_parity_and_restore_onto_another_mesh(straight, tmp_path):
         assert losses(moved)[step] == pytest.approx(ref[step], rel=2e-3), step
 
 
-def launch(workdir: str, processes: int, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """`processes` processes of the tiny quickstart through launch.local (gloo collectives)."""
+def launch(workdir: str, processes: int, *args: str, devices: int = 1, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`processes` processes of the tiny quickstart through launch.local (gloo collectives), each
+    with `devices` CPU devices."""
     cmd = [sys.executable, "-m", "launch.local", f"--num_processes={processes}", "--", sys.executable, "-m",
            "seedjax.main", f"--config={CONFIG}", f"--workdir={workdir}", "--config.log_every=1", *args]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env_for(1), capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env_for(devices), capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     return proc
 
@@ -172,12 +173,14 @@ def test_a_dead_process_fails_the_launch(tmp_path):
     assert time.time() - t0 < 60
 
 
-@pytest.mark.parametrize("axis", ["tensor", "sequence"])
-def test_model_axis_across_processes_loads_the_same_rows(straight, tmp_path, axis):
-    # 2 processes x 1 device with the batch replicated across them: both must feed the same samples.
-    workdir = str(tmp_path / axis)
-    launch(workdir, 2, "--config.mesh.data=1", f"--config.mesh.{axis}=2", "--config.sharding.replicated_params=ignore",
-           "--config.sample_every=5", "--stop_at_step=5")
+def test_model_axes_across_processes_load_the_same_rows(straight, tmp_path):
+    """2 processes x 2 devices, the batch replicated over a tensor=2 x sequence=2 mesh (the tensor
+    axis across the processes, the sequence axis within each): both processes must feed the same
+    samples, and the losses are one device's."""
+    workdir = str(tmp_path / "model_axes")
+    proc = launch(workdir, 2, "--config.mesh.data=1", "--config.mesh.tensor=2", "--config.mesh.sequence=2",
+                  "--config.sharding.replicated_params=ignore", "--config.sample_every=5", "--stop_at_step=5", devices=2)
+    assert "'tensor': 2, 'sequence': 2" in proc.stdout + proc.stderr
     reference = losses(straight)
     for step, loss in losses(workdir).items():
         assert loss == pytest.approx(reference[step], rel=1e-4), step
