@@ -10,6 +10,7 @@ from seedjax.config import load_config
 from seedjax.diffusion.objectives import flow_matching_loss
 from seedjax.models.generator import drop_captions
 from seedjax.stages import pretrain
+from seedjax.train import repa
 from tests.runner import ROOT
 
 
@@ -87,7 +88,11 @@ def test_train_step_lowers_loss_and_updates_ema():
     assert not np.allclose(ema, live) and np.isfinite(np.asarray(ema)).all()
 
 
-def test_repa_loss_trains_the_projector_and_the_blocks_below_its_layer():
+def test_repa_loss_trains_the_projector_and_the_blocks_below_its_layer(tmp_path, monkeypatch):
+    # An empty cache: the frozen encoder is trained on first use, inside the jitted loss, as on a
+    # user's first REPA run (its fit, a jit of its own, used to fail there).
+    monkeypatch.setenv("SEEDJAX_CACHE", str(tmp_path))
+    repa._load_encoder.cache_clear()
     cfg = tiny(**{"repa.weight": 0.5, "repa.encoder_steps": 20, "model.repa_layer": 0})
     state = pretrain.init(cfg, nnx.Rngs(0))
     assert state.repa is not None

@@ -94,8 +94,10 @@ def test_gradients_reach_the_generator_only_through_the_last_k_steps():
         g = grads(stop, k)
         for a, b in zip(g, grads(stop, k, reference=True)):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+        # Remat recomputes the steps in other fusions: a few float32 ulps apart a step (2.8e-6
+        # relative after 5 steps with XLA's elemental CPU emitter, which the tests use).
         for a, b in zip(g, grads(stop, k, remat=False)):
-            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8)
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
         if k < stop:  # a leak through the earlier steps would change the gradient
             leaked = grads(stop, k, reference=True, leak=True)
             assert max(float(jnp.abs(a - b).max()) for a, b in zip(g, leaked)) > 1e-3

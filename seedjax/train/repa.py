@@ -29,7 +29,10 @@ def _encoder(config) -> digit_encoder.DigitCNN:
 
 @functools.lru_cache(maxsize=None)
 def _load_encoder(image_size: int, seed: int, steps: int) -> digit_encoder.DigitCNN:
-    return digit_encoder.load(image_size, seed=seed, steps=steps)  # trained once, then from the cache
+    # First reached inside the training step's trace. Trained there (or read from the cache) as
+    # concrete arrays: its own jitted fit, with its own compiler options, cannot nest in a trace.
+    with jax.ensure_compile_time_eval():
+        return digit_encoder.load(image_size, seed=seed, steps=steps)  # trained once, then from the cache
 
 
 def trunk_depth(config) -> int:
