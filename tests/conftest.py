@@ -47,13 +47,23 @@ import absl.logging  # noqa: E402,F401
 @pytest.fixture(scope="session")
 def straight(tmp_path_factory):
     """20 uninterrupted steps of the tiny quickstart on one device, sampling off, a loss row per
-    step: the reference run of the end-to-end tests (tests/test_train_e2e.py)."""
+    step: the reference run of the end-to-end tests (tests/test_train_e2e.py), read by several files.
+
+    Under xdist the workers share one run: the first to need it trains it in the session's
+    directory (the parent of each worker's own) while the others wait on a lock."""
+    from filelock import FileLock
+
     from tests.runner import run_main
 
-    workdir = str(tmp_path_factory.mktemp("straight"))
-    proc = run_main("experiments/quickstart/pretrain.py:tiny", workdir, "sample_every=0", "log_every=1")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return workdir
+    if "PYTEST_XDIST_WORKER" not in os.environ:  # no xdist: this session's own directory
+        workdir = tmp_path_factory.mktemp("straight")
+    else:
+        workdir = tmp_path_factory.getbasetemp().parent / "straight"
+    with FileLock(str(workdir) + ".lock"):
+        if not (workdir / "done.json").exists():
+            proc = run_main("experiments/quickstart/pretrain.py:tiny", str(workdir), "sample_every=0", "log_every=1")
+            assert proc.returncode == 0, proc.stderr[-3000:]
+    return str(workdir)
 
 
 def pytest_collection_modifyitems(config, items):
