@@ -6,14 +6,14 @@ own device count, so they never depend on this process's JAX state; they inherit
 
 import os
 
-# XLA's cheaper CPU code generation (LLVM at -O0, no expensive passes, the elemental emitter
-# instead of the MLIR fusion emitters), here and in every subprocess: compilation dominates the
-# tests' tiny programs (test_pretrain + test_video_dit 146 s instead of 231 s for the first two;
-# the emitters' MLIR pipelines, run for every fusion, took the train step's compile from 15.1 to
-# 11.2 s for the tiny VAE and 10.1 to 7.3 s for the tiny video DiT). The HLO is the same; the
-# last bits of some float results are not (LLVM's optimisation changes them), well inside the
-# tolerance of the recorded reference losses. Long training loops (the judges' `small_cnn.fit`)
-# ask for full optimisation themselves. SEEDJAX_TEST_FULL_XLA=1 keeps XLA's defaults.
+# XLA's cheaper CPU code generation, here and in every subprocess: compilation dominates the
+# tests' tiny programs. LLVM at -O0 without its expensive passes took test_pretrain +
+# test_video_dit from 231 to 146 s; the elemental emitter instead of the MLIR fusion emitters
+# (which run an MLIR pipeline for every fusion) took the train step's compile from 15.1 to 11.2 s
+# for the tiny VAE and from 10.1 to 7.3 s for the tiny video DiT. The HLO is the same; the last
+# bits of some float results are not, so the reference losses are recorded with these flags.
+# Long training loops (the judges' `small_cnn.fit`) ask for XLA's defaults themselves.
+# SEEDJAX_TEST_FULL_XLA=1 keeps XLA's defaults.
 FAST_XLA = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
             "--xla_cpu_use_fusion_emitters=false")
 # One XLA thread per test process (and subprocess): the two xdist workers already keep both
