@@ -317,7 +317,8 @@ def test_aapt_adversarial_stage_on_a_data_and_sequence_mesh_logs_the_same_losses
     R1 and R2 are held to 1e-2, not 1e-4: they are finite differences, ||D(x + sigma eps) - D(x)||^2
     / sigma^2 at sigma = 0.01, so a logit that the mesh's other reduction order moves by 1e-6 moves
     them by 2e-6 / (sigma |J eps|) relative, about 1e-3 here (|J eps| ~ 0.1: 2e-4 at step 0, 9e-4 at
-    step 1 in CI, where the losses agreed to 2e-6). A wrong noise draw or a missing mean over a shard moves them by 100%."""
+    step 1 in CI, where the losses agreed to 2e-6). A wrong noise draw or a missing mean over a
+    shard moves them by 100%."""
     proc = run_main("experiments/seedance/aapt_adversarial.py:tiny", str(tmp_path), "log_every=1",
                     f"init_from={os.path.join(aapt_chain, 'aapt_consistency')}", "mesh.data=2", "mesh.sequence=2",
                     devices=4)
